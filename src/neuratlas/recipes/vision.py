@@ -1,0 +1,56 @@
+"""Image-classification recipes on real data (Fashion-MNIST unless named otherwise).
+
+``*-quick`` recipes are what the tour runs: a couple of CPU minutes each. The others train longer.
+"""
+
+from neuratlas.recipes.registry import register_recipe
+
+FMNIST = {"name": "fashion-mnist", "batch_size": 128}
+ONECYCLE = {"name": "onecycle", "pct_start": 0.25}
+
+
+def _run(model, epochs, lr=3e-3, data=None, optimizer="adamw", wd=5e-4, schedule=None, **trainer):
+    return {
+        "model": model if isinstance(model, dict) else {"name": model},
+        "data": data or dict(FMNIST),
+        "task": {"name": "classification", "label_smoothing": 0.1},
+        "optimizer": {"name": optimizer, "lr": lr, "weight_decay": wd},
+        "schedule": schedule or dict(ONECYCLE),
+        "trainer": {"epochs": epochs, **trainer},
+    }
+
+
+register_recipe("mlp-fashion-quick", _run("mlp", 3, lr=2e-3, wd=1e-4, data={**FMNIST, "augment": False}),
+                "MLP 784-512-256-10 on Fashion-MNIST, 3 epochs", family="mlp", tour=True,
+                target="test accuracy ≥ 0.87")
+register_recipe("mlp-digits", _run("mlp-tiny", 30, lr=3e-3, data={"name": "digits", "batch_size": 64}),
+                "one-hidden-layer MLP on scikit-learn's 8×8 digits", family="mlp",
+                target="test accuracy ≥ 0.95")
+register_recipe("lenet5-mnist5k", _run("lenet5", 15, data={"name": "mnist5k", "batch_size": 64}),
+                "LeNet-5 on 5,000 real MNIST digits", family="convnet", target="test accuracy ≥ 0.95")
+register_recipe("convnet-fashion-quick", _run("convnet", 3, lr=4e-3, data={**FMNIST, "batch_size": 256}),
+                "3-stage conv/pool/FC net, 3 epochs (about 2 CPU minutes)", family="convnet", tour=True,
+                target="test accuracy ≥ 0.90")
+register_recipe("convnet-fashion", _run("convnet-wide", 30, lr=3e-3, data={**FMNIST, "erase": 0.5}),
+                "wider conv net, 30 epochs with cutout", family="convnet", target="test accuracy ≥ 0.93")
+register_recipe("resnet-fashion-quick",
+                _run({"name": "resnet20-cifar"}, 2, lr=4e-3, data={**FMNIST, "batch_size": 256}),
+                "ResNet-20 (CIFAR layout), 2 epochs", family="resnet", tour=True, target="test accuracy ≥ 0.88")
+register_recipe("resnet18-fashion",
+                _run({"name": "resnet18", "stem": "small", "drop_path": 0.1}, 15, lr=0.1, optimizer="sgd",
+                     wd=5e-4, data={**FMNIST, "erase": 0.5}),
+                "ResNet-18 with a small-image stem, SGD + Nesterov-free momentum, 15 epochs", family="resnet",
+                target="test accuracy ≥ 0.94")
+register_recipe("mobilenet-fashion-quick",
+                _run({"name": "mobilenet-v2-small"}, 2, lr=4e-3, data={**FMNIST, "batch_size": 256}),
+                "MobileNet V2 ×0.5 (inverted residuals), 2 epochs", family="mobilenet", tour=True,
+                target="test accuracy ≥ 0.86")
+register_recipe("mobilenet-v1-fashion",
+                _run({"name": "mobilenet-v1", "width_mult": 0.5, "small_input": True, "num_classes": 10,
+                      "in_chans": 1}, 10),
+                "MobileNet V1 ×0.5 (depthwise-separable), 10 epochs", family="mobilenet",
+                target="test accuracy ≥ 0.91")
+register_recipe("efficientnet-fashion-quick",
+                _run({"name": "efficientnet-b0-small"}, 2, lr=4e-3, data={**FMNIST, "batch_size": 256}),
+                "EfficientNet-B0 ×0.5 width/depth (MBConv + SE), 2 epochs", family="efficientnet", tour=True,
+                target="test accuracy ≥ 0.85")

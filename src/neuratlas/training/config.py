@@ -1,0 +1,104 @@
+"""The configuration of one training run; a recipe is a named RunConfig.
+
+``model``, ``data`` and ``task`` are named specs (``{"name": ..., **options}``) validated by their
+registries; the other sections are fixed dataclasses. Every value can be overridden from the command line
+as ``--section.key value``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from neuratlas.config import build_config, coerce, field_types, to_dict, unknown_key_error
+from neuratlas.errors import NeuratlasError
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd, rmsprop
+    nesterov: bool = False  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    eps: float = 1e-8
+    decay_norm_and_bias: bool = False  # apply weight decay to norm weights and biases too
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["constant", "cosine", "step", "onecycle", "linear"] = "cosine"
+    warmup_steps: int = 0
+    warmup_frac: float = 0.0  # alternative to warmup_steps, as a fraction of all steps
+    min_lr_ratio: float = 0.0  # cosine/linear floor as a fraction of the peak lr
+    step_size: int = 1000  # step: multiply by gamma every step_size steps
+    gamma: float = 0.1
+    pct_start: float = 0.25  # onecycle: fraction of steps spent rising
+    div_factor: float = 25.0  # onecycle: start at lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: end at lr / (div_factor * final_div_factor)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    grad_accum: int = 1
+    grad_clip: float | None = None  # max global grad norm
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the CPU/GPU has native bf16
+    compile: bool = False  # torch.compile the model for training
+    channels_last: bool = False
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    eval_every: int | None = None  # steps; default once per epoch (and at the end)
+    save_every: int | None = None  # steps; checkpoints are also written at every evaluation
+    log_every: int = 25
+    time_limit: float | None = None  # seconds of training; stops cleanly (and checkpoints) when reached
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "runs"
+    run_name: str | None = None
+    progress: bool = True
+    tensorboard: bool = True  # when the tensorboard package is installed
+    num_threads: int | None = None
+
+
+@dataclass
+class RunConfig:
+    model: dict[str, Any]
+    data: dict[str, Any]
+    task: dict[str, Any] = field(default_factory=lambda: {"name": "classification"})
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        for section in ("model", "data", "task"):
+            spec = getattr(self, section)
+            if not isinstance(spec, dict) or "name" not in spec:
+                raise ValueError(f"{section} must be a mapping with a 'name'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return build_config(cls, d, where="recipe")
+
+    def override(self, overrides: dict[str, str]) -> RunConfig:
+        """Apply ``{"optimizer.lr": "3e-4", "model.depth": "50"}``; named specs are validated later."""
+        d = self.to_dict()
+        sections = list(field_types(RunConfig))
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            if section not in sections or not name:
+                raise NeuratlasError(f"override --{key}: unknown section {section!r}; sections are "
+                                     f"{', '.join(sections)}")
+            if section in ("model", "data", "task"):
+                d[section][name] = value  # type-checked against the registered config when built
+            else:
+                cls = field_types(RunConfig)[section]
+                types = field_types(cls)
+                if name not in types:
+                    raise unknown_key_error(name, list(types), section)
+                d[section][name] = coerce(value, types[name], f"--{key}")
+        return RunConfig.from_dict(d)

@@ -1,0 +1,79 @@
+"""Run logs: a long-format CSV always (step, split, name, value), TensorBoard when installed."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+FIELDS = ["step", "split", "name", "value", "time"]
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+        self.path = run_dir / "metrics.csv"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rows = read_metrics(self.path) if (resume_step is not None and self.path.exists()) else []
+        rows = [r for r in rows if int(r["step"]) <= (resume_step or 0)]  # drop what the crash left past k
+        self._f = open(self.path, "w", newline="")
+        self._w = csv.DictWriter(self._f, FIELDS)
+        self._w.writeheader()
+        self._w.writerows(rows)
+        self._t0 = time.time()
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard is an optional extra
+                self.tb = None
+
+    def log(self, step: int, split: str, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self._w.writerow({"step": step, "split": split, "name": name, "value": f"{float(value):.6g}",
+                              "time": f"{time.time() - self._t0:.2f}"})
+            if self.tb is not None:
+                self.tb.add_scalar(f"{split}/{name}", float(value), step)
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_curves(csv_path: Path, out_png: Path, title: str = "") -> Path:
+    """Training loss and every evaluation metric against step, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for r in read_metrics(csv_path):
+        if r["name"] in ("lr", "grad_norm", "time_s", "samples_per_s"):
+            continue
+        xs, ys = series.setdefault(r["name"], {}).setdefault(r["split"], ([], []))
+        xs.append(int(r["step"]))
+        ys.append(float(r["value"]))
+    names = list(series)
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.2 * max(1, len(names)), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for split, (xs, ys) in series[name].items():
+            ax.plot(xs, ys, label=split, marker="o" if split != "train" else None, markersize=3)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
