@@ -1,0 +1,34 @@
+"""Shared test settings.
+
+Training checks on real data are marked ``slow``. They always run (CI included), but in a bounded form
+unless NEURATLAS_FULL_TESTS=1, where they train the full recipe and assert its published target.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+FULL = os.environ.get("NEURATLAS_FULL_TESTS") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_quiet(monkeypatch):
+    torch.manual_seed(0)
+    monkeypatch.setenv("NEURATLAS_OFFLINE", "1")  # tests never touch the network
+    yield
+
+
+@pytest.fixture
+def full() -> bool:
+    """True when the full (unbounded) training checks were asked for."""
+    return FULL
+
+
+@pytest.fixture
+def run_overrides(tmp_path) -> dict[str, str]:
+    """Overrides that keep a test's training run quiet and inside its tmp folder."""
+    return {"trainer.out_dir": str(tmp_path / "runs"), "trainer.progress": "false",
+            "trainer.tensorboard": "false"}
