@@ -45,6 +45,9 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, cfg.num_classes)
 
+    def dummy_input(self, batch: int = 2) -> torch.Tensor:
+        return torch.randn(batch, self.config.in_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         if x.shape[1] != self.config.in_features:

@@ -1,0 +1,5 @@
+import sys
+
+from neuratlas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""Checkpoints: atomic, rebuildable, and every bad file gives a one-line error naming the problem."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from neuratlas.errors import NeuratlasError
+from neuratlas.recipes import get_recipe
+from neuratlas.training.checkpoint import read_checkpoint, save_weights
+from neuratlas.training.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    run = get_recipe("mlp-digits").run_config({"trainer.out_dir": str(out), "trainer.progress": "false",
+                                               "trainer.tensorboard": "false", "trainer.max_steps": "40",
+                                               "trainer.run_name": "digits"})
+    trainer = Trainer(run)
+    trainer.fit()
+    return trainer
+
+
+def test_roundtrip_rebuilds_identical_model(trained):
+    ckpt = read_checkpoint(trained.run_dir)
+    assert ckpt.model_name == "mlp-tiny" and ckpt.extra["classes"][0] == "0"
+    model = read_checkpoint(trained.ckpt_dir / "last.safetensors").build_model()
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(model.eval()(x), trained.model.eval()(x))
+    assert not list(trained.ckpt_dir.glob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_truncated_checkpoint(trained, tmp_path):
+    bad = tmp_path / "truncated.safetensors"
+    bad.write_bytes((trained.ckpt_dir / "last.safetensors").read_bytes()[:200])
+    with pytest.raises(NeuratlasError, match="truncated or corrupt"):
+        read_checkpoint(bad)
+
+
+def test_foreign_and_pickled_files(tmp_path):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, foreign)
+    with pytest.raises(NeuratlasError, match="not a Neuratlas checkpoint"):
+        read_checkpoint(foreign)
+    pickled = tmp_path / "model.safetensors"
+    torch.save({"w": torch.zeros(2)}, pickled)
+    with pytest.raises(NeuratlasError, match="refuses to unpickle"):
+        read_checkpoint(pickled)
+    with pytest.raises(NeuratlasError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.safetensors")
+    with pytest.raises(NeuratlasError, match="holds no checkpoint"):
+        read_checkpoint(tmp_path)
+
+
+def test_weights_that_do_not_fit(trained, tmp_path):
+    from neuratlas import create_model
+
+    other = create_model("mlp", in_features=64)
+    other.config = create_model("mlp-tiny", in_features=64).config  # metadata claims another architecture
+    path = save_weights(tmp_path / "x.safetensors", other, {}, {}, 0)
+    with pytest.raises(NeuratlasError, match="do not fit"):
+        read_checkpoint(path).build_model()
+
+
+def test_corrupt_state_file(trained, tmp_path):
+    state = trained.ckpt_dir / "last.state.pt"
+    backup = state.read_bytes()
+    try:
+        state.write_bytes(backup[:100])
+        with pytest.raises(NeuratlasError, match="trainer state .* unreadable"):
+            Trainer(trained.run).resume(trained.run_dir)
+    finally:
+        state.write_bytes(backup)
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "neuratlas.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    (["train", "mlp-digits", "--optimizer.lrr", "1"], "Did you mean lr"),
+    (["train", "mlp-digits", "--model.hidden", "abc"], "expected an integer"),
+    (["train", "mlp-digits", "--model.nope", "1"], "unknown option 'nope'"),
+    (["eval", "/nonexistent/ckpt.safetensors"], "does not exist"),
+])
+def test_cli_errors_are_one_line(args, message):
+    r = run_cli(*args, "--trainer.progress", "false") if args[0] == "train" else run_cli(*args)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_eval_predict_visualize(trained, tmp_path):
+    r = run_cli("eval", str(trained.run_dir))
+    assert r.returncode == 0, r.stderr
+    assert "test" in r.stdout and "accuracy" in r.stdout
+    import numpy as np
+
+    from neuratlas.data import load_dataset
+
+    img = load_dataset({"name": "digits"}).test[0][0, 0].numpy()
+    np.save(tmp_path / "digit.npy", img)
+    r = run_cli("predict", str(trained.run_dir), str(tmp_path / "digit.npy"))
+    assert r.returncode == 0 and "%" in r.stdout, r.stderr
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00")
+    r = run_cli("predict", str(truncated), str(tmp_path / "digit.npy"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_cli_visualize_cnn(tmp_path):
+    run = get_recipe("lenet5-mnist5k").run_config({"trainer.out_dir": str(tmp_path), "trainer.progress": "false",
+                                                   "trainer.tensorboard": "false", "trainer.max_steps": "5",
+                                                   "trainer.run_name": "lenet"})
+    Trainer(run).fit()
+    r = run_cli("visualize", str(tmp_path / "lenet"))
+    assert r.returncode == 0, r.stderr
+    pngs = sorted(p.name for p in (tmp_path / "lenet" / "visualize").glob("*.png"))
+    assert pngs == ["activations_stage1.png", "activations_stage2.png", "filters_layer1.png"]

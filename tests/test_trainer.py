@@ -1,0 +1,94 @@
+"""The trainer: overfits one batch, resumes bit-exactly after a crash, stops on NaN with the step."""
+
+import pytest
+import torch
+
+from neuratlas.errors import NeuratlasError
+from neuratlas.recipes import get_recipe
+from neuratlas.training.config import RunConfig, ScheduleConfig
+from neuratlas.training.optim import lr_factor
+from neuratlas.training.trainer import Trainer
+
+
+def digits_run(run_overrides, **extra) -> RunConfig:
+    return get_recipe("mlp-digits").run_config({**run_overrides, **extra})
+
+
+def test_one_batch_overfit(run_overrides):
+    run = get_recipe("convnet-fashion-quick").run_config({
+        **run_overrides, "data.limit_train": "32", "data.batch_size": "32", "data.augment": "false",
+        "model.channels": "16,32", "data.eval_batch_size": "5000",
+        "task.label_smoothing": "0", "trainer.max_steps": "60", "schedule.name": "constant",
+        "optimizer.lr": "1e-2", "model.dropout": "0", "trainer.precision": "fp32"})
+    trainer = Trainer(run)
+    first = None
+    for _ in range(60):
+        logs = trainer.train_step()
+        first = first if first is not None else logs["loss"]
+    assert first > 1.5 and logs["loss"] < 0.05
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exact_resume_after_crash(run_overrides, precision):
+    common = {"trainer.max_steps": "20", "trainer.save_every": "5", "trainer.eval_every": "100",
+              "trainer.precision": precision, "model.dropout": "0.2"}
+    a = Trainer(digits_run(run_overrides, **common, **{"trainer.run_name": "a"}))
+    a.fit()
+    b = Trainer(digits_run(run_overrides, **common, **{"trainer.run_name": "b"}))
+    with pytest.raises(KeyboardInterrupt):
+        b.fit(crash_at=13)  # dies after the step-10 checkpoint, losing steps 11-13
+    c = Trainer(digits_run(run_overrides, **common, **{"trainer.run_name": "b"}))
+    c.fit(resume=b.run_dir)
+    assert c.step == 20
+    for (name, pa), pc in zip(a.model.state_dict().items(), c.model.state_dict().values()):
+        assert torch.equal(pa, pc), name
+    rows = (c.run_dir / "metrics.csv").read_text().splitlines()
+    steps = [int(r.split(",")[0]) for r in rows[1:]]
+    assert steps == sorted(steps)  # the log has no duplicated tail from the crashed attempt
+
+
+def test_nan_loss_stops_with_the_step(run_overrides):
+    run = digits_run(run_overrides, **{"optimizer.lr": "1e12", "trainer.max_steps": "50",
+                                       "schedule.name": "constant", "optimizer.name": "sgd"})
+    with pytest.raises(NeuratlasError, match=r"loss became (nan|inf) at step \d+"):
+        Trainer(run).fit()
+
+
+def test_grad_accumulation_matches_large_batch(run_overrides):
+    def weights(batch, accum):
+        run = digits_run(run_overrides, **{"data.batch_size": str(batch), "trainer.grad_accum": str(accum),
+                                           "trainer.max_steps": "3", "trainer.precision": "fp32",
+                                           "model.dropout": "0", "data.augment": "false",
+                                           "optimizer.name": "sgd", "schedule.name": "constant"})
+        t = Trainer(run)
+        t.task.train_batches.shuffle = False
+        for _ in range(3):
+            t.train_step()
+        return t.model.state_dict()
+
+    big, small = weights(64, 1), weights(32, 2)
+    for k in big:
+        torch.testing.assert_close(big[k], small[k], rtol=1e-5, atol=1e-6)
+
+
+def test_schedules():
+    cos = ScheduleConfig(name="cosine", warmup_steps=10)
+    assert lr_factor(0, 100, cos) == pytest.approx(0.1)
+    assert lr_factor(9, 100, cos) == pytest.approx(1.0)
+    assert lr_factor(99, 100, cos) == pytest.approx(0.0, abs=1e-3)
+    step = ScheduleConfig(name="step", step_size=10, gamma=0.5)
+    assert lr_factor(25, 100, step) == pytest.approx(0.25)
+    one = ScheduleConfig(name="onecycle", pct_start=0.3)
+    peak = max(lr_factor(s, 100, one) for s in range(100))
+    assert peak == pytest.approx(1.0, abs=1e-3) and lr_factor(0, 100, one) == pytest.approx(1 / 25)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_every_optimizer_trains(run_overrides, name):
+    lr = {"sgd": "0.05", "adam": "3e-3", "adamw": "3e-3", "rmsprop": "1e-3"}[name]
+    run = digits_run(run_overrides, **{"optimizer.name": name, "optimizer.lr": lr, "trainer.max_steps": "60",
+                                       "optimizer.nesterov": str(name == "sgd")})
+    t = Trainer(run)
+    before = t.evaluate("val")["loss"]
+    result = t.fit()
+    assert result.val["loss"] < before * 0.7
