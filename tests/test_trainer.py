@@ -92,3 +92,13 @@ def test_every_optimizer_trains(run_overrides, name):
     before = t.evaluate("val")["loss"]
     result = t.fit()
     assert result.val["loss"] < before * 0.7
+
+
+def test_budget_schedule_follows_the_clock(run_overrides):
+    run = digits_run(run_overrides, **{"trainer.time_limit": "2", "trainer.budget_schedule": "true",
+                                       "trainer.epochs": "1000", "schedule.name": "cosine", "trainer.log_every": "1"})
+    t = Trainer(run)
+    result = t.fit()
+    assert result.stopped_early.startswith("time limit") and result.steps < t.total_steps
+    last_lr = t.optimizer.param_groups[0]["lr"]
+    assert last_lr < 0.25 * run.optimizer.lr  # the cosine reached its tail when the budget ran out

@@ -31,7 +31,8 @@ def first_layer_filters(model: nn.Module, out_png: Path) -> Path:
     imgs = w[:, :3] if w.shape[1] >= 3 else w[:, 0]
     if imgs.ndim == 4:
         imgs = imgs.permute(0, 2, 3, 1)
-    return _save_tiles(imgs[:64], out_png, f"first-layer filters ({w.shape[0]} × {w.shape[1]}×{w.shape[2]}×{w.shape[3]})")
+    title = f"first-layer filters ({w.shape[0]} × {w.shape[1]}×{w.shape[2]}×{w.shape[3]})"
+    return _save_tiles(imgs[:64], out_png, title)
 
 
 def _save_tiles(imgs: torch.Tensor, out_png: Path, title: str, ncols: int = 8) -> Path:

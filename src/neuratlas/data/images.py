@@ -61,6 +61,7 @@ class ImageDataConfig:
     hflip: bool = True
     erase: float = 0.0  # probability of cutout per image
     augment: bool = True  # master switch for the three above
+    img_size: int | None = None  # resize (bilinear) to this side at batch time, e.g. for resolution scaling
 
 
 @dataclass
@@ -78,7 +79,10 @@ class ImageSplits:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.train[0].shape[1:])  # type: ignore[return-value]
+        """(C, H, W) of what the model sees (after the optional resize)."""
+        c, h, w = self.train[0].shape[1:]
+        side = self.cfg.img_size
+        return (c, side, side) if side else (c, h, w)
 
 
 def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):

@@ -23,6 +23,11 @@ class ImageClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def dummy_input(self, batch: int = 2) -> torch.Tensor:
+        """A small valid input, used by the registry-wide smoke test."""
+        size = getattr(self.config, "img_size", 64)
+        return torch.randn(batch, self.config.in_chans, size, size)
+
     def check_input(self, x: torch.Tensor) -> None:
         in_chans = self.config.in_chans
         if x.ndim != 4 or x.shape[1] != in_chans:

@@ -45,6 +45,7 @@ class ImageClassification(Task):
         self.data: ImageSplits = load_dataset(data_spec)
         dc = self.data.cfg
         self.train_batches = TensorBatches(self.data.train, dc.batch_size, seed=seed, transform=self._augment)
+        self.batch_size = self.train_batches.batch_size
 
     def _augment(self, batch: tuple[torch.Tensor, ...], g: torch.Generator) -> tuple[torch.Tensor, ...]:
         x, y = batch
@@ -59,7 +60,11 @@ class ImageClassification(Task):
         return x, y
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize(x, self.data.mean, self.data.std)
+        x = normalize(x, self.data.mean, self.data.std)
+        side = self.data.cfg.img_size
+        if side and x.shape[-1] != side:
+            x = nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+        return x
 
     def model_defaults(self) -> dict[str, Any]:
         c, h, w = self.data.shape

@@ -54,6 +54,9 @@ class TrainerConfig:
     save_every: int | None = None  # steps; checkpoints are also written at every evaluation
     log_every: int = 25
     time_limit: float | None = None  # seconds of training; stops cleanly (and checkpoints) when reached
+    # With time_limit: the lr schedule advances with elapsed time instead of steps, so a wall-clock budget
+    # ends at the schedule's end (budgeted training; resume is then not bit-exact, being time-dependent).
+    budget_schedule: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out_dir: str = "runs"
     run_name: str | None = None

@@ -11,7 +11,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,8 +22,10 @@ from neuratlas.models.registry import MODELS
 from neuratlas.tasks import Task, build_task
 from neuratlas.training.checkpoint import load_state, read_checkpoint, save_state, save_weights
 from neuratlas.training.config import RunConfig
+from neuratlas.training.distributed import NullLogger
+from neuratlas.training.distributed import context as dist_context
 from neuratlas.training.logging import RunLogger, plot_curves
-from neuratlas.training.optim import build_optimizer, build_scheduler
+from neuratlas.training.optim import build_optimizer, build_scheduler, lr_factor
 from neuratlas.training.precision import autocast, resolve_device, resolve_precision
 
 
@@ -68,6 +69,8 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
             self.task.memory_format = torch.channels_last
         self.train_model = torch.compile(self.model) if tc.compile else self.model
+        self.dist = dist_context()  # under torchrun: DDP across WORLD_SIZE processes; otherwise a no-op
+        self.train_model = self.dist.wrap(self.train_model, self.device)
         spe = self.task.steps_per_epoch // tc.grad_accum
         if spe < 1:
             raise NeuratlasError("the training set is smaller than one batch × grad_accum")
@@ -76,6 +79,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, run.optimizer)
         self.scheduler = build_scheduler(self.optimizer, run.schedule, self.total_steps)
         self.step = 0
+        self._t0 = time.perf_counter()
         self.best: float | None = None
         name = tc.run_name or f"{run.model['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.run_dir = Path(tc.out_dir) / name
@@ -86,6 +90,8 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------------
     def save(self, tag: str = "last") -> Path:
+        if not self.dist.is_main:  # rank 0 alone writes checkpoints
+            return self.ckpt_dir / f"{tag}.safetensors"
         extra = {"task": self.run.task["name"], **self.task.checkpoint_extra()}
         path = save_weights(self.ckpt_dir / f"{tag}.safetensors", self.model, self.run.to_dict(), extra, self.step)
         if tag == "last":
@@ -121,7 +127,7 @@ class Trainer:
         accum = self.run.trainer.grad_accum
         logs: dict[str, float] = {"loss": 0.0}
         for micro in range(accum):
-            batch = self.task.train_batch(self.step * accum + micro)
+            batch = self.dist.shard(self.task.train_batch(self.step * accum + micro))
             with self.autocast():
                 loss, extra = self.task.training_loss(self.train_model, batch)
             if not torch.isfinite(loss):
@@ -134,9 +140,16 @@ class Trainer:
                 logs[k] = logs.get(k, 0.0) + v / accum
         if self.run.trainer.grad_clip:
             logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.run.trainer.grad_clip))
+        by_time = self.run.trainer.budget_schedule and self.run.trainer.time_limit
+        if by_time:
+            progress = (time.perf_counter() - self._t0) / self.run.trainer.time_limit
+            at = min(self.total_steps - 1, int(progress * self.total_steps))
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * lr_factor(at, self.total_steps, self.run.schedule)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
-        self.scheduler.step()
+        if not by_time:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return logs
@@ -150,13 +163,17 @@ class Trainer:
         if resume:
             self.resume(resume)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.run.to_dict(), indent=2))
-        logger = RunLogger(self.run_dir, tc.tensorboard, resume_step=self.step if resume else None)
+        main = self.dist.is_main
+        if main:
+            (self.run_dir / "config.json").write_text(json.dumps(self.run.to_dict(), indent=2))
+        logger = RunLogger(self.run_dir, tc.tensorboard, resume_step=self.step if resume else None) if main \
+            else NullLogger()
         result = FitResult(self.run_dir, self.step, parameters=count_parameters(self.model))
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not tc.progress, dynamic_ncols=True,
-                   desc=self.run.model["name"], leave=False)
-        batch_size = getattr(self.task, "batch_size", None) or self.run.data.get("batch_size", 0)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (tc.progress and main),
+                   dynamic_ncols=True, desc=self.run.model["name"], leave=False)
+        batch_size = self.task.batch_size
         t0, steps0, smooth = time.perf_counter(), self.step, None
+        self._t0 = t0
         self.model.train()
         try:
             while self.step < self.total_steps:
@@ -193,12 +210,14 @@ class Trainer:
         bar.close()
         result.train_seconds = time.perf_counter() - t0
         result.steps = self.step
-        done = (self.step - steps0) * tc.grad_accum * (batch_size or 0)
+        done = (self.step - steps0) * tc.grad_accum * batch_size
         result.samples_per_second = done / max(result.train_seconds, 1e-9)
         result.test = self.evaluate("test")
         logger.log(self.step, "test", result.test)
         logger.log(self.step, "train", {"time_s": result.train_seconds, "samples_per_s": result.samples_per_second})
         logger.close()
+        if not main:
+            return result
         plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png", self.run.model["name"])
         (self.run_dir / "result.json").write_text(json.dumps(
             {"steps": result.steps, "val": result.val, "test": result.test, "train_seconds": result.train_seconds,

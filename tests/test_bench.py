@@ -1,0 +1,57 @@
+"""The benchmark machinery: claims produce a report with tables, verdicts and plots; races measure peaks.
+
+Timings are never asserted here; the claims themselves run in `neuratlas bench all`."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuratlas.bench import BENCHMARKS
+from neuratlas.bench.report import (CLAIMS, ClaimResult, budget, count_flops, line_plot, markdown_table,
+                                    register_claim, write_report)
+
+
+def test_every_claim_of_the_article_is_registered():
+    titles = sorted(CLAIMS.get(n).description for n in CLAIMS.names())
+    assert [t.split(".")[0] for t in titles] == [str(i) for i in range(1, 10)]
+    for name in ("all", "nanogpt", "mfu", "fashion-race"):
+        assert name in BENCHMARKS
+
+
+def test_report_from_a_claim(tmp_path, monkeypatch):
+    def fake(quick: bool, out: Path) -> ClaimResult:
+        plot = line_plot({"a": ([1, 2], [3.0, 1.0])}, out / "p.png", "t", "x", "y", logy=True)
+        return ClaimResult("0. A claim", [{"variant": "a", "score": 0.5}], "holds: a", [plot])
+
+    register_claim("fake-claim", "0. A claim", fake, 0)
+    try:
+        lines = BENCHMARKS.get("all").builder({"quick": "true", "out": str(tmp_path), "only": "fake-claim"})
+        report = (tmp_path / "report.md").read_text()
+        assert "| 1 | 0. A claim | holds: a |" in report and "![p](fake-claim/p.png)" in report
+        assert "| variant | score |" in report and any("holds: a" in line for line in lines)
+        assert (tmp_path / "fake-claim" / "p.png").stat().st_size > 1000
+    finally:
+        CLAIMS._entries.pop("fake-claim")
+        BENCHMARKS._entries.pop("fake-claim")
+
+
+def test_helpers(monkeypatch):
+    assert markdown_table([{"a": 1, "b": 0.123456}]).splitlines()[2] == "| 1 | 0.1235 |"
+    assert budget(10, 100, quick=True) == 10 and budget(10, 100, quick=False) == 100
+    monkeypatch.setenv("NEURATLAS_BENCH_STEPS", "3")
+    assert budget(10, 100, quick=False) == 3
+    lin = torch.nn.Linear(8, 4, bias=False)
+    assert count_flops(lin, torch.randn(5, 8)) == 2 * 5 * 8 * 4
+
+
+def test_write_report_summary(tmp_path):
+    path = write_report([ClaimResult("1. X", [], "not shown: y")], tmp_path)
+    assert "| 1 | 1. X | not shown: y |" in path.read_text()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_peak_is_measured(dtype):
+    from neuratlas.bench.races import matmul_peak
+
+    assert matmul_peak(dtype, n=128, seconds=0.05) > 1e6
