@@ -54,7 +54,9 @@ def norm_claim(quick: bool, out: Path) -> ClaimResult:
     div = {n: sum(r["diverged"] for r in rows if r["norm"] == n) for n in ("post_layernorm", "pre_rmsnorm")}
     best = {n: min(r["val loss"] for r in rows if r["norm"] == n and not r["diverged"]) for n in div
             if any(not r["diverged"] for r in rows if r["norm"] == n)}
-    holds = div["pre_rmsnorm"] <= div["post_layernorm"] and best.get("pre_rmsnorm", 9) <= best.get("post_layernorm", 9)
+    fewer = div["pre_rmsnorm"] < div["post_layernorm"]
+    lower = "pre_rmsnorm" in best and best["pre_rmsnorm"] <= best.get("post_layernorm", float("inf"))
+    holds = fewer or (div["pre_rmsnorm"] == div["post_layernorm"] and lower)
     nan = float("nan")
     verdict = (f"{'holds' if holds else 'not shown'}: diverged runs post-LN {div['post_layernorm']}/{len(rows)//2}, "
                f"pre-RMSNorm {div['pre_rmsnorm']}/{len(rows)//2}; best val loss post-LN "
