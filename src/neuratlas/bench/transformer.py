@@ -1,0 +1,124 @@
+"""``neuratlas bench transformer``: Neuratlas' GPT and BERT against ``transformers``' GPT2/BERT of the same
+size, in the same run (training tokens/s, generation tokens/s, MiniLM sentences/s), plus KV-cache bytes per
+token for MHA, GQA and MQA. Both sides get the same warm-up; figures are ratios, never absolute claims."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from neuratlas.bench import BENCHMARKS
+from neuratlas.errors import NeuratlasError
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up, for both sides
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
+
+
+def _train_step(model, batch, opt, hf: bool, dtype):
+    x, y = batch
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x).logits if hf else model(x)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_transformer(options: dict[str, str]) -> list[str]:
+    try:
+        import transformers
+    except ImportError:
+        raise NeuratlasError("this benchmark races `transformers`: `pip install transformers`") from None
+    from neuratlas.models.gpt import GPT, GPTConfig
+
+    quick = options.get("quick", "false").lower() in ("1", "true", "yes")
+    reps = 3 if quick else 10
+    dim, n_layer, n_head, ctx, vocab = 384, 6, 6, 256, 65
+    batch = 8 if quick else 16
+    lines = [
+        f"GPT {n_layer} layers × {dim}, {n_head} heads, context {ctx}, vocab {vocab}; torch threads "
+        f"{torch.get_num_threads()}"
+    ]
+    torch.manual_seed(0)
+    hc = transformers.GPT2Config(
+        vocab_size=vocab,
+        n_positions=ctx,
+        n_embd=dim,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    hf = transformers.GPT2LMHeadModel(hc)
+    ours = GPT(
+        GPTConfig(
+            vocab_size=vocab,
+            max_seq_len=ctx,
+            dim=dim,
+            n_layer=n_layer,
+            n_head=n_head,
+            dropout=0.0,
+            ffn="gelu_tanh",
+        )
+    )
+    x = torch.randint(0, vocab, (batch, ctx))
+    data = (x, torch.roll(x, -1, 1))
+    for dtype, name in ((None, "fp32"), (torch.bfloat16, "bf16 autocast")):
+        t_hf = _timed(_train_step(hf, data, torch.optim.AdamW(hf.parameters(), 1e-4), True, dtype), reps)
+        t_us = _timed(_train_step(ours, data, torch.optim.AdamW(ours.parameters(), 1e-4), False, dtype), reps)
+        tok = batch * ctx
+        lines.append(
+            f"train {name:14s} tokens/s  neuratlas {tok / t_us:9,.0f}  transformers {tok / t_hf:9,.0f}  "
+            f"ratio {t_hf / t_us:.2f}×"
+        )
+    # generation: greedy, batch 1, KV cache on both sides, fp32
+    hf.eval()
+    ours.eval()
+    prompt, n_new = x[:1, :16], (32 if quick else 128)
+    with torch.no_grad():
+        t_hf = _timed(
+            lambda: hf.generate(
+                prompt, max_new_tokens=n_new, do_sample=False, pad_token_id=0, eos_token_id=None
+            ),
+            1 if quick else 3,
+        )
+        t_us = _timed(lambda: ours.generate(prompt, n_new, temperature=0), 1 if quick else 3)
+    lines.append(
+        f"generate fp32 (greedy, KV cache) tokens/s  neuratlas {n_new / t_us:7,.0f}  transformers "
+        f"{n_new / t_hf:7,.0f}  ratio {t_hf / t_us:.2f}×"
+    )
+    # KV-cache memory: only the n_kv_head key/value heads are stored
+    for h_kv, label in ((6, "MHA"), (2, "GQA"), (1, "MQA")):
+        m = GPT(
+            GPTConfig(
+                vocab_size=vocab, max_seq_len=ctx, dim=dim, n_layer=n_layer, n_head=n_head, n_kv_head=h_kv
+            )
+        )
+        b = m.transformer.new_cache(1).bytes_per_token
+        lines.append(
+            f"KV cache {label} (n_kv_head={h_kv}): {b:,} bytes/token fp32, {b * ctx / 2**20:.2f} MiB per "
+            f"{ctx}-token sequence"
+        )
+    lines.append(f"reproduce: neuratlas bench transformer{' --quick' if quick else ''}")
+    return lines
+
+
+BENCHMARKS.add(
+    "transformer",
+    bench_transformer,
+    description="GPT training/generation tokens/s vs transformers' GPT2 (same size, same run); "
+    "KV-cache bytes for MHA/GQA/MQA",
+)

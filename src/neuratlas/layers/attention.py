@@ -1,0 +1,317 @@
+"""Attention, shared by every transformer in Neuratlas: softmax(QKᵀ/√d_k)·V through PyTorch's fused
+``scaled_dot_product_attention``, plus the plain formula (:func:`reference_attention`) for the tests.
+
+Shapes follow nanoGPT: ``(B, H, T, D)`` for queries and ``(B, H_kv, S, D)`` for keys/values, where
+``H_kv = n_kv_head`` divides ``H = n_head``: multi-head (H_kv = H), grouped-query (1 < H_kv < H) or
+multi-query (H_kv = 1) attention. A boolean mask is ``True`` where a query may look at a key.
+
+Also here: rotary position embeddings (RoPE, Su et al. 2021) and the KV cache used for fast generation,
+whose size shrinks by ``n_head / n_kv_head`` under GQA because only the H_kv key/value heads are stored.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuratlas.errors import NeuratlasError
+
+# --- masks ---------------------------------------------------------------------------------------------
+
+
+def causal_mask(t: int, s: int, device: torch.device | None = None) -> torch.Tensor:
+    """(T, S) boolean mask where query i (the last T of S positions) sees keys 0..S-T+i."""
+    return torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t)
+
+
+def build_mask(
+    t: int,
+    s: int,
+    *,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
+    """Combine causal and key-padding masks into one boolean mask broadcastable to (B, H, T, S), or None.
+
+    ``key_padding_mask`` is (B, S) with ``True`` (or 1) on real tokens and ``False`` on padding.
+    """
+    mask = None
+    if causal and not (t == 1):  # a single new query sees every cached key: no mask needed
+        mask = causal_mask(t, s, device)[None, None]
+    if key_padding_mask is not None:
+        if key_padding_mask.shape[-1] != s:
+            raise NeuratlasError(
+                f"key padding mask covers {key_padding_mask.shape[-1]} keys but there are {s}"
+            )
+        kpm = key_padding_mask.to(torch.bool)[:, None, None, :]
+        mask = kpm if mask is None else mask & kpm
+    return mask
+
+
+# --- the attention function ------------------------------------------------------------------------------
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    gqa: str = "sdpa",
+) -> torch.Tensor:
+    """softmax(QKᵀ·scale + mask)·V with the fused kernel; ``scale`` defaults to 1/√d_k.
+
+    ``causal`` aligns the triangle to the *end* of the keys, so it is right for prefill after a KV cache
+    too. ``gqa="sdpa"`` lets the kernel broadcast the H_kv heads (``enable_gqa``); ``"repeat"`` expands
+    them with ``repeat_interleave`` first (some kernels are faster on equal head counts).
+    """
+    h, h_kv = q.shape[1], k.shape[1]
+    if h % h_kv:
+        raise NeuratlasError(f"{h} query heads cannot share {h_kv} key/value heads (must divide)")
+    t, s = q.shape[-2], k.shape[-2]
+    is_causal = False
+    if causal:
+        if t == s and mask is None:
+            is_causal = True  # the kernel's own (top-left) triangle is right when T == S
+        elif t > 1:
+            cm = causal_mask(t, s, q.device)[None, None]
+            mask = cm if mask is None else mask.to(torch.bool) & cm
+    if mask is not None and mask.dtype == torch.bool and mask.ndim == 2:  # (B, S) key padding
+        mask = mask[:, None, None, :]
+    enable_gqa = False
+    if h_kv != h:
+        if gqa == "repeat":
+            k = k.repeat_interleave(h // h_kv, dim=1)
+            v = v.repeat_interleave(h // h_kv, dim=1)
+        else:
+            enable_gqa = True
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
+    )
+
+
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The formula written out (for tests): softmax(QKᵀ/√d_k)·V, masked positions set to -inf."""
+    h, h_kv = q.shape[1], k.shape[1]
+    k = k.repeat_interleave(h // h_kv, dim=1)
+    v = v.repeat_interleave(h // h_kv, dim=1)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    t, s = scores.shape[-2:]
+    if causal:
+        scores = scores.masked_fill(~causal_mask(t, s, q.device), float("-inf"))
+    if mask is not None:
+        if mask.ndim == 2:
+            mask = mask[:, None, None, :]
+        scores = (
+            scores.masked_fill(~mask.to(torch.bool), float("-inf"))
+            if mask.dtype == torch.bool
+            else scores + mask
+        )
+    return scores.softmax(-1) @ v
+
+
+# --- rotary position embeddings --------------------------------------------------------------------------
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE: rotate each (x_i, x_{i+D/2}) pair of a head by angle pos·base^(-2i/D).
+
+    Rotating queries and keys by their absolute positions makes q·k depend only on their *relative*
+    position. The cos/sin tables are buffers (not saved in checkpoints) and grow on demand.
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int = 2048, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise NeuratlasError(f"rotary embeddings need an even head dimension, got {head_dim}")
+        self.head_dim, self.base = head_dim, base
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._build(max_seq_len)
+
+    def _build(self, n: int) -> None:
+        freqs = torch.outer(torch.arange(n, dtype=torch.float32, device=self.inv_freq.device), self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (n, D)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q (B, H, T, D) and k (B, H_kv, T, D) whose first token sits at position ``start``."""
+        t = q.shape[-2]
+        if start + t > self.cos.shape[0]:
+            self._build(max(start + t, 2 * self.cos.shape[0]))
+        cos = self.cos[start : start + t].to(q.dtype)
+        sin = self.sin[start : start + t].to(q.dtype)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+# --- KV cache --------------------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values of every layer for tokens already seen, pre-allocated to ``max_len``.
+
+    Stores only the H_kv key/value heads: bytes = 2 · n_layer · B · H_kv · max_len · D · itemsize, so GQA
+    with H/H_kv groups needs H/H_kv times less memory than MHA. ``length`` advances once per model call
+    (after the last layer); cross-attention keys/values of a fixed memory are cached in ``cross``.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_kv_head: int,
+        head_dim: int,
+        max_len: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.length = 0
+        self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this call's (B, H_kv, T, D) keys/values to ``layer``; return all keys/values so far."""
+        t = k.shape[-2]
+        end = self.length + t
+        if end > self.max_len:
+            raise NeuratlasError(
+                f"KV cache holds {self.max_len} tokens; cannot add {t} more after "
+                f"{self.length} (raise max_new_tokens' budget or the model's max_seq_len)"
+            )
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, t: int) -> None:
+        self.length += t
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes the cache needs per token of context (all layers, keys and values, per sequence)."""
+        n_layer, b, h_kv, _, d = self.k.shape
+        return 2 * n_layer * h_kv * d * self.k.element_size()
+
+
+# --- the attention layer ---------------------------------------------------------------------------------
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head / grouped-query / multi-query attention, self- or cross-.
+
+    Self-attention projects Q, K and V with one fused matrix ``qkv`` (one GEMM instead of three);
+    cross-attention projects queries from ``x`` with ``q`` and keys/values from the memory with ``kv``.
+    ``proj`` maps the concatenated heads back to ``dim``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_head: int,
+        n_kv_head: int | None = None,
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        cross: bool = False,
+        gqa: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        n_kv_head = n_kv_head or n_head
+        if dim % n_head:
+            raise NeuratlasError(f"dim {dim} is not divisible by n_head {n_head}")
+        if n_head % n_kv_head:
+            raise NeuratlasError(f"n_head {n_head} is not divisible by n_kv_head {n_kv_head}")
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, dim // n_head
+        self.cross, self.dropout, self.gqa = cross, dropout, gqa
+        kv_dim = 2 * n_kv_head * self.head_dim
+        if cross:
+            self.q = nn.Linear(dim, dim, bias=bias)
+            self.kv = nn.Linear(dim, kv_dim, bias=bias)
+        else:
+            self.qkv = nn.Linear(dim, dim + kv_dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, n, T, D)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        memory: torch.Tensor | None = None,
+        causal: bool = False,
+        key_padding_mask: torch.Tensor | None = None,
+        rope: RotaryEmbedding | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). ``key_padding_mask`` (B, S) marks real keys (of x, or of memory)."""
+        b, t, c = x.shape
+        hd = self.n_kv_head * self.head_dim
+        if self.cross:
+            if memory is None:
+                raise NeuratlasError("cross-attention needs a memory (the encoder output)")
+            q = self._heads(self.q(x), self.n_head)
+            if cache is not None and layer in cache.cross:
+                k, v = cache.cross[layer]
+            else:
+                k, v = self.kv(memory).split(hd, dim=-1)
+                k, v = self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
+                if cache is not None:
+                    cache.cross[layer] = (k, v)
+            causal = False
+        else:
+            q, k, v = self.qkv(x).split((c, hd, hd), dim=-1)
+            q, k, v = (
+                self._heads(q, self.n_head),
+                self._heads(k, self.n_kv_head),
+                self._heads(v, self.n_kv_head),
+            )
+            start = cache.length if cache is not None else 0
+            if rope is not None:
+                q, k = rope(q, k, start)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)
+        mask = None
+        if key_padding_mask is not None:
+            mask = build_mask(
+                t, k.shape[-2], causal=causal, key_padding_mask=key_padding_mask, device=x.device
+            )
+            causal = False
+        y = attention(
+            q, k, v, causal=causal, mask=mask, dropout_p=self.dropout if self.training else 0.0, gqa=self.gqa
+        )
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))

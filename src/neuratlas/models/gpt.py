@@ -1,0 +1,281 @@
+"""GPT: a decoder-only Transformer trained to predict the next token (Radford et al. 2018/2019).
+
+Built from the shared :mod:`neuratlas.models.transformer` blocks, so every switch of Table 2 applies
+(``transformer-modern`` is this class with pre-RMSNorm, GQA, RoPE and SwiGLU). Generation keeps a KV cache:
+the prompt is run once, then each new token costs one position instead of the whole context.
+GPT-2 checkpoints in Hugging Face format import with :func:`load_hf_gpt2`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neuratlas.errors import NeuratlasError
+from neuratlas.layers.attention import KVCache
+from neuratlas.models.registry import register_model
+from neuratlas.models.transformer import PRESETS, Embeddings, Transformer, TransformerConfig, init_weights
+
+
+@dataclass
+class GPTConfig(TransformerConfig):
+    """Defaults: nanoGPT's ``shakespeare_char`` model (6 layers × 384, context 256)."""
+
+    dropout: float = 0.2
+
+
+class GPT(nn.Module):
+    Config = GPTConfig
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embeddings(cfg)
+        self.transformer = Transformer(cfg, causal=True)
+        self.head = nn.Linear(cfg.dim, cfg.padded_vocab_size, bias=False)
+        init_weights(self, cfg)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.tok.weight
+
+    def forward(
+        self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
+    ) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, vocab_size), or (B, 1, vocab_size) for the last position only."""
+        if ids.ndim != 2:
+            raise NeuratlasError(f"GPT expects token ids of shape (batch, time), got {tuple(ids.shape)}")
+        start = cache.length if cache is not None else 0
+        x = self.transformer(self.embed(ids, start), cache=cache)
+        if last_only:
+            x = x[:, -1:]
+        return self.head(x)[..., : self.cfg.vocab_size]  # drop the padding rows of the vocabulary
+
+    def dummy_input(self, batch: int = 2) -> torch.Tensor:
+        return torch.randint(0, self.cfg.vocab_size, (batch, min(16, self.cfg.max_seq_len)))
+
+    # --- generation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def stream(
+        self,
+        ids: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_tokens: Sequence[int] = (),
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the next token of every sequence, (B,), one step at a time.
+
+        ``temperature=0`` is greedy decoding. Sequences that produced a stop token keep yielding it; the
+        stream ends when all have stopped or after ``max_new_tokens``. When the context fills up, the cache
+        is rebuilt from the last half-context of tokens (with recomputation, nanoGPT crops every step).
+        """
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.shape[1] == 0:
+            raise NeuratlasError("generation needs a prompt of at least one token")
+        was_training = self.training
+        self.eval()
+        ctx = self.cfg.max_seq_len
+        stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=ids.device)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        seq = ids[:, -ctx:]
+        cache, pending = None, seq
+        try:
+            for _ in range(max_new_tokens):
+                if use_cache:
+                    if cache is None or cache.length + pending.shape[1] > ctx:
+                        keep = seq[:, -ctx:] if cache is None else seq[:, -(ctx // 2) :]
+                        cache = self.transformer.new_cache(seq.shape[0], ctx)
+                        pending = keep
+                    logits = self(pending, cache=cache, last_only=True)[:, -1]
+                else:
+                    logits = self(seq[:, -ctx:], last_only=True)[:, -1]
+                nxt = sample(logits.float(), temperature, top_k, top_p, generator)
+                if len(stop):
+                    nxt = torch.where(done, stop[0], nxt)
+                    done |= torch.isin(nxt, stop)
+                yield nxt
+                seq = torch.cat([seq, nxt[:, None]], dim=1)[:, -ctx:]
+                pending = nxt[:, None]
+                if len(stop) and bool(done.all()):
+                    break
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:
+        """The prompt and up to ``max_new_tokens`` generated tokens, (B, T + n); see :meth:`stream`."""
+        if ids.ndim == 1:
+            ids = ids[None]
+        new = list(self.stream(ids, max_new_tokens, **kw))
+        return torch.cat([ids, torch.stack(new, 1)], 1) if new else ids
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of (B, V) logits: greedy at temperature 0, else softmax(logits / T) sampling
+    restricted to the ``top_k`` most likely tokens and/or the smallest set whose probability ≥ ``top_p``."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # tokens after the nucleus is already full
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+# --- Hugging Face GPT-2 weights --------------------------------------------------------------------------
+
+
+def read_hf_state_dict(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, tensors) of a Hugging Face model folder; safetensors first, .bin weights-only."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise NeuratlasError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    config = json.loads(cfg_path.read_text())
+    st, binf = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return config, load_file(str(st))
+    if binf.is_file():
+        return config, torch.load(binf, map_location="cpu", weights_only=True)
+    raise NeuratlasError(f"{folder} holds no model.safetensors or pytorch_model.bin")
+
+
+def gpt2_config(hf: dict, **overrides) -> GPTConfig:
+    """The GPTConfig whose switches match a GPT-2 config.json: pre-LayerNorm, learned positions,
+    tanh-GELU, biases, tied embeddings."""
+    act = hf.get("activation_function", "gelu_new")
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        max_seq_len=hf["n_positions"],
+        dim=hf["n_embd"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        norm="pre_layernorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        positions="learned",
+        ffn="gelu" if act == "gelu" else "gelu_tanh",
+        bias=True,
+        tie_embeddings=True,
+        dropout=0.0,
+        **overrides,
+    )
+
+
+def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
+    """Build a Neuratlas GPT from a Hugging Face GPT-2 folder (config.json + weights)."""
+    hf, sd = read_hf_state_dict(folder)
+    if hf.get("model_type") != "gpt2":
+        raise NeuratlasError(f"{folder}: model_type is {hf.get('model_type')!r}, expected 'gpt2'")
+    cfg = gpt2_config(hf, **overrides)
+    model = GPT(cfg)
+    model.model_name, model.config = "gpt2-small", cfg
+    sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
+    v, pv = cfg.vocab_size, cfg.padded_vocab_size
+    wte = torch.zeros(pv, cfg.dim)
+    wte[:v] = sd["wte.weight"]
+    new = {
+        "embed.tok.weight": wte,
+        "embed.pos.weight": sd["wpe.weight"],
+        "transformer.norm.weight": sd["ln_f.weight"],
+        "transformer.norm.bias": sd["ln_f.bias"],
+    }
+    names = {
+        "ln_1": "norm1",
+        "ln_2": "norm2",
+        "attn.c_attn": "attn.qkv",
+        "attn.c_proj": "attn.proj",
+        "mlp.c_fc": "ffn.fc1",
+        "mlp.c_proj": "ffn.fc2",
+    }
+    for i in range(cfg.n_layer):
+        for src, dst in names.items():
+            w, b = sd[f"h.{i}.{src}.weight"], sd[f"h.{i}.{src}.bias"]
+            new[f"transformer.blocks.{i}.{dst}.weight"] = (
+                w if src.startswith("ln") else w.t()
+            )  # Conv1D is (in, out)
+            new[f"transformer.blocks.{i}.{dst}.bias"] = b
+    new["head.weight"] = wte
+    missing, unexpected = model.load_state_dict(new, strict=False)
+    if missing or unexpected:
+        raise NeuratlasError(
+            f"{folder}: GPT-2 weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})"
+        )
+    return model
+
+
+_CHAR = dict(vocab_size=65, pad_vocab_multiple=64)
+register_model(
+    "gpt-char-baby",
+    GPT,
+    "nanoGPT's CPU 'baby GPT': 4 layers × 128, 4 heads, context 64",
+    n_layer=4,
+    n_head=4,
+    dim=128,
+    max_seq_len=64,
+    dropout=0.0,
+    **_CHAR,
+)
+register_model(
+    "gpt-char",
+    GPT,
+    "nanoGPT's shakespeare_char GPT: 6 layers × 384, 6 heads, context 256",
+    n_layer=6,
+    n_head=6,
+    dim=384,
+    max_seq_len=256,
+    dropout=0.2,
+    **_CHAR,
+)
+register_model(
+    "gpt-mini",
+    GPT,
+    "4 layers × 256, 4 heads, context 128 (BPE or GPT-2 vocabulary)",
+    n_layer=4,
+    n_head=4,
+    dim=256,
+    max_seq_len=128,
+    dropout=0.1,
+    vocab_size=50257,
+)
+register_model(
+    "gpt2-small",
+    GPT,
+    "GPT-2 124M layout: 12 layers × 768, context 1024, tanh-GELU",
+    n_layer=12,
+    n_head=12,
+    dim=768,
+    max_seq_len=1024,
+    dropout=0.0,
+    vocab_size=50257,
+    ffn="gelu_tanh",
+)
+register_model(
+    "transformer-modern",
+    GPT,
+    "Table 2's modern column: pre-RMSNorm, GQA (6 heads, 2 KV), RoPE, SwiGLU, no bias; decoder-only",
+    max_seq_len=256,
+    **{**_CHAR, **PRESETS["transformer-modern"]},
+)

