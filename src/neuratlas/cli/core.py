@@ -74,6 +74,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         run = run.override(overrides) if overrides else run
     elif args.recipe:
         recipe = get_recipe(args.recipe)
+        if recipe.runner is not None and not args.help:  # GANs etc.: not one Trainer.fit
+            row = recipe.runner(recipe, overrides)
+            print(f"done in {row.seconds:.1f}s: {row.metric} {row.value:.4f}  {row.curves}")
+            return 0
         run = recipe.run_config(overrides)
         if args.help:
             print(f"{recipe.name}: {recipe.description}\n  target: {recipe.target or '-'}\n"
@@ -89,7 +93,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
           f"({trainer.device}, {'bf16 autocast' if trainer.dtype else 'fp32'}) → {trainer.run_dir}")
     result = trainer.fit(resume=args.resume)
     metric = trainer.task.metric
-    print(f"done in {result.train_seconds:.1f}s ({result.samples_per_second:,.0f} samples/s), {result.steps} steps")
+    print(f"done in {result.train_seconds:.1f}s ({result.samples_per_second:,.0f} samples/s), "
+          f"{result.steps} steps")
     print(f"  val  {metric}: {result.val.get(metric, float('nan')):.4f}")
     print(f"  test {metric}: {result.test.get(metric, float('nan')):.4f}")
     if result.stopped_early:

@@ -15,6 +15,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,  # a.k.a. swish
     "swish": nn.SiLU,
     "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
     "hardswish": nn.Hardswish,
     "identity": nn.Identity,
 }
