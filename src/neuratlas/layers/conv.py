@@ -17,14 +17,40 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v
 
 
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow's "SAME" padding: the extra pixel of an even total pad goes right/bottom.
+
+    For stride 1 this equals symmetric padding; for stride 2 on an even input TF pads (0, 1) where
+    PyTorch's ``padding=k//2`` pads (1, 1), which shifts every feature map by one pixel. Weights trained in
+    TensorFlow (EfficientNet-Lite) need this to reproduce their outputs.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, groups: int = 1,
+                 bias: bool = False) -> None:
+        super().__init__(in_ch, out_ch, kernel_size, stride, padding=0, groups=groups, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((-(-size // s) - 1) * s + k - size, 0)  # (W then H) as F.pad wants
+            pads += [total // 2, total - total // 2]
+        return super().forward(nn.functional.pad(x, pads))
+
+
 class ConvNormAct(nn.Sequential):
-    """Conv2d (no bias) -> BatchNorm -> activation; ``groups=in_ch`` makes it depthwise."""
+    """Conv2d (no bias) -> BatchNorm -> activation; ``groups=in_ch`` makes it depthwise.
+
+    ``tf_same=True`` pads like TensorFlow's "SAME" (see :class:`Conv2dSame`); the default is symmetric.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
-                 act: str | None = "relu", bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
+                 act: str | None = "relu", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 tf_same: bool = False) -> None:
+        conv = (Conv2dSame(in_ch, out_ch, kernel_size, stride, groups=groups) if tf_same else
+                nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding=(kernel_size - 1) // 2, groups=groups,
+                          bias=False))
         layers: list[nn.Module] = [
-            nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding=(kernel_size - 1) // 2, groups=groups,
-                      bias=False),
+            conv,
             nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum),
         ]
         if act:

@@ -41,19 +41,27 @@ class EfficientNetConfig:
     lite: bool = False
     small_input: bool = False  # stride-1 stem for 28–64 px images
     bn_eps: float = 1e-5
+    # "symmetric" (PyTorch, k//2 each side) or "same" (TensorFlow SAME: stride-2 convs pad right/bottom
+    # only). Imported TF-trained weights (EfficientNet-Lite0, bn_eps=1e-3) need "same".
+    padding: str = "symmetric"
+
+    def __post_init__(self) -> None:
+        if self.padding not in ("symmetric", "same"):
+            raise ValueError(f"padding must be 'symmetric' or 'same', got {self.padding!r}")
 
 
 class MBConv(nn.Module):
     """Mobile inverted bottleneck: expand 1×1 -> depthwise k×k -> SE -> project 1×1, residual if shapes match."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int, se: bool, act: str,
-                 drop_path: float, bn_eps: float) -> None:
+                 drop_path: float, bn_eps: float, tf_same: bool = False) -> None:
         super().__init__()
         hidden = in_ch * expand
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(ConvNormAct(in_ch, hidden, 1, act=act, bn_eps=bn_eps))
-        layers.append(ConvNormAct(hidden, hidden, kernel, stride, groups=hidden, act=act, bn_eps=bn_eps))
+        layers.append(ConvNormAct(hidden, hidden, kernel, stride, groups=hidden, act=act, bn_eps=bn_eps,
+                                  tf_same=tf_same))
         if se:
             layers.append(SqueezeExcite(hidden, max(1, in_ch // 4), act=act))
         layers.append(ConvNormAct(hidden, out_ch, 1, act=None, bn_eps=bn_eps))
@@ -76,7 +84,9 @@ class EfficientNet(ImageClassifier):
         reps = lambda n: int(math.ceil(n * cfg.depth_mult))  # noqa: E731
         stem_ch = 32 if cfg.lite else ch(32)
         stem_stride = 1 if cfg.small_input else 2
-        self.stem = ConvNormAct(cfg.in_chans, stem_ch, 3, stem_stride, act=act, bn_eps=cfg.bn_eps)
+        same = cfg.padding == "same"
+        self.stem = ConvNormAct(cfg.in_chans, stem_ch, 3, stem_stride, act=act, bn_eps=cfg.bn_eps,
+                                tf_same=same)
         total = sum(reps(n) for *_, n in B0_STAGES)
         blocks, in_ch, idx = [], stem_ch, 0
         for i, (e, k, s, _, c, n) in enumerate(B0_STAGES):
@@ -85,7 +95,7 @@ class EfficientNet(ImageClassifier):
             for j in range(n):
                 st = s if j == 0 else 1
                 blocks.append((MBConv(in_ch, out, k, st, e, not cfg.lite, act, cfg.drop_path * idx / total,
-                                      cfg.bn_eps), out, st))
+                                      cfg.bn_eps, same), out, st))
                 in_ch, idx = out, idx + 1
         self.stages, self.stage_channels, self.stage_strides = _group_by_stride(blocks, stem_stride)
         head_ch = 1280 if cfg.lite else ch(1280)
