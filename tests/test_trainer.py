@@ -18,14 +18,14 @@ def test_one_batch_overfit(run_overrides):
     run = get_recipe("convnet-fashion-quick").run_config({
         **run_overrides, "data.limit_train": "32", "data.batch_size": "32", "data.augment": "false",
         "model.channels": "16,32", "data.eval_batch_size": "5000",
-        "task.label_smoothing": "0", "trainer.max_steps": "60", "schedule.name": "constant",
+        "task.label_smoothing": "0", "trainer.max_steps": "80", "schedule.name": "constant",
         "optimizer.lr": "1e-2", "model.dropout": "0", "trainer.precision": "fp32"})
     trainer = Trainer(run)
     first = None
-    for _ in range(60):
+    for _ in range(80):
         logs = trainer.train_step()
         first = first if first is not None else logs["loss"]
-    assert first > 1.5 and logs["loss"] < 0.05
+    assert first > 1.5 and logs["loss"] < 0.1  # memorised: from chance (ln 10 ≈ 2.3) to near zero
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
