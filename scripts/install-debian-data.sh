@@ -5,6 +5,8 @@ set -uo pipefail
 CACHE=${NEURATLAS_CACHE:-$HOME/.cache/neuratlas}
 declare -A CHECK=(
   [dataset-fashion-mnist]=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+  [mricron-data]=/usr/share/mricron/templates/aal.nii.gz
+  [fonts-noto-color-emoji]=/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 )
 for pkg in "${!CHECK[@]}"; do
   [ -e "${CHECK[$pkg]}" ] && continue
@@ -16,6 +18,8 @@ for pkg in "${!CHECK[@]}"; do
     (cd "$tmp" && apt-get download "$pkg" >/dev/null 2>&1 && dpkg -x ./*.deb root) || { echo "warning: could not fetch $pkg"; continue; }
     case "$pkg" in
       dataset-fashion-mnist) mkdir -p "$CACHE/fashion-mnist" && cp "$tmp"/root/usr/share/datasets/fashion-mnist/*.gz "$CACHE/fashion-mnist/";;
+      fonts-noto-color-emoji) mkdir -p "$CACHE/noto-emoji" && cp "$tmp"/root/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf "$CACHE/noto-emoji/";;
+      mricron-data) mkdir -p "$CACHE/mricron-templates" && cp "$tmp"/root/usr/share/mricron/templates/{ch2.nii.gz,aal.nii.gz,aal.nii.txt} "$CACHE/mricron-templates/";;
     esac
     rm -rf "$tmp"
   fi
