@@ -22,7 +22,7 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from neuratlas.bench import BENCHMARKS
-from neuratlas.bench.report import (CLAIMS, ClaimResult, budget, count_flops, line_plot, markdown_table,
-                                    register_claim, write_report)
+from neuratlas.bench.report import (
+    CLAIMS,
+    ClaimResult,
+    budget,
+    count_flops,
+    line_plot,
+    markdown_table,
+    register_claim,
+    write_report,
+)
 
 
 def test_every_claim_of_the_article_is_registered():

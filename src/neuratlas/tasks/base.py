@@ -34,13 +34,20 @@ class Task:
         and the recipe did not set them."""
         return {}
 
+    # Tasks whose training data is a TensorBatches set ``self.train_batches`` and inherit the two below.
+    train_batches: Any = None
+
     @property
     def steps_per_epoch(self) -> int:
-        raise NotImplementedError
+        if self.train_batches is None:
+            raise NotImplementedError(f"{type(self).__name__} must define steps_per_epoch")
+        return len(self.train_batches)
 
     def train_batch(self, index: int) -> Any:
         """The ``index``-th training (micro-)batch; must depend only on (seed, index) for exact resume."""
-        raise NotImplementedError
+        if self.train_batches is None:
+            raise NotImplementedError(f"{type(self).__name__} must define train_batch")
+        return self.train_batches.get(index)
 
     def training_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

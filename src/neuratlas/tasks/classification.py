@@ -70,13 +70,6 @@ class ImageClassification(Task):
         c, h, w = self.data.shape
         return {"num_classes": len(self.data.classes), "in_chans": c, "img_size": h, "in_features": c * h * w}
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_batches)
-
-    def train_batch(self, index: int):
-        return self.train_batches.get(index)
-
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = batch
         logits = model(self.prepare(x).to(self.device, memory_format=self.memory_format))

@@ -229,13 +229,6 @@ class Detection(Task):
     def model_defaults(self) -> dict[str, Any]:
         return {"num_classes": len(self.data.classes), "in_chans": 3}
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_batches)
-
-    def train_batch(self, index: int):
-        return self.train_batches.get(index)
-
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         x, boxes, labels = batch
         x = normalize(x, self.data.mean, self.data.std).to(self.device, memory_format=self.memory_format)

@@ -188,13 +188,6 @@ class Forecasting(Task):
         return {"in_features": 1, "horizon": self.cfg.horizon, "lookback": self.cfg.lookback,
                 "quantiles": tuple(self.cfg.quantiles)}
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_batches)
-
-    def train_batch(self, index: int):
-        return self.train_batches.get(index)
-
     def _check_model(self, model: nn.Module) -> None:
         cfg = getattr(model, "config", None)
         if cfg is not None and (getattr(cfg, "horizon", None) != self.cfg.horizon or

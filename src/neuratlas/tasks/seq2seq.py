@@ -198,13 +198,6 @@ class Seq2Seq(Task):
     def model_defaults(self) -> dict[str, Any]:
         return {"src_vocab_size": len(self.data.graphemes), "vocab_size": len(self.data.phonemes)}
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_batches)
-
-    def train_batch(self, index: int):
-        return self.train_batches.get(index)
-
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         src, tgt = (t.to(self.device) for t in batch)
         logits = model(src, tgt[:, :-1])  # teacher forcing: read <s> p1 .. pn, predict p1 .. pn </s>

@@ -40,13 +40,6 @@ class TextClassification(Task):
     def model_defaults(self) -> dict[str, Any]:
         return {"num_classes": len(self.data.classes), "vocab_size": self.data.tokenizer.vocab_size}
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_batches)
-
-    def train_batch(self, index: int):
-        return self.train_batches.get(index)
-
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask, y = (t.to(self.device) for t in batch)
         logits = model(ids, mask)
