@@ -22,8 +22,9 @@ from neuratlas.layers.attention import (
     build_mask,
     reference_attention,
 )
+from neuratlas.layers.sampling import sample
 from neuratlas.models import create_model
-from neuratlas.models.gpt import GPT, GPTConfig, load_hf_gpt2, sample
+from neuratlas.models.gpt import GPT, GPTConfig, load_hf_gpt2
 from neuratlas.models.transformer import PRESETS, Transformer, TransformerConfig
 from neuratlas.tasks.masked_lm import IGNORE, mask_tokens
 from neuratlas.text.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, tokenizer_from_dict

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from neuratlas.errors import NeuratlasError
-from neuratlas.models.gpt import sample  # shared sampler (temperature, top-k, top-p)
+from neuratlas.layers.sampling import sample
 from neuratlas.models.registry import register_model
 
 CELLS = ("rnn", "lstm", "gru")
