@@ -90,3 +90,9 @@ def gather_predictions(model: nn.Module, batches, autocast: AbstractContextManag
         targets.append(y)
     model.train(was_training)
     return torch.cat(outs), torch.cat(targets)
+
+
+def describe_splits(name: str, data: Any) -> str:
+    """``name (train/val/test)`` sample counts of a data set with ``train``/``val``/``test`` tensor tuples."""
+    n = [len(split[0]) for split in (data.train, data.val, data.test)]
+    return f"{name} ({n[0]:,}/{n[1]:,}/{n[2]:,})"

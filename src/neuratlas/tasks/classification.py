@@ -16,7 +16,7 @@ from neuratlas.data.images import ImageSplits
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize, random_crop, random_erase, random_hflip
 from neuratlas.errors import NeuratlasError
-from neuratlas.tasks.base import TASKS, Task, gather_predictions
+from neuratlas.tasks.base import TASKS, Task, describe_splits, gather_predictions
 from neuratlas.training.losses import LOSSES, classification_loss
 
 
@@ -95,8 +95,7 @@ class ImageClassification(Task):
                 "input_shape": [c, h, w], "dataset": self.data_spec["name"]}
 
     def describe_data(self) -> str:
-        n = [len(s[0]) for s in (self.data.train, self.data.val, self.data.test)]
-        return f"{self.data_spec['name']} ({n[0]:,}/{n[1]:,}/{n[2]:,})"
+        return describe_splits(self.data_spec["name"], self.data)
 
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,

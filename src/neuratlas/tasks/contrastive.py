@@ -27,7 +27,7 @@ from neuratlas.data.loaders import TensorBatches, seeded_generator
 from neuratlas.data.transforms import normalize, random_crop, random_hflip
 from neuratlas.errors import NeuratlasError
 from neuratlas.models.clip import clip_loss
-from neuratlas.tasks.base import TASKS, Task
+from neuratlas.tasks.base import TASKS, Task, describe_splits
 from neuratlas.text.tokenizers import tokenizer_from_dict
 
 KS = (1, 5, 10)
@@ -171,8 +171,7 @@ class ContrastiveImageText(Task):
                 "std": list(self.data.std), "input_shape": [c, h, w], "dataset": self.data_spec["name"]}
 
     def describe_data(self) -> str:
-        n = [len(s[0]) for s in (self.data.train, self.data.val, self.data.test)]
-        return f"{self.data_spec['name']} ({n[0]:,}/{n[1]:,}/{n[2]:,})"
+        return describe_splits(self.data_spec["name"], self.data)
 
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
