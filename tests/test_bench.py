@@ -63,3 +63,21 @@ def test_matmul_peak_is_measured(dtype):
     from neuratlas.bench.races import matmul_peak
 
     assert matmul_peak(dtype, n=128, seconds=0.05) > 1e6
+
+
+def test_minilm_race_checks_outputs_against_transformers(monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lines = BENCHMARKS.get("minilm").builder({"quick": "true", "sentences": "40", "batch": "16"})
+    text = "\n".join(lines)
+    assert "40 Rotten Tomatoes snippets" in text
+    assert "(target ≤ 1e-4: met)" in text and "(target ≥ 0.999: met)" in text
+    assert text.endswith("reproduce: neuratlas bench minilm --quick")
+
+
+def test_speed_prints_one_table_line_per_race(capsys):
+    lines = BENCHMARKS.get("speed").builder({"quick": "true", "only": "mfu", "batch": "2", "context": "32"})
+    assert lines[0].startswith("machine: ") and "bf16" in lines[0]
+    rows = [ln for ln in lines if ln.startswith("| GPT 6 × 384 training step |")]
+    assert len(rows) == 1 and "MFU" in rows[0] and rows[0].endswith("`neuratlas bench mfu` |")
+    assert "RACE |" in capsys.readouterr().out  # each race's own lines are printed as it runs

@@ -1,5 +1,7 @@
 """The trainer: overfits one batch, resumes bit-exactly after a crash, stops on NaN with the step."""
 
+import copy
+
 import pytest
 import torch
 
@@ -102,3 +104,25 @@ def test_budget_schedule_follows_the_clock(run_overrides):
     assert result.stopped_early.startswith("time limit") and result.steps < t.total_steps
     last_lr = t.optimizer.param_groups[0]["lr"]
     assert last_lr < 0.25 * run.optimizer.lr  # the cosine reached its tail when the budget ran out
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_fused_optimizer_matches_the_reference_update(name):
+    """The fused kernel is a speed switch only: the same parameters after a few steps."""
+    from neuratlas.training.config import OptimizerConfig
+    from neuratlas.training.optim import build_optimizer
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))]
+    models.append(copy.deepcopy(models[0]))
+    opts = [build_optimizer(m, OptimizerConfig(name=name, lr=1e-2, weight_decay=0.1, fused=f))
+            for m, f in zip(models, (True, False))]
+    assert opts[0].defaults.get("fused") is True and not opts[1].defaults.get("fused")
+    x = torch.randn(32, 8)
+    for _ in range(5):
+        for m, opt in zip(models, opts):
+            m(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -17,6 +17,7 @@ from neuratlas.data.text import PRETRAINED, read_tar_texts, sdist_source
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.attention import (
     MultiHeadAttention,
+    Packing,
     RotaryEmbedding,
     attention,
     build_mask,
@@ -374,6 +375,12 @@ def test_lm_run_checkpoint_tokenizer_and_generate_cli(tmp_path, run_overrides):
             == 0
         )
     assert out.getvalue().startswith("ROMEO:") and len(out.getvalue()) >= 20
+    assert result.test == result.val  # the LM's held-out split is scored once, not twice
+    out16 = io.StringIO()
+    with redirect_stdout(out16):
+        argv = ["generate", str(result.run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--temperature", "0"]
+        assert main([*argv, "--bf16"]) == 0
+    assert out16.getvalue().startswith("ROMEO:") and len(out16.getvalue()) >= 20
     assert main(["generate", str(tmp_path / "nope")]) == 2
 
 
@@ -469,3 +476,79 @@ def test_minilm_fine_tunes_on_rotten_tomatoes(run_overrides, full):
         )
     result = Trainer(get_recipe("bert-rotten-tomatoes-quick").run_config(over)).fit()
     assert result.test["accuracy"] > (0.75 if full else 0.64)  # majority class: 0.58
+
+
+def _nanogpt_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "peers" / "nanogpt" / "model.py"
+    if not path.is_file():
+        pytest.fail(f"nanoGPT's model.py (the peer in ../shared/peers) is missing at {path}")
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_nanogpt_checkpoint_imports_with_equal_logits(tmp_path):
+    from neuratlas.models.gpt import load_nanogpt
+
+    ng = _nanogpt_module()
+    torch.manual_seed(0)
+    args = dict(n_layer=2, n_head=4, n_embd=64, block_size=32, bias=False, vocab_size=65, dropout=0.0)
+    peer = ng.GPT(ng.GPTConfig(**args)).eval()
+    with torch.no_grad():  # nanoGPT starts biases/norms at 0/1: move them so the mapping is really checked
+        for p in peer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    # nanoGPT's train.py writes exactly this dict (a torch.compile'd model prefixes "_orig_mod.")
+    sd = {"_orig_mod." + k: v for k, v in peer.state_dict().items()}
+    torch.save({"model": sd, "model_args": args, "iter_num": 7, "best_val_loss": torch.tensor(1.0),
+                "config": {"dataset": "shakespeare_char"}}, tmp_path / "ckpt.pt")
+    ours = load_nanogpt(tmp_path / "ckpt.pt").eval()
+    ids = torch.randint(0, 65, (3, 32))
+    with torch.no_grad():
+        want = peer(ids, ids)[0]  # with targets nanoGPT returns logits at every position
+        torch.testing.assert_close(ours(ids), want, atol=1e-5, rtol=1e-5)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(NeuratlasError, match="not a readable nanoGPT checkpoint"):
+        load_nanogpt(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_unpadded_encoder_equals_padded_on_real_tokens(pre_norm):
+    """unpad runs norms/projections/FFN on real tokens only: the same outputs and gradients there."""
+    torch.manual_seed(0)
+    kw = dict(vocab_size=50, dim=32, n_layer=2, n_head=4, dropout=0.0,
+              norm="pre_layernorm" if pre_norm else "post_layernorm")
+    packed = create_model("bert-mini", **kw, unpad=True)
+    padded = create_model("bert-mini", **kw, unpad=False)
+    padded.load_state_dict(packed.state_dict())
+    ids = torch.randint(5, 50, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[2, 7:] = 0
+    real = mask.bool()
+    h1, h2 = packed.encode(ids, mask), padded.encode(ids, mask)
+    torch.testing.assert_close(h1[real], h2[real], atol=1e-5, rtol=1e-5)
+    assert (h1[~real] == 0).all()  # padded positions carry no computation
+    (h1[real].square().sum()).backward()
+    (h2[real].square().sum()).backward()
+    for (name, a), b in zip(packed.named_parameters(), padded.parameters()):
+        if a.grad is not None or b.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=name)
+    with pytest.raises(NeuratlasError, match="bidirectional"):
+        MultiHeadAttention(32, 4)(torch.randn(10, 32), causal=True, packing=Packing(mask))
+
+
+def test_bf16_attention_runs_its_kernel_in_fp32_on_cpu():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8).to(torch.bfloat16) for _ in range(3))
+    want = reference_attention(q.float(), k.float(), v.float(), causal=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        up = attention(q, k, v, causal=True, fp32_on_cpu=True)
+        low = attention(q, k, v, causal=True, fp32_on_cpu=False)
+    assert up.dtype == low.dtype == torch.bfloat16
+    # fp32 kernel: only the final rounding to bf16 separates it from the exact result
+    assert (up.float() - want).abs().max() <= 2 ** -8 * want.abs().max()
+    torch.testing.assert_close(low.float(), want, atol=5e-2, rtol=5e-2)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -28,6 +29,15 @@ NANOGPT_BABY = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_int
                 "--lr_decay_iters=2000", "--dropout=0.0"]
 
 
+NANOGPT_10MIN = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=10", "--block_size=128",
+                 "--batch_size=32", "--n_layer=4", "--n_head=4", "--n_embd=256", "--dropout=0.0"]
+RACE = "RACE |"  # marks the one summary line of a race; `bench speed` gathers them into its table
+
+
+def race_line(race: str, peer: str, ours: str, ratio: str, target: str, met: bool, command: str) -> str:
+    return f"{RACE} {race} | {peer} | {ours} | {ratio} | {target} | {'met' if met else 'NOT met'} | `{command}`"
+
+
 def _find_peers(options: dict[str, str]) -> Path:
     candidates = [options.get("peers", ""), os.environ.get("NEURATLAS_PEERS", ""), "../shared/peers",
                   str(Path(__file__).resolve().parents[3] / ".." / "shared" / "peers")]
@@ -45,35 +55,98 @@ def _timed_run(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
     return time.perf_counter() - t0, r.stdout
 
 
+def _rescore_nanogpt(ckpt: Path, text: Path) -> tuple[float, int]:
+    """nanoGPT's saved checkpoint scored by Neuratlas' evaluator on the whole val split (fp32), so both sides
+    are judged by the same evaluation; returns (val loss, nanoGPT's iteration of that checkpoint)."""
+    from neuratlas.models.gpt import load_nanogpt
+    from neuratlas.recipes import get_recipe
+    from neuratlas.tasks import build_task
+
+    run = get_recipe("gpt-tinyshakespeare-baby").run_config({})
+    task = build_task(run.task, run.data, run.trainer.seed)
+    if task.data.tokenizer.chars != sorted(set(text.read_text())):
+        raise NeuratlasError("the character vocabularies differ; cannot score nanoGPT's checkpoint")
+    model = load_nanogpt(ckpt).eval()
+    step = int(torch.load(ckpt, map_location="cpu", weights_only=True)["iter_num"])
+    return task.evaluate(model, "val", contextlib.nullcontext())["loss"], step
+
+
 def race_nanogpt(options: dict[str, str]) -> list[str]:
     peers = _find_peers(options)
     text = options.get("text") or str(peers.parent / "data" / "tinyshakespeare" / "input.txt")
     if not Path(text).is_file():
         raise NeuratlasError(f"Tiny Shakespeare not found at {text}: pass --text FILE")
-    iters = options.get("iters", "2000")
     work = Path(tempfile.mkdtemp(prefix="nanogpt-race-"))
     try:
         shutil.copytree(peers / "nanogpt", work / "nanogpt")
         data_dir = work / "nanogpt" / "data" / "shakespeare_char"
         shutil.copy(text, data_dir / "input.txt")  # else prepare.py would download it
         subprocess.run([sys.executable, "prepare.py"], cwd=data_dir, check=True, capture_output=True)
-        args = [a if not a.startswith(("--max_iters", "--lr_decay_iters")) else a.split("=")[0] + "=" + iters
-                for a in NANOGPT_BABY]
-        peer_s, peer_out = _timed_run([sys.executable, "train.py", "config/train_shakespeare_char.py", *args,
-                                       f"--out_dir={work / 'out'}"], cwd=work / "nanogpt")
-        peer_val = float(re.findall(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", peer_out)[-1])
-        ours_s, ours_out = _timed_run([sys.executable, "-m", "neuratlas", "train", "gpt-tinyshakespeare-baby",
-                                       "--trainer.max_steps", iters, "--trainer.eval_every", iters,
-                                       "--trainer.out_dir", str(work / "ours"), "--trainer.progress", "false"])
-        ours_val = float(re.search(r"val\s+loss: ([\d.]+)", ours_out).group(1))
+        peer_s, peer_out = _timed_run([sys.executable, "train.py", "config/train_shakespeare_char.py",
+                                       *NANOGPT_BABY, f"--out_dir={work / 'out'}"], cwd=work / "nanogpt")
+        peer_est = float(re.findall(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", peer_out)[-1])
+        peer_val, peer_step = _rescore_nanogpt(work / "out" / "ckpt.pt", data_dir / "input.txt")
+        lines = [f"char-level baby GPT (4 × 128, context 64, batch 12), Tiny Shakespeare 90/10 split, "
+                 f"{torch.get_num_threads()} threads; val loss on the whole val split by one evaluator",
+                 f"  nanoGPT train.py, 2,000 iterations : val {peer_val:.4f} (its checkpoint of iteration "
+                 f"{peer_step}; its own 20-batch estimate {peer_est:.4f}), wall {peer_s:6.1f} s"]
+        for recipe in ("gpt-tinyshakespeare-baby", "gpt-tinyshakespeare-baby-fast"):
+            ours_s, ours_out = _timed_run([sys.executable, "-m", "neuratlas", "train", recipe,
+                                           "--trainer.out_dir", str(work / "ours"), "--trainer.progress",
+                                           "false"])
+            ours_val = float(re.search(r"val\s+loss: ([\d.]+)", ours_out).group(1))
+            steps = re.search(r"for ([\d,]+) steps", ours_out).group(1)
+            verdict = "met" if ours_val <= peer_val and ours_s <= 0.5 * peer_s else "not met"
+            lines.append(f"  Neuratlas {recipe} ({steps} steps): val {ours_val:.4f}, wall {ours_s:6.1f} s"
+                         f" → time ratio {ours_s / peer_s:.2f}× (target ≤ 0.5× at same or better val: {verdict})")
+            lines.append(race_line(f"baby GPT, Tiny Shakespeare ({recipe}, {steps} steps)",
+                                   f"nanoGPT val {peer_val:.4f} in {peer_s:.1f} s",
+                                   f"val {ours_val:.4f} in {ours_s:.1f} s", f"{ours_s / peer_s:.2f}× time",
+                                   "≤ 0.5× time, val ≤ peer", verdict == "met", "neuratlas bench nanogpt"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return [f"char-level baby GPT, Tiny Shakespeare, {iters} iterations, {torch.get_num_threads()} threads",
-            f"  nanoGPT train.py : val loss {peer_val:.4f} (20 random val batches), wall {peer_s:6.1f} s",
-            f"  Neuratlas        : val loss {ours_val:.4f} (whole val split),      wall {ours_s:6.1f} s",
-            f"  time ratio Neuratlas/nanoGPT: {ours_s / peer_s:.2f}× (target ≤ 0.5×), val loss "
-            f"{'same or better' if ours_val <= peer_val + 0.01 else 'worse'}",
-            "reproduce: neuratlas bench nanogpt"]
+    return lines + ["  (wall = whole process, start-up and evaluation included, for both)",
+                    "reproduce: neuratlas bench nanogpt"]
+
+
+def race_nanogpt_10min(options: dict[str, str]) -> list[str]:
+    """Best char-level GPT in a wall-clock budget: nanoGPT's 10-minute configuration (from the peers' README)
+    with as many iterations as fit the budget on this machine (probed first) vs Neuratlas' budgeted recipe."""
+    peers = _find_peers(options)
+    budget = float(options.get("budget", 600))
+    text = options.get("text") or str(peers.parent / "data" / "tinyshakespeare" / "input.txt")
+    work = Path(tempfile.mkdtemp(prefix="nanogpt-10min-"))
+    try:
+        shutil.copytree(peers / "nanogpt", work / "nanogpt")
+        data_dir = work / "nanogpt" / "data" / "shakespeare_char"
+        shutil.copy(text, data_dir / "input.txt")
+        subprocess.run([sys.executable, "prepare.py"], cwd=data_dir, check=True, capture_output=True)
+        cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_10MIN]
+        # probe: nanoGPT's own ms/iteration on this machine (it has no time limit), then fit the run into budget
+        _, probe = _timed_run([*cmd, "--max_iters=40", "--eval_interval=1000", f"--out_dir={work / 'probe'}"],
+                              cwd=work / "nanogpt")
+        ms = sorted(float(t) for t in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", probe)[1:])
+        per_iter = ms[len(ms) // 2] / 1000 * 1.15  # median, plus its 20-batch evaluations every 250 iterations
+        iters = max(100, int((budget - 15) / per_iter))
+        peer_s, _ = _timed_run([*cmd, f"--max_iters={iters}", f"--lr_decay_iters={iters}",
+                                f"--out_dir={work / 'out'}"], cwd=work / "nanogpt")
+        peer_val, peer_step = _rescore_nanogpt(work / "out" / "ckpt.pt", data_dir / "input.txt")
+        ours_s, ours_out = _timed_run([sys.executable, "-m", "neuratlas", "train", "gpt-tinyshakespeare-10min",
+                                       "--trainer.time_limit", str(budget - 30), "--trainer.out_dir",
+                                       str(work / "ours"), "--trainer.progress", "false"])
+        ours_val = float(re.search(r"val\s+loss: ([\d.]+)", ours_out).group(1))
+        steps = re.search(r"done in [\d.]+s \([^)]*\), ([\d,]+) steps", ours_out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return [f"best char-level GPT in {budget:.0f} s, Tiny Shakespeare 90/10, whole val split by one evaluator",
+            f"  nanoGPT (4 × 256, block 128, batch 32, {iters} iterations fitted to the budget): val {peer_val:.4f} "
+            f"(checkpoint of iteration {peer_step}), wall {peer_s:.0f} s",
+            f"  Neuratlas gpt-tinyshakespeare-10min ({steps.group(1) if steps else '?'} steps): val {ours_val:.4f}, "
+            f"wall {ours_s:.0f} s",
+            race_line(f"best char GPT in {budget / 60:.0f} min", f"nanoGPT val {peer_val:.4f}", f"val {ours_val:.4f}",
+                      f"{peer_val - ours_val:+.3f} nats", "val ≤ 1.47", ours_val <= 1.47,
+                      "neuratlas bench nanogpt-10min"),
+            "reproduce: neuratlas bench nanogpt-10min"]
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
@@ -97,7 +170,7 @@ def race_mfu(options: dict[str, str]) -> list[str]:
     dtype = resolve_precision(options.get("precision", "auto"), torch.device("cpu"))
     batch, ctx = int(options.get("batch", 16)), int(options.get("context", 256))
     model = create_model("gpt-char", vocab_size=65, max_seq_len=ctx, dropout=0.0)
-    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    opt = torch.optim.AdamW(model.parameters(), 1e-4, fused=True)
     x = torch.randint(0, 65, (batch, ctx))
     cfg = model.cfg
     pos = model.embed.pos
@@ -124,6 +197,9 @@ def race_mfu(options: dict[str, str]) -> list[str]:
             f"  matmul peak ({name}, 2048², measured now): {peak / 1e9:8.1f} GFLOP/s",
             f"  training step achieved:                  {achieved / 1e9:8.1f} GFLOP/s",
             f"  MFU: {achieved / peak:.1%} (target ≥ 50%)",
+            race_line("GPT 6 × 384 training step", f"matmul peak {peak / 1e9:.0f} GFLOP/s ({name})",
+                      f"{achieved / 1e9:.0f} GFLOP/s", f"MFU {achieved / peak:.1%}", "≥ 50% MFU",
+                      achieved / peak >= 0.5, "neuratlas bench mfu"),
             "reproduce: neuratlas bench mfu"]
 
 
@@ -144,13 +220,51 @@ def race_fashion(options: dict[str, str]) -> list[str]:
         result = trainer.fit()
         wall = time.perf_counter() - t0
         acc = result.test["accuracy"]
+        met = acc >= target and result.train_seconds <= seconds * 1.05
+        lines.append(race_line(f"Fashion-MNIST in {seconds:.0f} s ({recipe})", "—",
+                               f"test {acc:.4f} in {result.train_seconds:.0f} s", "—",
+                               f"≥ {target:.0%} in {seconds:.0f} s", met, "neuratlas bench fashion-race"))
         lines.append(f"  {recipe}: test accuracy {acc:.4f} after {result.train_seconds:.0f} s of training "
                      f"({wall:.0f} s with evaluation); target ≥ {target:.0%} within {seconds:.0f} s: "
-                     f"{'met' if acc >= target and result.train_seconds <= seconds * 1.05 else 'not met'}")
+                     f"{'met' if met else 'not met'}")
     shutil.rmtree(out, ignore_errors=True)
     return lines + ["reproduce: neuratlas bench fashion-race"]
 
 
+def speed(options: dict[str, str]) -> list[str]:
+    """Every race of issue 10 in one invocation; ends with one table line per race."""
+    quick = _truthy(options.get("quick", "false"))
+    names = ["nanogpt", *([] if quick else ["nanogpt-10min"]), "mfu", "fashion-race", "gnn", "minilm", "transformer"]
+    if options.get("only"):
+        names = [n for n in names if n in options["only"].split(",")]
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").is_file() else "unknown CPU"
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    head = [f"machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; 2048² matmul peak "
+            f"fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s (measured now)"]
+    out, table = list(head), []
+    for name in names:
+        opts = {k: v for k, v in options.items() if k != "only"}
+        if name == "gnn" and "root" not in opts:
+            root = _find_peers(options).parent / "data" / "planetoid"
+            if root.is_dir():
+                opts["root"] = str(root)
+        print(f"--- {name}", flush=True)
+        try:
+            lines = BENCHMARKS.get(name).builder(opts) or []
+        except NeuratlasError as e:
+            lines = [f"  skipped: {e}"]
+        for line in lines:
+            print(line, flush=True)
+        table += [ln.removeprefix(RACE).strip() for ln in lines if ln.startswith(RACE)]
+    out += ["", "| race | peer | Neuratlas | ratio | target | verdict | command |", "|---|---|---|---|---|---|---|"]
+    return out + [f"| {row} |" for row in table]
+
+
+BENCHMARKS.add("speed", speed, description="every speed race of issue 10 back to back; one table line per race "
+               "(--quick skips the 10-minute GPT race; --only a,b)")
+BENCHMARKS.add("nanogpt-10min", race_nanogpt_10min, description="best char-level GPT in 10 minutes: nanoGPT's "
+               "10-minute configuration vs Neuratlas' budgeted recipe (--budget S)")
 BENCHMARKS.add("nanogpt", race_nanogpt, description="nanoGPT train.py vs Neuratlas, baby GPT on Tiny Shakespeare: "
                "val loss and wall time, same run (--peers DIR)")
 BENCHMARKS.add("mfu", race_mfu, description="GPT 6×384 training step FLOP/s vs the measured matmul peak (MFU)")

@@ -4,11 +4,13 @@ token for MHA, GQA and MQA. Both sides get the same warm-up; figures are ratios,
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
 
 from neuratlas.bench import BENCHMARKS
+from neuratlas.bench.races import race_line
 from neuratlas.errors import NeuratlasError
 
 
@@ -77,29 +79,46 @@ def bench_transformer(options: dict[str, str]) -> list[str]:
     x = torch.randint(0, vocab, (batch, ctx))
     data = (x, torch.roll(x, -1, 1))
     for dtype, name in ((None, "fp32"), (torch.bfloat16, "bf16 autocast")):
-        t_hf = _timed(_train_step(hf, data, torch.optim.AdamW(hf.parameters(), 1e-4), True, dtype), reps)
-        t_us = _timed(_train_step(ours, data, torch.optim.AdamW(ours.parameters(), 1e-4), False, dtype), reps)
+        opt_hf, opt_us = (torch.optim.AdamW(m.parameters(), 1e-4, fused=True) for m in (hf, ours))
+        t_hf = _timed(_train_step(hf, data, opt_hf, True, dtype), reps)
+        t_us = _timed(_train_step(ours, data, opt_us, False, dtype), reps)
         tok = batch * ctx
         lines.append(
             f"train {name:14s} tokens/s  neuratlas {tok / t_us:9,.0f}  transformers {tok / t_hf:9,.0f}  "
             f"ratio {t_hf / t_us:.2f}×"
         )
-    # generation: greedy, batch 1, KV cache on both sides, fp32
+    # generation: greedy, batch 1, KV cache on both sides; Neuratlas also with bf16 weights (half the bytes
+    # streamed per token: batch-1 decoding reads every weight once per token and is memory-bound on CPUs)
     hf.eval()
     ours.eval()
     prompt, n_new = x[:1, :16], (32 if quick else 128)
+    ours16 = copy.deepcopy(ours).to(torch.bfloat16)
     with torch.no_grad():
+        want = hf.generate(prompt, max_new_tokens=n_new, do_sample=False, pad_token_id=0, eos_token_id=None)
+        got, got16 = (m.generate(prompt, n_new, temperature=0) for m in (ours, ours16))
         t_hf = _timed(
-            lambda: hf.generate(
-                prompt, max_new_tokens=n_new, do_sample=False, pad_token_id=0, eos_token_id=None
-            ),
+            lambda: hf.generate(prompt, max_new_tokens=n_new, do_sample=False, pad_token_id=0, eos_token_id=None),
             1 if quick else 3,
         )
         t_us = _timed(lambda: ours.generate(prompt, n_new, temperature=0), 1 if quick else 3)
+        t_16 = _timed(lambda: ours16.generate(prompt, n_new, temperature=0), 1 if quick else 3)
+    same = "identical" if got.tolist() == want.tolist() else "DIFFERENT"
+    agree = (got16 == got).float().mean().item()
     lines.append(
-        f"generate fp32 (greedy, KV cache) tokens/s  neuratlas {n_new / t_us:7,.0f}  transformers "
-        f"{n_new / t_hf:7,.0f}  ratio {t_hf / t_us:.2f}×"
+        f"generate fp32 (greedy, KV cache, batch 1) tokens/s  neuratlas {n_new / t_us:7,.0f}  transformers "
+        f"{n_new / t_hf:7,.0f}  ratio {t_hf / t_us:.2f}×; greedy tokens {same}"
     )
+    lines.append(
+        f"generate bf16 weights (neuratlas generate --bf16) tokens/s {n_new / t_16:7,.0f}  ratio to transformers "
+        f"fp32 {t_hf / t_16:.2f}×; tokens equal to fp32's: {agree:.1%}"
+    )
+    cmd = f"neuratlas bench transformer{' --quick' if quick else ''}"
+    lines.append(race_line("GPT 6 × 384 generation, fp32, batch 1", f"transformers {n_new / t_hf:,.0f} tok/s",
+                           f"{n_new / t_us:,.0f} tok/s, tokens {same}", f"{t_hf / t_us:.2f}×",
+                           "≥ 1.5×, identical greedy tokens", t_hf / t_us >= 1.5 and same == "identical", cmd))
+    lines.append(race_line("GPT 6 × 384 generation, bf16 weights", f"transformers fp32 {n_new / t_hf:,.0f} tok/s",
+                           f"{n_new / t_16:,.0f} tok/s ({agree:.0%} tokens = fp32)", f"{t_hf / t_16:.2f}×", "≥ 1.5×",
+                           t_hf / t_16 >= 1.5, cmd))
     # KV-cache memory: only the n_kv_head key/value heads are stored
     for h_kv, label in ((6, "MHA"), (2, "GQA"), (1, "MQA")):
         m = GPT(

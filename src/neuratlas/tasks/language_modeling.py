@@ -45,6 +45,7 @@ class LanguageModeling(Task):
     Config = LMConfig
     metric = "loss"
     higher_is_better = False
+    test_is_val = True  # nanoGPT's 90/10 split: the held-out 10% is both
 
     def __init__(self, cfg: LMConfig, data_spec: dict[str, Any], seed: int = 0) -> None:
         super().__init__(cfg, data_spec, seed)

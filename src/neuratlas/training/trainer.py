@@ -173,7 +173,7 @@ class Trainer:
                    dynamic_ncols=True, desc=self.run.model["name"], leave=False)
         batch_size = self.task.batch_size
         t0, steps0, smooth = time.perf_counter(), self.step, None
-        self._t0 = t0
+        self._t0, self._val_step = t0, -1
         self.model.train()
         try:
             while self.step < self.total_steps:
@@ -188,7 +188,7 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 out_of_time = tc.time_limit is not None and elapsed >= tc.time_limit
                 if self.step % self.eval_every == 0 or self.step == self.total_steps or out_of_time:
-                    result.val = self.evaluate("val")
+                    result.val, self._val_step = self.evaluate("val"), self.step
                     self.model.train()
                     logger.log(self.step, "val", result.val)
                     bar.set_postfix(loss=f"{smooth:.4f}", **{f"val_{self.task.metric}":
@@ -212,7 +212,8 @@ class Trainer:
         result.steps = self.step
         done = (self.step - steps0) * tc.grad_accum * batch_size
         result.samples_per_second = done / max(result.train_seconds, 1e-9)
-        result.test = self.evaluate("test")
+        scored_now = result.val and self._val_step == self.step
+        result.test = dict(result.val) if self.task.test_is_val and scored_now else self.evaluate("test")
         logger.log(self.step, "test", result.test)
         logger.log(self.step, "train", {"time_s": result.train_seconds, "samples_per_s": result.samples_per_second})
         logger.close()
