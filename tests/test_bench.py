@@ -2,6 +2,7 @@
 
 Timings are never asserted here; the claims themselves run in `neuratlas bench all`."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,13 @@ def test_speed_prints_one_table_line_per_race(capsys):
     rows = [ln for ln in lines if ln.startswith("| GPT 6 × 384 training step |")]
     assert len(rows) == 1 and "MFU" in rows[0] and rows[0].endswith("`neuratlas bench mfu` |")
     assert "RACE |" in capsys.readouterr().out  # each race's own lines are printed as it runs
+
+
+@pytest.mark.slow
+def test_budgeted_gpt_race_runs_the_real_peer_and_rescores_it():
+    """nanoGPT's own train.py (../shared/peers) against the budgeted recipe, at a 50-second budget."""
+    lines = BENCHMARKS.get("nanogpt-10min").builder({"budget": "50"})
+    text = "\n".join(lines)
+    peer, ours = (float(v) for v in re.findall(r"val (\d\.\d+)", lines[1] + lines[2])[:2])
+    assert 1.0 < ours < 4.2 and 1.0 < peer < 4.2  # both trained a little: below ln(65) = 4.17
+    assert "RACE | best char GPT in 1 min" in text and text.endswith("neuratlas bench nanogpt-10min")

@@ -78,7 +78,7 @@ def efficiency_claim(quick: bool, out: Path) -> ClaimResult:
         r["speed vs resnet50"] = round(r["images/s"] / r50["images/s"], 2)
 
     # Compound scaling at ~2× FLOPs of a small base, trained on the same budget (Fashion-MNIST).
-    steps = budget(150, 1500, quick)
+    steps = budget(80, 1500, quick)
     base = {"model.name": "efficientnet-b0-small", "trainer.max_steps": str(steps), "data.batch_size": "128",
             "trainer.eval_every": str(steps), "data.val_size": "1000"}
     variants = {
@@ -103,12 +103,17 @@ def efficiency_claim(quick: bool, out: Path) -> ClaimResult:
                         "FLOPs vs base": round(flops / base_flops, 2), "parameters": res.parameters,
                         "test accuracy": round(res.test["accuracy"], 4)})
     best = max(scaling[1:], key=lambda r: r["test accuracy"])
+    gain = best["test accuracy"] - scaling[0]["test accuracy"]
     mb, rn = rows[3], r50
+    if gain < 0.01:  # one point on 10,000 test images is about the seed-to-seed spread of these short runs
+        scaling_verdict = (f"no scaled variant beat the unscaled base by a point ({gain:+.1%} for the best, "
+                           f"'{best['variant']}'): the budget is too short to rank the scalings")
+    else:
+        scaling_verdict = (f"the best scaling was '{best['variant']}' ({gain:+.1%} over the base; "
+                           f"{'compound wins' if best['variant'].startswith('compound') else 'compound did not win'})")
     verdict = (f"depthwise-separable: MobileNetV2 needs {rn['GFLOPs / image'] / mb['GFLOPs / image']:.0f}× fewer "
                f"FLOPs and runs {mb['images/s'] / rn['images/s']:.1f}× faster than ResNet-50 here; at ~2× FLOPs "
-               f"the best scaling was '{best['variant']}' "
-               f"({'compound wins' if best['variant'].startswith('compound') else 'compound did not win'} "
-               f"at this budget)")
+               + scaling_verdict)
     from neuratlas.bench.report import markdown_table
 
     return ClaimResult("2. Depthwise-separable convolutions cut compute; compound scaling beats one-axis scaling",

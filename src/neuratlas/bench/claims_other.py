@@ -52,9 +52,12 @@ def vit_claim(quick: bool, out: Path) -> ClaimResult:
     plot = line_plot(series, out / "vit_vs_cnn.png", f"Fashion-MNIST test accuracy, {steps} steps", "training images",
                      "test accuracy", logx=True)
     gaps = {n: b - a for n, a, b in zip(sizes, series["ViT (7×7 patches)"][1], series["ConvNet"][1])}
-    shrinking = gaps[sizes[-1]] < gaps[sizes[0]]
-    verdict = ("CNN ahead by " + ", ".join(f"{g:+.1%} at {n:,}" for n, g in gaps.items())
-               + f" images; the gap {'shrinks' if shrinking else 'does not shrink'} as data grows")
+    g = [gaps[n] for n in sizes]
+    shrinking = all(b <= a + 0.005 for a, b in zip(g, g[1:])) and g[0] - g[-1] > 0.02  # steadily, beyond noise
+    verdict = ("CNN ahead by " + ", ".join(f"{v:+.1%} at {n:,}" for n, v in gaps.items())
+               + f" images; the gap {'shrinks' if shrinking else 'does not clearly shrink'} as data grows"
+               + (f" (at {steps} steps the ViT is far from trained: read this as 'CNNs learn faster')"
+                  if max(series["ViT (7×7 patches)"][1]) < 0.75 else ""))
     return ClaimResult("8. ViT vs CNN on the same small data", rows, verdict, [plot],
                        notes=f"Same split, seed and {steps} steps of batch 128 for every point.")
 

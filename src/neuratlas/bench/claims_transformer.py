@@ -143,42 +143,53 @@ def rope_claim(quick: bool, out: Path) -> ClaimResult:
 
 
 def parallel_claim(quick: bool, out: Path) -> ClaimResult:
+    """Training tokens/s of equal-size LSTM and GPT. With one sequence per batch nothing but the time axis
+    can be spread over the cores, which is where the claim bites; with 16 sequences the batch already gives
+    the LSTM parallel work, and a 2-core CPU is saturated either way."""
+    from neuratlas.bench.report import throughput
+
     device = torch.device("cpu")
     dtype = resolve_precision("auto", device)
-    batch = 16
     rows = []
-    for block in ((64, 256) if quick else (64, 256, 512)):
-        lstm = create_model("lstm-lm", vocab_size=65)
-        gpt = create_model("gpt-char-baby", vocab_size=65, max_seq_len=block, dim=160, n_layer=4, n_head=4,
-                           dropout=0.0)
-        for name, model in (("LSTM 2 × 256", lstm), ("GPT 4 × 160", gpt)):
-            opt = torch.optim.AdamW(model.parameters(), 1e-3)
-            x = torch.randint(0, 65, (batch, block))
+    for batch in (1, 16):
+        for block in ((64, 256) if quick else (64, 256, 512)):
+            lstm = create_model("lstm-lm", vocab_size=65)
+            gpt = create_model("gpt-char-baby", vocab_size=65, max_seq_len=block, dim=160, n_layer=4, n_head=4,
+                               dropout=0.0)
+            for name, model in (("LSTM 2 × 256", lstm), ("GPT 4 × 160", gpt)):
+                opt = torch.optim.AdamW(model.parameters(), 1e-3, fused=True)
+                x = torch.randint(0, 65, (batch, block))
 
-            def step(model=model, opt=opt, x=x):
-                with autocast(device, dtype):
-                    logits = model(x)
-                    logits = logits[0] if isinstance(logits, tuple) else logits
-                    loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), x.flatten())
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                def step(model=model, opt=opt, x=x):
+                    with autocast(device, dtype):
+                        logits = model(x)
+                        logits = logits[0] if isinstance(logits, tuple) else logits
+                        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), x.flatten())
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
 
-            from neuratlas.bench.report import throughput
-
-            tps = throughput(step, batch * block, min_seconds=1.5 if quick else 5.0)
-            rows.append({"context": block, "model": name, "parameters": count_parameters(model),
-                         "training tokens/s": round(tps)})
-    ratio = {r["context"]: 0.0 for r in rows}
-    for ctx in ratio:
-        lstm_tps = next(r for r in rows if r["context"] == ctx and r["model"].startswith("LSTM"))["training tokens/s"]
-        gpt_tps = next(r for r in rows if r["context"] == ctx and r["model"].startswith("GPT"))["training tokens/s"]
-        ratio[ctx] = gpt_tps / lstm_tps
-    verdict = ("GPT trains " + ", ".join(f"{v:.1f}× the LSTM's tokens/s at context {k}" for k, v in ratio.items())
-               + f" ({'holds' if min(ratio.values()) > 1 else 'not shown'} on this CPU)")
+                tps = throughput(step, batch * block, min_seconds=1.5 if quick else 5.0)
+                rows.append({"batch": batch, "context": block, "model": name, "parameters": count_parameters(model),
+                             "training tokens/s": round(tps)})
+    ratio: dict[tuple[int, int], float] = {}
+    for r in rows:
+        if r["model"].startswith("GPT"):
+            lstm = next(q for q in rows if q["model"].startswith("LSTM") and (q["batch"], q["context"]) ==
+                        (r["batch"], r["context"]))
+            ratio[(r["batch"], r["context"])] = r["training tokens/s"] / lstm["training tokens/s"]
+    for r in rows:
+        r["GPT ÷ LSTM"] = round(ratio[(r["batch"], r["context"])], 2)
+    one = {c: v for (b, c), v in ratio.items() if b == 1}
+    many = {c: v for (b, c), v in ratio.items() if b > 1}
+    verdict = (f"{'holds' if min(one.values()) > 1 else 'not shown'} for one sequence at a time: GPT trains "
+               + ", ".join(f"{v:.1f}× the LSTM's tokens/s at context {c}" for c, v in one.items())
+               + "; with a batch of 16 it is " + ", ".join(f"{v:.1f}× at {c}" for c, v in many.items())
+               + " (the batch already parallelises the LSTM on 2 cores)")
     return ClaimResult("7. Transformers parallelise where RNNs cannot", rows, verdict,
-                       notes=f"Equal-size models (≈1M parameters), batch {batch}, {'bf16' if dtype else 'fp32'}, "
-                       "the LSTM on torch's fused kernel; one process, measured back to back.")
+                       notes=f"Equal-size models (≈1M parameters), {'bf16' if dtype else 'fp32'}, the LSTM on "
+                       "torch's fused kernel; one process, measured back to back. The time axis is the only "
+                       "parallel work at batch 1: the LSTM walks it step by step, the GPT in one matmul.")
 
 
 register_claim("norms", "3. Pre-RMSNorm vs Post-LayerNorm stability", norm_claim, 3)

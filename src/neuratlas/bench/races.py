@@ -55,14 +55,14 @@ def _timed_run(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
     return time.perf_counter() - t0, r.stdout
 
 
-def _rescore_nanogpt(ckpt: Path, text: Path) -> tuple[float, int]:
+def _rescore_nanogpt(ckpt: Path, text: Path, recipe: str = "gpt-tinyshakespeare-baby") -> tuple[float, int]:
     """nanoGPT's saved checkpoint scored by Neuratlas' evaluator on the whole val split (fp32), so both sides
     are judged by the same evaluation; returns (val loss, nanoGPT's iteration of that checkpoint)."""
     from neuratlas.models.gpt import load_nanogpt
     from neuratlas.recipes import get_recipe
     from neuratlas.tasks import build_task
 
-    run = get_recipe("gpt-tinyshakespeare-baby").run_config({})
+    run = get_recipe(recipe).run_config({})  # its data section: the split and the evaluation windows
     task = build_task(run.task, run.data, run.trainer.seed)
     if task.data.tokenizer.chars != sorted(set(text.read_text())):
         raise NeuratlasError("the character vocabularies differ; cannot score nanoGPT's checkpoint")
@@ -123,14 +123,16 @@ def race_nanogpt_10min(options: dict[str, str]) -> list[str]:
         subprocess.run([sys.executable, "prepare.py"], cwd=data_dir, check=True, capture_output=True)
         cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_10MIN]
         # probe: nanoGPT's own ms/iteration on this machine (it has no time limit), then fit the run into budget
-        _, probe = _timed_run([*cmd, "--max_iters=40", "--eval_interval=1000", f"--out_dir={work / 'probe'}"],
-                              cwd=work / "nanogpt")
+        _, probe = _timed_run([*cmd, "--max_iters=12", "--log_interval=1", "--eval_interval=1000",
+                               f"--out_dir={work / 'probe'}"], cwd=work / "nanogpt")
         ms = sorted(float(t) for t in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", probe)[1:])
-        per_iter = ms[len(ms) // 2] / 1000 * 1.15  # median, plus its 20-batch evaluations every 250 iterations
-        iters = max(100, int((budget - 15) / per_iter))
+        per_iter = ms[len(ms) // 2] / 1000 * 1.05  # median, plus its two 20-batch evaluations
+        iters = max(20, int((budget - 15) / per_iter))
+        # evaluated (and checkpointed) at the start and at the last iteration, so the rescored model is final
         peer_s, _ = _timed_run([*cmd, f"--max_iters={iters}", f"--lr_decay_iters={iters}",
-                                f"--out_dir={work / 'out'}"], cwd=work / "nanogpt")
-        peer_val, peer_step = _rescore_nanogpt(work / "out" / "ckpt.pt", data_dir / "input.txt")
+                                f"--eval_interval={iters}", f"--out_dir={work / 'out'}"], cwd=work / "nanogpt")
+        peer_val, peer_step = _rescore_nanogpt(work / "out" / "ckpt.pt", data_dir / "input.txt",
+                                               "gpt-tinyshakespeare-10min")
         ours_s, ours_out = _timed_run([sys.executable, "-m", "neuratlas", "train", "gpt-tinyshakespeare-10min",
                                        "--trainer.time_limit", str(budget - 30), "--trainer.out_dir",
                                        str(work / "ours"), "--trainer.progress", "false"])

@@ -5,6 +5,7 @@ token for MHA, GQA and MQA. Both sides get the same warm-up; figures are ratios,
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 
 import torch
@@ -41,7 +42,7 @@ def bench_transformer(options: dict[str, str]) -> list[str]:
         import transformers
     except ImportError:
         raise NeuratlasError("this benchmark races `transformers`: `pip install transformers`") from None
-    from neuratlas.models.gpt import GPT, GPTConfig
+    from neuratlas.models.gpt import GPT, GPTConfig, load_hf_gpt2
 
     quick = options.get("quick", "false").lower() in ("1", "true", "yes")
     reps = 3 if quick else 10
@@ -65,23 +66,16 @@ def bench_transformer(options: dict[str, str]) -> list[str]:
         eos_token_id=0,
     )
     hf = transformers.GPT2LMHeadModel(hc)
-    ours = GPT(
-        GPTConfig(
-            vocab_size=vocab,
-            max_seq_len=ctx,
-            dim=dim,
-            n_layer=n_layer,
-            n_head=n_head,
-            dropout=0.0,
-            ffn="gelu_tanh",
-        )
-    )
+    with tempfile.TemporaryDirectory() as folder:  # the same weights on both sides (needed for equal tokens)
+        hf.save_pretrained(folder)
+        ours = load_hf_gpt2(folder)
     x = torch.randint(0, vocab, (batch, ctx))
     data = (x, torch.roll(x, -1, 1))
     for dtype, name in ((None, "fp32"), (torch.bfloat16, "bf16 autocast")):
-        opt_hf, opt_us = (torch.optim.AdamW(m.parameters(), 1e-4, fused=True) for m in (hf, ours))
-        t_hf = _timed(_train_step(hf, data, opt_hf, True, dtype), reps)
-        t_us = _timed(_train_step(ours, data, opt_us, False, dtype), reps)
+        hf_t, us_t = copy.deepcopy(hf), copy.deepcopy(ours)  # keep the shared weights for generation
+        opt_hf, opt_us = (torch.optim.AdamW(m.parameters(), 1e-4, fused=True) for m in (hf_t, us_t))
+        t_hf = _timed(_train_step(hf_t, data, opt_hf, True, dtype), reps)
+        t_us = _timed(_train_step(us_t, data, opt_us, False, dtype), reps)
         tok = batch * ctx
         lines.append(
             f"train {name:14s} tokens/s  neuratlas {tok / t_us:9,.0f}  transformers {tok / t_hf:9,.0f}  "

@@ -25,10 +25,11 @@ register_recipe("unet-nuclei-quick", _run("unet-resnet18-slim", NUCLEI, 150),
                 family="unet", tour=True, target="test-quadrant Dice ≥ 0.85")
 register_recipe("unet-nuclei", _run("unet-resnet18-slim", {**NUCLEI, "boundary": True}, 1200),
                 "U-Net with an interior/boundary target that separates touching nuclei, 1,200 steps",
-                family="unet", target="test-quadrant Dice ≥ 0.88, instance F1 ≥ 0.8")
+                family="unet", target="test-quadrant foreground Dice ≥ 0.88, instance F1 ≥ 0.8")
 register_recipe("unet-brain-quick", _run("unet-resnet18-slim", BRAIN, 150),
                 "U-Net on Colin27 T1 axial slices, AAL merged into 7 regions; 150 steps", family="unet",
                 target="held-out-slice mean Dice ≥ 0.5")
-register_recipe("unet-brain", _run("unet-resnet18-slim", BRAIN, 1200),
-                "U-Net on Colin27 T1 axial slices, 7 regions, 1,200 steps", family="unet",
+register_recipe("unet-brain", _run("unet-resnet18-slim", BRAIN, 400),
+                "U-Net on Colin27 T1 axial slices, 7 regions, 400 steps (longer overfits the 82 training "
+                "slices: 1,200 steps gave held-out Dice 0.62)", family="unet",
                 target="held-out-slice mean Dice ≥ 0.7")
