@@ -55,6 +55,20 @@ def _timed_run(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
     return time.perf_counter() - t0, r.stdout
 
 
+def _nanogpt_workdir(options: dict[str, str], prefix: str) -> tuple[Path, Path]:
+    """A scratch copy of the nanoGPT peer with Tiny Shakespeare prepared: (work folder, its data folder)."""
+    peers = _find_peers(options)
+    text = options.get("text") or str(peers.parent / "data" / "tinyshakespeare" / "input.txt")
+    if not Path(text).is_file():
+        raise NeuratlasError(f"Tiny Shakespeare not found at {text}: pass --text FILE")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    shutil.copytree(peers / "nanogpt", work / "nanogpt")
+    data_dir = work / "nanogpt" / "data" / "shakespeare_char"
+    shutil.copy(text, data_dir / "input.txt")  # else prepare.py would download it
+    subprocess.run([sys.executable, "prepare.py"], cwd=data_dir, check=True, capture_output=True)
+    return work, data_dir
+
+
 def _rescore_nanogpt(ckpt: Path, text: Path, recipe: str = "gpt-tinyshakespeare-baby") -> tuple[float, int]:
     """nanoGPT's saved checkpoint scored by Neuratlas' evaluator on the whole val split (fp32), so both sides
     are judged by the same evaluation; returns (val loss, nanoGPT's iteration of that checkpoint)."""
@@ -72,16 +86,8 @@ def _rescore_nanogpt(ckpt: Path, text: Path, recipe: str = "gpt-tinyshakespeare-
 
 
 def race_nanogpt(options: dict[str, str]) -> list[str]:
-    peers = _find_peers(options)
-    text = options.get("text") or str(peers.parent / "data" / "tinyshakespeare" / "input.txt")
-    if not Path(text).is_file():
-        raise NeuratlasError(f"Tiny Shakespeare not found at {text}: pass --text FILE")
-    work = Path(tempfile.mkdtemp(prefix="nanogpt-race-"))
+    work, data_dir = _nanogpt_workdir(options, "nanogpt-race-")
     try:
-        shutil.copytree(peers / "nanogpt", work / "nanogpt")
-        data_dir = work / "nanogpt" / "data" / "shakespeare_char"
-        shutil.copy(text, data_dir / "input.txt")  # else prepare.py would download it
-        subprocess.run([sys.executable, "prepare.py"], cwd=data_dir, check=True, capture_output=True)
         peer_s, peer_out = _timed_run([sys.executable, "train.py", "config/train_shakespeare_char.py",
                                        *NANOGPT_BABY, f"--out_dir={work / 'out'}"], cwd=work / "nanogpt")
         peer_est = float(re.findall(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", peer_out)[-1])
@@ -112,15 +118,9 @@ def race_nanogpt(options: dict[str, str]) -> list[str]:
 def race_nanogpt_10min(options: dict[str, str]) -> list[str]:
     """Best char-level GPT in a wall-clock budget: nanoGPT's 10-minute configuration (from the peers' README)
     with as many iterations as fit the budget on this machine (probed first) vs Neuratlas' budgeted recipe."""
-    peers = _find_peers(options)
     budget = float(options.get("budget", 600))
-    text = options.get("text") or str(peers.parent / "data" / "tinyshakespeare" / "input.txt")
-    work = Path(tempfile.mkdtemp(prefix="nanogpt-10min-"))
+    work, data_dir = _nanogpt_workdir(options, "nanogpt-10min-")
     try:
-        shutil.copytree(peers / "nanogpt", work / "nanogpt")
-        data_dir = work / "nanogpt" / "data" / "shakespeare_char"
-        shutil.copy(text, data_dir / "input.txt")
-        subprocess.run([sys.executable, "prepare.py"], cwd=data_dir, check=True, capture_output=True)
         cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_10MIN]
         # probe: nanoGPT's own ms/iteration on this machine (it has no time limit), then fit the run into budget
         _, probe = _timed_run([*cmd, "--max_iters=12", "--log_interval=1", "--eval_interval=1000",
