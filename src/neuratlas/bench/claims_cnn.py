@@ -116,8 +116,15 @@ def efficiency_claim(quick: bool, out: Path) -> ClaimResult:
                + scaling_verdict)
     from neuratlas.bench.report import markdown_table
 
+    name = "model (ImageNet config, 224 px)"
+    plots = [line_plot({r[name]: ([r["GFLOPs / image"]], [r["images/s"]]) for r in rows},
+                       out / "efficiency_speed_vs_flops.png", "inference at 224 px, same run", "GFLOPs / image",
+                       "images/s", logx=True, logy=True),
+             line_plot({r["variant"]: ([r["MFLOPs / image"]], [r["test accuracy"]]) for r in scaling},
+                       out / "scaling_accuracy_vs_flops.png", f"Fashion-MNIST, {steps} steps each", "MFLOPs / image",
+                       "test accuracy")]
     return ClaimResult("2. Depthwise-separable convolutions cut compute; compound scaling beats one-axis scaling",
-                       rows, verdict, notes="Compound scaling on Fashion-MNIST (same steps, seed, data):\n\n"
+                       rows, verdict, plots, notes="Compound scaling on Fashion-MNIST (same steps, seed, data):\n\n"
                        + markdown_table(scaling) + f"\n\n{steps} steps of batch 128 each. Inference: batch {batch}, "
                        f"{'bf16 autocast' if dtype else 'fp32'}, measured in the same run.")
 

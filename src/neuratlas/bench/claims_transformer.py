@@ -97,7 +97,10 @@ def gqa_claim(quick: bool, out: Path) -> ClaimResult:
     verdict = (f"memory holds: the cache shrinks {mha[f'KV cache MB @{c}'] / mqa[f'KV cache MB @{c}']:.0f}× from MHA "
                f"to MQA; generation at {c} tokens runs {mqa[f'tokens/s @{c}'] / mha[f'tokens/s @{c}']:.2f}× MHA's "
                f"speed; quality cost {quality[-1]['val loss'] - quality[0]['val loss']:+.3f} nats (MQA vs MHA)")
-    return ClaimResult("4. Grouped-query attention shrinks the KV cache and speeds inference", rows, verdict,
+    plot = line_plot({r["attention"]: (list(contexts), [r[f"tokens/s @{c}"] for c in contexts]) for r in rows},
+                     out / "gqa_tokens_per_s.png", "greedy generation, batch 1", "prompt length (tokens)",
+                     "tokens/s", logx=True)
+    return ClaimResult("4. Grouped-query attention shrinks the KV cache and speeds inference", rows, verdict, [plot],
                        notes="Model: 6 layers × 384, 6 query heads, batch 1, greedy decoding of "
                        f"{new} tokens after a prompt of the stated length, {'bf16' if dtype else 'fp32'}, same run.\n\n"
                        f"Quality (baby GPT, 4 query heads, {steps} steps, same data and seed):\n\n"
@@ -186,7 +189,14 @@ def parallel_claim(quick: bool, out: Path) -> ClaimResult:
                + ", ".join(f"{v:.1f}× the LSTM's tokens/s at context {c}" for c, v in one.items())
                + "; with a batch of 16 it is " + ", ".join(f"{v:.1f}× at {c}" for c, v in many.items())
                + " (the batch already parallelises the LSTM on 2 cores)")
-    return ClaimResult("7. Transformers parallelise where RNNs cannot", rows, verdict,
+    series = {f"{r['model']}, batch {r['batch']}": ([], []) for r in rows}
+    for r in rows:
+        xs, ys = series[f"{r['model']}, batch {r['batch']}"]
+        xs.append(r["context"])
+        ys.append(r["training tokens/s"])
+    plot = line_plot(series, out / "parallel_tokens_per_s.png", "training tokens/s, equal-size models", "context",
+                     "tokens/s", logy=True, logx=True)
+    return ClaimResult("7. Transformers parallelise where RNNs cannot", rows, verdict, [plot],
                        notes=f"Equal-size models (≈1M parameters), {'bf16' if dtype else 'fp32'}, the LSTM on "
                        "torch's fused kernel; one process, measured back to back. The time axis is the only "
                        "parallel work at batch 1: the LSTM walks it step by step, the GPT in one matmul.")
