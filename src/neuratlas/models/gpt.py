@@ -162,6 +162,17 @@ def gpt2_config(hf: dict, **overrides) -> GPTConfig:
     )
 
 
+# GPT-2's (and nanoGPT's) names for the parts of one block -> ours
+GPT2_BLOCK_NAMES = {
+    "ln_1": "norm1",
+    "ln_2": "norm2",
+    "attn.c_attn": "attn.qkv",
+    "attn.c_proj": "attn.proj",
+    "mlp.c_fc": "ffn.fc1",
+    "mlp.c_proj": "ffn.fc2",
+}
+
+
 def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
     """Build a Neuratlas GPT from a Hugging Face GPT-2 folder (config.json + weights)."""
     hf, sd = read_hf_state_dict(folder)
@@ -180,16 +191,8 @@ def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
         "transformer.norm.weight": sd["ln_f.weight"],
         "transformer.norm.bias": sd["ln_f.bias"],
     }
-    names = {
-        "ln_1": "norm1",
-        "ln_2": "norm2",
-        "attn.c_attn": "attn.qkv",
-        "attn.c_proj": "attn.proj",
-        "mlp.c_fc": "ffn.fc1",
-        "mlp.c_proj": "ffn.fc2",
-    }
     for i in range(cfg.n_layer):
-        for src, dst in names.items():
+        for src, dst in GPT2_BLOCK_NAMES.items():
             w, b = sd[f"h.{i}.{src}.weight"], sd[f"h.{i}.{src}.bias"]
             new[f"transformer.blocks.{i}.{dst}.weight"] = (
                 w if src.startswith("ln") else w.t()
@@ -238,22 +241,14 @@ def load_nanogpt(path: str | Path, **overrides) -> GPT:
         "embed.pos.weight": sd["transformer.wpe.weight"],
         "head.weight": sd["lm_head.weight"],
     }
-    names = {
-        "ln_1": "norm1",
-        "ln_2": "norm2",
-        "attn.c_attn": "attn.qkv",
-        "attn.c_proj": "attn.proj",
-        "mlp.c_fc": "ffn.fc1",
-        "mlp.c_proj": "ffn.fc2",
-    }
     for key, value in sd.items():
         if key.startswith("transformer.ln_f."):
             new["transformer.norm." + key.rsplit(".", 1)[1]] = value
         elif key.startswith("transformer.h."):
             _, _, i, rest = key.split(".", 3)
             module, kind = rest.rsplit(".", 1)
-            if module in names:
-                new[f"transformer.blocks.{i}.{names[module]}.{kind}"] = value
+            if module in GPT2_BLOCK_NAMES:
+                new[f"transformer.blocks.{i}.{GPT2_BLOCK_NAMES[module]}.{kind}"] = value
     missing, unexpected = model.load_state_dict(new, strict=False)
     if missing or unexpected:
         raise NeuratlasError(f"{path}: nanoGPT weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})")

@@ -31,6 +31,9 @@ def _lm(
 
 
 CHAR = {"name": "shakespeare", "tokenizer": "char"}
+# nanoGPT's CPU "baby GPT" command: its model, data, batch and context (the race recipes share them)
+NANOGPT_BABY_MODEL = {"name": "gpt-char-baby", "bias": False}
+NANOGPT_BABY_DATA = {"name": "tinyshakespeare", "batch_size": 12, "block_size": 64}
 
 register_recipe(
     "gpt-shakespeare-char-quick",
@@ -52,8 +55,8 @@ register_recipe(
 register_recipe(
     "gpt-tinyshakespeare-baby",
     _lm(
-        {"name": "gpt-char-baby", "bias": False},
-        {"name": "tinyshakespeare", "batch_size": 12, "block_size": 64},
+        NANOGPT_BABY_MODEL,
+        NANOGPT_BABY_DATA,
         2000,
         eval_every=2000,
         tensorboard=False,  # as nanoGPT: the console and metrics.csv only
@@ -66,8 +69,8 @@ register_recipe(
 register_recipe(
     "gpt-tinyshakespeare-baby-fast",
     _lm(
-        {"name": "gpt-char-baby", "bias": False},
-        {"name": "tinyshakespeare", "batch_size": 12, "block_size": 64},
+        NANOGPT_BABY_MODEL,
+        NANOGPT_BABY_DATA,
         1150,
         lr=3e-3,
         eval_every=1150,
