@@ -126,3 +126,25 @@ def test_fused_optimizer_matches_the_reference_update(name):
             opt.zero_grad()
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_tta_flip_averages_the_logits_of_each_image_and_its_mirror(run_overrides):
+    run = digits_run(run_overrides, **{"trainer.max_steps": "3", "task.tta_flip": "true"})
+    trainer = Trainer(run)
+    task, model = trainer.task, trainer.model.eval()
+    x, y = task.data.test
+    with torch.no_grad():
+        plain, mirrored = (model(task.prepare(v)) for v in (x, x.flip(-1)))
+    assert not torch.allclose(plain, mirrored)  # digits are not mirror-symmetric: the two views differ
+    want = torch.nn.functional.cross_entropy((plain + mirrored) / 2, y).item()
+    got = task.evaluate(model, "test", torch.autocast("cpu", enabled=False))
+    assert got["loss"] == pytest.approx(want, rel=1e-5)
+
+
+def test_keep_freed_memory_switch(run_overrides, monkeypatch):
+    calls = []
+    monkeypatch.setattr("neuratlas.training.trainer.keep_freed_memory", lambda: calls.append(1))
+    Trainer(digits_run(run_overrides, **{"trainer.keep_freed_memory": "false"}))
+    assert calls == []
+    Trainer(digits_run(run_overrides))
+    assert calls == [1]

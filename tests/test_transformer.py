@@ -11,6 +11,8 @@ from contextlib import redirect_stdout
 
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from neuratlas.config import build_config
 from neuratlas.data.text import PRETRAINED, read_tar_texts, sdist_source
@@ -23,6 +25,7 @@ from neuratlas.layers.attention import (
     build_mask,
     reference_attention,
 )
+from neuratlas.layers.gemv import fast_decoding, gemv
 from neuratlas.layers.sampling import sample
 from neuratlas.models import create_model
 from neuratlas.models.gpt import GPT, GPTConfig, load_hf_gpt2
@@ -147,6 +150,37 @@ def test_kv_cache_equals_full_recomputation(kw):
     assert a.tolist() == b.tolist()
     # beyond the context window the cache is rebuilt, generation still runs
     assert model.generate(ids[:1, :4], 40, temperature=0).shape == (1, 44)
+
+
+@pytest.mark.parametrize("out_f,in_f", [(96, 32), (32, 96), (48, 48), (50, 32)])
+def test_gemv_equals_linear(out_f, in_f):
+    w, b = torch.randn(out_f, in_f), torch.randn(out_f)
+    x = torch.randn(1, 1, in_f)
+    want = F.linear(x, w, b)
+    for blocks in (2, 4):
+        torch.testing.assert_close(gemv(x, w, b, blocks), want, atol=1e-5, rtol=1e-5)  # split by output rows
+        col = w.t().contiguous().t()  # column-major: split along the input, partial sums added
+        torch.testing.assert_close(gemv(x, col, b, blocks), want, atol=1e-5, rtol=1e-5)
+    xs = torch.randn(3, in_f)  # several rows: plain F.linear
+    assert torch.equal(gemv(xs, w, b, 2), F.linear(xs, w, b))
+
+
+def test_fast_decoding_same_tokens_and_restores_the_model():
+    model = tiny()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ids = torch.randint(0, 50, (1, 5))
+        plain = model.generate(ids, 30, temperature=0, fast_layout=False)
+        with fast_decoding(model):
+            wide = [m for m in model.modules() if type(m) is nn.Linear and m.out_features > m.in_features]
+            assert wide and all(m.weight.t().is_contiguous() for m in wide)
+            assert all("forward" in vars(m) for m in wide)
+        assert model.generate(ids, 30, temperature=0).tolist() == plain.tolist()
+    finally:
+        torch.set_num_threads(threads)
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    assert all(m.weight.is_contiguous() and "forward" not in vars(m) for m in linears)
 
 
 def test_kv_cache_shrinks_with_gqa():

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every token (slow)")
     p.add_argument("--bf16", action="store_true",
-                   help="bf16 weights and KV cache: half the bytes read per token (CPU generation is memory-bound)")
+                   help="bf16 weights and KV cache: half the bytes read per token (pays where bf16 kernels are "
+                        "fast, e.g. GPUs and AMX CPUs; without AMX the fp32 fast path is quicker)")
     p.set_defaults(func=cmd_generate)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.attention import KVCache
+from neuratlas.layers.gemv import fast_decoding
 from neuratlas.layers.sampling import sample
 from neuratlas.models.registry import register_model
 from neuratlas.models.transformer import PRESETS, Embeddings, Transformer, TransformerConfig, init_weights
@@ -72,12 +73,15 @@ class GPT(nn.Module):
         stop_tokens: Sequence[int] = (),
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        fast_layout: bool = True,
     ) -> Iterator[torch.Tensor]:
         """Yield the next token of every sequence, (B,), one step at a time.
 
         ``temperature=0`` is greedy decoding. Sequences that produced a stop token keep yielding it; the
         stream ends when all have stopped or after ``max_new_tokens``. When the context fills up, the cache
         is rebuilt from the last half-context of tokens (with recomputation, nanoGPT crops every step).
+        ``fast_layout``: on CPU, run the linear layers as parallel matrix-vector products with each weight
+        in the layout its kernel reads fastest while streaming (:func:`~neuratlas.layers.gemv.fast_decoding`).
         """
         if ids.ndim == 1:
             ids = ids[None]
@@ -90,27 +94,28 @@ class GPT(nn.Module):
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         seq = ids[:, -ctx:]
         cache, pending = None, seq
-        try:
-            for _ in range(max_new_tokens):
-                if use_cache:
-                    if cache is None or cache.length + pending.shape[1] > ctx:
-                        keep = seq[:, -ctx:] if cache is None else seq[:, -(ctx // 2) :]
-                        cache = self.transformer.new_cache(seq.shape[0], ctx)
-                        pending = keep
-                    logits = self(pending, cache=cache, last_only=True)[:, -1]
-                else:
-                    logits = self(seq[:, -ctx:], last_only=True)[:, -1]
-                nxt = sample(logits.float(), temperature, top_k, top_p, generator)
-                if len(stop):
-                    nxt = torch.where(done, stop[0], nxt)
-                    done |= torch.isin(nxt, stop)
-                yield nxt
-                seq = torch.cat([seq, nxt[:, None]], dim=1)[:, -ctx:]
-                pending = nxt[:, None]
-                if len(stop) and bool(done.all()):
-                    break
-        finally:
-            self.train(was_training)
+        with fast_decoding(self, fast_layout):
+            try:
+                for _ in range(max_new_tokens):
+                    if use_cache:
+                        if cache is None or cache.length + pending.shape[1] > ctx:
+                            keep = seq[:, -ctx:] if cache is None else seq[:, -(ctx // 2) :]
+                            cache = self.transformer.new_cache(seq.shape[0], ctx)
+                            pending = keep
+                        logits = self(pending, cache=cache, last_only=True)[:, -1]
+                    else:
+                        logits = self(seq[:, -ctx:], last_only=True)[:, -1]
+                    nxt = sample(logits.float(), temperature, top_k, top_p, generator)
+                    if len(stop):
+                        nxt = torch.where(done, stop[0], nxt)
+                        done |= torch.isin(nxt, stop)
+                    yield nxt
+                    seq = torch.cat([seq, nxt[:, None]], dim=1)[:, -ctx:]
+                    pending = nxt[:, None]
+                    if len(stop) and bool(done.all()):
+                        break
+            finally:
+                self.train(was_training)
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:

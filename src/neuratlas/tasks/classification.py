@@ -24,6 +24,9 @@ from neuratlas.training.losses import LOSSES, classification_loss
 class ClassificationConfig:
     loss: str = "cross_entropy"  # cross_entropy | nll | mse | bce | focal
     label_smoothing: float = 0.0
+    # Test-time augmentation: score each image and its mirror image, average the logits. For data whose
+    # classes are mirror-symmetric (clothes, natural photos; not digits or text).
+    tta_flip: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -82,9 +85,15 @@ class ImageClassification(Task):
         return TensorBatches(tensors, self.data.cfg.eval_batch_size, shuffle=False, drop_last=False)
 
     def evaluate(self, model: nn.Module, split: str, autocast: AbstractContextManager) -> dict[str, float]:
-        logits, y = gather_predictions(
-            model, self.batches(split), autocast,
-            lambda x: self.prepare(x).to(self.device, memory_format=self.memory_format))
+        def logits_of(flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            def prepare(x: torch.Tensor) -> torch.Tensor:
+                x = self.prepare(x)
+                return (x.flip(-1) if flip else x).to(self.device, memory_format=self.memory_format)
+            return gather_predictions(model, self.batches(split), autocast, prepare)
+
+        logits, y = logits_of(False)
+        if self.cfg.tta_flip:
+            logits = (logits + logits_of(True)[0]) / 2
         y = y.to(logits.device)
         return {"loss": nn.functional.cross_entropy(logits, y).item(), "accuracy": accuracy(logits, y),
                 "top5": accuracy(logits, y, 5)}
@@ -92,7 +101,7 @@ class ImageClassification(Task):
     def checkpoint_extra(self) -> dict[str, Any]:
         c, h, w = self.data.shape
         return {"classes": self.data.classes, "mean": list(self.data.mean), "std": list(self.data.std),
-                "input_shape": [c, h, w], "dataset": self.data_spec["name"]}
+                "input_shape": [c, h, w], "dataset": self.data_spec["name"], "tta_flip": self.cfg.tta_flip}
 
     def describe_data(self) -> str:
         return describe_splits(self.data_spec["name"], self.data)
@@ -106,7 +115,11 @@ class ImageClassification(Task):
         x = torch.stack([load_image(p, c, h, w, invert) for p in inputs])
         model.eval()
         with torch.no_grad():
-            probs = model(normalize(x, tuple(extra["mean"]), tuple(extra["std"]))).softmax(-1)
+            x = normalize(x, tuple(extra["mean"]), tuple(extra["std"]))
+            logits = model(x)
+            if extra.get("tta_flip"):
+                logits = (logits + model(x.flip(-1))) / 2
+            probs = logits.softmax(-1)
         lines = []
         for path, p in zip(inputs, probs):
             top = p.topk(min(3, len(p)))

@@ -1,9 +1,12 @@
-"""Pick the device and the autocast dtype: bf16 only where the hardware multiplies bf16 natively."""
+"""Pick the device and the autocast dtype (bf16 only where the hardware multiplies bf16 natively), and tune
+the CPU process for training."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import sys
 from contextlib import AbstractContextManager
 
 import torch
@@ -41,3 +44,26 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Stop glibc from handing every large freed tensor back to the OS (and faulting it in again next step).
+
+    glibc serves large allocations (above its mmap threshold) with fresh ``mmap`` pages and gives freed heap
+    tops back (trim); a training step allocates and frees the same activation buffers every iteration, so
+    the kernel zero-fills them again each time (a conv net's step on
+    Fashion-MNIST spent a quarter of its wall time in the kernel). Raising both thresholds keeps freed
+    blocks in the heap for reuse: 1.3× on that step. Process-wide and one-way; the trainer calls it unless
+    ``trainer.keep_freed_memory`` is false. Returns whether it took effect (glibc on Linux only).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False

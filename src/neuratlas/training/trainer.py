@@ -26,7 +26,7 @@ from neuratlas.training.distributed import NullLogger
 from neuratlas.training.distributed import context as dist_context
 from neuratlas.training.logging import RunLogger, plot_curves
 from neuratlas.training.optim import build_optimizer, build_scheduler, lr_factor
-from neuratlas.training.precision import autocast, resolve_device, resolve_precision
+from neuratlas.training.precision import autocast, keep_freed_memory, resolve_device, resolve_precision
 
 
 @dataclass
@@ -63,6 +63,8 @@ class Trainer:
         self.model = model or model_for_task(run, self.task)
         self.device = resolve_device(tc.device)
         self.dtype = resolve_precision(tc.precision, self.device)
+        if tc.keep_freed_memory and self.device.type == "cpu":
+            keep_freed_memory()
         self.model.to(self.device)
         self.task.device = self.device
         if tc.channels_last:
