@@ -225,3 +225,29 @@ def test_checkpoint_whose_header_length_ends_in_0x80_is_not_mistaken_for_a_pickl
             break
     assert path.read_bytes()[0] == 0x80
     assert read_checkpoint(path).model_name == "unet-resnet18"
+
+
+def test_brain_slices_with_neighbours_as_channels_train_and_predict(tmp_path):
+    from neuratlas.data.medical import MRICRON, BrainConfig, load_brain, slice_stack
+    from neuratlas.tasks.segmentation import Segmentation
+
+    vol = np.arange(4 * 3 * 5, dtype=np.float32).reshape(4, 3, 5)
+    stack = slice_stack(vol, 0, 2)  # clamped at the volume's first slice
+    assert stack.shape == (5, 3, 4)  # (C, H, W): axial_slice's orientation, one channel per slice
+    np.testing.assert_array_equal(stack[0], stack[2])  # z = -2 and -1 clamp to slice 0
+    np.testing.assert_array_equal(slice_stack(vol, 2, 1)[2], slice_stack(vol, 3)[0])
+    try:
+        folder = MRICRON.locate()[0]
+    except NeuratlasError:
+        pytest.skip("mricron-data is not installed")
+    flat, deep = load_brain(BrainConfig()), load_brain(BrainConfig(context=2))
+    assert flat.test.images[0].shape[0] == 1 and deep.test.images[0].shape[0] == 5
+    assert torch.equal(deep.test.images[0][2], flat.test.images[0][0])  # the middle channel is the slice itself
+    assert torch.equal(deep.test.masks[0], flat.test.masks[0])
+    model = create_model("unet-resnet18-slim", in_chans=5, num_classes=len(deep.classes))
+    extra = {"classes": deep.classes, "norm": "max255", "in_chans": 5, "context": 2, "dataset": "colin27-lobes"}
+    lines = Segmentation.predict(model, extra, [str(folder / "ch2.nii.gz")], str(tmp_path),
+                                 {"slice": "90", "truth": str(folder / "aal.nii.gz")})
+    assert "Dice vs truth" in lines[0] and (tmp_path / "ch2_z90_overlay.png").is_file()
+    with pytest.raises(NeuratlasError, match="reads 5 neighbouring slices; give it a NIfTI volume"):
+        Segmentation.predict(model, extra, [str(tmp_path / "ch2_z90_overlay.png")], str(tmp_path), {})

@@ -7,7 +7,8 @@
 - ``colin27-lobes``: the Colin27 T1 brain (Debian ``mricron-data``) with the AAL atlas merged into seven
   regions, as axial slices. Slices come in blocks of 12: two train blocks, then one held out (alternately
   val and test); training slices within ``gap`` of a held-out slice are dropped, so no test slice has a
-  training neighbour.
+  training neighbour. ``context=c`` feeds the c slices above and below as extra input channels (2.5-D);
+  with c ≤ gap no held-out input holds a training slice.
 """
 
 from __future__ import annotations
@@ -101,6 +102,12 @@ def normalize_percentile(img: np.ndarray, lo: float = 1.0, hi: float = 99.8) -> 
 def axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
     """(X, Y, Z) RAS volume -> the axial slice at z as an image: rows run anterior to posterior."""
     return np.ascontiguousarray(volume[:, :, z].T[::-1])
+
+
+def slice_stack(volume: np.ndarray, z: int, context: int = 0) -> np.ndarray:
+    """Axial slice ``z`` with ``context`` neighbours on each side (clamped at the volume's ends), (C, H, W)."""
+    zs = np.clip(np.arange(z - context, z + context + 1), 0, volume.shape[2] - 1)
+    return np.stack([axial_slice(volume, int(k)) for k in zs]).astype(np.float32)
 
 
 def merge_aal(atlas: np.ndarray) -> np.ndarray:
@@ -215,10 +222,12 @@ class BrainConfig:
     batch_size: int = 8
     intensity: float = 0.1
     pad_to: int = 32  # slices padded (zeros) to a multiple of this
+    # 2.5-D input: the `context` slices above and below as extra channels (images only; labels stay 2-D)
+    context: int = 0
 
     def __post_init__(self) -> None:
-        if self.block < 1 or self.gap < 0:
-            raise ValueError("block must be >= 1 and gap >= 0")
+        if self.block < 1 or self.gap < 0 or self.context < 0:
+            raise ValueError("block must be >= 1, gap >= 0 and context >= 0")
 
 
 def slice_roles(z_values: list[int], block: int, gap: int) -> dict[str, list[int]]:
@@ -248,11 +257,11 @@ def load_brain(cfg: BrainConfig) -> SegmentationData:
     def split(zs: list[int]) -> SegmentationSplit:
         ims, masks = [], []
         for z in zs:
-            im = torch.from_numpy(axial_slice(t1, z).astype(np.float32) * scale)
+            im = torch.from_numpy(slice_stack(t1, z, cfg.context) * scale)
             m = torch.from_numpy(axial_slice(lobes, z))
-            h, w = im.shape
+            h, w = m.shape
             ph, pw = (-h) % cfg.pad_to, (-w) % cfg.pad_to
-            ims.append(torch.nn.functional.pad(im, (0, pw, 0, ph))[None])
+            ims.append(torch.nn.functional.pad(im, (0, pw, 0, ph)))
             masks.append(torch.nn.functional.pad(m, (0, pw, 0, ph)))
         return SegmentationSplit(ims, masks)
 
@@ -260,7 +269,7 @@ def load_brain(cfg: BrainConfig) -> SegmentationData:
                             ["background", *LOBES], 0, cfg.batch_size, flips=False, rot90=False,
                             intensity=cfg.intensity, norm="max255", source=source,
                             description=f"Colin27 axial slices {len(roles['train'])}/{len(roles['val'])}/"
-                                        f"{len(roles['test'])}", extra={"slices": roles})
+                                        f"{len(roles['test'])}", extra={"slices": roles, "context": cfg.context})
 
 
 register_dataset("stardist-nuclei", load_nuclei, NucleiConfig,

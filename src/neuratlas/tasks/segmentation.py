@@ -29,6 +29,7 @@ from neuratlas.data.medical import (
     normalize_percentile,
     read_array,
     read_volume,
+    slice_stack,
 )
 from neuratlas.errors import NeuratlasError
 from neuratlas.tasks.base import TASKS, Task
@@ -254,7 +255,8 @@ class Segmentation(Task):
             raise NeuratlasError(f"--truth belongs to one image, but {len(inputs)} inputs were given")
         for path in inputs:
             image, truth = _load_input(path, extra, options)
-            x = torch.from_numpy(image)[None, None]
+            x = torch.from_numpy(image if image.ndim == 3 else image[None])[None]
+            image = image[image.shape[0] // 2] if image.ndim == 3 else image  # the slice being segmented
             model.eval()
             with torch.no_grad():
                 pred = model(x).argmax(1)[0].numpy()
@@ -273,14 +275,19 @@ class Segmentation(Task):
 
 
 def _load_input(path: str, extra: dict[str, Any], options: dict[str, str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """A raw input and optional truth -> (normalised float32 image (H, W), class map or None)."""
+    """A raw input and optional truth -> (normalised float32 image (H, W), or (C, H, W) for a model that reads
+    neighbouring slices too; class map or None)."""
     volume = path.endswith((".nii", ".nii.gz"))
+    context = int(extra.get("context", 0))
     if volume:
         vol = read_volume(path)
         z = int(options.get("slice", vol.shape[2] // 2))
         if not 0 <= z < vol.shape[2]:
             raise NeuratlasError(f"{path}: --slice {z} is outside the volume's {vol.shape[2]} axial slices")
         image = axial_slice(vol, z)
+    elif context:
+        raise NeuratlasError(f"{path}: this model reads {2 * context + 1} neighbouring slices; give it a NIfTI "
+                             f"volume (.nii/.nii.gz) and --slice Z")
     else:
         image = read_array(path)
     if image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 1:
@@ -288,6 +295,8 @@ def _load_input(path: str, extra: dict[str, Any], options: dict[str, str]) -> tu
                              f"(shape {image.shape})")
     if image.ndim != 2:
         raise NeuratlasError(f"{path}: expected a 2-D single-channel image, got shape {image.shape}")
+    if context:  # the slice with its neighbours as channels, like the training images
+        image = slice_stack(vol, z, context)
     image = (normalize_percentile(image) if extra["norm"] == "percentile"
              else image.astype(np.float32) / 255.0)
     truth = None
@@ -295,7 +304,7 @@ def _load_input(path: str, extra: dict[str, Any], options: dict[str, str]) -> tu
         t = read_volume(options["truth"]) if volume else read_array(options["truth"])
         if volume:
             t = axial_slice(merge_aal(t) if extra.get("dataset") == "colin27-lobes" else t, z)
-        check_pair(image, t, options["truth"])
+        check_pair(image[context] if context else image, t, options["truth"])
         if extra.get("instances"):
             from neuratlas.data.medical import boundary_classes
 
