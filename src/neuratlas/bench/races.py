@@ -222,7 +222,7 @@ def race_fashion(options: dict[str, str]) -> list[str]:
         result = trainer.fit()
         wall = time.perf_counter() - t0
         acc = result.test["accuracy"]
-        met = acc >= target and result.train_seconds <= seconds * 1.05
+        met = acc >= target and result.train_seconds <= seconds  # final validation and checkpoint included
         lines.append(race_line(f"Fashion-MNIST in {seconds:.0f} s ({recipe})", "—",
                                f"test {acc:.4f} in {result.train_seconds:.0f} s", "—",
                                f"≥ {target:.0%} in {seconds:.0f} s", met, "neuratlas bench fashion-race"))
