@@ -165,8 +165,13 @@ def test_gemv_equals_linear(out_f, in_f):
     assert torch.equal(gemv(xs, w, b, 2), F.linear(xs, w, b))
 
 
-def test_fast_decoding_same_tokens_and_restores_the_model():
-    model = tiny()
+def test_fast_decoding_same_tokens_and_restores_the_model(monkeypatch):
+    from neuratlas.layers import gemv as gemv_module
+
+    calls = []
+    planned = gemv_module._Plan.__call__
+    monkeypatch.setattr(gemv_module._Plan, "__call__", lambda self, x: calls.append(1) or planned(self, x))
+    model = tiny().eval()
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -178,7 +183,15 @@ def test_fast_decoding_same_tokens_and_restores_the_model():
             x = torch.randn(1, 1, model.cfg.dim)
             layer = model.transformer.blocks[0].ffn.fc1  # widening: reads a column-major copy
             torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+            assert calls == [1]  # the planned slabs ran
+            with torch.no_grad():
+                layer.weight.mul_(2)  # updated in place: the planned column-major copy is stale, not used
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+            assert calls == [1]
+            with torch.no_grad():
+                layer.weight.div_(2)
         assert model.generate(ids, 30, temperature=0).tolist() == plain.tolist()
+        assert len(calls) > 30  # the generation above decoded through the planned slabs
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     finally:
         torch.set_num_threads(threads)

@@ -61,11 +61,12 @@ class _Plan:
         return torch.baddbmm(self.bias, x.reshape(self.k, 1, self.in_f // self.k), self.slabs).sum(0).view(shape)
 
 
-def _decoding_forward(plan: _Plan):
+def _decoding_forward(plan: _Plan, version: int):
     def forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == self.in_features:  # one token of one sequence
+        # one token of one sequence, in eval mode, with the weight the plan was made from (not since updated)
+        if x.numel() == self.in_features and not self.training and self.weight._version == version:
             return plan(x)
-        return F.linear(x, self.weight, self.bias)  # prompts, batches
+        return F.linear(x, self.weight, self.bias)  # prompts, batches, training
 
     return forward
 
@@ -88,7 +89,7 @@ def fast_decoding(model: nn.Module, enabled: bool = True) -> Iterator[None]:
             weight = m.weight.t().contiguous().t() if wide else m.weight
             plan = _Plan(weight, m.bias, k, not wide)
             if plan.ok:
-                m.forward = types.MethodType(_decoding_forward(plan), m)
+                m.forward = types.MethodType(_decoding_forward(plan, m.weight._version), m)
                 patched.append(m)
     try:
         yield
