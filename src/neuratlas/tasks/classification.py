@@ -85,15 +85,13 @@ class ImageClassification(Task):
         return TensorBatches(tensors, self.data.cfg.eval_batch_size, shuffle=False, drop_last=False)
 
     def evaluate(self, model: nn.Module, split: str, autocast: AbstractContextManager) -> dict[str, float]:
-        def logits_of(flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-            def prepare(x: torch.Tensor) -> torch.Tensor:
-                x = self.prepare(x)
-                return (x.flip(-1) if flip else x).to(self.device, memory_format=self.memory_format)
-            return gather_predictions(model, self.batches(split), autocast, prepare)
+        def prepare(x: torch.Tensor) -> torch.Tensor:
+            return self.prepare(x).to(self.device, memory_format=self.memory_format)
 
-        logits, y = logits_of(False)
-        if self.cfg.tta_flip:
-            logits = (logits + logits_of(True)[0]) / 2
+        logits, y = gather_predictions(model, self.batches(split), autocast, prepare)
+        if self.cfg.tta_flip:  # mirror images (flipping commutes with normalising and resizing)
+            mirrored, _ = gather_predictions(model, self.batches(split), autocast, lambda x: prepare(x.flip(-1)))
+            logits = (logits + mirrored) / 2
         y = y.to(logits.device)
         return {"loss": nn.functional.cross_entropy(logits, y).item(), "accuracy": accuracy(logits, y),
                 "top5": accuracy(logits, y, 5)}

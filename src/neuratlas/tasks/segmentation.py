@@ -255,8 +255,8 @@ class Segmentation(Task):
             raise NeuratlasError(f"--truth belongs to one image, but {len(inputs)} inputs were given")
         for path in inputs:
             image, truth = _load_input(path, extra, options)
-            x = torch.from_numpy(image if image.ndim == 3 else image[None])[None]
-            image = image[image.shape[0] // 2] if image.ndim == 3 else image  # the slice being segmented
+            x = torch.from_numpy(image)[None]
+            image = image[image.shape[0] // 2]  # the slice being segmented (the middle one of a stack)
             model.eval()
             with torch.no_grad():
                 pred = model(x).argmax(1)[0].numpy()
@@ -275,8 +275,8 @@ class Segmentation(Task):
 
 
 def _load_input(path: str, extra: dict[str, Any], options: dict[str, str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """A raw input and optional truth -> (normalised float32 image (H, W), or (C, H, W) for a model that reads
-    neighbouring slices too; class map or None)."""
+    """A raw input and optional truth -> (normalised float32 image (C, H, W): one channel, or a slice with its
+    neighbours for a model trained with ``context``; class map or None)."""
     volume = path.endswith((".nii", ".nii.gz"))
     context = int(extra.get("context", 0))
     if volume:
@@ -284,19 +284,18 @@ def _load_input(path: str, extra: dict[str, Any], options: dict[str, str]) -> tu
         z = int(options.get("slice", vol.shape[2] // 2))
         if not 0 <= z < vol.shape[2]:
             raise NeuratlasError(f"{path}: --slice {z} is outside the volume's {vol.shape[2]} axial slices")
-        image = axial_slice(vol, z)
+        image = slice_stack(vol, z, context)
     elif context:
         raise NeuratlasError(f"{path}: this model reads {2 * context + 1} neighbouring slices; give it a NIfTI "
                              f"volume (.nii/.nii.gz) and --slice Z")
     else:
         image = read_array(path)
-    if image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 1:
-        raise NeuratlasError(f"{path}: expected a single-channel image, got {image.shape[-1]} channels "
-                             f"(shape {image.shape})")
-    if image.ndim != 2:
-        raise NeuratlasError(f"{path}: expected a 2-D single-channel image, got shape {image.shape}")
-    if context:  # the slice with its neighbours as channels, like the training images
-        image = slice_stack(vol, z, context)
+        if image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 1:
+            raise NeuratlasError(f"{path}: expected a single-channel image, got {image.shape[-1]} channels "
+                                 f"(shape {image.shape})")
+        if image.ndim != 2:
+            raise NeuratlasError(f"{path}: expected a 2-D single-channel image, got shape {image.shape}")
+        image = image[None]
     image = (normalize_percentile(image) if extra["norm"] == "percentile"
              else image.astype(np.float32) / 255.0)
     truth = None
@@ -304,7 +303,7 @@ def _load_input(path: str, extra: dict[str, Any], options: dict[str, str]) -> tu
         t = read_volume(options["truth"]) if volume else read_array(options["truth"])
         if volume:
             t = axial_slice(merge_aal(t) if extra.get("dataset") == "colin27-lobes" else t, z)
-        check_pair(image[context] if context else image, t, options["truth"])
+        check_pair(image[context], t, options["truth"])
         if extra.get("instances"):
             from neuratlas.data.medical import boundary_classes
 
