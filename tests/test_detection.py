@@ -12,7 +12,10 @@ import torch
 
 from neuratlas import create_model
 from neuratlas.data.detection import (
+    DIHEDRAL,
+    colour_jitter,
     crop_boxes,
+    dihedral_view,
     hflip_with_boxes,
     make_tiles,
     pad_boxes,
@@ -21,6 +24,7 @@ from neuratlas.data.detection import (
     read_voc,
     rot90_with_boxes,
     tile_origins,
+    undo_dihedral_boxes,
     vflip_with_boxes,
 )
 from neuratlas.errors import NeuratlasError
@@ -31,9 +35,10 @@ from neuratlas.layers.boxes import (
     generalized_box_iou,
     giou_loss,
     nms,
+    weighted_box_fusion,
     xyxy_to_cxcywh,
 )
-from neuratlas.tasks.detection import coco_evaluate, detect_tiled
+from neuratlas.tasks.detection import coco_evaluate, detect_dihedral, detect_tiled
 
 
 # --- box ops ------------------------------------------------------------------------------------------------
@@ -244,6 +249,57 @@ def test_tiled_detection_merges_boxes_across_tiles():
     image[:, 320:360, 330:370] = 255  # inside the overlap of all four tiles, and cut by inner tile edges
     boxes, scores, _ = detect_tiled(BrightSquareDetector(), image, (0.5,) * 3, (0.25,) * 3, tile=400, overlap=100)
     assert boxes.tolist() == [[330.0, 320.0, 370.0, 360.0]] and len(scores) == 1
+
+
+def _bright_box(image):
+    ys, xs = (image[0] > 0).nonzero(as_tuple=True)
+    return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float)
+
+
+@pytest.mark.parametrize("k,flip", DIHEDRAL)
+def test_dihedral_views_map_boxes_back_to_the_same_pixels(k, flip):
+    image = torch.zeros(3, 30, 50, dtype=torch.uint8)  # not square: the turns swap height and width
+    image[:, 4:12, 30:47] = 255
+    truth = _bright_box(image)
+    view = dihedral_view(image, k, flip)
+    assert view.shape[1:] == ((50, 30) if k % 2 else (30, 50))
+    back = undo_dihedral_boxes(_bright_box(view)[None], k, flip, 30, 50)[0]
+    assert back.tolist() == truth.tolist()
+    if (k, flip) != (0, False):
+        assert _bright_box(view).tolist() != truth.tolist()  # the view really moved the object
+
+
+def test_weighted_box_fusion_hand_computed():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10]])
+    scores = torch.tensor([0.9, 0.3, 0.6, 0.8])
+    labels = torch.tensor([0, 0, 0, 1])  # the last box is another class: never fused with the first
+    b, s, lab = weighted_box_fusion(boxes, scores, labels, iou_threshold=0.55, num_views=2)  # IoU 81/119 = 0.68
+    assert torch.allclose(b, torch.tensor([[0.25, 0.25, 10.25, 10.25], [0, 0, 10, 10], [50, 50, 60, 60]]))
+    assert torch.allclose(s, torch.tensor([0.6, 0.4, 0.3])) and lab.tolist() == [0, 1, 0]
+    b, s, _ = weighted_box_fusion(boxes[:2], scores[:2], labels[:2], iou_threshold=0.7, num_views=2)
+    assert len(b) == 2 and torch.allclose(s, torch.tensor([0.45, 0.15]))  # below the threshold: kept apart
+
+
+def test_dihedral_detection_finds_each_object_once_in_image_coordinates():
+    # (the test double boxes all bright pixels of a tile together, so one object per image)
+    for y1, x1, y2, x2 in [(320, 330, 360, 370), (20, 600, 50, 680)]:  # across inner tile edges | near a corner
+        image = torch.zeros(3, 500, 700, dtype=torch.uint8)
+        image[:, y1:y2, x1:x2] = 255
+        boxes, scores, _ = detect_dihedral(BrightSquareDetector(), image, (0.5,) * 3, (0.25,) * 3, tile=400,
+                                           overlap=100)
+        assert torch.allclose(boxes, torch.tensor([[x1, y1, x2, y2]], dtype=torch.float))
+        assert torch.allclose(scores, torch.tensor([0.9]))  # found in all eight views
+
+
+def test_colour_jitter_channel_gains_and_greyscale():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(colour_jitter(x, g, 0.0), x)
+    grey = colour_jitter(x, g, 0.0, greyscale=1.0).int()
+    assert (grey.amax(1) - grey.amin(1)).max() <= 1  # every image grey (up to rounding)
+    gains = colour_jitter(x, g, 0.0, channel=0.1).float() / x.float().clamp(min=1)
+    ratio = gains[x >= 50].reshape(-1)
+    assert ratio.min() > 0.88 and ratio.max() < 1.12 and ratio.std() > 0.02
 
 
 # --- bad input ----------------------------------------------------------------------------------------------

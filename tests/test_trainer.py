@@ -30,10 +30,10 @@ def test_one_batch_overfit(run_overrides):
     assert first > 1.5 and logs["loss"] < 0.1  # memorised: from chance (ln 10 ≈ 2.3) to near zero
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_exact_resume_after_crash(run_overrides, precision):
+@pytest.mark.parametrize("precision,ema", [("fp32", "0"), ("bf16", "0"), ("fp32", "0.9")])
+def test_exact_resume_after_crash(run_overrides, precision, ema):
     common = {"trainer.max_steps": "20", "trainer.save_every": "5", "trainer.eval_every": "100",
-              "trainer.precision": precision, "model.dropout": "0.2"}
+              "trainer.precision": precision, "model.dropout": "0.2", "trainer.ema_decay": ema}
     a = Trainer(digits_run(run_overrides, **common, **{"trainer.run_name": "a"}))
     a.fit()
     b = Trainer(digits_run(run_overrides, **common, **{"trainer.run_name": "b"}))
@@ -44,9 +44,46 @@ def test_exact_resume_after_crash(run_overrides, precision):
     assert c.step == 20
     for (name, pa), pc in zip(a.model.state_dict().items(), c.model.state_dict().values()):
         assert torch.equal(pa, pc), name
+    for (name, pa), pc in zip(a.eval_model.state_dict().items(), c.eval_model.state_dict().values()):
+        assert torch.equal(pa, pc), name  # the weight average too, when there is one
     rows = (c.run_dir / "metrics.csv").read_text().splitlines()
     steps = [int(r.split(",")[0]) for r in rows[1:]]
     assert steps == sorted(steps)  # the log has no duplicated tail from the crashed attempt
+
+
+def test_weight_average_follows_its_formula_and_is_what_is_evaluated_and_saved(run_overrides):
+    from safetensors.torch import load_file
+
+    from neuratlas.training.ema import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    model[0].weight.data.fill_(1.0)
+    avg = WeightAverage(model, decay=0.9)
+    expected = torch.ones(3, 3)
+    for n in range(1, 40):
+        model[0].weight.data.fill_(float(n + 1))
+        model[1].num_batches_tracked.fill_(n)
+        avg.update(model)
+        d = min(0.9, (1 + n) / (10 + n))  # warm-up: the initial weights fade quickly
+        expected = d * expected + (1 - d) * (n + 1)
+    assert torch.allclose(avg.module[0].weight, expected) and avg.module[1].num_batches_tracked == 39
+    assert not avg.module[0].weight.requires_grad
+    tied = torch.nn.Linear(4, 4, bias=False)
+    pair = torch.nn.ModuleDict({"a": tied, "b": tied})  # a tied weight is averaged once, not twice
+    t_avg = WeightAverage(pair, decay=0.5)
+    tied.weight.data.fill_(2.0)
+    start = t_avg.module["a"].weight.clone()
+    t_avg.update(pair)
+    w = 1 - t_avg.current_decay()
+    assert torch.allclose(t_avg.module["b"].weight, start + w * (2.0 - start))
+
+    trainer = Trainer(digits_run(run_overrides, **{"trainer.max_steps": "30", "trainer.ema_decay": "0.95"}))
+    result = trainer.fit()
+    raw = trainer.task.evaluate(trainer.model, "test", trainer.autocast())
+    assert result.test == trainer.task.evaluate(trainer.ema.module, "test", trainer.autocast()) != raw
+    saved = load_file(str(trainer.ckpt_dir / "last.safetensors"))
+    for name, tensor in trainer.ema.module.state_dict().items():
+        assert torch.equal(saved[name], tensor), name
 
 
 def test_nan_loss_stops_with_the_step(run_overrides):

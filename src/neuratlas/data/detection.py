@@ -199,22 +199,56 @@ def rot90_with_boxes(images: torch.Tensor, boxes: torch.Tensor, which: torch.Ten
             torch.where(which[:, None, None], rotated, boxes))
 
 
-def colour_jitter(images: torch.Tensor, g: torch.Generator, strength: float) -> torch.Tensor:
-    """Random brightness, contrast and saturation per image (uint8 in, uint8 out)."""
-    if strength <= 0:
+def colour_jitter(images: torch.Tensor, g: torch.Generator, strength: float, channel: float = 0.0,
+                  greyscale: float = 0.0) -> torch.Tensor:
+    """Random brightness, contrast and saturation per image, then per-channel gains of ±``channel`` (a
+    different camera's or season's colour balance) and, with probability ``greyscale``, the grey image (only
+    shape and texture left to go by). uint8 in, uint8 out."""
+    if strength <= 0 and channel <= 0 and greyscale <= 0:
         return images
     b = images.shape[0]
     x = images.float()
 
-    def factor() -> torch.Tensor:
-        return (1 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * strength)
+    def factor(amount: float, channels: int = 1) -> torch.Tensor:
+        return (1 + (torch.rand(b, channels, 1, 1, generator=g) * 2 - 1) * amount)
 
-    x = x * factor()  # brightness
+    x = x * factor(strength)  # brightness
     mean = x.mean((1, 2, 3), keepdim=True)
-    x = (x - mean) * factor() + mean  # contrast
+    x = (x - mean) * factor(strength) + mean  # contrast
     grey = x.mean(1, keepdim=True)
-    x = (x - grey) * factor() + grey  # saturation
+    x = (x - grey) * factor(strength) + grey  # saturation
+    if channel > 0:
+        x = x * factor(channel, x.shape[1])
+    if greyscale > 0:
+        to_grey = (torch.rand(b, 1, 1, 1, generator=g) < greyscale).to(x.dtype)
+        x = x + to_grey * (x.mean(1, keepdim=True) - x)
     return x.clamp(0, 255).to(torch.uint8)
+
+
+# --- the eight dihedral views of an image (test-time augmentation) ------------------------------------------
+DIHEDRAL = [(k, flip) for k in range(4) for flip in (False, True)]
+
+
+def dihedral_view(image: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """(C, H, W) image mirrored left-right (if ``flip``), then rotated ``k`` × 90° counter-clockwise."""
+    if flip:
+        image = image.flip(-1)
+    return image.rot90(k, (-2, -1)).contiguous()
+
+
+def undo_dihedral_boxes(boxes: torch.Tensor, k: int, flip: bool, height: int, width: int) -> torch.Tensor:
+    """Boxes found on ``dihedral_view(image, k, flip)`` in the coordinates of the original ``height`` ×
+    ``width`` image. One counter-clockwise turn maps (x, y) to (y, W - x); undoing it maps (x', y') of the
+    turned image, whose height is the width W before the turn, back to (W - y', x')."""
+    h, w = (width, height) if k % 2 else (height, width)  # the view's size
+    for _ in range(k % 4):
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        boxes = torch.stack([h - y2, x1, h - y1, x2], -1)
+        h, w = w, h
+    if flip:
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        boxes = torch.stack([width - x2, y1, width - x1, y2], -1)
+    return boxes
 
 
 # --- the data set -------------------------------------------------------------------------------------------
@@ -228,7 +262,9 @@ class TreeDataConfig:
     min_visible: float = 0.4  # a box cut by a tile or crop edge stays if this fraction remains
     augment: bool = True
     rotate: bool = True  # random 90° rotations (aerial images have no "up")
-    jitter: float = 0.2  # colour jitter strength (0 disables)
+    jitter: float = 0.2  # brightness / contrast / saturation jitter strength (0 disables)
+    channel_jitter: float = 0.0  # per-channel gain jitter (colour balance)
+    greyscale: float = 0.0  # probability of training on the grey image
 
     def __post_init__(self) -> None:
         if self.crop_size > self.tile_size or self.crop_size % 32:

@@ -91,6 +91,36 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
+def weighted_box_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float,
+                        num_views: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge the detections of ``num_views`` views of one image (Solovyev et al. 2019, simplified).
+
+    Greedy by score: the best remaining box gathers every remaining box of its class with IoU above the
+    threshold; the cluster becomes one box with score-weighted mean coordinates and score sum / num_views.
+    Unlike NMS, which keeps one view's box, the views' localisation errors average out, and an object only
+    one view found keeps a low score.
+    """
+    if boxes.numel() == 0:
+        return boxes.reshape(0, 4), scores, labels
+    order = scores.argsort(descending=True, stable=True)
+    b, s, lab = boxes[order].float(), scores[order].float(), labels[order]
+    same = (box_iou(b, b) > iou_threshold) & (lab[:, None] == lab[None])
+    free = torch.ones(len(b), dtype=torch.bool, device=b.device)
+    out_b, out_s, out_l = [], [], []
+    for i in range(len(b)):
+        if not free[i]:
+            continue
+        group = same[i] & free
+        free &= ~group
+        w = s[group]
+        out_b.append((b[group] * w[:, None]).sum(0) / w.sum())
+        out_s.append(w.sum() / num_views)
+        out_l.append(lab[i])
+    fused_s = torch.stack(out_s).clamp(max=1.0)
+    keep = fused_s.argsort(descending=True, stable=True)
+    return torch.stack(out_b)[keep], fused_s[keep], torch.stack(out_l)[keep]
+
+
 def clip_boxes(boxes: torch.Tensor, width: float, height: float) -> torch.Tensor:
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack([x1.clamp(0, width), y1.clamp(0, height), x2.clamp(0, width), y2.clamp(0, height)], -1)

@@ -20,7 +20,7 @@ def clip_runner(recipe: Recipe, overrides: dict[str, str]):
     trainer = Trainer(run)
     t0 = time.perf_counter()
     result = trainer.fit()
-    picture = trainer.task.plot_zero_shot(trainer.model, "test", result.run_dir / "zero_shot.png")
+    picture = trainer.task.plot_zero_shot(trainer.eval_model, "test", result.run_dir / "zero_shot.png")
     print(f"zero-shot predictions on test images: {picture}", flush=True)
     metric = trainer.task.metric
     return TourRow(recipe.family, recipe.name, run.model["name"], trainer.task.describe_data(), f"test {metric}",

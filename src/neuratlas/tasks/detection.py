@@ -15,6 +15,7 @@ import contextlib
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from neuratlas.config import coerce
 from neuratlas.data import load_dataset
 from neuratlas.data.detection import (
+    DIHEDRAL,
     DetectionImage,
     TreeData,
     colour_jitter,
+    dihedral_view,
     hflip_with_boxes,
     random_crop_with_boxes,
     read_rgb,
     rot90_with_boxes,
     tile_origins,
+    undo_dihedral_boxes,
     vflip_with_boxes,
 )
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize
 from neuratlas.errors import NeuratlasError
-from neuratlas.layers.boxes import batched_nms, clip_boxes
+from neuratlas.layers.boxes import batched_nms, clip_boxes, weighted_box_fusion
 from neuratlas.tasks.base import TASKS, Task
 
 Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes (D, 4), scores (D,), labels (D,)
@@ -173,6 +178,27 @@ def detect_tiled(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...],
     return b[order], s[order], lab[order]
 
 
+@torch.no_grad()
+def detect_dihedral(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+                    tile: int, overlap: int, score_thresh: float = 0.05, nms_iou: float = 0.5,
+                    max_dets: int = 300, batch_size: int = 8, autocast: AbstractContextManager | None = None,
+                    fuse_iou: float = 0.55) -> Detections:
+    """Test-time augmentation for pictures with no "up" (aerial, microscopy): detect on the eight mirrored /
+    rotated views, map the boxes back and fuse them (weighted box fusion). 8× the inference time; the fused
+    score is the mean over views, so ``score_thresh`` applies to it (views keep every box above 0.05)."""
+    _, h, w = image.shape
+    boxes, scores, labels = [], [], []
+    for k, flip in DIHEDRAL:
+        b, s, lab = detect_tiled(model, dihedral_view(image, k, flip), mean, std, tile, overlap,
+                                 min(score_thresh, 0.05), nms_iou, max_dets, batch_size, autocast)
+        boxes.append(undo_dihedral_boxes(b, k, flip, h, w))
+        scores.append(s)
+        labels.append(lab)
+    b, s, lab = weighted_box_fusion(torch.cat(boxes), torch.cat(scores), torch.cat(labels), fuse_iou, len(DIHEDRAL))
+    keep = (s > score_thresh).nonzero().flatten()[:max_dets]
+    return b[keep], s[keep], lab[keep]
+
+
 def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, path: Path,
                truth: torch.Tensor | None = None) -> Path:
     """Save the image with predicted boxes (yellow, with scores) and optional ground truth (cyan) as PNG."""
@@ -198,6 +224,8 @@ class DetectionConfig:
     max_dets: int = 300  # per image (COCO uses 100; the validation strip alone holds ~130 trees)
     eval_tile: int | None = None  # tile size at evaluation; default: the training tile size
     eval_batch_size: int = 8
+    tta: bool = False  # evaluate on the eight mirrored / rotated views, boxes fused (detect_dihedral)
+    fuse_iou: float = 0.55  # IoU that joins boxes of different views into one (weighted box fusion)
 
 
 class Detection(Task):
@@ -223,7 +251,7 @@ class Detection(Task):
             x, boxes = vflip_with_boxes(x, boxes, torch.rand(b, generator=g) < 0.5)
             if dc.rotate:
                 x, boxes = rot90_with_boxes(x, boxes, torch.rand(b, generator=g) < 0.5)
-            x = colour_jitter(x, g, dc.jitter)
+            x = colour_jitter(x, g, dc.jitter, dc.channel_jitter, dc.greyscale)
         return x, boxes * (labels >= 0)[..., None], labels
 
     def model_defaults(self) -> dict[str, Any]:
@@ -243,9 +271,10 @@ class Detection(Task):
     def evaluate(self, model: nn.Module, split: str, autocast: AbstractContextManager) -> dict[str, float]:
         dc, cfg = self.data.cfg, self.cfg
         images = self.images(split)
-        dets = [detect_tiled(model, im.image, self.data.mean, self.data.std, cfg.eval_tile or dc.tile_size,
-                             dc.tile_overlap, cfg.score_thresh, cfg.nms_iou, cfg.max_dets, cfg.eval_batch_size,
-                             autocast) for im in images]
+        detect = partial(detect_dihedral, fuse_iou=cfg.fuse_iou) if cfg.tta else detect_tiled
+        dets = [detect(model, im.image, self.data.mean, self.data.std, cfg.eval_tile or dc.tile_size,
+                       dc.tile_overlap, cfg.score_thresh, cfg.nms_iou, cfg.max_dets, cfg.eval_batch_size, autocast)
+                for im in images]
         metrics = coco_evaluate(dets, [(im.boxes, im.labels) for im in images], max_dets=cfg.max_dets)
         metrics["detections"] = float(sum(len(d[0]) for d in dets))
         metrics["objects"] = float(sum(len(im.boxes) for im in images))
@@ -255,7 +284,8 @@ class Detection(Task):
         dc = self.data.cfg
         return {"classes": self.data.classes, "mean": list(self.data.mean), "std": list(self.data.std),
                 "tile_size": self.cfg.eval_tile or dc.tile_size, "tile_overlap": dc.tile_overlap,
-                "nms_iou": self.cfg.nms_iou, "max_dets": self.cfg.max_dets, "dataset": self.data_spec["name"]}
+                "nms_iou": self.cfg.nms_iou, "max_dets": self.cfg.max_dets, "dataset": self.data_spec["name"],
+                "tta": self.cfg.tta, "fuse_iou": self.cfg.fuse_iou}
 
     def describe_data(self) -> str:
         d = self.data
@@ -268,7 +298,7 @@ class Detection(Task):
         """Draw detected boxes with scores on each image (any size: tiled, never resized) → PNG.
 
         Options: --score (drawing threshold, default 0.4), --tile, --overlap, --truth FILE.xml (drawn cyan),
-        --precision auto|fp32|bf16.
+        --precision auto|fp32|bf16, --tta true|false (default: as the run evaluated).
         """
         score = float(options.get("score", 0.4))
         if "truth" in options and len(inputs) != 1:
@@ -276,6 +306,8 @@ class Detection(Task):
         tile = int(options.get("tile", extra["tile_size"]))
         overlap = int(options.get("overlap", extra["tile_overlap"]))
         in_chans = model.cfg.in_chans
+        tta = coerce(options.get("tta", extra.get("tta", False)), bool, "--tta")
+        detect = partial(detect_dihedral, fuse_iou=extra.get("fuse_iou", 0.55)) if tta else detect_tiled
         from neuratlas.training.precision import autocast, resolve_precision
 
         device = torch.device("cpu")  # bf16 autocast where the CPU has it natively (as in training), else fp32
@@ -289,8 +321,8 @@ class Detection(Task):
 
                 truth, _ = read_voc(options["truth"], image.shape[2], image.shape[1])
             t0 = time.perf_counter()
-            boxes, scores, _ = detect_tiled(model, image, tuple(extra["mean"]), tuple(extra["std"]), tile, overlap,
-                                            score, extra["nms_iou"], 1000, autocast=cast)
+            boxes, scores, _ = detect(model, image, tuple(extra["mean"]), tuple(extra["std"]), tile, overlap,
+                                      score, extra["nms_iou"], 1000, autocast=cast)
             dt = time.perf_counter() - t0
             out = draw_boxes(image, boxes, scores, Path(out_dir) / f"{Path(path).stem}_boxes.png", truth)
             lines.append(f"{path}: {len(boxes)} {extra['classes'][0].lower()}s with score ≥ {score} "

@@ -64,6 +64,7 @@ class TrainerConfig:
     progress: bool = True
     tensorboard: bool = True  # when the tensorboard package is installed
     num_threads: int | None = None
+    ema_decay: float = 0.0  # > 0: evaluate and save a moving average of the weights (training/ema.py)
     keep_freed_memory: bool = True  # CPU: glibc keeps freed tensors for reuse (precision.keep_freed_memory)
 
 

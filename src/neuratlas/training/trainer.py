@@ -24,6 +24,7 @@ from neuratlas.training.checkpoint import load_state, read_checkpoint, save_stat
 from neuratlas.training.config import RunConfig
 from neuratlas.training.distributed import NullLogger
 from neuratlas.training.distributed import context as dist_context
+from neuratlas.training.ema import WeightAverage
 from neuratlas.training.logging import RunLogger, plot_curves
 from neuratlas.training.optim import build_optimizer, build_scheduler, lr_factor
 from neuratlas.training.precision import autocast, keep_freed_memory, resolve_device, resolve_precision
@@ -70,6 +71,7 @@ class Trainer:
         if tc.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.task.memory_format = torch.channels_last
+        self.ema = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay else None
         self.train_model = torch.compile(self.model) if tc.compile else self.model
         self.dist = dist_context()  # under torchrun: DDP across WORLD_SIZE processes; otherwise a no-op
         self.train_model = self.dist.wrap(self.train_model, self.device)
@@ -90,16 +92,25 @@ class Trainer:
     def autocast(self):
         return autocast(self.device, self.dtype)
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and saved: the weight average when ``trainer.ema_decay`` is set."""
+        return self.ema.module if self.ema else self.model
+
     # --- checkpoints --------------------------------------------------------------------------------
     def save(self, tag: str = "last") -> Path:
         if not self.dist.is_main:  # rank 0 alone writes checkpoints
             return self.ckpt_dir / f"{tag}.safetensors"
         extra = {"task": self.run.task["name"], **self.task.checkpoint_extra()}
-        path = save_weights(self.ckpt_dir / f"{tag}.safetensors", self.model, self.run.to_dict(), extra, self.step)
+        path = save_weights(self.ckpt_dir / f"{tag}.safetensors", self.eval_model, self.run.to_dict(), extra,
+                            self.step)
         if tag == "last":
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
                      "best": self.best if self.best is not None else float("nan")}
+            if self.ema:  # the weights file holds the average; training continues from the raw weights
+                state["raw_weights"] = self.model.state_dict()
+                state["ema_updates"] = self.ema.updates
             if torch.cuda.is_available():
                 state["rng_cuda"] = torch.cuda.get_rng_state_all()
             save_state(self.ckpt_dir / "last.state.pt", state)
@@ -113,7 +124,13 @@ class Trainer:
                                  f"{state['step']}) disagree; the checkpoint is inconsistent")
         from safetensors.torch import load_model
 
-        load_model(self.model, str(ckpt.path))
+        load_model(self.eval_model, str(ckpt.path))
+        if self.ema:
+            if "raw_weights" not in state:
+                raise NeuratlasError(f"{ckpt.path}: this run averages its weights (trainer.ema_decay) but the "
+                                     "checkpoint holds no raw weights to continue from; resume it without EMA")
+            self.model.load_state_dict(state["raw_weights"])
+            self.ema.updates = state["ema_updates"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
@@ -150,6 +167,8 @@ class Trainer:
                 g["lr"] = g["initial_lr"] * lr_factor(at, self.total_steps, self.run.schedule)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
+        if self.ema:
+            self.ema.update(self.model)
         if not by_time:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -157,7 +176,7 @@ class Trainer:
         return logs
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
-        return self.task.evaluate(self.model, split, self.autocast())
+        return self.task.evaluate(self.eval_model, split, self.autocast())
 
     def fit(self, resume: str | Path | None = None, crash_at: int | None = None) -> FitResult:
         """Train to ``total_steps``; ``crash_at`` simulates a crash (for tests of exact resume)."""
