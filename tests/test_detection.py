@@ -422,6 +422,10 @@ def test_quick_recipe_trains_evaluates_and_predicts(run_overrides, tmp_path, ful
         assert result.test["AP50"] >= 0.3
     assert main(["eval", str(result.run_dir), "--split", "test"]) == 0
     assert "AP50" in capsys.readouterr().out
+    assert main(["eval", str(result.run_dir), "--split", "test", "--task.tta", "true"]) == 0  # eight views
+    assert "AP50" in capsys.readouterr().out
+    assert main(["eval", str(result.run_dir), "--model.fpn_dim", "8"]) == 2
+    assert "overrides only" in capsys.readouterr().err
     from PIL import Image
 
     big = tmp_path / "big.png"  # larger than a tile: predict must tile, not resize

@@ -141,6 +141,11 @@ def test_budget_schedule_follows_the_clock(run_overrides):
     assert result.stopped_early.startswith("time limit") and result.steps < t.total_steps
     last_lr = t.optimizer.param_groups[0]["lr"]
     assert last_lr < 0.25 * run.optimizer.lr  # the cosine reached its tail when the budget ran out
+    # a fast machine: the step grid is used up long before the budget, and training goes on to the clock
+    fast = Trainer(digits_run(run_overrides, **{"trainer.time_limit": "1.5", "trainer.budget_schedule": "true",
+                                                "trainer.max_steps": "5", "trainer.eval_every": "1000"}))
+    result = fast.fit()
+    assert result.stopped_early.startswith("time limit") and result.steps > 5 and result.train_seconds >= 1.5
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])

@@ -24,10 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-h", "--help", action="store_true")
     p.set_defaults(func=cmd_train, accepts_overrides=True, _parser=p)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on its validation and test data")
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its validation and test data",
+                       description="Evaluate CHECKPOINT with the run's own data and task settings; "
+                       "--task.key value / --data.key value change how it is evaluated (e.g. --task.tta true).")
     p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint")
     p.add_argument("--split", action="append", choices=["val", "test", "train"])
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, accepts_overrides=True)
 
     p = sub.add_parser("predict", help="run a checkpoint on inputs (image files, text, ...)",
                        description="Run CHECKPOINT on INPUTs. Task-specific options are passed as "
@@ -104,12 +106,18 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from neuratlas.errors import NeuratlasError
     from neuratlas.training.checkpoint import read_checkpoint
     from neuratlas.training.config import RunConfig
     from neuratlas.training.trainer import Trainer
 
     ckpt = read_checkpoint(args.checkpoint)
     run = RunConfig.from_dict(ckpt.run_config)
+    overrides = parse_overrides(extra)
+    if any(not k.startswith(("task.", "data.", "trainer.")) for k in overrides):
+        raise NeuratlasError("eval takes --task.*, --data.* and --trainer.* overrides only (the model is the "
+                             f"checkpoint's); got {', '.join(sorted(overrides))}")
+    run = run.override(overrides) if overrides else run
     trainer = Trainer(run, model=ckpt.build_model())
     print(f"{ckpt.path} ({ckpt.model_name}, step {ckpt.step}) on {trainer.task.describe_data()}")
     for split in args.split or ["val", "test"]:

@@ -26,7 +26,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from neuratlas.layers.attention import KVCache, MultiHeadAttention, Packing, RotaryEmbedding
+from neuratlas.layers.attention import CpuAttention, KVCache, MultiHeadAttention, Packing, RotaryEmbedding
+from neuratlas.layers.dropout import Dropout
 from neuratlas.layers.norms import RMSNorm
 
 Norm = Literal["post_layernorm", "pre_layernorm", "pre_rmsnorm"]
@@ -57,7 +58,7 @@ class TransformerConfig:
     scale_embeddings: bool = False  # multiply token embeddings by √dim (the 2017 paper)
     init_std: float = 0.02
     gqa_impl: Literal["sdpa", "repeat"] = "sdpa"  # how K/V heads are shared under GQA (speed switch)
-    attn_fp32_on_cpu: bool = True  # bf16 autocast on CPU: attention kernel in fp32, faster there (speed switch)
+    cpu_attention: CpuAttention = "auto"  # kernel for bf16 attention on CPU (layers.attention.attention; speed switch)
     unpad: bool = True  # encoders with a padding mask run per-token layers on real tokens only (speed switch)
 
     def __post_init__(self) -> None:
@@ -181,7 +182,7 @@ class Block(nn.Module):
             bias=cfg.bias,
             dropout=cfg.dropout,
             gqa=cfg.gqa_impl,
-            fp32_on_cpu=cfg.attn_fp32_on_cpu,
+            cpu_bf16=cfg.cpu_attention,
         )
         self.norm1 = make_norm(cfg)
         self.cross_attn = None
@@ -194,12 +195,12 @@ class Block(nn.Module):
                 dropout=cfg.dropout,
                 cross=True,
                 gqa=cfg.gqa_impl,
-                fp32_on_cpu=cfg.attn_fp32_on_cpu,
+                cpu_bf16=cfg.cpu_attention,
             )
             self.norm_cross = make_norm(cfg)
         self.ffn = FeedForward(cfg)
         self.norm2 = make_norm(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def _sublayer(self, x: torch.Tensor, norm: nn.Module, f) -> torch.Tensor:
         if self.pre_norm:
@@ -259,7 +260,7 @@ class Embeddings(nn.Module):
             self.register_buffer("pe", sinusoidal_table(cfg.max_seq_len, cfg.dim), persistent=False)
         self.seg = nn.Embedding(cfg.type_vocab_size, cfg.dim) if cfg.type_vocab_size else None
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.embed_norm else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.scale = math.sqrt(cfg.dim) if cfg.scale_embeddings else 1.0
 
     def forward(

@@ -84,16 +84,18 @@ register_recipe(
 register_recipe(
     "gpt-tinyshakespeare-10min",
     _lm(
-        {"name": "gpt-char-baby", "dim": 256, "max_seq_len": 128, "bias": False},
+        {"name": "gpt-char-baby", "dim": 256, "max_seq_len": 128, "bias": False, "dropout": 0.1},
         {"name": "tinyshakespeare", "batch_size": 32, "block_size": 128},
-        3000,
+        3000,  # the schedule's grid: training goes on until the clock runs out (warmup: 100/3000 of it)
         lr=2e-3,
         eval_every=100000,
         time_limit=570,
         budget_schedule=True,
+        ema_decay=0.999,
     ),
-    "best char-level GPT in 10 minutes of wall clock (4 × 256, context 128): the cosine schedule follows the "
-    "clock and ends with the budget",
+    "best char-level GPT in 10 minutes of wall clock (4 × 256, context 128, dropout 0.1: ~18 epochs of the "
+    "1M-character text overfit without it; the moving average of the weights is scored): the cosine schedule "
+    "follows the clock and ends with the budget",
     family="gpt",
     target="val loss ≤ 1.47 (nanoGPT's A100 figure; nanoGPT reached ≈1.55 in 10 min on 2 cores)",
 )

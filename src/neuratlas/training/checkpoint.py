@@ -38,7 +38,7 @@ class Checkpoint:
         """Rebuild the model from its registered name and config, then load the weights."""
         from neuratlas.models import create_model
 
-        model = create_model(self.model_name, **self.model_config)
+        model = create_model(self.model_name, **_renamed_options(self.model_config))
         try:
             missing, unexpected = load_model(model, str(self.path), strict=False)
         except (SafetensorError, RuntimeError) as e:
@@ -47,6 +47,14 @@ class Checkpoint:
             raise NeuratlasError(f"{self.path}: weights do not fit {self.model_name} "
                                  f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
         return model
+
+
+def _renamed_options(config: dict[str, Any]) -> dict[str, Any]:
+    """Model options renamed since a checkpoint was written, mapped to their new names (speed switches only)."""
+    config = dict(config)
+    if "attn_fp32_on_cpu" in config:  # until 2026-12: a bool; now the kernel's name
+        config["cpu_attention"] = "flash_fp32" if config.pop("attn_fp32_on_cpu") else "flash"
+    return config
 
 
 def _atomic(path: Path, write) -> None:

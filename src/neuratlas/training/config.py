@@ -56,7 +56,9 @@ class TrainerConfig:
     log_every: int = 25
     time_limit: float | None = None  # seconds of training; stops cleanly (and checkpoints) when reached
     # With time_limit: the lr schedule advances with elapsed time instead of steps, so a wall-clock budget
-    # ends at the schedule's end (budgeted training; resume is then not bit-exact, being time-dependent).
+    # ends at the schedule's end, and training goes on until the budget is spent however fast the machine
+    # (max_steps/epochs then only set the schedule's grid: warmup_steps of max_steps is that fraction of
+    # the budget). Resume is then not bit-exact, being time-dependent.
     budget_schedule: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out_dir: str = "runs"

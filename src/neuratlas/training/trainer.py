@@ -196,8 +196,10 @@ class Trainer:
         t0, steps0, smooth = time.perf_counter(), self.step, None
         self._t0, self._val_step = t0, -1
         self.model.train()
+        # a budgeted schedule trains until the clock runs out; max_steps/epochs only set the schedule's grid
+        by_time = bool(tc.budget_schedule and tc.time_limit)
         try:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps or by_time:
                 if crash_at is not None and self.step == crash_at:
                     raise KeyboardInterrupt("simulated crash")
                 logs = self.train_step()
@@ -208,7 +210,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{smooth:.4f}")
                 elapsed = time.perf_counter() - t0
                 out_of_time = tc.time_limit is not None and elapsed >= tc.time_limit
-                if self.step % self.eval_every == 0 or self.step == self.total_steps or out_of_time:
+                at_end = self.step == self.total_steps and not by_time
+                if self.step % self.eval_every == 0 or at_end or out_of_time:
                     result.val, self._val_step = self.evaluate("val"), self.step
                     self.model.train()
                     logger.log(self.step, "val", result.val)
