@@ -436,3 +436,20 @@ def test_quick_recipe_trains_evaluates_and_predicts(run_overrides, tmp_path, ful
     assert Image.open(out / "big_boxes.png").size == (820, 450)
     cfg = json.loads((result.run_dir / "config.json").read_text())
     assert cfg["task"]["name"] == "detection" and math.isfinite(result.test["AP"])
+
+
+def test_per_image_standardisation_ignores_a_sites_brightness_and_contrast():
+    from neuratlas.data.transforms import normalize
+    from neuratlas.tasks.detection import _stats
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(40, 150, (2, 3, 32, 48), generator=g, dtype=torch.uint8)
+    z = normalize(x, None, None)
+    assert torch.allclose(z.mean((-2, -1)), torch.zeros(2, 3), atol=1e-5)
+    assert torch.allclose(z.std((-2, -1)), torch.ones(2, 3), atol=1e-4)
+    brighter = (x.float() * 1.5 + 20).to(torch.uint8)  # another site: more light, more contrast
+    assert torch.allclose(normalize(brighter, None, None), z, atol=0.05)
+    assert not torch.allclose(normalize(brighter, (0.5,) * 3, (0.2,) * 3), normalize(x, (0.5,) * 3, (0.2,) * 3),
+                              atol=0.05)
+    assert _stats({"mean": None, "std": None}) == (None, None)
+    assert _stats({"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}) == ((0.1, 0.2, 0.3), (1, 1, 1))

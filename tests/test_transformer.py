@@ -200,6 +200,30 @@ def test_fast_decoding_same_tokens_and_restores_the_model(monkeypatch):
     assert all(m.weight.is_contiguous() and "forward" not in vars(m) for m in linears)
 
 
+def test_fast_decoding_auto_keeps_the_plans_only_where_they_measure_faster(monkeypatch):
+    from neuratlas.layers import gemv as gemv_module
+
+    model = tiny().eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for faster in (False, True):
+            monkeypatch.setattr(gemv_module, "planned_is_faster", lambda layers, f=faster: f)
+            with fast_decoding(model, "auto"):
+                patched = ["forward" in vars(m) for m in model.modules() if type(m) is nn.Linear]
+                assert all(patched) if faster else not any(patched)
+        monkeypatch.undo()
+        gemv_module._MEASURED.clear()
+        with fast_decoding(model, "auto"):  # the real measurement: either way, the same tokens
+            pass
+        assert len(gemv_module._MEASURED) == 1  # measured once for this model's shapes, then cached
+        ids = torch.randint(0, 50, (1, 5))
+        assert model.generate(ids, 20, temperature=0).tolist() == \
+            model.generate(ids, 20, temperature=0, fast_layout=False).tolist()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_kv_cache_shrinks_with_gqa():
     sizes = {h_kv: tiny(n_head=8, n_kv_head=h_kv).transformer.new_cache(1).bytes_per_token for h_kv in (8, 2, 1)}
     assert sizes[8] == 2 * 2 * 32 * 4  # K and V × layers × dim × fp32
@@ -605,22 +629,28 @@ def test_bf16_attention_runs_its_kernel_in_fp32_on_cpu():
     torch.testing.assert_close(low.float(), want, atol=5e-2, rtol=5e-2)
 
 
-@pytest.mark.parametrize("causal,t,s,h_kv", [(True, 24, 24, 4), (False, 24, 24, 4), (True, 5, 24, 4),
-                                              (True, 1, 24, 4), (True, 24, 24, 2)])
-def test_bf16_math_attention_matches_the_formula_with_gradients(causal, t, s, h_kv, monkeypatch):
+@pytest.mark.parametrize("causal,t,s,h_kv,padded", [(True, 24, 24, 4, False), (False, 24, 24, 4, False),
+                                                     (True, 5, 24, 4, False), (True, 1, 24, 4, False),
+                                                     (True, 24, 24, 2, False), (False, 24, 24, 4, True),
+                                                     (True, 24, 24, 4, True)])
+def test_bf16_math_attention_matches_the_formula_with_gradients(causal, t, s, h_kv, padded, monkeypatch):
     torch.manual_seed(0)
     q = torch.randn(2, 4, t, 16).to(torch.bfloat16).requires_grad_()
     k, v = (torch.randn(2, h_kv, s, 16).to(torch.bfloat16).requires_grad_() for _ in range(2))
     g = torch.randn(2, 4, t, 16)
+    mask = None
+    if padded:  # key padding: the second sequence has 9 real keys
+        mask = torch.ones(2, s, dtype=torch.bool)
+        mask[1, 9:] = False
     ref = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    want = reference_attention(*ref, causal=causal)
+    want = reference_attention(*ref, causal=causal, mask=mask)
     want.backward(g.double())
 
     def no_fused_kernel(*args, **kwargs):
         raise AssertionError("the math path must not call the fused kernel")
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", no_fused_kernel)
-    got = attention(q, k, v, causal=causal, cpu_bf16="auto")  # auto: math when there is no mask
+    got = attention(q, k, v, causal=causal, mask=mask, cpu_bf16="auto")  # auto: the math path
     assert got.dtype == torch.bfloat16
     got.backward(g.to(torch.bfloat16))
     torch.testing.assert_close(got.double(), want, atol=3e-2, rtol=3e-2)
@@ -662,3 +692,12 @@ def test_cpu_dropout_keeps_1_minus_p_and_rescales(p):
     assert layer(x) is x and dropout(x, 0.0) is x
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.0)
+
+
+def test_attention_dropout_can_differ_from_the_residual_dropout():
+    cfg = TransformerConfig(dim=32, n_layer=1, n_head=4, dropout=0.1, attn_dropout=0.0)
+    block = Transformer(cfg, causal=True).blocks[0]
+    assert block.attn.dropout == 0.0 and block.drop.p == 0.1
+    assert Transformer(TransformerConfig(dim=32, n_layer=1, n_head=4, dropout=0.1)).blocks[0].attn.dropout == 0.1
+    with pytest.raises(ValueError, match="attn_dropout"):
+        TransformerConfig(dim=32, n_head=4, attn_dropout=1.0)

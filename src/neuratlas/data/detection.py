@@ -14,6 +14,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -265,6 +266,9 @@ class TreeDataConfig:
     jitter: float = 0.2  # brightness / contrast / saturation jitter strength (0 disables)
     channel_jitter: float = 0.0  # per-channel gain jitter (colour balance)
     greyscale: float = 0.0  # probability of training on the grey image
+    # "dataset": standardise with the training tiles' channel statistics; "image": every crop or tile by its
+    # own (a new site's brighter ground or other camera then looks like the training site's)
+    normalize: Literal["dataset", "image"] = "dataset"
 
     def __post_init__(self) -> None:
         if self.crop_size > self.tile_size or self.crop_size % 32:

@@ -36,10 +36,13 @@ def random_erase(x: torch.Tensor, g: torch.Generator, p: float = 0.5, max_frac: 
     return x.masked_fill(box[:, None], 0)
 
 
-def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 or [0,1] float images -> standardised float32."""
+def normalize(x: torch.Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> torch.Tensor:
+    """uint8 or [0,1] float images -> standardised float32. ``mean=None``: each image by its own per-channel
+    mean and std (a brighter or differently lit picture then looks like the training ones to the model)."""
     if x.dtype == torch.uint8:
         x = x.float().div_(255)
+    if mean is None or std is None:
+        return (x - x.mean((-2, -1), keepdim=True)) / x.std((-2, -1), keepdim=True).clamp_min(1e-3)
     m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - m) / s

@@ -78,11 +78,11 @@ def attention(
     ``cpu_bf16`` picks the kernel for bf16 inputs on a CPU, where PyTorch's bf16 flash attention is slow
     (its backward: 21 ms vs 10 ms for the plain formula at B·H = 96, T = 256, AMX Xeon; 3× its fp32 kernel
     at T = 64 on an AVX512-BF16 EPYC):
-    ``"math"`` writes the formula out with bf16 matrix products (the scores and probabilities live as bf16
-    (B·H, T, S) tensors, as in a GPU flash kernel's P·V product; 2.7× the fp32 kernel's speed at T = 256
-    and 1.4× at T = 64 on AMX); ``"flash_fp32"`` runs the fused kernel in fp32 (exact up to the final
-    rounding; the choice before AMX machines); ``"flash"`` PyTorch's bf16 kernel. ``"auto"``: ``math``
-    for unmasked (causal or full) attention, the usual training case, and ``flash_fp32`` with a mask.
+    ``"math"`` (and ``"auto"``) writes the formula out with bf16 matrix products: the scores and
+    probabilities live as bf16 (B·H, T, S) tensors, as in a GPU flash kernel's P·V product; 2.7× the fp32
+    kernel's speed at T = 256 and 1.4× at T = 64 on AMX (measured there; on CPUs without AMX not yet).
+    ``"flash_fp32"`` runs the fused kernel in fp32 (exact up to the final rounding; the default before the
+    AMX measurements); ``"flash"`` PyTorch's bf16 kernel.
 
     ``causal`` aligns the triangle to the *end* of the keys, so it is right for prefill after a KV cache
     too. ``gqa="sdpa"`` lets the kernel broadcast the H_kv heads (``enable_gqa``); ``"repeat"`` expands
@@ -94,12 +94,8 @@ def attention(
     t, s = q.shape[-2], k.shape[-2]
     dtype = q.dtype
     kernel = cpu_bf16 if dtype == torch.bfloat16 and q.device.type == "cpu" else "flash"
-    if kernel == "auto":
-        kernel = "math" if mask is None else "flash_fp32"
-    if kernel == "math" and mask is None:
-        if h_kv != h:
-            k, v = k.repeat_interleave(h // h_kv, dim=1), v.repeat_interleave(h // h_kv, dim=1)
-        return _math_attention(q, k, v, causal and t > 1, dropout_p, scale)
+    if mask is not None and mask.dtype == torch.bool and mask.ndim == 2:  # (B, S) key padding
+        mask = mask[:, None, None, :]
     is_causal = False
     if causal:
         if t == s and mask is None:
@@ -107,8 +103,10 @@ def attention(
         elif t > 1:
             cm = causal_mask(t, s, q.device)[None, None]
             mask = cm if mask is None else mask.to(torch.bool) & cm
-    if mask is not None and mask.dtype == torch.bool and mask.ndim == 2:  # (B, S) key padding
-        mask = mask[:, None, None, :]
+    if kernel in ("math", "auto"):
+        if h_kv != h:
+            k, v = k.repeat_interleave(h // h_kv, dim=1), v.repeat_interleave(h // h_kv, dim=1)
+        return _math_attention(q, k, v, is_causal, mask, dropout_p, scale)
     enable_gqa = False
     if h_kv != h:
         if gqa == "repeat":
@@ -116,7 +114,7 @@ def attention(
             v = v.repeat_interleave(h // h_kv, dim=1)
         else:
             enable_gqa = True
-    upcast = kernel in ("flash_fp32", "math")  # math with a mask: the fp32 kernel
+    upcast = kernel == "flash_fp32"
     if upcast:
         q, k, v = q.float(), k.float(), v.float()
     with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():  # autocast would recast
@@ -126,10 +124,12 @@ def attention(
     return y.to(dtype)
 
 
-def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float,
-                    scale: float | None) -> torch.Tensor:
-    """The formula as three batched products in q's dtype: the additive causal bias rides in ``baddbmm``,
-    softmax accumulates in fp32 inside its kernel. Keys and values have as many heads as queries."""
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: torch.Tensor | None,
+                    dropout_p: float, scale: float | None) -> torch.Tensor:
+    """The formula as three batched products in q's dtype, softmax accumulating in fp32 inside its kernel.
+    ``causal`` (T = S) rides in ``baddbmm`` as an additive bias; a boolean mask sets the scores it hides to
+    the dtype's lowest value (a row with no visible key then averages all values instead of giving NaN),
+    a float mask is added. Keys and values have as many heads as queries."""
     b, h, t, d = q.shape
     s = k.shape[-2]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -139,6 +139,12 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         scores = torch.baddbmm(bias, qf, kf.transpose(1, 2), alpha=scale)
     else:
         scores = torch.bmm(qf, kf.transpose(1, 2)) * scale
+    if mask is not None:
+        grid = scores.view(b, h, t, s)
+        if mask.dtype == torch.bool:
+            grid.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+        else:
+            grid.add_(mask.to(scores.dtype))
     p = dropout(scores.softmax(-1), dropout_p)
     return torch.bmm(p, vf).view(b, h, t, d)
 

@@ -13,6 +13,7 @@ import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -73,7 +74,7 @@ class GPT(nn.Module):
         stop_tokens: Sequence[int] = (),
         use_cache: bool = True,
         generator: torch.Generator | None = None,
-        fast_layout: bool = True,
+        fast_layout: bool | Literal["auto"] = "auto",
     ) -> Iterator[torch.Tensor]:
         """Yield the next token of every sequence, (B,), one step at a time.
 
@@ -81,7 +82,8 @@ class GPT(nn.Module):
         stream ends when all have stopped or after ``max_new_tokens``. When the context fills up, the cache
         is rebuilt from the last half-context of tokens (with recomputation, nanoGPT crops every step).
         ``fast_layout``: on CPU, run the linear layers as parallel matrix-vector products with each weight
-        in the layout its kernel reads fastest while streaming (:func:`~neuratlas.layers.gemv.fast_decoding`).
+        in the layout its kernel reads fastest while streaming (:func:`~neuratlas.layers.gemv.fast_decoding`);
+        ``"auto"`` does so where it measures faster on this machine.
         """
         if ids.ndim == 1:
             ids = ids[None]

@@ -52,6 +52,7 @@ class TransformerConfig:
     bias: bool = True
     tie_embeddings: bool = True  # output projection shares the token embedding matrix
     dropout: float = 0.0
+    attn_dropout: float | None = None  # on the attention probabilities; None: the same as dropout
     pad_vocab_multiple: int = 64  # round the vocabulary up for fast matmuls (nanoGPT's 50257 -> 50304)
     type_vocab_size: int = 0  # BERT's segment embeddings (0 = none)
     embed_norm: bool = False  # LayerNorm right after the embeddings (BERT)
@@ -75,8 +76,8 @@ class TransformerConfig:
             )
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even head dimension; dim/n_head = {self.head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= (self.attn_dropout or 0.0) < 1.0:
+            raise ValueError(f"dropout and attn_dropout must be in [0, 1), got {self.dropout}, {self.attn_dropout}")
         if self.ffn_dim is None:
             self.ffn_dim = 4 * self.dim if self.ffn != "swiglu" else 64 * math.ceil(8 * self.dim / 3 / 64)
         if self.pad_vocab_multiple < 1:
@@ -180,7 +181,7 @@ class Block(nn.Module):
             cfg.n_head,
             cfg.n_kv_head,
             bias=cfg.bias,
-            dropout=cfg.dropout,
+            dropout=cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout,
             gqa=cfg.gqa_impl,
             cpu_bf16=cfg.cpu_attention,
         )
@@ -192,7 +193,7 @@ class Block(nn.Module):
                 cfg.n_head,
                 cfg.n_kv_head,
                 bias=cfg.bias,
-                dropout=cfg.dropout,
+                dropout=cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout,
                 cross=True,
                 gqa=cfg.gqa_impl,
                 cpu_bf16=cfg.cpu_attention,

@@ -134,10 +134,10 @@ def coco_evaluate(detections: list[Detections], truths: list[tuple[torch.Tensor,
 
 # --- whole-image inference by tiles -------------------------------------------------------------------------
 @torch.no_grad()
-def detect_tiled(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                 tile: int, overlap: int, score_thresh: float = 0.05, nms_iou: float = 0.5, max_dets: int = 300,
-                 batch_size: int = 8, autocast: AbstractContextManager | None = None,
-                 edge: float = 2.0) -> Detections:
+def detect_tiled(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] | None,
+                 std: tuple[float, ...] | None, tile: int, overlap: int, score_thresh: float = 0.05,
+                 nms_iou: float = 0.5, max_dets: int = 300, batch_size: int = 8,
+                 autocast: AbstractContextManager | None = None, edge: float = 2.0) -> Detections:
     """Detect on a (C, H, W) uint8 image of any size: overlapping tiles, boxes shifted back, boxes touching an
     inner tile edge dropped (the overlap shows their object whole elsewhere), then class-wise NMS."""
     c, h, w = image.shape
@@ -179,10 +179,10 @@ def detect_tiled(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...],
 
 
 @torch.no_grad()
-def detect_dihedral(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                    tile: int, overlap: int, score_thresh: float = 0.05, nms_iou: float = 0.5,
-                    max_dets: int = 300, batch_size: int = 8, autocast: AbstractContextManager | None = None,
-                    fuse_iou: float = 0.55) -> Detections:
+def detect_dihedral(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] | None,
+                    std: tuple[float, ...] | None, tile: int, overlap: int, score_thresh: float = 0.05,
+                    nms_iou: float = 0.5, max_dets: int = 300, batch_size: int = 8,
+                    autocast: AbstractContextManager | None = None, fuse_iou: float = 0.55) -> Detections:
     """Test-time augmentation for pictures with no "up" (aerial, microscopy): detect on the eight mirrored /
     rotated views, map the boxes back and fuse them (weighted box fusion). 8× the inference time; the fused
     score is the mean over views, so ``score_thresh`` applies to it (views keep every box above 0.05)."""
@@ -197,6 +197,11 @@ def detect_dihedral(model: nn.Module, image: torch.Tensor, mean: tuple[float, ..
     b, s, lab = weighted_box_fusion(torch.cat(boxes), torch.cat(scores), torch.cat(labels), fuse_iou, len(DIHEDRAL))
     keep = (s > score_thresh).nonzero().flatten()[:max_dets]
     return b[keep], s[keep], lab[keep]
+
+
+def _stats(extra: dict[str, Any]) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The input standardisation a checkpoint was trained with (its ``extra``)."""
+    return (None, None) if extra["mean"] is None else (tuple(extra["mean"]), tuple(extra["std"]))
 
 
 def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, path: Path,
@@ -257,9 +262,14 @@ class Detection(Task):
     def model_defaults(self) -> dict[str, Any]:
         return {"num_classes": len(self.data.classes), "in_chans": 3}
 
+    @property
+    def stats(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+        """Channel mean and std the inputs are standardised with; (None, None): each image by its own."""
+        return (None, None) if self.data.cfg.normalize == "image" else (self.data.mean, self.data.std)
+
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         x, boxes, labels = batch
-        x = normalize(x, self.data.mean, self.data.std).to(self.device, memory_format=self.memory_format)
+        x = normalize(x, *self.stats).to(self.device, memory_format=self.memory_format)
         out = model(x)
         return model.loss(out, boxes.to(self.device), labels.to(self.device), tuple(x.shape[-2:]))
 
@@ -272,7 +282,7 @@ class Detection(Task):
         dc, cfg = self.data.cfg, self.cfg
         images = self.images(split)
         detect = partial(detect_dihedral, fuse_iou=cfg.fuse_iou) if cfg.tta else detect_tiled
-        dets = [detect(model, im.image, self.data.mean, self.data.std, cfg.eval_tile or dc.tile_size,
+        dets = [detect(model, im.image, *self.stats, cfg.eval_tile or dc.tile_size,
                        dc.tile_overlap, cfg.score_thresh, cfg.nms_iou, cfg.max_dets, cfg.eval_batch_size, autocast)
                 for im in images]
         metrics = coco_evaluate(dets, [(im.boxes, im.labels) for im in images], max_dets=cfg.max_dets)
@@ -282,7 +292,8 @@ class Detection(Task):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         dc = self.data.cfg
-        return {"classes": self.data.classes, "mean": list(self.data.mean), "std": list(self.data.std),
+        mean, std = self.stats  # None, None: every image standardised by its own statistics
+        return {"classes": self.data.classes, "mean": mean and list(mean), "std": std and list(std),
                 "tile_size": self.cfg.eval_tile or dc.tile_size, "tile_overlap": dc.tile_overlap,
                 "nms_iou": self.cfg.nms_iou, "max_dets": self.cfg.max_dets, "dataset": self.data_spec["name"],
                 "tta": self.cfg.tta, "fuse_iou": self.cfg.fuse_iou}
@@ -321,7 +332,7 @@ class Detection(Task):
 
                 truth, _ = read_voc(options["truth"], image.shape[2], image.shape[1])
             t0 = time.perf_counter()
-            boxes, scores, _ = detect(model, image, tuple(extra["mean"]), tuple(extra["std"]), tile, overlap,
+            boxes, scores, _ = detect(model, image, *_stats(extra), tile, overlap,
                                       score, extra["nms_iou"], 1000, autocast=cast)
             dt = time.perf_counter() - t0
             out = draw_boxes(image, boxes, scores, Path(out_dir) / f"{Path(path).stem}_boxes.png", truth)
