@@ -84,6 +84,19 @@ def test_speed_prints_one_table_line_per_race(capsys):
     assert "RACE |" in capsys.readouterr().out  # each race's own lines are printed as it runs
 
 
+def test_profile_tables_of_a_recipe_step_and_of_decoding():
+    from neuratlas.errors import NeuratlasError
+
+    lines = BENCHMARKS.get("profile").builder({"what": "gpt-tinyshakespeare-baby,generate", "steps": "1", "rows": "5"})
+    heads = [ln for ln in lines if ln.startswith("--- ")]
+    assert [h.split(":")[0] for h in heads] == ["--- gpt-tinyshakespeare-baby", "--- generate"]
+    assert "per training step un-profiled" in heads[0] and "per 128 generated tokens" in heads[1]
+    tables = [ln for ln in lines if "Self CPU" in ln]
+    assert len(tables) == 2 and "aten::mm" in tables[0] and "aten::addmm" in tables[1]  # products are there
+    with pytest.raises(NeuratlasError, match="no-such-recipe"):
+        BENCHMARKS.get("profile").builder({"what": "no-such-recipe"})
+
+
 @pytest.mark.slow
 def test_budgeted_gpt_race_runs_the_real_peer_and_rescores_it():
     """nanoGPT's own train.py (../shared/peers) against the budgeted recipe, at a 50-second budget."""

@@ -701,3 +701,19 @@ def test_attention_dropout_can_differ_from_the_residual_dropout():
     assert Transformer(TransformerConfig(dim=32, n_layer=1, n_head=4, dropout=0.1)).blocks[0].attn.dropout == 0.1
     with pytest.raises(ValueError, match="attn_dropout"):
         TransformerConfig(dim=32, n_head=4, attn_dropout=1.0)
+
+
+def test_dropout_compiles_without_a_graph_break():
+    """Under torch.compile the stock dropout is traced (dynamo cannot trace ``random_``), so a compiled
+    model stays one graph and its mask is drawn inside the generated code."""
+    from neuratlas.layers.dropout import dropout
+
+    def f(x):
+        return dropout(x * 2, 0.25) + 1
+
+    explanation = torch._dynamo.explain(f)(torch.ones(64, 64))
+    assert explanation.graph_break_count == 0
+    torch.manual_seed(0)
+    y = torch.compile(f, backend="eager")(torch.ones(64, 64))
+    kept = (y != 1).float().mean().item()
+    assert 0.65 < kept < 0.85 and torch.allclose(y[y != 1], torch.tensor(2 / 0.75 + 1))

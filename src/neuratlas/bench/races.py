@@ -76,12 +76,14 @@ def _rescore_nanogpt(ckpt: Path, text: Path, recipe: str = "gpt-tinyshakespeare-
     from neuratlas.recipes import get_recipe
     from neuratlas.tasks import build_task
 
-    run = get_recipe(recipe).run_config({})  # its data section: the split and the evaluation windows
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    # the recipe's split and evaluator, on windows of nanoGPT's own context (each side scored at its block size)
+    run = get_recipe(recipe).run_config({"data.block_size": str(saved["model_args"]["block_size"])})
     task = build_task(run.task, run.data, run.trainer.seed)
     if task.data.tokenizer.chars != sorted(set(text.read_text())):
         raise NeuratlasError("the character vocabularies differ; cannot score nanoGPT's checkpoint")
     model = load_nanogpt(ckpt).eval()
-    step = int(torch.load(ckpt, map_location="cpu", weights_only=True)["iter_num"])
+    step = int(saved["iter_num"])
     return task.evaluate(model, "val", contextlib.nullcontext())["loss"], step
 
 
@@ -164,7 +166,9 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> floa
     return best
 
 
-def race_mfu(options: dict[str, str]) -> list[str]:
+def mfu_setup(options: dict[str, str]):
+    """The MFU race's GPT 6 × 384 (batch 16 × 256 unless overridden): (FLOPs per step, the autocast dtype or
+    None for fp32, ``step(dtype)`` running one training step)."""
     from neuratlas import create_model
     from neuratlas.models import count_parameters
     from neuratlas.training.precision import keep_freed_memory, resolve_precision
@@ -179,21 +183,28 @@ def race_mfu(options: dict[str, str]) -> list[str]:
     pos = model.embed.pos
     n = count_parameters(model) - (pos.weight.numel() if pos is not None else 0)  # non-embedding, as nanoGPT
     flops_per_step = (6 * n + 12 * cfg.n_layer * cfg.dim * ctx) * ctx * batch  # PaLM appendix B, as nanoGPT
+
+    def step(dtype: torch.dtype | None) -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1).float(), x.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return flops_per_step, dtype, step
+
+
+def race_mfu(options: dict[str, str]) -> list[str]:
+    flops_per_step, dtype, step = mfu_setup(options)
+    batch, ctx = int(options.get("batch", 16)), int(options.get("context", 256))
     reps = 3 if _truthy(options.get("quick", "false")) else 10
 
     def flops_per_second(dtype: torch.dtype | None) -> float:
-        def step():
-            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1).float(), x.flatten())
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
         for _ in range(2):
-            step()
+            step(dtype)
         t0 = time.perf_counter()
         for _ in range(reps):
-            step()
+            step(dtype)
         return flops_per_step * reps / (time.perf_counter() - t0)
 
     achieved = flops_per_second(dtype)
