@@ -208,7 +208,8 @@ def test_fast_decoding_auto_keeps_the_plans_only_where_they_measure_faster(monke
     torch.set_num_threads(2)
     try:
         for faster in (False, True):
-            monkeypatch.setattr(gemv_module, "planned_is_faster", lambda layers, f=faster: f)
+            gemv_module._MEASURED.clear()  # a verdict cached by an earlier test would decide before the fake
+            monkeypatch.setattr(gemv_module, "planned_is_faster", lambda layers, key, f=faster: f)
             with fast_decoding(model, "auto"):
                 patched = ["forward" in vars(m) for m in model.modules() if type(m) is nn.Linear]
                 assert all(patched) if faster else not any(patched)
@@ -217,6 +218,9 @@ def test_fast_decoding_auto_keeps_the_plans_only_where_they_measure_faster(monke
         with fast_decoding(model, "auto"):  # the real measurement: either way, the same tokens
             pass
         assert len(gemv_module._MEASURED) == 1  # measured once for this model's shapes, then cached
+        gemv_module._MEASURED[next(iter(gemv_module._MEASURED))] = False  # a cached "slower": nothing planned
+        with fast_decoding(model, "auto"):
+            assert not any("forward" in vars(m) for m in model.modules() if type(m) is nn.Linear)
         ids = torch.randint(0, 50, (1, 5))
         assert model.generate(ids, 20, temperature=0).tolist() == \
             model.generate(ids, 20, temperature=0, fast_layout=False).tolist()
