@@ -721,3 +721,19 @@ def test_dropout_compiles_without_a_graph_break():
     y = torch.compile(f, backend="eager")(torch.ones(64, 64))
     kept = (y != 1).float().mean().item()
     assert 0.65 < kept < 0.85 and torch.allclose(y[y != 1], torch.tensor(2 / 0.75 + 1))
+
+
+@pytest.mark.parametrize("kernel", ["math", "flash", "flash_fp32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_additive_float_mask_with_causal_keeps_its_values(kernel, dtype):
+    """A float mask is added to the scores; with ``causal`` (T < S: the kernel's own triangle cannot be
+    used) the future is hidden on top of it, not the mask reinterpreted as boolean."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 5, 16)
+    k, v = torch.randn(2, 4, 12, 16), torch.randn(2, 4, 12, 16)
+    bias = torch.randn(1, 4, 5, 12)  # an ALiBi-like additive bias, with zeros in it
+    bias[..., ::3] = 0.0
+    want = reference_attention(q, k, v, causal=True, mask=bias)
+    got = attention(q.to(dtype), k.to(dtype), v.to(dtype), causal=True, mask=bias.to(dtype), cpu_bf16=kernel)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)

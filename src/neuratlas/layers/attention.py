@@ -102,7 +102,10 @@ def attention(
             is_causal = True  # the kernel's own (top-left) triangle is right when T == S
         elif t > 1:
             cm = causal_mask(t, s, q.device)[None, None]
-            mask = cm if mask is None else mask.to(torch.bool) & cm
+            if mask is None or mask.dtype == torch.bool:
+                mask = cm if mask is None else mask & cm
+            else:  # an additive float mask: hide the future with -inf, keep its values elsewhere
+                mask = mask.masked_fill(~cm, float("-inf"))
     if kernel in ("math", "auto"):
         if h_kv != h:
             k, v = k.repeat_interleave(h // h_kv, dim=1), v.repeat_interleave(h // h_kv, dim=1)
@@ -117,6 +120,8 @@ def attention(
     upcast = kernel == "flash_fp32"
     if upcast:
         q, k, v = q.float(), k.float(), v.float()
+        if mask is not None and mask.is_floating_point():
+            mask = mask.float()  # the kernel wants an additive mask in the queries' dtype
     with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():  # autocast would recast
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
