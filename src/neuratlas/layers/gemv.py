@@ -128,12 +128,10 @@ def fast_decoding(model: nn.Module, enabled: bool | str = True) -> Iterator[None
                 plans.append((m, plan))
     if enabled == "auto" and plans and not planned_is_faster(plans, key):
         plans = []
-    patched = []
     for m, plan in plans:
         m.forward = types.MethodType(_decoding_forward(plan, m.weight._version), m)
-        patched.append(m)
     try:
         yield
     finally:
-        for m in patched:
+        for m, _ in plans:
             del m.forward

@@ -176,12 +176,13 @@ class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig, cross_attention: bool = False) -> None:
         super().__init__()
         self.pre_norm = cfg.pre_norm
+        attn_dropout = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout
         self.attn = MultiHeadAttention(
             cfg.dim,
             cfg.n_head,
             cfg.n_kv_head,
             bias=cfg.bias,
-            dropout=cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout,
+            dropout=attn_dropout,
             gqa=cfg.gqa_impl,
             cpu_bf16=cfg.cpu_attention,
         )
@@ -193,7 +194,7 @@ class Block(nn.Module):
                 cfg.n_head,
                 cfg.n_kv_head,
                 bias=cfg.bias,
-                dropout=cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout,
+                dropout=attn_dropout,
                 cross=True,
                 gqa=cfg.gqa_impl,
                 cpu_bf16=cfg.cpu_attention,
