@@ -54,6 +54,22 @@ def test_helpers(monkeypatch):
     assert count_flops(lin, torch.randn(5, 8)) == 2 * 5 * 8 * 4
 
 
+@pytest.mark.parametrize("per_iter", [0.35, 0.3, 0.6, 1.0, 0.1, 0.02])
+def test_nanogpt_budget_schedule_never_breaks_nanogpts_lr_schedule(per_iter):
+    """Runs nanoGPT's own get_lr (../shared/peers) at every iteration of the fitted schedule: a run fitted to
+    exactly its 100 warm-up iterations (0.35 s/iteration in 50 s) once divided by zero."""
+    from neuratlas.bench.races import _find_peers, nanogpt_budget_schedule
+
+    source = (_find_peers({}) / "nanogpt" / "train.py").read_text()
+    get_lr = re.search(r"^def get_lr\(it\):\n(?:    .*\n|\n)+", source, re.M).group(0)
+    schedule = nanogpt_budget_schedule(50, per_iter)
+    scope = {"math": __import__("math"), "learning_rate": 1e-3, "min_lr": 1e-4, **schedule}
+    exec(get_lr, scope)  # the peer's code, not a copy of it
+    lrs = [scope["get_lr"](it) for it in range(schedule["max_iters"] + 1)]
+    assert schedule["max_iters"] == max(20, int(35 / per_iter)) and max(lrs) <= 1e-3
+    assert schedule["warmup_iters"] == min(100, schedule["max_iters"] // 2)
+
+
 def test_write_report_summary(tmp_path):
     path = write_report([ClaimResult("1. X", [], "not shown: y")], tmp_path)
     assert "| 1 | 1. X | not shown: y |" in path.read_text()

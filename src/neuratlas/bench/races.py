@@ -117,6 +117,17 @@ def race_nanogpt(options: dict[str, str]) -> list[str]:
                     "reproduce: neuratlas bench nanogpt"]
 
 
+def nanogpt_budget_schedule(budget: float, per_iter: float) -> dict[str, int]:
+    """nanoGPT's iterations fitted to a wall-clock budget, given its seconds per iteration on this machine.
+
+    Evaluated (and checkpointed) at the start and at the last iteration, so the rescored model is final.
+    nanoGPT's cosine divides by (lr_decay_iters - warmup_iters): its config's 100 warm-up iterations would crash
+    a run fitted to exactly 100 (short budgets), so warm-up is at most half the run."""
+    iters = max(20, int((budget - 15) / per_iter))
+    return {"max_iters": iters, "lr_decay_iters": iters, "warmup_iters": min(100, iters // 2),
+            "eval_interval": iters}
+
+
 def race_nanogpt_10min(options: dict[str, str]) -> list[str]:
     """Best char-level GPT in a wall-clock budget: nanoGPT's 10-minute configuration (from the peers' README)
     with as many iterations as fit the budget on this machine (probed first) vs Neuratlas' budgeted recipe."""
@@ -129,10 +140,10 @@ def race_nanogpt_10min(options: dict[str, str]) -> list[str]:
                                f"--out_dir={work / 'probe'}"], cwd=work / "nanogpt")
         ms = sorted(float(t) for t in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", probe)[1:])
         per_iter = ms[len(ms) // 2] / 1000 * 1.05  # median, plus its two 20-batch evaluations
-        iters = max(20, int((budget - 15) / per_iter))
-        # evaluated (and checkpointed) at the start and at the last iteration, so the rescored model is final
-        peer_s, _ = _timed_run([*cmd, f"--max_iters={iters}", f"--lr_decay_iters={iters}",
-                                f"--eval_interval={iters}", f"--out_dir={work / 'out'}"], cwd=work / "nanogpt")
+        schedule = nanogpt_budget_schedule(budget, per_iter)
+        iters = schedule["max_iters"]
+        peer_s, _ = _timed_run([*cmd, *(f"--{k}={v}" for k, v in schedule.items()), f"--out_dir={work / 'out'}"],
+                               cwd=work / "nanogpt")
         peer_val, peer_step = _rescore_nanogpt(work / "out" / "ckpt.pt", data_dir / "input.txt",
                                                "gpt-tinyshakespeare-10min")
         ours_s, ours_out = _timed_run([sys.executable, "-m", "neuratlas", "train", "gpt-tinyshakespeare-10min",
