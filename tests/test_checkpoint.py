@@ -40,6 +40,23 @@ def test_truncated_checkpoint(trained, tmp_path):
         read_checkpoint(bad)
 
 
+def test_truncated_checkpoint_whose_header_length_looks_like_a_pickle(tmp_path):
+    """A header length of 0x280 + … starts the file with bytes 0x80 0x02, a pickle's PROTO 2 opcode; it
+    once read as "a pickled PyTorch file" when truncated (flaky: the length varies with the metadata)."""
+    for n in range(1000):
+        path = tmp_path / "w.safetensors"
+        save_file({"w": torch.zeros(2)}, path, metadata={"pad": "x" * n})
+        if path.read_bytes()[:2] == b"\x80\x02":
+            break
+    else:
+        pytest.fail("no metadata size gave a header length of 0x2.80")
+    with pytest.raises(NeuratlasError, match="not a Neuratlas checkpoint"):
+        read_checkpoint(path)  # whole: read as safetensors
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(NeuratlasError, match="truncated or corrupt"):
+        read_checkpoint(path)
+
+
 def test_foreign_and_pickled_files(tmp_path):
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, foreign)
@@ -47,6 +64,9 @@ def test_foreign_and_pickled_files(tmp_path):
         read_checkpoint(foreign)
     pickled = tmp_path / "model.safetensors"
     torch.save({"w": torch.zeros(2)}, pickled)
+    with pytest.raises(NeuratlasError, match="refuses to unpickle"):
+        read_checkpoint(pickled)
+    torch.save({"w": torch.zeros(2)}, pickled, _use_new_zipfile_serialization=False)  # a bare pickle
     with pytest.raises(NeuratlasError, match="refuses to unpickle"):
         read_checkpoint(pickled)
     with pytest.raises(NeuratlasError, match="does not exist"):

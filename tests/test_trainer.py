@@ -30,10 +30,12 @@ def test_one_batch_overfit(run_overrides):
     assert first > 1.5 and logs["loss"] < 0.1  # memorised: from chance (ln 10 ≈ 2.3) to near zero
 
 
-@pytest.mark.parametrize("precision,ema", [("fp32", "0"), ("bf16", "0"), ("fp32", "0.9")])
-def test_exact_resume_after_crash(run_overrides, precision, ema):
+@pytest.mark.parametrize("precision,ema,optimizer", [("fp32", "0", "adamw"), ("bf16", "0", "adamw"),
+                                                     ("fp32", "0.9", "adamw"), ("fp32", "0", "muon")])
+def test_exact_resume_after_crash(run_overrides, precision, ema, optimizer):
     common = {"trainer.max_steps": "20", "trainer.save_every": "5", "trainer.eval_every": "100",
-              "trainer.precision": precision, "model.dropout": "0.2", "trainer.ema_decay": ema}
+              "trainer.precision": precision, "model.dropout": "0.2", "trainer.ema_decay": ema,
+              "optimizer.name": optimizer}
     a = Trainer(digits_run(run_overrides, **common, **{"trainer.run_name": "a"}))
     a.fit()
     b = Trainer(digits_run(run_overrides, **common, **{"trainer.run_name": "b"}))
@@ -49,6 +51,10 @@ def test_exact_resume_after_crash(run_overrides, precision, ema):
     rows = (c.run_dir / "metrics.csv").read_text().splitlines()
     steps = [int(r.split(",")[0]) for r in rows[1:]]
     assert steps == sorted(steps)  # the log has no duplicated tail from the crashed attempt
+    if optimizer == "muon":  # another optimizer's state is a one-line error naming the checkpoint
+        other = Trainer(digits_run(run_overrides, **{**common, "trainer.run_name": "c", "optimizer.name": "adamw"}))
+        with pytest.raises(NeuratlasError, match="does not fit this run's optimizer 'adamw'"):
+            other.fit(resume=b.run_dir)
 
 
 def test_weight_average_follows_its_formula_and_is_what_is_evaluated_and_saved(run_overrides):
@@ -122,9 +128,9 @@ def test_schedules():
     assert peak == pytest.approx(1.0, abs=1e-3) and lr_factor(0, 100, one) == pytest.approx(1 / 25)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop", "muon"])
 def test_every_optimizer_trains(run_overrides, name):
-    lr = {"sgd": "0.05", "adam": "3e-3", "adamw": "3e-3", "rmsprop": "1e-3"}[name]
+    lr = {"sgd": "0.05", "adam": "3e-3", "adamw": "3e-3", "rmsprop": "1e-3", "muon": "1e-2"}[name]
     run = digits_run(run_overrides, **{"optimizer.name": name, "optimizer.lr": lr, "trainer.max_steps": "60",
                                        "optimizer.nesterov": str(name == "sgd")})
     t = Trainer(run)
@@ -190,3 +196,55 @@ def test_keep_freed_memory_switch(run_overrides, monkeypatch):
     assert calls == []
     Trainer(digits_run(run_overrides))
     assert calls == [1]
+
+
+def test_muon_orthogonalises_like_the_reference_and_steps_like_torch_muon():
+    """Our batched Newton-Schulz against torch's per-matrix one (bf16 both: ~2% apart), and whole Muon steps
+    against torch.optim.Muon with Moonshot's lr rule on the same gradients."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    from neuratlas.training.optim import NS_COEFFICIENTS, Muon, orthogonalize
+
+    g = torch.randn(3, 48, 160)
+    ours = orthogonalize(g).float()
+    ref = torch.stack([_zeropower_via_newtonschulz(m, NS_COEFFICIENTS, 5, 1e-7) for m in g]).float()
+    assert (ours - ref).norm() / ref.norm() < 0.05
+    s = torch.linalg.svdvals(ours)
+    assert s.min() > 0.5 and s.max() < 1.5  # every direction moves at about the same rate
+    shapes = [(32, 96), (96, 32), (32, 96), (40, 40)]  # tall, wide and square, grouped by shape
+    mine = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in mine]
+    ours_opt, ref_opt = Muon(mine, lr=0.02, weight_decay=0.1), torch.optim.Muon(
+        theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        for a, b in zip(mine, theirs):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        ours_opt.step()
+        ref_opt.step()
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([torch.nn.Parameter(torch.randn(3))])
+
+
+def test_muon_with_adamw_splits_the_model_and_schedules_both_halves():
+    from neuratlas.models import create_model
+    from neuratlas.training.config import OptimizerConfig
+    from neuratlas.training.optim import build_optimizer, build_scheduler, hidden_matrices
+
+    gpt = create_model("gpt-char-baby", vocab_size=65, bias=False)
+    names = {id(p): n for n, p in gpt.named_parameters()}
+    hidden = [names[id(p)] for p in hidden_matrices(gpt)]
+    assert len(hidden) == 16 and all(".attn." in n or ".ffn." in n for n in hidden)  # not embeddings/head
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    assert [p.shape for p in hidden_matrices(mlp)] == [(16, 8)]  # the output layer goes to AdamW
+    opt = build_optimizer(gpt, OptimizerConfig(name="muon", lr=1e-3, weight_decay=0.1))
+    covered = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(covered) == sorted(id(p) for p in gpt.parameters())  # every parameter exactly once
+    sched = build_scheduler(opt, ScheduleConfig(name="cosine", warmup_steps=10), 100)
+    opt.step()  # no gradients yet: a no-op, in the order the scheduler expects
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-4] * 3)  # both halves follow the schedule
+    with pytest.raises(ValueError, match="no hidden"):
+        build_optimizer(torch.nn.Linear(4, 2), OptimizerConfig(name="muon"))

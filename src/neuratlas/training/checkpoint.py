@@ -109,10 +109,10 @@ def read_checkpoint(path: str | Path, prefer: str = "best") -> Checkpoint:
     p = resolve_checkpoint(path, prefer)
     with open(p, "rb") as f:
         head = f.read(16)
-    # safetensors = 8-byte little-endian header length, then the JSON header; only a file that is not that
-    # is sniffed for a pickle (a header length ending in byte 0x80 must not read as pickle's opcode).
-    is_safetensors = head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= p.stat().st_size - 8
-    if not is_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
+    # safetensors = 8-byte little-endian header length, then the JSON header ("{" at byte 8, whole or
+    # truncated file); only a file that is not that is sniffed for a pickle: a header length whose low byte
+    # is 0x80 must not read as pickle's PROTO opcode (zip: "PK" + a compression method, 0, at byte 8).
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise NeuratlasError(f"{p} is a pickled PyTorch file, not a safetensors checkpoint; Neuratlas refuses "
                              "to unpickle it because that can execute code from the file")
     try:

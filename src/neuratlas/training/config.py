@@ -16,12 +16,13 @@ from neuratlas.errors import NeuratlasError
 
 @dataclass
 class OptimizerConfig:
-    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "muon"] = "adamw"  # muon: Muon on hidden matrices + AdamW
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd, rmsprop
     nesterov: bool = False  # sgd
-    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw (and muon's AdamW half)
+    muon_momentum: float = 0.95  # muon: Nesterov momentum of the hidden matrices' updates
     eps: float = 1e-8
     decay_norm_and_bias: bool = False  # apply weight decay to norm weights and biases too
     fused: bool = True  # sgd/adam/adamw update in one fused kernel (5× faster for small models; speed switch)

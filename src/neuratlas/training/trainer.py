@@ -131,7 +131,12 @@ class Trainer:
                                      "checkpoint holds no raw weights to continue from; resume it without EMA")
             self.model.load_state_dict(state["raw_weights"])
             self.ema.updates = state["ema_updates"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise NeuratlasError(f"{ckpt.path}: its optimizer state does not fit this run's optimizer "
+                                 f"'{self.run.optimizer.name}' ({e}); resume with the optimizer it was trained "
+                                 "with") from None
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
