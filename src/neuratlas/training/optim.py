@@ -10,9 +10,8 @@ from torch import nn
 from neuratlas.training.config import OptimizerConfig, ScheduleConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
+def param_groups(params: list[nn.Parameter], weight_decay: float, decay_all: bool) -> list[dict]:
     """Weight decay on weight matrices/kernels only; norms, biases and embeddings-as-1-D params are exempt."""
-    params = [p for p in model.parameters() if p.requires_grad]
     if decay_all or weight_decay == 0:
         return [{"params": params, "weight_decay": weight_decay}]
     decay = [p for p in params if p.ndim >= 2]
@@ -27,6 +26,14 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad]
     return [m.weight for m in linears[:-1] if id(m.weight) not in embedded]
+
+
+def _evaluate(closure):
+    """An optimizer's closure recomputes the loss with gradients, even inside a no-grad step."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic: steepest slope at zero, 5 steps suffice
@@ -63,7 +70,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = closure() if closure is not None else None
+        loss = _evaluate(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -72,19 +79,18 @@ class Muon(torch.optim.Optimizer):
             bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
             torch._foreach_lerp_(bufs, grads, 1 - group["momentum"])
             updates = torch._foreach_lerp(grads, bufs, group["momentum"])  # Nesterov
-            by_shape: dict[tuple[int, int], list[int]] = {}
+            tall = [u.shape[0] > u.shape[1] for u in updates]
+            by_shape: dict[tuple[int, int], list[int]] = {}  # (rows ≤ cols) -> matrices of that shape
             for i, u in enumerate(updates):
                 by_shape.setdefault(tuple(sorted(u.shape)), []).append(i)
             lr, wd = group["lr"], group["weight_decay"]
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)
-            for (rows, cols), idx in by_shape.items():
-                batch = torch.stack([updates[i] if updates[i].shape[0] == rows else updates[i].T for i in idx])
-                ortho = orthogonalize(batch, group["ns_steps"])
-                scale = -lr * 0.2 * math.sqrt(cols)
-                for k, i in enumerate(idx):
-                    o = ortho[k] if params[i].shape[0] == rows else ortho[k].T
-                    params[i].add_(o, alpha=scale)
+            for (_, cols), idx in by_shape.items():
+                ortho = orthogonalize(torch.stack([updates[i].mT if tall[i] else updates[i] for i in idx]),
+                                      group["ns_steps"])
+                for o, i in zip(ortho, idx):
+                    params[i].add_(o.mT if tall[i] else o, alpha=-lr * 0.2 * math.sqrt(cols))
         return loss
 
 
@@ -99,18 +105,17 @@ class MuonWithAdamW(torch.optim.Optimizer):
         ids = {id(p) for p in matrices}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         self.muon = Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum)
-        decay = [p for p in rest if p.ndim >= 2 or cfg.decay_norm_and_bias]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in rest if not any(p is q for q in decay)], "weight_decay": 0.0}]
-        self.adamw = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas,
-                                       eps=cfg.eps, fused=cfg.fused)
+        groups = [g for g in param_groups(rest, cfg.weight_decay, cfg.decay_norm_and_bias) if g["params"]]
+        self.adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=cfg.fused)
         super().__init__([*matrices, *rest], {"lr": cfg.lr})
-        # the halves' own group dicts: a scheduler (or the trainer's clock) setting "lr" reaches both
+        self._share_groups()
+
+    def _share_groups(self) -> None:
+        """The halves' own group dicts: a scheduler (or the trainer's clock) setting "lr" reaches both."""
         self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
-    @torch.no_grad()
     def step(self, closure=None):
-        loss = closure() if closure is not None else None
+        loss = _evaluate(closure)
         self.muon.step()
         self.adamw.step()
         return loss
@@ -123,13 +128,14 @@ class MuonWithAdamW(torch.optim.Optimizer):
             raise ValueError("this optimizer state is not a muon one (saved by another optimizer)")
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
-        self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading made new group dicts
+        self._share_groups()  # loading made new group dicts
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     if cfg.name == "muon":
         return MuonWithAdamW(model, cfg)
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = param_groups(params, cfg.weight_decay, cfg.decay_norm_and_bias)
     fused = {"fused": True} if cfg.fused else {}
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused)
