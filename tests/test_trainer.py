@@ -139,6 +139,33 @@ def test_every_optimizer_trains(run_overrides, name):
     assert result.val["loss"] < before * 0.7
 
 
+def test_lr_multipliers_by_parameter_name(run_overrides):
+    """``optimizer.lr_mults``: matched parameters get lr × multiplier at every step of the schedule (0 freezes
+    them in effect), the rest the plain lr; weight decay still skips biases; bad specs are one-line errors."""
+    common = {"optimizer.name": "sgd", "optimizer.lr": "0.05", "optimizer.momentum": "0", "trainer.max_steps": "12",
+              "schedule.warmup_steps": "3", "optimizer.weight_decay": "1e-3"}
+    t = Trainer(digits_run(run_overrides, **common, **{"optimizer.lr_mults": "body.*=0.1, head.bias=0"}))
+    by_id = {id(p): n for n, p in t.model.named_parameters()}
+    groups = {(tuple(sorted(by_id[id(p)] for p in g["params"])), round(g["initial_lr"], 9), g["weight_decay"])
+              for g in t.optimizer.param_groups}
+    assert groups == {(("body.0.weight",), 0.005, 1e-3), (("body.0.bias",), 0.005, 0.0),
+                      (("head.weight",), 0.05, 1e-3), (("head.bias",), 0.0, 0.0)}
+    start = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    for _ in range(12):
+        t.train_step()
+        lrs = {by_id[id(g["params"][0])]: g["lr"] for g in t.optimizer.param_groups}
+        assert lrs["body.0.weight"] == pytest.approx(0.1 * lrs["head.weight"]) and lrs["head.bias"] == 0.0
+    after = dict(t.model.named_parameters())
+    assert torch.equal(after["head.bias"], start["head.bias"])  # multiplier 0: never moves
+    assert not torch.equal(after["body.0.weight"], start["body.0.weight"])
+    for spec, message in (("body.*", "expected GLOB=MULTIPLIER"), ("body.*=-1", "expected GLOB=MULTIPLIER"),
+                          ("backbone.*=0.1", "backbone.* matches no trainable parameter")):
+        with pytest.raises(NeuratlasError, match=message):
+            Trainer(digits_run(run_overrides, **common, **{"optimizer.lr_mults": spec}))
+    with pytest.raises(NeuratlasError, match="not supported with muon"):
+        Trainer(digits_run(run_overrides, **{"optimizer.name": "muon", "optimizer.lr_mults": "body.*=0.1"}))
+
+
 def test_budget_schedule_follows_the_clock(run_overrides):
     run = digits_run(run_overrides, **{"trainer.time_limit": "2", "trainer.budget_schedule": "true",
                                        "trainer.epochs": "1000", "schedule.name": "cosine", "trainer.log_every": "1"})

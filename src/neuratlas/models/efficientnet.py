@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from neuratlas.layers import ConvNormAct, DropPath, SqueezeExcite, make_divisible
-from neuratlas.layers.conv import init_conv_weights
+from neuratlas.layers.conv import init_conv_weights, set_depthwise_fp32
 from neuratlas.models._vision import ImageClassifier
 from neuratlas.models.mobilenet import _group_by_stride
 from neuratlas.models.registry import register_model
@@ -36,6 +36,8 @@ class EfficientNetConfig:
     resolution: int = 224  # the resolution the variant was scaled for (informational for the data layer)
     in_chans: int = 3
     num_classes: int = 1000
+    # grouped convs in fp32 under CPU bf16 autocast (oneDNN's bf16 depthwise backward is slow; see layers.conv.Conv2d)
+    depthwise_fp32_on_cpu: bool = True
     dropout: float = 0.2
     drop_path: float = 0.2
     lite: bool = False
@@ -102,6 +104,7 @@ class EfficientNet(ImageClassifier):
         self.head_conv = ConvNormAct(in_ch, head_ch, 1, act=act, bn_eps=cfg.bn_eps)
         self._build_head(head_ch, cfg.num_classes, cfg.dropout)
         init_conv_weights(self)
+        set_depthwise_fp32(self, cfg.depthwise_fp32_on_cpu)
 
 
 for _name, (_w, _d, _r, _p) in VARIANTS.items():

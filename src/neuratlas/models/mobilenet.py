@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from neuratlas.layers import ConvNormAct, make_divisible
-from neuratlas.layers.conv import init_conv_weights
+from neuratlas.layers.conv import init_conv_weights, set_depthwise_fp32
 from neuratlas.models._vision import ImageClassifier
 from neuratlas.models.registry import register_model
 
@@ -31,6 +31,8 @@ class MobileNetConfig:
     width_mult: float = 1.0
     in_chans: int = 3
     num_classes: int = 1000
+    # grouped convs in fp32 under CPU bf16 autocast (oneDNN's bf16 depthwise backward is slow; see layers.conv.Conv2d)
+    depthwise_fp32_on_cpu: bool = True
     small_input: bool = False  # stride-1 stem and first stride-2 layer removed, for 28–64 px images
     dropout: float = 0.2
 
@@ -92,6 +94,7 @@ class MobileNet(ImageClassifier):
         self.stages, self.stage_channels, self.stage_strides = _group_by_stride(blocks, stride)
         self._build_head(last, cfg.num_classes, cfg.dropout)
         init_conv_weights(self)
+        set_depthwise_fp32(self, cfg.depthwise_fp32_on_cpu)
 
 
 def _group_by_stride(blocks: list[tuple[nn.Module, int, int]], stride: int):

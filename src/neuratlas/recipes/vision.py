@@ -34,8 +34,12 @@ register_recipe("convnet-fashion-quick", _run("convnet", 3, lr=4e-3, data={**FMN
 register_recipe("convnet-fashion", _run("convnet", 15, lr=3e-3, data={**FMNIST, "erase": 0.25}),
                 "the quick recipe's conv net, 15 epochs with cutout", family="convnet",
                 target="test accuracy ≥ 0.93")
+# two epochs: no translations (too few epochs for them to pay), SGD with Nesterov momentum (by val accuracy:
+# 0.894 vs AdamW 4e-3's 0.866 with translations, 0.875 without)
+_RESNET_QUICK = _run({"name": "resnet20-cifar"}, 2, lr=0.2, optimizer="sgd",
+                     data={**FMNIST, "batch_size": 256, "crop_padding": 0})
 register_recipe("resnet-fashion-quick",
-                _run({"name": "resnet20-cifar"}, 2, lr=4e-3, data={**FMNIST, "batch_size": 256}),
+                {**_RESNET_QUICK, "optimizer": {**_RESNET_QUICK["optimizer"], "nesterov": True}},
                 "ResNet-20 (CIFAR layout), 2 epochs", family="resnet", tour=True, target="test accuracy ≥ 0.88")
 register_recipe("resnet20-fashion",
                 _run({"name": "resnet20-cifar", "in_chans": 1}, 15, lr=0.2, optimizer="sgd", wd=5e-4,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 
 import torch
 from torch import nn
 
+from neuratlas.errors import NeuratlasError
 from neuratlas.training.config import OptimizerConfig, ScheduleConfig
 
 
@@ -131,11 +133,52 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self._share_groups()  # loading made new group dicts
 
 
+def parse_lr_mults(spec: str) -> list[tuple[str, float]]:
+    """``"backbone.*=0.1,fpn.*=0.5"`` → [("backbone.*", 0.1), ("fpn.*", 0.5)]."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        pattern, sep, value = item.partition("=")
+        try:
+            mult = float(value)
+        except ValueError:
+            mult = -1.0
+        if not sep or not pattern or mult < 0:
+            raise NeuratlasError("--optimizer.lr_mults: expected GLOB=MULTIPLIER (e.g. 'backbone.*=0.1'), "
+                                 f"got {item!r}")
+        out.append((pattern.strip(), mult))
+    return out
+
+
+def lr_mult_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
+    """The trainable parameters in optimizer groups: one per lr multiplier (first matching glob wins; the
+    rest at 1), each split by :func:`param_groups` for weight decay. A glob that matches nothing is an error."""
+    rules = parse_lr_mults(cfg.lr_mults)
+    if not rules:  # the groups (and so the checkpoints' optimizer states) of runs without multipliers
+        return param_groups([p for p in model.parameters() if p.requires_grad], cfg.weight_decay,
+                            cfg.decay_norm_and_bias)
+    buckets: dict[float, list[nn.Parameter]] = {}
+    used = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        hit = next(((pat, m) for pat, m in rules if fnmatch.fnmatchcase(name, pat)), None)
+        if hit:
+            used.add(hit[0])
+        buckets.setdefault(hit[1] if hit else 1.0, []).append(p)
+    unused = [pat for pat, _ in rules if pat not in used]
+    if unused:
+        raise NeuratlasError(f"--optimizer.lr_mults: {', '.join(unused)} matches no trainable parameter; "
+                             f"names look like {next(iter(dict(model.named_parameters())), '?')!r}")
+    return [{**g, "lr": cfg.lr * mult} for mult, ps in buckets.items()
+            for g in param_groups(ps, cfg.weight_decay, cfg.decay_norm_and_bias) if g["params"]]
+
+
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     if cfg.name == "muon":
+        if cfg.lr_mults:
+            raise NeuratlasError("--optimizer.lr_mults is not supported with muon (its lr scales per matrix)")
         return MuonWithAdamW(model, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = param_groups(params, cfg.weight_decay, cfg.decay_norm_and_bias)
+    groups = lr_mult_groups(model, cfg)
     fused = {"fused": True} if cfg.fused else {}
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused)

@@ -307,6 +307,8 @@ class TransferTrainer(Trainer):
         self.unfreezer = GradualUnfreezer(self.model, groups, transfer.unfreeze_every) \
             if transfer.unfreeze_every else None
         oc = run.optimizer
+        if oc.lr_mults:
+            raise NeuratlasError("transfer runs set their lrs with --transfer.lr_decay, not --optimizer.lr_mults")
         pg = discriminative_param_groups(self.model, oc.lr, transfer.lr_decay, oc.weight_decay, groups)
         if not self.unfreezer:  # frozen for good: leave them out of the optimizer
             pg = [g for g in ({**g, "params": [p for p in g["params"] if p.requires_grad]} for g in pg)
