@@ -168,7 +168,7 @@ def lr_mult_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
     unused = [pat for pat, _ in rules if pat not in used]
     if unused:
         raise NeuratlasError(f"--optimizer.lr_mults: {', '.join(unused)} matches no trainable parameter; "
-                             f"names look like {next(iter(dict(model.named_parameters())), '?')!r}")
+                             f"names look like {next((n for n, _ in model.named_parameters()), '?')!r}")
     return [{**g, "lr": cfg.lr * mult} for mult, ps in buckets.items()
             for g in param_groups(ps, cfg.weight_decay, cfg.decay_norm_and_bias) if g["params"]]
 
