@@ -20,6 +20,7 @@ from neuratlas.data.detection import (
     make_tiles,
     pad_boxes,
     random_crop_with_boxes,
+    random_scale_with_boxes,
     read_rgb,
     read_voc,
     rot90_with_boxes,
@@ -191,6 +192,49 @@ def test_random_crop_moves_and_drops_boxes():
                 x1, y1, x2, y2 = [int(v) for v in b.tolist()]
                 assert (out[0, 0, y1:y2, x1:x2] == i + 1).all()
                 assert int((out[0, 0] == i + 1).sum()) == (x2 - x1) * (y2 - y1)
+
+
+def test_random_zoom_keeps_boxes_on_their_pixels():
+    _, boxes = _painted()
+    img = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)  # box i painted 255 in channel i alone: blends only with 0
+    for i, (x1, y1, x2, y2) in enumerate(boxes[0].long().tolist()):
+        img[0, i, y1:y2, x1:x2] = 255
+    labels = torch.zeros(1, 3, dtype=torch.long)
+    widths = set()
+    for seed in range(20):
+        out, new, lab = random_scale_with_boxes(img, boxes, labels, 0.5, torch.Generator().manual_seed(seed), 0.5)
+        assert out.shape == img.shape and out.dtype == torch.uint8
+        for i, b in enumerate(new[0]):
+            if lab[0, i] < 0:
+                assert b.abs().sum() == 0
+                continue
+            x1, y1, x2, y2 = b.tolist()
+            inner = out[0, i, math.ceil(y1) + 1:math.floor(y2) - 1, math.ceil(x1) + 1:math.floor(x2) - 1]
+            assert inner.numel() > 0 and (inner == 255).all(), f"seed {seed}: box {i} left its pixels"
+            ys, xs = (out[0, i] >= 128).nonzero(as_tuple=True)  # more than half of it: within a pixel of the box
+            assert xs.min() >= x1 - 1 and xs.max() <= x2 and ys.min() >= y1 - 1 and ys.max() <= y2
+            if i == 2:
+                widths.add(round(x2 - x1, 1))
+    assert len(widths) > 10  # boxes really change size
+    same = random_scale_with_boxes(img, boxes, labels, 0.0, torch.Generator().manual_seed(0))
+    assert same[0] is img and same[1] is boxes  # off: untouched, and no random numbers drawn
+    # zoomed out to 1/1.5 (64 -> 43 px): the free border takes the image's mean colour, and boxes shrink with it
+    far = random_scale_with_boxes(img, boxes, labels, 0.5, _generator_with_factor(1 / 1.5), 0.5)
+    mean = img[0].float().mean((1, 2)).round()
+    border = int((far[0][0] == mean[:, None, None]).all(0).sum())
+    assert border >= 64 * 64 - 43 * 43
+    kept = far[2][0] >= 0
+    assert torch.allclose(far[1][0, kept, 2] - far[1][0, kept, 0], (boxes[0, kept, 2] - boxes[0, kept, 0]) * 43 / 64)
+
+
+def _generator_with_factor(factor: float) -> torch.Generator:
+    """A generator whose first draw makes random_scale_with_boxes zoom by ``factor`` (amount 0.5)."""
+    for seed in range(1000):
+        g = torch.Generator().manual_seed(seed)
+        u = float(torch.rand(1, generator=g))
+        if abs(math.exp((u * 2 - 1) * math.log1p(0.5)) - factor) < 0.02:
+            return torch.Generator().manual_seed(seed)
+    raise AssertionError("no seed gives that zoom")
 
 
 def test_crop_boxes_visibility():
@@ -377,6 +421,16 @@ def test_tree_data_split(trees):
     assert (trees.boxes[trees.labels >= 0][:, 2:] <= 400).all()
 
 
+def test_second_held_out_site_and_unknown_site():
+    from neuratlas.data import load_dataset
+
+    soap = load_dataset({"name": "deepforest-trees", "test_image": "SOAP_061"})
+    assert soap.test[0].name == "SOAP_061" and len(soap.test[0].boxes) == 37
+    assert soap.test[0].image.shape == (3, 400, 400)
+    with pytest.raises((ValueError, NeuratlasError), match="test_image must be one of OSBS_029, SOAP_061"):
+        load_dataset({"name": "deepforest-trees", "test_image": "YELL"})
+
+
 @pytest.mark.slow
 def test_detector_overfits_one_real_tile(trees, full):
     torch.manual_seed(0)
@@ -422,7 +476,7 @@ def test_quick_recipe_trains_evaluates_and_predicts(run_overrides, tmp_path, ful
         assert result.test["AP50"] >= 0.3
     assert main(["eval", str(result.run_dir), "--split", "test"]) == 0
     assert "AP50" in capsys.readouterr().out
-    assert main(["eval", str(result.run_dir), "--split", "test", "--task.tta", "true"]) == 0  # eight views
+    assert main(["eval", str(result.run_dir), "--split", "test", "--task.tta", "false"]) == 0  # one view
     assert "AP50" in capsys.readouterr().out
     assert main(["eval", str(result.run_dir), "--model.fpn_dim", "8"]) == 2
     assert "overrides only" in capsys.readouterr().err

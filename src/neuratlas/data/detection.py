@@ -2,15 +2,17 @@
 
 Training uses the two large Yellowstone (YELL) crops cut into overlapping tiles; the bottom ``val_frac`` of
 the larger crop is held out as a validation strip, and ``OSBS_029`` — another NEON site, in Florida — is
-the test image. Tiles are uint8 tensors in memory; boxes are a padded (N, M, 4) tensor with labels -1 on
-padding, so a batch is a pure function of (seed, index) like every other Neuratlas loader.
+the test image (``test_image="SOAP_061"``, a California site with 37 crowns, is a second unseen site).
+Tiles are uint8 tensors in memory; boxes are a padded (N, M, 4) tensor with labels -1 on padding, so a
+batch is a pure function of (seed, index) like every other Neuratlas loader.
 
-Box-aware augmentations (crop, flips, 90° rotations, colour jitter) live here too; they move the boxes
+Box-aware augmentations (zoom, crop, flips, 90° rotations, colour jitter) live here too; they move the boxes
 with the pixels, which ``tests/test_detection.py`` checks by painting boxes into masks.
 """
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from neuratlas.data.registry import register_dataset
 from neuratlas.data.sources import DataSource, package_dir
@@ -25,7 +28,8 @@ from neuratlas.errors import NeuratlasError
 from neuratlas.layers.boxes import box_area
 
 YELL = ["2019_YELL_2_528000_4978000_image_crop2", "2019_YELL_2_541000_4977000_image_crop"]
-TEST_IMAGE = "OSBS_029"
+TEST_IMAGE = "OSBS_029"  # the issue's held-out site (Florida); SOAP_061 (California) is a second one
+TEST_SITES = (TEST_IMAGE, "SOAP_061")
 
 DEEPFOREST = DataSource(
     name="deepforest",
@@ -36,6 +40,8 @@ DEEPFOREST = DataSource(
         f"{YELL[1]}.xml": "cefe4b96888bacbf8af1674f000082e549aa707aa6590d545effb23e43f26631",
         f"{TEST_IMAGE}.png": "d9477c6a00e4902c7bee487d4c5582c3b8b9a2f77f3908a29628b816b291e6ee",
         f"{TEST_IMAGE}.xml": "1f68c4011d7b351c29ca755072e77f3d16e6fd1f995bd05a9dd4eb952b55373c",
+        "SOAP_061.png": "256508f1a62149bec4a80879077a865caf50e8cace095e6564c76befa480d424",
+        "SOAP_061.xml": "4833280af75fd9c47965a93e38945282835e9e725cac412bdb9469d63480947c",
     },
     offline=[lambda: package_dir("deepforest", "data")],
     base_url="https://raw.githubusercontent.com/weecology/DeepForest/v2.1.0/src/deepforest/data",
@@ -161,6 +167,39 @@ def pad_boxes(box_lists: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
 
 
 # --- box-aware augmentation of padded batches --------------------------------------------------------------
+def random_scale_with_boxes(images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, amount: float,
+                            g: torch.Generator, min_visible: float = 0.4) -> tuple[torch.Tensor, ...]:
+    """Zoom each image by a log-uniform factor in [1 / (1 + amount), 1 + amount] about a random window, keeping
+    its size: a zoomed-in image is cropped, a zoomed-out one padded with its mean colour. Crowns then come in
+    more sizes than one site's trees at one ground resolution. Boxes follow; those mostly cut away become
+    padding. uint8 in, uint8 out (bilinear, antialiased when shrinking)."""
+    if amount <= 0:
+        return images, boxes, labels
+    b, c, h, w = images.shape
+    factors = torch.exp((torch.rand(b, generator=g) * 2 - 1) * math.log1p(amount)).tolist()
+    u = torch.rand(b, 2, generator=g).tolist()
+    out, new_boxes, new_labels = torch.empty_like(images), torch.zeros_like(boxes), labels.clone()
+    for i, s in enumerate(factors):
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        zoomed = F.interpolate(images[i:i + 1].float(), size=(nh, nw), mode="bilinear", align_corners=False,
+                               antialias=s < 1).round().clamp(0, 255).to(images.dtype)[0]
+        # the window's origin in the zoomed image; negative where the zoomed image is smaller (padding)
+        oy, ox = round(u[i][0] * (nh - h)), round(u[i][1] * (nw - w))
+        canvas = images.new_empty(c, h, w)
+        canvas[:] = images[i].float().mean((1, 2)).round().to(images.dtype)[:, None, None]
+        ys, xs = max(oy, 0), max(ox, 0)  # source start in the zoomed image
+        yd, xd = max(-oy, 0), max(-ox, 0)  # destination start on the canvas
+        hh, ww = min(nh - ys, h - yd), min(nw - xs, w - xd)
+        canvas[:, yd:yd + hh, xd:xd + ww] = zoomed[:, ys:ys + hh, xs:xs + ww]
+        out[i] = canvas
+        scaled = boxes[i] * torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=boxes.dtype)
+        clipped, keep = crop_boxes(scaled, ox, oy, w, h, min_visible)
+        keep &= labels[i] >= 0
+        new_boxes[i] = clipped * keep[:, None]
+        new_labels[i] = torch.where(keep, labels[i], -1)
+    return out, new_boxes, new_labels
+
+
 def random_crop_with_boxes(images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, size: int,
                            g: torch.Generator, min_visible: float = 0.4) -> tuple[torch.Tensor, ...]:
     """A random ``size``×``size`` window per image; boxes follow, those mostly cut away become padding."""
@@ -266,6 +305,8 @@ class TreeDataConfig:
     jitter: float = 0.2  # brightness / contrast / saturation jitter strength (0 disables)
     channel_jitter: float = 0.0  # per-channel gain jitter (colour balance)
     greyscale: float = 0.0  # probability of training on the grey image
+    scale_jitter: float = 0.0  # > 0: zoom tiles by a factor in [1 / (1 + s), 1 + s] before cropping
+    test_image: str = TEST_IMAGE  # the held-out site evaluated as "test" (one of TEST_SITES)
     # "dataset": standardise with the training tiles' channel statistics; "image": every crop or tile by its
     # own (a new site's brighter ground or other camera then looks like the training site's)
     normalize: Literal["dataset", "image"] = "dataset"
@@ -275,6 +316,10 @@ class TreeDataConfig:
             raise ValueError("crop_size must be a multiple of 32 (the deepest stride) and at most tile_size")
         if not 0 < self.val_frac < 0.9:
             raise ValueError("val_frac must be in (0, 0.9)")
+        if self.test_image not in TEST_SITES:
+            raise ValueError(f"test_image must be one of {', '.join(TEST_SITES)}, got {self.test_image!r}")
+        if not 0 <= self.scale_jitter < 1:
+            raise ValueError("scale_jitter must be in [0, 1): the largest zoom factor is 1 + scale_jitter")
 
 
 @dataclass
@@ -322,12 +367,12 @@ def load_trees(cfg: TreeDataConfig) -> TreeData:
         box_lists += bl
     tiles_t = torch.cat(tiles)
     boxes, labels = pad_boxes(box_lists)
-    test_img, test_boxes = load_image_with_boxes(folder, TEST_IMAGE)
+    test_img, test_boxes = load_image_with_boxes(folder, cfg.test_image)
     flat = tiles_t.permute(1, 0, 2, 3).reshape(3, -1).float() / 255
     mean, std = tuple(flat.mean(1).tolist()), tuple(flat.std(1).tolist())
     val = [DetectionImage(f"{YELL[0]} (bottom {cfg.val_frac:.0%})", val_img.contiguous(), vb[vkeep],
                           torch.zeros(int(vkeep.sum()), dtype=torch.long))]
-    test = [DetectionImage(TEST_IMAGE, test_img, test_boxes, torch.zeros(len(test_boxes), dtype=torch.long))]
+    test = [DetectionImage(cfg.test_image, test_img, test_boxes, torch.zeros(len(test_boxes), dtype=torch.long))]
     return TreeData(cfg, tiles_t, boxes, labels, val, test, ["Tree"], mean, std, source)
 
 

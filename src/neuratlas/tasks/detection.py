@@ -33,6 +33,7 @@ from neuratlas.data.detection import (
     dihedral_view,
     hflip_with_boxes,
     random_crop_with_boxes,
+    random_scale_with_boxes,
     read_rgb,
     rot90_with_boxes,
     tile_origins,
@@ -249,6 +250,8 @@ class Detection(Task):
     def _augment(self, batch: tuple[torch.Tensor, ...], g: torch.Generator) -> tuple[torch.Tensor, ...]:
         x, boxes, labels = batch
         dc = self.data.cfg
+        if dc.augment:
+            x, boxes, labels = random_scale_with_boxes(x, boxes, labels, dc.scale_jitter, g, dc.min_visible)
         x, boxes, labels = random_crop_with_boxes(x, boxes, labels, dc.crop_size, g, dc.min_visible)
         if dc.augment:
             b = x.shape[0]
