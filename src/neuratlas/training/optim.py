@@ -137,15 +137,15 @@ def parse_lr_mults(spec: str) -> list[tuple[str, float]]:
     """``"backbone.*=0.1,fpn.*=0.5"`` → [("backbone.*", 0.1), ("fpn.*", 0.5)]."""
     out = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        pattern, sep, value = item.partition("=")
+        pattern, sep, value = (part.strip() for part in item.partition("="))
         try:
             mult = float(value)
         except ValueError:
-            mult = -1.0
-        if not sep or not pattern or mult < 0:
+            mult = math.nan
+        if not (sep and pattern and 0 <= mult < math.inf):  # also refuses "nan" and "inf"
             raise NeuratlasError("--optimizer.lr_mults: expected GLOB=MULTIPLIER (e.g. 'backbone.*=0.1'), "
                                  f"got {item!r}")
-        out.append((pattern.strip(), mult))
+        out.append((pattern, mult))
     return out
 
 
