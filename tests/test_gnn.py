@@ -90,6 +90,27 @@ def test_sparse_features_match_dense(kind):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
 
 
+@needs_cora
+def test_gcn_training_matches_pyg_seed_for_seed():
+    """The bench's training loop on Cora with dropout on: our GCN on dense features draws PyG's dropout masks,
+    so 30 epochs from the same seed must end in the same logits (the bench's accuracy control)."""
+    pytest.importorskip("torch_geometric.nn")
+    from neuratlas.bench.gnn import _pyg_gcn, _train
+
+    d = read_planetoid(PLANETOID, "cora")
+    masks = (d.train_mask, d.val_mask, d.test_mask)
+    torch.manual_seed(3)
+    ours = create_model("gcn", in_features=d.x.shape[1], num_classes=len(d.classes))
+    acc_ours, _ = _train(ours, d.x, (Graph(d.graph.edge_index, d.graph.num_nodes),), d.y, masks, 30)
+    torch.manual_seed(3)
+    peer = _pyg_gcn(d.x.shape[1], len(d.classes), cached=True)
+    acc_peer, _ = _train(peer, d.x, (d.graph.edge_index,), d.y, masks, 30)
+    assert acc_ours == acc_peer > 0.6
+    with torch.no_grad():
+        torch.testing.assert_close(ours(d.x, Graph(d.graph.edge_index, d.graph.num_nodes)),
+                                   peer(d.x, d.graph.edge_index), rtol=1e-4, atol=1e-4)
+
+
 # --- symmetries and batching ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["gcn", "gat", "graphsage", "gin"])
 def test_node_outputs_are_permutation_equivariant(name):
