@@ -79,7 +79,16 @@ def test_write_report_summary(tmp_path):
 def test_matmul_peak_is_measured(dtype):
     from neuratlas.bench.races import matmul_peak
 
-    assert matmul_peak(dtype, n=128, seconds=0.05) > 1e6
+    peak, shape = matmul_peak(dtype, shapes=((128, 128, 128), (256, 64, 128)), seconds=0.05)
+    assert peak > 1e6 and shape in ("128×128×128", "256×64×128")
+
+
+def test_matmul_peak_is_the_best_shape(monkeypatch):
+    from neuratlas.bench import races
+
+    rates = {(2048, 2048, 2048): 2.0e12, (4096, 384, 1152): 3.5e12, (64, 64, 64): 1.0e12}
+    monkeypatch.setattr(races, "matmul_rate", lambda dtype, m, k, n, seconds: rates[(m, k, n)])
+    assert races.matmul_peak(torch.bfloat16, shapes=tuple(rates)) == (3.5e12, "4096×384×1152")
 
 
 def test_minilm_race_checks_outputs_against_transformers(monkeypatch):
