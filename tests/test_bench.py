@@ -91,6 +91,18 @@ def test_matmul_peak_is_the_best_shape(monkeypatch):
     assert races.matmul_peak(torch.bfloat16, shapes=tuple(rates)) == (3.5e12, "4096×384×1152")
 
 
+def test_product_ceiling_accounts_for_the_steps_flops():
+    """The MFU ceiling times every matrix product of a step: their FLOPs add up to the step's 6N + attention
+    count (up to the biases and norms, which are not products)."""
+    from neuratlas.bench.races import mfu_setup, product_ceiling
+
+    flops_per_step, _, _, model = mfu_setup({"batch": "2", "context": "32", "precision": "fp32"})
+    parts = product_ceiling(model, 2 * 32, 32, torch.float32)
+    assert set(parts) == {"forward", "input gradients", "weight gradients", "attention"}
+    assert all(f > 0 and t > 0 for f, t in parts.values())
+    assert sum(f for f, _ in parts.values()) == pytest.approx(flops_per_step, rel=0.01)
+
+
 def test_minilm_race_checks_outputs_against_transformers(monkeypatch):
     pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -44,7 +44,7 @@ def _target(name: str, out: str) -> tuple[Callable[[], object], str]:
     if name == "mfu":
         from neuratlas.bench.races import mfu_setup
 
-        _, dtype, step = mfu_setup({})
+        _, dtype, step, _ = mfu_setup({})
         return (lambda: step(dtype)), "training step"
     if name == "generate":
         return _decode_step(), "128 generated tokens"

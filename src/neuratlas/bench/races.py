@@ -194,7 +194,7 @@ def matmul_peak(dtype: torch.dtype, shapes: tuple[tuple[int, int, int], ...] = P
 
 def mfu_setup(options: dict[str, str]):
     """The MFU race's GPT 6 × 384 (batch 16 × 256 unless overridden): (FLOPs per step, the autocast dtype or
-    None for fp32, ``step(dtype)`` running one training step)."""
+    None for fp32, ``step(dtype)`` running one training step, the model)."""
     from neuratlas import create_model
     from neuratlas.models import count_parameters
     from neuratlas.training.precision import keep_freed_memory, resolve_precision
@@ -217,11 +217,53 @@ def mfu_setup(options: dict[str, str]):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return flops_per_step, dtype, step
+    return flops_per_step, dtype, step, model
+
+
+def _median_seconds(fn, reps: int = 7) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[reps // 2]
+
+
+def product_ceiling(model: torch.nn.Module, tokens: int, ctx: int,
+                    dtype: torch.dtype) -> dict[str, tuple[float, float]]:
+    """Time one training step's matrix products alone, each in its own shape, one after another:
+    {kind: (FLOPs, seconds)} for the linear layers' forward, input-gradient and weight-gradient products
+    (``x Wᵀ``, ``g W``, ``gᵀ x`` as autograd computes them) and the attention's six batched products.
+    Their sum is the step's time if everything else were free: the ceiling on its MFU with these kernels."""
+    out: dict[str, tuple[float, float]] = {}
+
+    def add(kind: str, flops: float, fn) -> None:
+        f, t = out.get(kind, (0.0, 0.0))
+        out[kind] = (f + flops, t + _median_seconds(fn))
+
+    for lin in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
+        n_out, n_in = lin.weight.shape
+        x, g = torch.randn(tokens, n_in, dtype=dtype), torch.randn(tokens, n_out, dtype=dtype)
+        w = torch.randn(n_out, n_in, dtype=dtype)
+        flops = 2.0 * tokens * n_in * n_out
+        add("forward", flops, lambda x=x, w=w: torch.nn.functional.linear(x, w))
+        add("input gradients", flops, lambda g=g, w=w: g @ w)
+        add("weight gradients", flops, lambda g=g, x=x: g.t() @ x)
+    cfg = model.cfg  # type: ignore[attr-defined]
+    bh, hd = tokens // ctx * cfg.n_head, cfg.dim // cfg.n_head
+    q, k = torch.randn(bh, ctx, hd, dtype=dtype), torch.randn(bh, ctx, hd, dtype=dtype)
+    p = torch.randn(bh, ctx, ctx, dtype=dtype)
+    flops = 2.0 * bh * ctx * ctx * hd
+    for _ in range(cfg.n_layer):  # forward: QKᵀ, PV; backward: dP = dO Vᵀ, dV = Pᵀ dO, dQ = dS K, dK = dSᵀ Q
+        for fn in (lambda: q @ k.transpose(1, 2), lambda: p @ q, lambda: q @ k.transpose(1, 2),
+                   lambda: p.transpose(1, 2) @ q, lambda: p @ q, lambda: p.transpose(1, 2) @ q):
+            add("attention", flops, fn)
+    return out
 
 
 def race_mfu(options: dict[str, str]) -> list[str]:
-    flops_per_step, dtype, step = mfu_setup(options)
+    flops_per_step, dtype, step, model = mfu_setup(options)
     batch, ctx = int(options.get("batch", 16)), int(options.get("context", 256))
     reps = 3 if _truthy(options.get("quick", "false")) else 10
 
@@ -242,6 +284,13 @@ def race_mfu(options: dict[str, str]) -> list[str]:
              f"at {shape} (2048²: {square / 1e9:.0f})",
              f"  training step achieved:                  {achieved / 1e9:8.1f} GFLOP/s",
              f"  MFU: {achieved / peak:.1%} (target ≥ 50%; against the 2048² figure: {achieved / square:.1%})"]
+    parts = product_ceiling(model, batch * ctx, ctx, dtype or torch.float32)
+    products = sum(t for _, t in parts.values())
+    lines.append(f"  the step's matrix products alone, timed one by one in their shapes: {products * 1e3:.0f} ms of "
+                 f"the {flops_per_step / achieved * 1e3:.0f} ms step; even with everything else free, MFU ≤ "
+                 f"{flops_per_step / products / peak:.1%}")
+    lines += [f"    {kind:17s} {f / 1e9:6.1f} GFLOP in {t * 1e3:6.1f} ms = {f / t / 1e9:6.0f} GFLOP/s"
+              for kind, (f, t) in parts.items()]
     if dtype is not None:  # context: the same step in fp32 against the fp32 peak
         fp32, (fp32_peak, _) = flops_per_second(None), matmul_peak(torch.float32)
         lines.append(f"  (fp32, for comparison: {fp32 / 1e9:.1f} GFLOP/s = {fp32 / fp32_peak:.1%} of the fp32 peak "
