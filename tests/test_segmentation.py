@@ -189,6 +189,27 @@ def test_quick_recipe_trains_evaluates_and_predicts(run_overrides, tmp_path, ful
     assert "small_truth.png: the mask's shape (10, 10) differs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_brain_quick_recipe_reaches_its_dice(run_overrides, full):
+    """The tour's brain row: bounded, a few steps that train, evaluate per region and report mean Dice;
+    NEURATLAS_FULL_TESTS=1 trains the recipe and asserts its target."""
+    from neuratlas.data.medical import MRICRON
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    try:
+        MRICRON.locate()
+    except NeuratlasError:
+        pytest.skip("mricron-data is not installed")
+    recipe = get_recipe("unet-brain-quick")
+    assert recipe.tour and recipe.family == "unet-brain"
+    steps = {} if full else {"trainer.max_steps": "3", "trainer.eval_every": "3", "data.batch_size": "2"}
+    result = Trainer(recipe.run_config({**run_overrides, **steps})).fit()
+    assert 0.0 <= result.test["dice"] <= 1.0
+    if full:
+        assert result.test["dice"] >= 0.5
+
+
 def test_download_path_verifies_checksums(tmp_path, monkeypatch):
     """The canonical-download branch of the nuclei source, served from a local folder (file:// URL)."""
     import dataclasses
