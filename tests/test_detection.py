@@ -335,6 +335,24 @@ def test_dihedral_detection_finds_each_object_once_in_image_coordinates():
         assert torch.allclose(scores, torch.tensor([0.9]))  # found in all eight views
 
 
+def test_multiscale_dihedral_detection_returns_original_pixels():
+    """Zoomed copies (0.5×, 2×) find the object where it is in the original image; one fused box, all views'
+    score; a zoom factor out of range is a one-line error."""
+    from neuratlas.tasks.detection import DetectionConfig
+
+    image = torch.zeros(3, 300, 420, dtype=torch.uint8)
+    image[:, 120:160, 200:260] = 255
+    boxes, scores, _ = detect_dihedral(BrightSquareDetector(), image, (0.5,) * 3, (0.25,) * 3, tile=400,
+                                       overlap=100, scales=(0.5, 1.0, 2.0))
+    assert boxes.shape == (1, 4) and torch.allclose(scores, torch.tensor([0.9]))
+    # bilinear zooms blur the square's edge by up to a pixel of the zoomed image
+    torch.testing.assert_close(boxes, torch.tensor([[200.0, 120.0, 260.0, 160.0]]), atol=1.0, rtol=0)
+    one, _, _ = detect_dihedral(BrightSquareDetector(), image, (0.5,) * 3, (0.25,) * 3, tile=400, overlap=100)
+    assert torch.allclose(one, torch.tensor([[200.0, 120.0, 260.0, 160.0]]))  # scales=(1.0,): eight views alone
+    with pytest.raises(NeuratlasError, match="tta_scales must be zoom factors"):
+        DetectionConfig(tta_scales=(1.0, 0.0))
+
+
 def test_colour_jitter_channel_gains_and_greyscale():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)

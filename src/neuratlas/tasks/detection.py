@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from neuratlas.config import coerce
@@ -183,21 +184,49 @@ def detect_tiled(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] 
 def detect_dihedral(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] | None,
                     std: tuple[float, ...] | None, tile: int, overlap: int, score_thresh: float = 0.05,
                     nms_iou: float = 0.5, max_dets: int = 300, batch_size: int = 8,
-                    autocast: AbstractContextManager | None = None, fuse_iou: float = 0.55) -> Detections:
+                    autocast: AbstractContextManager | None = None, fuse_iou: float = 0.55,
+                    scales: tuple[float, ...] = (1.0,)) -> Detections:
     """Test-time augmentation for pictures with no "up" (aerial, microscopy): detect on the eight mirrored /
     rotated views, map the boxes back and fuse them (weighted box fusion). 8× the inference time; the fused
-    score is the mean over views, so ``score_thresh`` applies to it (views keep every box above 0.05)."""
+    score is the mean over views, so ``score_thresh`` applies to it (views keep every box above 0.05).
+
+    ``scales`` adds zoomed copies of the image (bilinear, antialiased when shrinking), eight views each; each
+    scale's fused boxes are mapped back to the original pixels and the scales fused once more (a box found at
+    one scale only keeps 1/len(scales) of its score). The original scale is always one of the views' sources
+    when 1.0 is listed; the output is in the original image's pixels."""
+    per_scale = [_dihedral_fused(model, image if f == 1.0 else _zoom(image, f), mean, std, tile, overlap,
+                                 min(score_thresh, 0.05), nms_iou, max_dets, batch_size, autocast, fuse_iou, f)
+                 for f in scales]
+    if len(per_scale) == 1:
+        b, s, lab = per_scale[0]
+    else:
+        b, s, lab = weighted_box_fusion(*(torch.cat(parts) for parts in zip(*per_scale)), fuse_iou, len(scales))
+    keep = (s > score_thresh).nonzero().flatten()[:max_dets]
+    return b[keep], s[keep], lab[keep]
+
+
+def _zoom(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """A (C, H, W) uint8 image resized by ``factor`` (bilinear; antialiased when shrinking)."""
+    x = F.interpolate(image[None].float(), scale_factor=factor, mode="bilinear", align_corners=False,
+                      antialias=factor < 1)
+    return x[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def _dihedral_fused(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] | None,
+                    std: tuple[float, ...] | None, tile: int, overlap: int, score_thresh: float, nms_iou: float,
+                    max_dets: int, batch_size: int, autocast: AbstractContextManager | None, fuse_iou: float,
+                    scale: float) -> Detections:
+    """The eight views of one image, fused, boxes divided by ``scale`` (all fused boxes, sorted by score)."""
     _, h, w = image.shape
     boxes, scores, labels = [], [], []
     for k, flip in DIHEDRAL:
         b, s, lab = detect_tiled(model, dihedral_view(image, k, flip), mean, std, tile, overlap,
-                                 min(score_thresh, 0.05), nms_iou, max_dets, batch_size, autocast)
+                                 score_thresh, nms_iou, max_dets, batch_size, autocast)
         boxes.append(undo_dihedral_boxes(b, k, flip, h, w))
         scores.append(s)
         labels.append(lab)
     b, s, lab = weighted_box_fusion(torch.cat(boxes), torch.cat(scores), torch.cat(labels), fuse_iou, len(DIHEDRAL))
-    keep = (s > score_thresh).nonzero().flatten()[:max_dets]
-    return b[keep], s[keep], lab[keep]
+    return b / scale, s, lab
 
 
 def _stats(extra: dict[str, Any]) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
@@ -232,6 +261,11 @@ class DetectionConfig:
     eval_batch_size: int = 8
     tta: bool = False  # evaluate on the eight mirrored / rotated views, boxes fused (detect_dihedral)
     fuse_iou: float = 0.55  # IoU that joins boxes of different views into one (weighted box fusion)
+    tta_scales: tuple[float, ...] = (1.0,)  # with tta: zoom factors, eight views each (detect_dihedral's scales)
+
+    def __post_init__(self) -> None:
+        if not self.tta_scales or any(not 0.25 <= f <= 4 for f in self.tta_scales):
+            raise NeuratlasError(f"tta_scales must be zoom factors between 0.25 and 4, got {self.tta_scales}")
 
 
 class Detection(Task):
@@ -284,7 +318,8 @@ class Detection(Task):
     def evaluate(self, model: nn.Module, split: str, autocast: AbstractContextManager) -> dict[str, float]:
         dc, cfg = self.data.cfg, self.cfg
         images = self.images(split)
-        detect = partial(detect_dihedral, fuse_iou=cfg.fuse_iou) if cfg.tta else detect_tiled
+        detect = partial(detect_dihedral, fuse_iou=cfg.fuse_iou, scales=tuple(cfg.tta_scales)) if cfg.tta \
+            else detect_tiled
         dets = [detect(model, im.image, *self.stats, cfg.eval_tile or dc.tile_size,
                        dc.tile_overlap, cfg.score_thresh, cfg.nms_iou, cfg.max_dets, cfg.eval_batch_size, autocast)
                 for im in images]
@@ -299,7 +334,7 @@ class Detection(Task):
         return {"classes": self.data.classes, "mean": mean and list(mean), "std": std and list(std),
                 "tile_size": self.cfg.eval_tile or dc.tile_size, "tile_overlap": dc.tile_overlap,
                 "nms_iou": self.cfg.nms_iou, "max_dets": self.cfg.max_dets, "dataset": self.data_spec["name"],
-                "tta": self.cfg.tta, "fuse_iou": self.cfg.fuse_iou}
+                "tta": self.cfg.tta, "fuse_iou": self.cfg.fuse_iou, "tta_scales": list(self.cfg.tta_scales)}
 
     def describe_data(self) -> str:
         d = self.data
@@ -312,7 +347,7 @@ class Detection(Task):
         """Draw detected boxes with scores on each image (any size: tiled, never resized) → PNG.
 
         Options: --score (drawing threshold, default 0.4), --tile, --overlap, --truth FILE.xml (drawn cyan),
-        --precision auto|fp32|bf16, --tta true|false (default: as the run evaluated).
+        --precision auto|fp32|bf16, --tta true|false, --tta_scales 0.8,1,1.25 (default: as the run evaluated).
         """
         score = float(options.get("score", 0.4))
         if "truth" in options and len(inputs) != 1:
@@ -321,7 +356,9 @@ class Detection(Task):
         overlap = int(options.get("overlap", extra["tile_overlap"]))
         in_chans = model.cfg.in_chans
         tta = coerce(options.get("tta", extra.get("tta", False)), bool, "--tta")
-        detect = partial(detect_dihedral, fuse_iou=extra.get("fuse_iou", 0.55)) if tta else detect_tiled
+        scales = DetectionConfig(tta_scales=coerce(options.get("tta_scales", extra.get("tta_scales", [1.0])),
+                                                   tuple[float, ...], "--tta_scales")).tta_scales
+        detect = partial(detect_dihedral, fuse_iou=extra.get("fuse_iou", 0.55), scales=scales) if tta else detect_tiled
         from neuratlas.training.precision import autocast, resolve_precision
 
         device = torch.device("cpu")  # bf16 autocast where the CPU has it natively (as in training), else fp32
