@@ -167,6 +167,13 @@ def pad_boxes(box_lists: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
 
 
 # --- box-aware augmentation of padded batches --------------------------------------------------------------
+def zoom_uint8(image: torch.Tensor, factor: float, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A (C, H, W) uint8 image zoomed by ``factor`` (or to ``size``): bilinear, antialiased when shrinking."""
+    x = F.interpolate(image[None].float(), size=size, scale_factor=None if size else factor, mode="bilinear",
+                      align_corners=False, antialias=factor < 1)
+    return x[0].round().clamp(0, 255).to(image.dtype)
+
+
 def random_scale_with_boxes(images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, amount: float,
                             g: torch.Generator, min_visible: float = 0.4) -> tuple[torch.Tensor, ...]:
     """Zoom each image by a log-uniform factor in [1 / (1 + amount), 1 + amount] about a random window, keeping
@@ -181,8 +188,7 @@ def random_scale_with_boxes(images: torch.Tensor, boxes: torch.Tensor, labels: t
     out, new_boxes, new_labels = torch.empty_like(images), torch.zeros_like(boxes), labels.clone()
     for i, s in enumerate(factors):
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
-        zoomed = F.interpolate(images[i:i + 1].float(), size=(nh, nw), mode="bilinear", align_corners=False,
-                               antialias=s < 1).round().clamp(0, 255).to(images.dtype)[0]
+        zoomed = zoom_uint8(images[i], s, size=(nh, nw))
         # the window's origin in the zoomed image; negative where the zoomed image is smaller (padding)
         oy, ox = round(u[i][0] * (nh - h)), round(u[i][1] * (nw - w))
         canvas = images.new_empty(c, h, w)

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from neuratlas.config import coerce
@@ -40,6 +39,7 @@ from neuratlas.data.detection import (
     tile_origins,
     undo_dihedral_boxes,
     vflip_with_boxes,
+    zoom_uint8,
 )
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize
@@ -192,9 +192,8 @@ def detect_dihedral(model: nn.Module, image: torch.Tensor, mean: tuple[float, ..
 
     ``scales`` adds zoomed copies of the image (bilinear, antialiased when shrinking), eight views each; each
     scale's fused boxes are mapped back to the original pixels and the scales fused once more (a box found at
-    one scale only keeps 1/len(scales) of its score). The original scale is always one of the views' sources
-    when 1.0 is listed; the output is in the original image's pixels."""
-    per_scale = [_dihedral_fused(model, image if f == 1.0 else _zoom(image, f), mean, std, tile, overlap,
+    one scale only keeps 1/len(scales) of its score). Boxes come back in the original image's pixels."""
+    per_scale = [_dihedral_fused(model, image if f == 1.0 else zoom_uint8(image, f), mean, std, tile, overlap,
                                  min(score_thresh, 0.05), nms_iou, max_dets, batch_size, autocast, fuse_iou, f)
                  for f in scales]
     if len(per_scale) == 1:
@@ -203,13 +202,6 @@ def detect_dihedral(model: nn.Module, image: torch.Tensor, mean: tuple[float, ..
         b, s, lab = weighted_box_fusion(*(torch.cat(parts) for parts in zip(*per_scale)), fuse_iou, len(scales))
     keep = (s > score_thresh).nonzero().flatten()[:max_dets]
     return b[keep], s[keep], lab[keep]
-
-
-def _zoom(image: torch.Tensor, factor: float) -> torch.Tensor:
-    """A (C, H, W) uint8 image resized by ``factor`` (bilinear; antialiased when shrinking)."""
-    x = F.interpolate(image[None].float(), scale_factor=factor, mode="bilinear", align_corners=False,
-                      antialias=factor < 1)
-    return x[0].round().clamp(0, 255).to(torch.uint8)
 
 
 def _dihedral_fused(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] | None,
