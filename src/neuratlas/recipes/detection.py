@@ -24,23 +24,20 @@ def _run(model: str, steps: int, lr: float = 2e-3, crop: int = 256, batch: int =
 register_recipe("detection-trees-quick", _run("fcos-lite0-imagenet", 100),
                 "FCOS on EfficientNet-Lite0 (real ImageNet weights) + FPN, 100 steps of 256-px crops "
                 "(about 2 CPU minutes)", family="detection", tour=True, target="OSBS_029 AP50 ≥ 0.2")
-# the ImageNet backbone at a tenth of the head's lr: it keeps features that carry to other sites (both unseen
-# sites pooled, with TTA, seeds 0 / 1: AP 0.151 / 0.155 vs 0.123 / 0.135 at the full lr; AP50 on a par).
-# TTA at three zooms (24 views), chosen on the val strip: 0.567 → 0.599 / 0.611 → 0.637 for seeds 0 / 1 (RetinaNet
-# 0.576 → 0.611); the quick recipe's val strip preferred one zoom (0.536 vs 0.489). Docs: 2026-12-02.
-# With the zooms, each view's NMS at IoU 0.35 raised FCOS's val strip again (0.599 → 0.617, 0.637 → 0.668) but
-# not RetinaNet's (0.611 → 0.597), so only fcos-trees takes it.
-# Tiles zoomed by a factor in [1/1.25, 1.25] in training (scale_jitter), together with the three-zoom TTA: OSBS_029
-# AP50 0.491 → 0.589 / 0.496 → 0.531 and SOAP_061 0.332 → 0.389 / 0.402 → 0.398 for seeds 0 / 1; the val strip
-# 0.617 → 0.621 / 0.668 → 0.638. Chosen on the two unseen sites (the val strip is the training site and does
-# not see transfer), so those figures carry that selection. Docs: "Zoom in training and in testing".
+# Choices of the long Lite0 recipes, each measured in docs/detection_segmentation.md (2026-12-01 / 02):
+# - the ImageNet backbone at a tenth of the head's lr keeps features that carry to other sites (pooled AP of
+#   both unseen sites up in both seeds);
+# - TTA at three zooms (24 views), chosen on the val strip; the quick recipe's val strip preferred one zoom;
+# - fcos-trees only: each view's NMS at IoU 0.35 (val strip up; RetinaNet's down) and tiles zoomed in training
+#   (scale_jitter 0.25: OSBS_029 AP50 0.491 → 0.589 / 0.496 → 0.531 for seeds 0 / 1; chosen on the two unseen
+#   sites, since the val strip lies in the training site, so those figures carry that selection).
 MULTI_SCALE = (0.8, 1.0, 1.25)
 register_recipe("fcos-trees", _run("fcos-lite0-imagenet", 1000, crop=320, lr_mults="backbone.*=0.1",
                                    tta_scales=MULTI_SCALE, nms_iou=0.35, scale_jitter=0.25),
                 "FCOS on ImageNet EfficientNet-Lite0 (backbone at 0.1× lr), 1,000 steps of 320-px crops",
                 family="detection",
                 target="OSBS_029 AP50 ≥ 0.5")
-# same backbone, same 0.1×: OSBS_029 AP50 0.285 in one view (0.241 at the full lr, an earlier machine), 0.389 with TTA
+# same backbone, same 0.1×: OSBS_029 AP50 0.285 in one view; 0.463 / 0.419 (seeds 0 / 1) with the three-zoom TTA
 register_recipe("retinanet-trees", _run("retina-lite0-imagenet", 1000, crop=320, lr_mults="backbone.*=0.1",
                                         tta_scales=MULTI_SCALE),
                 "RetinaNet anchor head on ImageNet EfficientNet-Lite0 (backbone at 0.1× lr), 1,000 steps of "

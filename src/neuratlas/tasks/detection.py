@@ -256,8 +256,13 @@ class DetectionConfig:
     tta_scales: tuple[float, ...] = (1.0,)  # with tta: zoom factors, eight views each (detect_dihedral's scales)
 
     def __post_init__(self) -> None:
-        if not self.tta_scales or any(not 0.25 <= f <= 4 for f in self.tta_scales):
-            raise NeuratlasError(f"tta_scales must be zoom factors between 0.25 and 4, got {self.tta_scales}")
+        check_tta_scales(self.tta_scales)
+
+
+def check_tta_scales(scales: tuple[float, ...]) -> tuple[float, ...]:
+    if not scales or any(not 0.25 <= f <= 4 for f in scales):
+        raise NeuratlasError(f"tta_scales must be zoom factors between 0.25 and 4, got {scales}")
+    return scales
 
 
 class Detection(Task):
@@ -348,8 +353,8 @@ class Detection(Task):
         overlap = int(options.get("overlap", extra["tile_overlap"]))
         in_chans = model.cfg.in_chans
         tta = coerce(options.get("tta", extra.get("tta", False)), bool, "--tta")
-        scales = DetectionConfig(tta_scales=coerce(options.get("tta_scales", extra.get("tta_scales", [1.0])),
-                                                   tuple[float, ...], "--tta_scales")).tta_scales
+        scales = check_tta_scales(coerce(options.get("tta_scales", extra.get("tta_scales", [1.0])),
+                                         tuple[float, ...], "--tta_scales"))
         detect = partial(detect_dihedral, fuse_iou=extra.get("fuse_iou", 0.55), scales=scales) if tta else detect_tiled
         from neuratlas.training.precision import autocast, resolve_precision
 
