@@ -423,6 +423,52 @@ def test_retina_gives_every_box_an_anchor():
     assert anchors.shape == (9 * (32 * 32 + 16 * 16 + 8 * 8), 4)
 
 
+def _atss_reference(centres, strides, anchors, boxes, topk=9):
+    """ATSS for one image, box by box and level by level in plain Python loops."""
+    levels = sorted(set(strides.tolist()))
+    iou = box_iou(anchors, boxes)  # (N, M)
+    wanted = {}  # anchor -> [(iou, box)]
+    for j, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        cand = []
+        for s in levels:
+            idx = (strides == s).nonzero().flatten().tolist()
+            locs = sorted({tuple(centres[i].tolist()) for i in idx}, key=lambda p: (p[0] - cx) ** 2 + (p[1] - cy) ** 2)
+            near = set(locs[:topk])
+            cand += [i for i in idx if tuple(centres[i].tolist()) in near]
+        vals = iou[cand, j]
+        thresh = vals.mean() + vals.std(unbiased=False)
+        for i in cand:
+            px, py = centres[i].tolist()
+            if iou[i, j] >= thresh and x1 < px < x2 and y1 < py < y2:
+                wanted.setdefault(i, []).append((iou[i, j].item(), j))
+    match = torch.full((len(anchors),), -1)
+    for i, claims in wanted.items():
+        match[i] = max(claims)[1]
+    return match
+
+
+def test_atss_equals_a_loop_reference_and_gives_small_boxes_several_anchors():
+    model = create_model("retina-resnet18-slim", assigner="atss")
+    centres, strides, _, _, anchors = model.priors([(32, 32), (16, 16), (8, 8)], torch.device("cpu"))
+    # off-grid corners (no distance ties); a 10-px box that no anchor overlaps by 0.5; two overlapping boxes
+    gt = torch.tensor([[[97.3, 99.1, 107.7, 109.4], [21.2, 18.9, 121.6, 90.3], [60.7, 44.2, 131.9, 101.3],
+                        [140.6, 30.4, 251.2, 201.7], [0, 0, 0, 0]]])
+    valid = torch.tensor([[True, True, True, True, False]])
+    match, ctr = model._assign_atss(centres, strides, anchors, gt, valid)
+    assert torch.equal(match[0], _atss_reference(centres, strides, anchors, gt[0, :4]))
+    baseline, _ = create_model("retina-resnet18-slim")._assign_retina(anchors, gt, valid)
+    assert (baseline[0] == 0).sum() == 1 and (match[0] == 0).sum() > 1
+    assert set(match[0].tolist()) == {-1, 0, 1, 2, 3}
+    assert (ctr[match >= 0] > 0).all() and (ctr[match >= 0] <= 1).all()
+    out = model(torch.zeros(1, 3, 256, 256))
+    assert out.centerness.shape == out.logits.shape[:2]
+    loss, logs = model.loss(out, gt[:, :4], torch.zeros(1, 4, dtype=torch.long), (256, 256))
+    assert torch.isfinite(loss) and logs["positives"] == int((match[0] >= 0).sum()) and logs["ctr_loss"] > 0
+    with pytest.raises(NeuratlasError, match="assigner='atss' is for head='retina'"):
+        create_model("fcos-resnet18-slim", assigner="atss")
+
+
 # --- real data, bounded training ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trees():

@@ -6,6 +6,9 @@
   objects of one size range, so a location is never asked for two boxes of very different sizes.
 - ``head="retina"`` (Lin et al. 2017): anchors of several scales and aspect ratios at every location;
   an anchor is positive when it overlaps a box with IoU >= 0.5 (and every box keeps its best anchor).
+  ``assigner="atss"`` (Zhang et al. 2020) swaps that fixed threshold for an adaptive one and adds the
+  centre-ness branch: the two differences that paper found between RetinaNet and FCOS. Small boxes, which
+  overlap no anchor by 0.5, then get several positives instead of their single best anchor.
 
 Both heads are trained with the sigmoid focal loss for classes (the many easy background locations no
 longer swamp the few objects) and the GIoU loss on the decoded boxes; both return decoded boxes, so
@@ -44,6 +47,8 @@ class DetectorConfig:
     anchor_size: float = 2.0  # retina: base anchor side in strides, times the octave scales below
     anchor_scales: tuple[float, ...] = (1.0, 1.26, 1.59)
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    assigner: Literal["max_iou", "atss"] = "max_iou"  # retina: fixed IoU 0.5/0.4, or ATSS + centre-ness
+    atss_topk: int = 9  # atss: candidate locations per level and box, those nearest the box centre
     img_size: int = 64  # size of dummy_input
 
     def __post_init__(self) -> None:
@@ -51,12 +56,18 @@ class DetectorConfig:
             raise ValueError("levels must be increasing strides, e.g. (8, 16, 32)")
         if self.num_classes < 1:
             raise ValueError("num_classes must be >= 1 (background is implicit)")
+        if self.assigner == "atss" and self.head != "retina":
+            raise ValueError("assigner='atss' is for head='retina' (fcos assigns by size ranges)")
         if self.pretrained and self.backbone != "efficientnet-lite0":
             raise ValueError("pretrained='imagenet-lite0' needs backbone='efficientnet-lite0'")
 
     @property
     def anchors_per_location(self) -> int:
         return len(self.anchor_scales) * len(self.anchor_ratios) if self.head == "retina" else 1
+
+    @property
+    def has_centerness(self) -> bool:
+        return self.head == "fcos" or self.assigner == "atss"
 
 
 def build_backbone(name: str, in_chans: int, args: dict[str, Any], pretrained: str = "") -> nn.Module:
@@ -70,10 +81,22 @@ def build_backbone(name: str, in_chans: int, args: dict[str, Any], pretrained: s
     return create_model(name, **opts)
 
 
+def _centerness(ltrb: torch.Tensor) -> torch.Tensor:
+    """FCOS's centre-ness of a point from its (left, top, right, bottom) distances: 1 at the box centre."""
+    lr, tb = ltrb[..., [0, 2]], ltrb[..., [1, 3]]
+    return ((lr.min(-1).values / lr.max(-1).values.clamp(min=1e-6)).clamp(min=0)
+            * (tb.min(-1).values / tb.max(-1).values.clamp(min=1e-6)).clamp(min=0)).sqrt()
+
+
+def _nanstd(x: torch.Tensor) -> torch.Tensor:
+    """Population std over dim 1, ignoring NaN (torch has nanmean but no nanstd)."""
+    return ((x - x.nanmean(1, keepdim=True)) ** 2).nanmean(1).sqrt()
+
+
 class DetectionOutput(NamedTuple):
     logits: torch.Tensor  # (B, N, K) class logits for every location/anchor
     boxes: torch.Tensor  # (B, N, 4) decoded boxes, xyxy pixels
-    centerness: torch.Tensor | None  # (B, N) logits (fcos only)
+    centerness: torch.Tensor | None  # (B, N) logits (fcos, and retina with atss)
 
 
 class FPN(nn.Module):
@@ -118,7 +141,7 @@ class Detector(nn.Module):
         self.cls_tower, self.box_tower = _tower(cfg.fpn_dim, cfg.head_convs), _tower(cfg.fpn_dim, cfg.head_convs)
         self.cls_out = nn.Conv2d(cfg.fpn_dim, a * k, 3, padding=1)
         self.box_out = nn.Conv2d(cfg.fpn_dim, a * 4, 3, padding=1)
-        self.ctr_out = nn.Conv2d(cfg.fpn_dim, 1, 3, padding=1) if cfg.head == "fcos" else None
+        self.ctr_out = nn.Conv2d(cfg.fpn_dim, a, 3, padding=1) if cfg.has_centerness else None
         self.scales = nn.Parameter(torch.ones(len(cfg.levels)))  # per-level regression scale (FCOS)
         for m in [*self.cls_tower.modules(), *self.box_tower.modules(), self.cls_out, self.box_out]:
             if isinstance(m, nn.Conv2d):
@@ -195,6 +218,8 @@ class Detector(nn.Module):
         valid = gt_labels >= 0  # (B, M)
         if self.cfg.head == "fcos":
             match, weight = self._assign_fcos(centres, strides, lo, hi, gt_boxes, valid)
+        elif self.cfg.assigner == "atss":
+            match, weight = self._assign_atss(centres, strides, anchors, gt_boxes, valid)
         else:
             match, weight = self._assign_retina(anchors, gt_boxes, valid)
         pos = match >= 0  # (B, N)
@@ -240,10 +265,32 @@ class Detector(nn.Module):
         best_area, match = area.min(-1)
         match = match.masked_fill(torch.isinf(best_area), -1)
         d = torch.gather(ltrb, 2, match.clamp(min=0)[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
-        lr, tb = d[..., [0, 2]], d[..., [1, 3]]
-        ctr = ((lr.min(-1).values / lr.max(-1).values.clamp(min=1e-6)).clamp(min=0)
-               * (tb.min(-1).values / tb.max(-1).values.clamp(min=1e-6)).clamp(min=0)).sqrt()
-        return match, ctr
+        return match, _centerness(d)
+
+    def _assign_atss(self, centres, strides, anchors, gt, valid):
+        """ATSS: per box, the ``atss_topk`` locations nearest its centre on every level are candidates (all
+        their anchors); those whose IoU reaches the candidates' mean + std and whose centre lies inside the box
+        are positive; an anchor wanted by several boxes takes the one it overlaps most. Weight = centre-ness."""
+        iou = torch.stack([box_iou(anchors, gt[i]) for i in range(gt.shape[0])])  # (B, N, M)
+        px, py = centres[None, :, None, 0], centres[None, :, None, 1]  # (1, N, 1)
+        x1, y1, x2, y2 = (gt[:, None, :, i] for i in range(4))  # (B, 1, M)
+        dist = (px - (x1 + x2) / 2) ** 2 + (py - (y1 + y2) / 2) ** 2  # (B, N, M), squared: same order
+        candidate = torch.zeros_like(iou, dtype=torch.bool)
+        start = 0
+        for s in self.cfg.levels:  # priors are level-major, so each level is one contiguous slice
+            n = int((strides == s).sum())
+            k = min(self.cfg.atss_topk * self.cfg.anchors_per_location, n)  # a location's anchors tie in distance
+            top = dist[:, start:start + n].topk(k, dim=1, largest=False).indices + start  # (B, k, M)
+            candidate.scatter_(1, top, True)
+            start += n
+        cand_iou = iou.masked_fill(~candidate, float("nan"))
+        thresh = cand_iou.nanmean(1) + _nanstd(cand_iou)  # (B, M)
+        inside = (px > x1) & (py > y1) & (px < x2) & (py < y2)
+        ok = candidate & (iou >= thresh[:, None, :]) & inside & valid[:, None, :]
+        best, match = iou.masked_fill(~ok, -1).max(-1)
+        match = match.masked_fill(best < 0, -1)
+        box = torch.gather(gt, 1, match.clamp(min=0)[..., None].expand(-1, -1, 4))  # (B, N, 4)
+        return match, _centerness(torch.cat([centres - box[..., :2], box[..., 2:] - centres], -1))
 
     def _assign_retina(self, anchors, gt, valid):
         """IoU >= 0.5 positive, < 0.4 negative, in between ignored (weight -1); each box keeps its best anchor."""
@@ -266,7 +313,7 @@ class Detector(nn.Module):
                max_dets: int = 300, pre_nms: int = 1000) -> list[tuple[torch.Tensor, ...]]:
         """Per image (boxes (D, 4), scores (D,), labels (D,)) after score threshold, top-k and class-wise NMS."""
         probs = out.logits.float().sigmoid()
-        if out.centerness is not None:  # FCOS ranks by sqrt(class prob × centre-ness)
+        if out.centerness is not None:  # FCOS and ATSS rank by sqrt(class prob × centre-ness)
             probs = (probs * out.centerness.float().sigmoid()[..., None]).sqrt()
         results = []
         k = self.cfg.num_classes
