@@ -129,7 +129,9 @@ def test_profile_tables_of_a_recipe_step_and_of_decoding():
     assert [h.split(":")[0] for h in heads] == ["--- gpt-tinyshakespeare-baby", "--- generate"]
     assert "per training step un-profiled" in heads[0] and "per 128 generated tokens" in heads[1]
     tables = [ln for ln in lines if "Self CPU" in ln]
-    assert len(tables) == 2 and "aten::mm" in tables[0] and "aten::addmm" in tables[1]  # products are there
+    assert len(tables) == 2 and "aten::mm" in tables[0]  # the products are there
+    # decoding's linear layers run as addmm (F.linear) or as baddbmm (layers/gemv.py): "auto" picks by timing
+    assert "aten::addmm" in tables[1] or "aten::baddbmm" in tables[1]
     with pytest.raises(NeuratlasError, match="no-such-recipe"):
         BENCHMARKS.get("profile").builder({"what": "no-such-recipe"})
 
