@@ -88,6 +88,11 @@ def _centerness(ltrb: torch.Tensor) -> torch.Tensor:
             * (tb.min(-1).values / tb.max(-1).values.clamp(min=1e-6)).clamp(min=0)).sqrt()
 
 
+def _anchor_iou(anchors: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """IoU of every anchor (N, 4) with every padded box of each image (B, M, 4) → (B, N, M)."""
+    return torch.stack([box_iou(anchors, boxes) for boxes in gt])
+
+
 def _nanstd(x: torch.Tensor) -> torch.Tensor:
     """Population std over dim 1, ignoring NaN (torch has nanmean but no nanstd)."""
     return ((x - x.nanmean(1, keepdim=True)) ** 2).nanmean(1).sqrt()
@@ -271,7 +276,7 @@ class Detector(nn.Module):
         """ATSS: per box, the ``atss_topk`` locations nearest its centre on every level are candidates (all
         their anchors); those whose IoU reaches the candidates' mean + std and whose centre lies inside the box
         are positive; an anchor wanted by several boxes takes the one it overlaps most. Weight = centre-ness."""
-        iou = torch.stack([box_iou(anchors, gt[i]) for i in range(gt.shape[0])])  # (B, N, M)
+        iou = _anchor_iou(anchors, gt)
         px, py = centres[None, :, None, 0], centres[None, :, None, 1]  # (1, N, 1)
         x1, y1, x2, y2 = (gt[:, None, :, i] for i in range(4))  # (B, 1, M)
         dist = (px - (x1 + x2) / 2) ** 2 + (py - (y1 + y2) / 2) ** 2  # (B, N, M), squared: same order
@@ -294,9 +299,7 @@ class Detector(nn.Module):
 
     def _assign_retina(self, anchors, gt, valid):
         """IoU >= 0.5 positive, < 0.4 negative, in between ignored (weight -1); each box keeps its best anchor."""
-        b = gt.shape[0]
-        iou = torch.stack([box_iou(anchors, gt[i]) for i in range(b)])  # (B, N, M)
-        iou = iou.masked_fill(~valid[:, None, :], -1)
+        iou = _anchor_iou(anchors, gt).masked_fill(~valid[:, None, :], -1)
         best, match = iou.max(-1)
         weight = torch.ones_like(best)
         weight[(best >= 0.4) & (best < 0.5)] = -1

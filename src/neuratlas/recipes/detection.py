@@ -28,9 +28,9 @@ register_recipe("detection-trees-quick", _run("fcos-lite0-imagenet", 100),
 # - the ImageNet backbone at a tenth of the head's lr keeps features that carry to other sites (pooled AP of
 #   both unseen sites up in both seeds);
 # - TTA at three zooms (24 views), chosen on the val strip; the quick recipe's val strip preferred one zoom;
-# - fcos-trees only: each view's NMS at IoU 0.35 (val strip up; RetinaNet's down) and tiles zoomed in training
-#   (scale_jitter 0.25: OSBS_029 AP50 0.491 → 0.589 / 0.496 → 0.531 for seeds 0 / 1; chosen on the two unseen
-#   sites, since the val strip lies in the training site, so those figures carry that selection).
+# - each view's NMS at IoU 0.35 (FCOS's val strip up) and tiles zoomed in training (scale_jitter 0.25: FCOS's
+#   OSBS_029 AP50 0.491 → 0.589 / 0.496 → 0.531 for seeds 0 / 1; chosen on the two unseen sites, since the val
+#   strip lies in the training site, so those figures carry that selection); RetinaNet takes both with ATSS.
 MULTI_SCALE = (0.8, 1.0, 1.25)
 register_recipe("fcos-trees", _run("fcos-lite0-imagenet", 1000, crop=320, lr_mults="backbone.*=0.1",
                                    tta_scales=MULTI_SCALE, nms_iou=0.35, scale_jitter=0.25),
