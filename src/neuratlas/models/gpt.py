@@ -182,6 +182,61 @@ GPT2_BLOCK_NAMES = {
 }
 
 
+@dataclass(frozen=True)
+class KeyMap:
+    """One of our tensors and where it lives in a Hugging Face state dict: concatenated on dim 0 from
+    ``theirs`` (BERT's separate query/key/value into our fused QKV), transposed (GPT-2's Conv1D stores
+    (in, out)), and with only the first ``rows`` rows real (our vocabulary tables are padded).
+
+    A list of these is the whole correspondence, read one way to import and the other way to export.
+    """
+
+    ours: str
+    theirs: tuple[str, ...]
+    transpose: bool = False
+    rows: int | None = None
+
+
+def hf_to_ours(maps: list[KeyMap], sd: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -> dict:
+    """Our state dict from a Hugging Face one (``shapes``: our tensors' shapes, for the padded rows)."""
+    out = {}
+    for m in maps:
+        t = torch.cat([sd[k] for k in m.theirs]) if len(m.theirs) > 1 else sd[m.theirs[0]]
+        t = t.t() if m.transpose else t
+        if m.rows is not None and shapes[m.ours][0] != t.shape[0]:
+            padded = t.new_zeros(shapes[m.ours])
+            padded[: t.shape[0]] = t
+            t = padded
+        out[m.ours] = t
+    return out
+
+
+def ours_to_hf(maps: list[KeyMap], sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Hugging Face state dict from ours: the inverse of :func:`hf_to_ours` (fused tensors split evenly)."""
+    out = {}
+    for m in maps:
+        t = sd[m.ours]
+        t = t[: m.rows] if m.rows is not None else t
+        t = t.t() if m.transpose else t
+        for k, piece in zip(m.theirs, t.chunk(len(m.theirs))):
+            out[k] = piece.contiguous().clone()
+    return out
+
+
+def gpt2_key_map(cfg: GPTConfig) -> list[KeyMap]:
+    """Our GPT's tensors in a GPT-2 ``transformer.*`` state dict (the LM head is tied to ``wte``)."""
+    maps = [KeyMap("embed.tok.weight", ("wte.weight",), rows=cfg.vocab_size),
+            KeyMap("embed.pos.weight", ("wpe.weight",)),
+            KeyMap("transformer.norm.weight", ("ln_f.weight",)),
+            KeyMap("transformer.norm.bias", ("ln_f.bias",))]
+    for i in range(cfg.n_layer):
+        for src, dst in GPT2_BLOCK_NAMES.items():
+            maps.append(KeyMap(f"transformer.blocks.{i}.{dst}.weight", (f"h.{i}.{src}.weight",),
+                               transpose=not src.startswith("ln")))  # Conv1D is (in, out)
+            maps.append(KeyMap(f"transformer.blocks.{i}.{dst}.bias", (f"h.{i}.{src}.bias",)))
+    return maps
+
+
 def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
     """Build a Neuratlas GPT from a Hugging Face GPT-2 folder (config.json + weights)."""
     hf, sd = read_hf_state_dict(folder)
@@ -191,23 +246,12 @@ def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
     model = GPT(cfg)
     model.model_name, model.config = "gpt2-small", cfg
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-    v, pv = cfg.vocab_size, cfg.padded_vocab_size
-    wte = torch.zeros(pv, cfg.dim)
-    wte[:v] = sd["wte.weight"]
-    new = {
-        "embed.tok.weight": wte,
-        "embed.pos.weight": sd["wpe.weight"],
-        "transformer.norm.weight": sd["ln_f.weight"],
-        "transformer.norm.bias": sd["ln_f.bias"],
-    }
-    for i in range(cfg.n_layer):
-        for src, dst in GPT2_BLOCK_NAMES.items():
-            w, b = sd[f"h.{i}.{src}.weight"], sd[f"h.{i}.{src}.bias"]
-            new[f"transformer.blocks.{i}.{dst}.weight"] = (
-                w if src.startswith("ln") else w.t()
-            )  # Conv1D is (in, out)
-            new[f"transformer.blocks.{i}.{dst}.bias"] = b
-    new["head.weight"] = wte
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    try:
+        new = hf_to_ours(gpt2_key_map(cfg), sd, shapes)
+    except KeyError as e:
+        raise NeuratlasError(f"{folder}: GPT-2 weights do not map (missing {e})") from None
+    new["head.weight"] = new["embed.tok.weight"]
     missing, unexpected = model.load_state_dict(new, strict=False)
     if missing or unexpected:
         raise NeuratlasError(

@@ -290,7 +290,12 @@ class RNNClassifier(nn.Module):
             if lengths is None:
                 lengths = (x != 0).sum(1).clamp(min=1).cpu()
             x = self.embed(x)
-        out, _ = self.rnn(x, lengths)
+        if torch.compiler.is_exporting() and not self.cfg.bidirectional:
+            # a left-to-right RNN's output at step t never sees later (padding) steps, so the unpacked run read
+            # at each sequence's own steps equals the packed one, and packing (no ONNX op) stays out of the graph
+            out, _ = self.rnn(x)
+        else:
+            out, _ = self.rnn(x, lengths)
         if self.cfg.pooling == "last":
             summary = last_valid(out, lengths, self.cfg.bidirectional)
         else:
