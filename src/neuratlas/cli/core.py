@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from neuratlas.config import parse_overrides
 
@@ -32,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval, accepts_overrides=True)
 
     p = sub.add_parser("predict", help="run a checkpoint on inputs (image files, text, ...)",
-                       description="Run CHECKPOINT on INPUTs. Task-specific options are passed as "
+                       description="Run CHECKPOINT (a run, a .safetensors checkpoint or a folder written by "
+                       "save_pretrained) on INPUTs. Task-specific options are passed as "
                        "--key value (e.g. --invert true for white-background images).")
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="+")
@@ -127,14 +127,10 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
-    from neuratlas.tasks import TASKS
-    from neuratlas.training.checkpoint import read_checkpoint
+    from neuratlas.api import load_model, predict
 
-    ckpt = read_checkpoint(args.checkpoint)
     options = {k.lstrip("-"): v for k, v in _pairs(extra).items()}
-    task_cls = TASKS.get(ckpt.extra.get("task", ckpt.run_config["task"]["name"])).builder
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    for line in task_cls.predict(ckpt.build_model(), ckpt.extra, args.inputs, args.out, options):
+    for line in predict(load_model(args.checkpoint), args.inputs, args.out, **options):
         print(line)
     return 0
 

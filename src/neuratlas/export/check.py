@@ -34,9 +34,11 @@ class Check:
 
     def line(self) -> str:
         verdict = "ok" if self.ok else f"ABOVE the {TOLERANCE:g} tolerance"
-        return (f"{self.file}: max |{self.runtime} − eager| {self.max_abs_diff:.2e} ({verdict}) on {self.samples} "
-                f"samples; {self.runtime} runs at {self.speed_ratio:.2f}× eager's speed "
-                f"({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})")
+        line = f"{self.file}: max |{self.runtime} − eager| {self.max_abs_diff:.2e} ({verdict}) on {self.samples} samples"
+        if self.speed_ratio == self.speed_ratio:  # not NaN: timed
+            n = torch.get_num_threads()
+            line += f"; {self.runtime} runs at {self.speed_ratio:.2f}× eager's speed ({n} thread{'s' * (n > 1)})"
+        return line
 
 
 def flat(out: object) -> list[torch.Tensor]:

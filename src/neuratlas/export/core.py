@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,8 @@ def atomic_folder(out: Path, force: bool = False):
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         yield tmp
+        for f in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create owner-only entries
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -81,11 +84,13 @@ def _describe(part: Part) -> dict[str, Any]:
 
 
 def export_model(model: nn.Module, fmt: str, out: str | Path, example: Inputs | None = None, *,
-                 force: bool = False, timing: bool = True, example_source: str = "") -> ExportResult:
+                 force: bool = False, timing: bool = True, example_source: str = "",
+                 tokenizer: dict[str, Any] | None = None) -> ExportResult:
     """Write ``model`` to the folder ``out`` as ``onnx`` (one ``.onnx`` per part), ``pt2`` (one
     ``torch.export`` program per part) or ``hf`` (a Hugging Face folder: BERT and GPT-2 layouts), checked
     against the eager model on ``example`` (the arguments of ``model.forward``; default: the model's
-    ``dummy_input()``). A check above tolerance raises, and then nothing is written."""
+    ``dummy_input()``). A check above tolerance raises, and then nothing is written. ``tokenizer`` (a
+    Neuratlas tokenizer's ``to_dict()``) goes into Hugging Face folders as ``tokenizer.json``."""
     check_format(fmt)
     model.eval()
     result = ExportResult(Path(out), fmt, [], example=example_source or "the model's example input")
@@ -93,7 +98,7 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, example: Inputs | 
         if fmt == "hf":
             from neuratlas.export import hf
 
-            result.checks = hf.save(model, tmp)
+            result.checks = hf.save(model, tmp, tokenizer)
         else:
             result.checks = write_parts(model, (fmt,), tmp, example, timing=timing)
         result.files = sorted(p.name for p in tmp.iterdir())
@@ -199,4 +204,5 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, *, forc
         except NeuratlasError as e:
             source = f"the model's example input (the run's validation data is unavailable: {e})"
     out = Path(out) if out else default_out(run, fmt)
-    return export_model(model, fmt, out, example, force=force, example_source=source)
+    return export_model(model, fmt, out, example, force=force, example_source=source,
+                        tokenizer=ckpt.extra.get("tokenizer"))
