@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,18 +58,23 @@ FAMILIES = {
     "mobilenet": ("mobilenet-v2-small", {"width_mult": 0.25}, None),
     "efficientnet": ("efficientnet-b0-small", {"width_mult": 0.25, "depth_mult": 0.25}, None),
     "vit": ("vit-fashion-p7", {"n_layer": 1, "dim": 32}, None),
-    "bert-classifier": ("bert-mini", {"n_layer": 1, "dim": 32, "n_head": 2, "num_classes": 3},
-                        lambda m: padded_tokens(m.cfg.vocab_size)),
+    "bert-classifier": (
+        "bert-mini",
+        {"n_layer": 1, "dim": 32, "n_head": 2, "num_classes": 3},
+        lambda m: padded_tokens(m.cfg.vocab_size),
+    ),
     "bert-mlm": ("bert-mini", {"n_layer": 1, "dim": 32, "n_head": 2}, lambda m: padded_tokens(m.cfg.vocab_size)),
     "gpt": ("gpt-char-baby", {"n_layer": 2, "dim": 32, "n_head": 2}, None),
     "gpt-modern": ("transformer-modern", {"n_layer": 1, "dim": 48}, None),  # RoPE, GQA, SwiGLU, RMSNorm
     "lstm-forecaster": ("lstm-forecaster", {"dim": 16}, None),
     "gru-forecaster": ("gru-forecaster", {"dim": 16}, None),
-    "lstm-classifier": ("lstm-classifier", {"dim": 16, "vocab_size": 30},
-                        lambda m: (padded_tokens(30, t=12)[0],)),
+    "lstm-classifier": ("lstm-classifier", {"dim": 16, "vocab_size": 30}, lambda m: (padded_tokens(30, t=12)[0],)),
     "gru-classifier": ("gru-classifier", {"dim": 16, "in_features": 3}, None),
-    "unet": ("unet-resnet18-slim", {"encoder_args": {"width": 8}, "decoder_dim": 16, "stem_dim": 8,
-                                    "img_size": 32}, None),
+    "unet": (
+        "unet-resnet18-slim",
+        {"encoder_args": {"width": 8}, "decoder_dim": 16, "stem_dim": 8, "img_size": 32},
+        None,
+    ),
     "fcos": ("fcos-resnet18-slim", {"backbone_args": {"width": 8}, "fpn_dim": 16, "img_size": 64}, None),
     "retina": ("retina-resnet18-slim", {"backbone_args": {"width": 8}, "fpn_dim": 16, "img_size": 64}, None),
     "gcn": ("gcn", {"in_features": 8, "num_classes": 3}, lambda m: graph_example()),
@@ -161,11 +164,18 @@ def test_graph_level_gnn_is_refused_in_one_line(tmp_path):
 # --- Hugging Face folders ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, overrides, auto", [
-    ("bert-mini", {"n_layer": 2, "dim": 32, "n_head": 2}, "AutoModelForMaskedLM"),
-    ("bert-mini", {"n_layer": 2, "dim": 32, "n_head": 2, "num_classes": 3}, "AutoModelForSequenceClassification"),
-    ("gpt-mini", {"n_layer": 2, "dim": 32, "n_head": 2, "ffn": "gelu_tanh", "vocab_size": 300}, "AutoModelForCausalLM"),
-])
+@pytest.mark.parametrize(
+    "name, overrides, auto",
+    [
+        ("bert-mini", {"n_layer": 2, "dim": 32, "n_head": 2}, "AutoModelForMaskedLM"),
+        ("bert-mini", {"n_layer": 2, "dim": 32, "n_head": 2, "num_classes": 3}, "AutoModelForSequenceClassification"),
+        (
+            "gpt-mini",
+            {"n_layer": 2, "dim": 32, "n_head": 2, "ffn": "gelu_tanh", "vocab_size": 300},
+            "AutoModelForCausalLM",
+        ),
+    ],
+)
 def test_hf_folder_loads_in_transformers_with_equal_outputs(name, overrides, auto, tmp_path):
     transformers = pytest.importorskip("transformers")
     model = create_model(name, **overrides).eval()
@@ -225,11 +235,18 @@ def test_hf_refuses_what_transformers_cannot_hold(tmp_path):
 # Overrides that shrink the big layouts; models not listed build at their registered size.
 SMALL = {
     **{n: {"n_layer": 1, "dim": 64, "n_head": 2} for n in ("bert-base", "gpt2-small", "gpt-mini", "gpt-char")},
-    "resnet34": {"width": 8}, "resnet18": {"width": 8},
-    "transformer-2017-base": {"n_layer": 1, "vocab_size": 500, "src_vocab_size": 500}, "vit-b16": {"n_layer": 1},
-    "vit-s16": {"n_layer": 1}, "vit-ti16": {"n_layer": 1}, "resnet152": {"width": 8},
-    "resnet101": {"width": 8}, "resnet50": {"width": 8},
-    "plain110-cifar": {"depth": 8}, "resnet110-cifar": {"depth": 8}, "plain56-cifar": {"depth": 8},
+    "resnet34": {"width": 8},
+    "resnet18": {"width": 8},
+    "transformer-2017-base": {"n_layer": 1, "vocab_size": 500, "src_vocab_size": 500},
+    "vit-b16": {"n_layer": 1},
+    "vit-s16": {"n_layer": 1},
+    "vit-ti16": {"n_layer": 1},
+    "resnet152": {"width": 8},
+    "resnet101": {"width": 8},
+    "resnet50": {"width": 8},
+    "plain110-cifar": {"depth": 8},
+    "resnet110-cifar": {"depth": 8},
+    "plain56-cifar": {"depth": 8},
     "resnet56-cifar": {"depth": 8},
     **{f"efficientnet-b{i}": {"depth_mult": 0.25, "width_mult": 0.25} for i in range(1, 8)},
 }
@@ -263,8 +280,9 @@ def test_load_model_takes_runs_names_and_rejects_the_rest(tmp_path):
     assert neuratlas.load_model("mlp-tiny").model_name == "mlp-tiny"
     with pytest.raises(NeuratlasError, match="neither"):
         neuratlas.load_model("no-such-model")
-    (tmp_path / "config.json").write_text(json.dumps({"format": "neuratlas-pretrained", "model_name": "mlp-tiny",
-                                                      "model_config": {}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"format": "neuratlas-pretrained", "model_name": "mlp-tiny", "model_config": {}})
+    )
     with pytest.raises(NeuratlasError, match="holds no model.safetensors"):
         neuratlas.load_model(tmp_path)
 
@@ -279,42 +297,46 @@ def digits_run(tmp_path_factory):
     from neuratlas.training.trainer import Trainer
 
     out = tmp_path_factory.mktemp("runs")
-    run = get_recipe("mlp-digits").run_config({"trainer.epochs": 1, "trainer.out_dir": str(out),
-                                               "trainer.progress": False, "trainer.tensorboard": False})
+    run = get_recipe("mlp-digits").run_config(
+        {"trainer.epochs": 1, "trainer.out_dir": str(out), "trainer.progress": False, "trainer.tensorboard": False}
+    )
     trainer = Trainer(run)
     trainer.fit()
     return trainer.run_dir
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "neuratlas", *args], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-                          timeout=300)
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    from neuratlas.cli import main
+
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
-def test_cli_export_checks_on_the_validation_batch_and_refuses_bad_input(digits_run, tmp_path):
-    r = cli("export", str(digits_run), "--format", "onnx", "--out", str(tmp_path / "onnx"))
-    assert r.returncode == 0, r.stderr
-    assert "validation batch" in r.stdout and re.search(r"max \|onnxruntime − eager\| \S+ \(ok\) on 180", r.stdout)
-    assert "× eager's speed" in r.stdout
-    again = cli("export", str(digits_run), "--format", "onnx", "--out", str(tmp_path / "onnx"))
-    assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
-    assert cli("export", str(digits_run), "--format", "onnx", "--out", str(tmp_path / "onnx"),
-               "--force").returncode == 0
-    bad = cli("export", str(digits_run), "--format", "tflite")
-    assert bad.returncode == 2 and "unsupported export format 'tflite'" in bad.stderr
+def test_cli_export_checks_on_the_validation_batch_and_refuses_bad_input(digits_run, tmp_path, capsys):
+    out = str(tmp_path / "onnx")
+    rc, stdout, stderr = cli(capsys, "export", str(digits_run), "--format", "onnx", "--out", out)
+    assert rc == 0, stderr
+    assert "validation batch" in stdout and re.search(r"max \|onnxruntime − eager\| \S+ \(ok\) on 180", stdout)
+    assert "× eager's speed" in stdout
+    errors = [cli(capsys, "export", str(digits_run), "--format", "onnx", "--out", out)]
+    assert errors[-1][0] == 2 and "already exists" in errors[-1][2] and "--force" in errors[-1][2]
+    assert cli(capsys, "export", str(digits_run), "--format", "pt2", "--out", out, "--force")[0] == 0
+    assert {p.name for p in Path(out).iterdir()} == {"model.pt2", "export.json"}  # replaced whole
+    errors.append(cli(capsys, "export", str(digits_run), "--format", "tflite"))
+    assert errors[-1][0] == 2 and "unsupported export format 'tflite'" in errors[-1][2]
     empty = tmp_path / "empty-run"
     empty.mkdir()
-    missing = cli("export", str(empty), "--format", "pt2")
-    assert missing.returncode == 2 and "holds no checkpoint" in missing.stderr
+    errors.append(cli(capsys, "export", str(empty), "--format", "pt2"))
+    assert errors[-1][0] == 2 and "holds no checkpoint" in errors[-1][2]
     foreign = tmp_path / "foreign.safetensors"
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(foreign))
-    r = cli("export", str(foreign), "--format", "onnx", "--out", str(tmp_path / "f"))
-    assert r.returncode == 2 and "not a Neuratlas checkpoint" in r.stderr
-    for r in (again, bad, missing):
-        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    errors.append(cli(capsys, "export", str(foreign), "--format", "onnx", "--out", str(tmp_path / "f")))
+    assert errors[-1][0] == 2 and "not a Neuratlas checkpoint" in errors[-1][2]
+    for _, _, stderr in errors:
+        assert stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "f").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
 

@@ -1,6 +1,6 @@
-"""The Python entry points a user starts from: :func:`load_model` (a saved folder, a run, a checkpoint, a
-Hugging Face folder or a registered name) and :func:`predict` (the task's own prediction on what the user
-has: image files or arrays, strings, a CSV, ...).
+"""The Python entry points a user starts from: :func:`train` (a recipe, with overrides), :func:`load_model`
+(a saved folder, a run, a checkpoint, a Hugging Face folder or a registered name) and :func:`predict` (the
+task's own prediction on what the user has: image files or arrays, strings, a CSV, ...).
 
 ```python
 import neuratlas
@@ -22,6 +22,20 @@ import torch
 from torch import nn
 
 from neuratlas.errors import NeuratlasError
+
+
+def train(recipe: str, overrides: dict[str, Any] | None = None) -> Path:
+    """Train a named recipe (``neuratlas list --kind recipes``) as ``neuratlas train`` does and return the run
+    folder; ``overrides`` are ``{"section.key": value}`` (e.g. ``{"trainer.epochs": 5}``)."""
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    r = get_recipe(recipe)
+    if r.runner is not None:
+        raise NeuratlasError(
+            f"{recipe} is not a single training run (it has its own runner); use `neuratlas train {recipe}`"
+        )
+    return Trainer(r.run_config({k: v for k, v in (overrides or {}).items()})).fit().run_dir
 
 
 def load_model(source: str | Path) -> nn.Module:
@@ -56,8 +70,10 @@ def load_model(source: str | Path) -> nn.Module:
 
     if str(source) in MODELS:
         return create_model(str(source)).eval()
-    raise NeuratlasError(f"{source} is neither a saved model folder, a run, a checkpoint, a Hugging Face folder "
-                         "nor a registered model name (`neuratlas list --kind models`)")
+    raise NeuratlasError(
+        f"{source} is neither a saved model folder, a run, a checkpoint, a Hugging Face folder "
+        "nor a registered model name (`neuratlas list --kind models`)"
+    )
 
 
 def _load_hf(folder: Path) -> nn.Module:
@@ -96,8 +112,10 @@ def predict(model: nn.Module, inputs: Any, out_dir: str | Path = "predictions", 
 
     task = getattr(model, "neuratlas_task", None)
     if not task:
-        raise NeuratlasError("this model has no task (it was built by name, not trained): load a run or a saved "
-                             "folder with neuratlas.load_model to predict")
+        raise NeuratlasError(
+            "this model has no task (it was built by name, not trained): load a run or a saved "
+            "folder with neuratlas.load_model to predict"
+        )
     items = list(inputs) if isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)) else [inputs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

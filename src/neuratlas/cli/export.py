@@ -7,11 +7,14 @@ import platform
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a run's model (onnx, pt2, hf), checked against eager PyTorch",
-                       description="Export RUN (a run folder or a .safetensors checkpoint) to --out (default: "
-                       "RUN/export/FORMAT). onnx and pt2 files are run in onnxruntime / torch.export.load on the "
-                       "run's validation batch and compared with eager PyTorch (max abs difference, speed ratio); "
-                       "hf folders are loaded with transformers' AutoModel classes and compared.")
+    p = sub.add_parser(
+        "export",
+        help="export a run's model (onnx, pt2, hf), checked against eager PyTorch",
+        description="Export RUN (a run folder or a .safetensors checkpoint) to --out (default: "
+        "RUN/export/FORMAT). onnx and pt2 files are run in onnxruntime / torch.export.load on the "
+        "run's validation batch and compared with eager PyTorch (max abs difference, speed ratio); "
+        "hf folders are loaded with transformers' AutoModel classes and compared.",
+    )
     p.add_argument("run", help="a run folder or a .safetensors checkpoint")
     p.add_argument("--format", required=True, help="onnx | pt2 | hf")
     p.add_argument("--out", help="output folder (must not exist unless --force)")

@@ -34,7 +34,9 @@ class Check:
 
     def line(self) -> str:
         verdict = "ok" if self.ok else f"ABOVE the {TOLERANCE:g} tolerance"
-        line = f"{self.file}: max |{self.runtime} − eager| {self.max_abs_diff:.2e} ({verdict}) on {self.samples} samples"
+        line = (
+            f"{self.file}: max |{self.runtime} − eager| {self.max_abs_diff:.2e} ({verdict}) on {self.samples} samples"
+        )
         if self.speed_ratio == self.speed_ratio:  # not NaN: timed
             n = torch.get_num_threads()
             line += f"; {self.runtime} runs at {self.speed_ratio:.2f}× eager's speed ({n} thread{'s' * (n > 1)})"
@@ -93,8 +95,9 @@ def seconds_per_call(fn: Callable[[], object], budget: float = 0.5) -> float:
     return statistics.median(times)
 
 
-def check(part: Part, file: str, runtime: str, run: Callable[[Inputs], list[torch.Tensor]],
-          timing: bool = True) -> Check:
+def check(
+    part: Part, file: str, runtime: str, run: Callable[[Inputs], list[torch.Tensor]], timing: bool = True
+) -> Check:
     """Compare ``run`` (the exported graph) with the eager part on its inputs and a batch one smaller; with
     ``timing``, also measure its speed against eager's on the full inputs."""
     diff = max_diff(run(part.inputs), eager(part, part.inputs))

@@ -78,14 +78,27 @@ def _describe(part: Part) -> dict[str, Any]:
     def shape(t: torch.Tensor, axes: dict[int, str]) -> list[Any]:
         return [axes.get(i, n) for i, n in enumerate(t.shape)]
 
-    return {"inputs": [{"name": n, "shape": shape(t, a), "dtype": str(t.dtype).removeprefix("torch.")}
-                       for n, t, a in zip(part.input_names, part.inputs, part.dynamic)],
-            "outputs": part.output_names, "notes": part.notes}
+    return {
+        "inputs": [
+            {"name": n, "shape": shape(t, a), "dtype": str(t.dtype).removeprefix("torch.")}
+            for n, t, a in zip(part.input_names, part.inputs, part.dynamic)
+        ],
+        "outputs": part.output_names,
+        "notes": part.notes,
+    }
 
 
-def export_model(model: nn.Module, fmt: str, out: str | Path, example: Inputs | None = None, *,
-                 force: bool = False, timing: bool = True, example_source: str = "",
-                 tokenizer: dict[str, Any] | None = None) -> ExportResult:
+def export_model(
+    model: nn.Module,
+    fmt: str,
+    out: str | Path,
+    example: Inputs | None = None,
+    *,
+    force: bool = False,
+    timing: bool = True,
+    example_source: str = "",
+    tokenizer: dict[str, Any] | None = None,
+) -> ExportResult:
     """Write ``model`` to the folder ``out`` as ``onnx`` (one ``.onnx`` per part), ``pt2`` (one
     ``torch.export`` program per part) or ``hf`` (a Hugging Face folder: BERT and GPT-2 layouts), checked
     against the eager model on ``example`` (the arguments of ``model.forward``; default: the model's
@@ -105,8 +118,9 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, example: Inputs | 
     return result
 
 
-def write_parts(model: nn.Module, formats: tuple[str, ...], folder: Path, example: Inputs | None = None,
-                timing: bool = True) -> list[Check]:
+def write_parts(
+    model: nn.Module, formats: tuple[str, ...], folder: Path, example: Inputs | None = None, timing: bool = True
+) -> list[Check]:
     """Trace each part of ``model`` once, write it in every format of ``formats`` (onnx, pt2) into
     ``folder`` with an ``export.json`` manifest, and check every file; raises when a check fails."""
     from neuratlas.export.trace import export_program
@@ -204,5 +218,6 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, *, forc
         except NeuratlasError as e:
             source = f"the model's example input (the run's validation data is unavailable: {e})"
     out = Path(out) if out else default_out(run, fmt)
-    return export_model(model, fmt, out, example, force=force, example_source=source,
-                        tokenizer=ckpt.extra.get("tokenizer"))
+    return export_model(
+        model, fmt, out, example, force=force, example_source=source, tokenizer=ckpt.extra.get("tokenizer")
+    )

@@ -35,32 +35,58 @@ def bert_folder(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tenso
     from neuratlas.models.gpt import ours_to_hf
 
     cfg, name = model.cfg, getattr(model, "model_name", "BERT")
-    _require(cfg.norm == "post_layernorm" and cfg.positions == "learned" and cfg.embed_norm and cfg.bias
-             and cfg.n_kv_head == cfg.n_head and cfg.ffn in _BERT_ACT and cfg.type_vocab_size > 0,
-             name, "transformers' BERT needs post-LayerNorm, learned positions, segment embeddings, biases and "
-             f"multi-head attention (this model: {cfg.norm}, {cfg.positions}, ffn {cfg.ffn})")
+    _require(
+        cfg.norm == "post_layernorm"
+        and cfg.positions == "learned"
+        and cfg.embed_norm
+        and cfg.bias
+        and cfg.n_kv_head == cfg.n_head
+        and cfg.ffn in _BERT_ACT
+        and cfg.type_vocab_size > 0,
+        name,
+        "transformers' BERT needs post-LayerNorm, learned positions, segment embeddings, biases and "
+        f"multi-head attention (this model: {cfg.norm}, {cfg.positions}, ffn {cfg.ffn})",
+    )
     encoder_only = cfg.pooling == "mean" and not cfg.num_classes  # a sentence encoder (MiniLM)
     mlm = not cfg.num_classes and not encoder_only
     classifier = bool(cfg.num_classes) and model.pooler is not None
-    _require(not cfg.num_classes or classifier, name, "a classifier on mean-pooled tokens has no transformers "
-             "class; export it as onnx or pt2")
-    _require(not mlm or cfg.tie_embeddings, name, "transformers' BertForMaskedLM ties the decoder to the "
-             "word embeddings")
-    arch, auto = (("BertModel", "AutoModel") if encoder_only else
-                  ("BertForMaskedLM", "AutoModelForMaskedLM") if mlm else
-                  ("BertForSequenceClassification", "AutoModelForSequenceClassification"))
+    _require(
+        not cfg.num_classes or classifier,
+        name,
+        "a classifier on mean-pooled tokens has no transformers class; export it as onnx or pt2",
+    )
+    _require(
+        not mlm or cfg.tie_embeddings, name, "transformers' BertForMaskedLM ties the decoder to the word embeddings"
+    )
+    arch, auto = (
+        ("BertModel", "AutoModel")
+        if encoder_only
+        else ("BertForMaskedLM", "AutoModelForMaskedLM")
+        if mlm
+        else ("BertForSequenceClassification", "AutoModelForSequenceClassification")
+    )
     maps = bert_key_map(cfg, pooler=model.pooler is not None and not mlm, mlm=mlm, classifier=classifier)
     sd = ours_to_hf(maps, model.state_dict())
     if not encoder_only:  # the task models keep the encoder under bert.*
         sd = {(k if k.startswith(("cls.", "classifier.")) else f"bert.{k}"): v for k, v in sd.items()}
     config = {
-        "architectures": [arch], "model_type": "bert", "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim,
-        "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head, "intermediate_size": cfg.ffn_dim,
-        "hidden_act": _BERT_ACT[cfg.ffn], "hidden_dropout_prob": cfg.dropout,
+        "architectures": [arch],
+        "model_type": "bert",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.dim,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "intermediate_size": cfg.ffn_dim,
+        "hidden_act": _BERT_ACT[cfg.ffn],
+        "hidden_dropout_prob": cfg.dropout,
         "attention_probs_dropout_prob": cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout,
-        "max_position_embeddings": cfg.max_seq_len, "type_vocab_size": cfg.type_vocab_size,
-        "layer_norm_eps": cfg.norm_eps, "initializer_range": cfg.init_std, "pad_token_id": 0,
-        "position_embedding_type": "absolute", "tie_word_embeddings": True,
+        "max_position_embeddings": cfg.max_seq_len,
+        "type_vocab_size": cfg.type_vocab_size,
+        "layer_norm_eps": cfg.norm_eps,
+        "initializer_range": cfg.init_std,
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
     }
     if classifier:
         config["num_labels"] = cfg.num_classes
@@ -72,20 +98,40 @@ def gpt2_folder(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tenso
     from neuratlas.models.gpt import gpt2_key_map, ours_to_hf
 
     cfg, name = model.cfg, getattr(model, "model_name", "GPT")
-    _require(cfg.norm == "pre_layernorm" and cfg.positions == "learned" and cfg.ffn in ("gelu", "gelu_tanh")
-             and cfg.bias and cfg.tie_embeddings and cfg.n_kv_head == cfg.n_head and not cfg.embed_norm
-             and not cfg.scale_embeddings and not cfg.type_vocab_size, name,
-             "transformers' GPT-2 needs pre-LayerNorm, learned positions, GELU, biases, tied embeddings and "
-             f"multi-head attention (this model: {cfg.norm}, {cfg.positions}, ffn {cfg.ffn}, "
-             f"{cfg.n_kv_head}/{cfg.n_head} KV heads, bias {cfg.bias})")
+    _require(
+        cfg.norm == "pre_layernorm"
+        and cfg.positions == "learned"
+        and cfg.ffn in ("gelu", "gelu_tanh")
+        and cfg.bias
+        and cfg.tie_embeddings
+        and cfg.n_kv_head == cfg.n_head
+        and not cfg.embed_norm
+        and not cfg.scale_embeddings
+        and not cfg.type_vocab_size,
+        name,
+        "transformers' GPT-2 needs pre-LayerNorm, learned positions, GELU, biases, tied embeddings and "
+        f"multi-head attention (this model: {cfg.norm}, {cfg.positions}, ffn {cfg.ffn}, "
+        f"{cfg.n_kv_head}/{cfg.n_head} KV heads, bias {cfg.bias})",
+    )
     sd = {f"transformer.{k}": v for k, v in ours_to_hf(gpt2_key_map(cfg), model.state_dict()).items()}
     config = {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.max_seq_len, "n_embd": cfg.dim, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
-        "n_inner": cfg.ffn_dim, "activation_function": "gelu_new" if cfg.ffn == "gelu_tanh" else "gelu",
-        "layer_norm_epsilon": cfg.norm_eps, "initializer_range": cfg.init_std, "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout,
-        "tie_word_embeddings": True, "bos_token_id": cfg.vocab_size - 1, "eos_token_id": cfg.vocab_size - 1,
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.max_seq_len,
+        "n_embd": cfg.dim,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": cfg.ffn_dim,
+        "activation_function": "gelu_new" if cfg.ffn == "gelu_tanh" else "gelu",
+        "layer_norm_epsilon": cfg.norm_eps,
+        "initializer_range": cfg.init_std,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout,
+        "tie_word_embeddings": True,
+        "bos_token_id": cfg.vocab_size - 1,
+        "eos_token_id": cfg.vocab_size - 1,
     }
     return config, sd, "AutoModelForCausalLM"
 
@@ -107,8 +153,7 @@ def write_tokenizer(folder: Path, tokenizer: dict[str, Any] | None, source: Path
     return written
 
 
-def save(model: nn.Module, folder: Path, tokenizer: dict[str, Any] | None = None, verify: bool = True
-         ) -> list[Check]:
+def save(model: nn.Module, folder: Path, tokenizer: dict[str, Any] | None = None, verify: bool = True) -> list[Check]:
     """Write ``model`` as a Hugging Face folder and check it with transformers (when installed)."""
     from neuratlas.models.bert import BERT, resolve_pretrained
     from neuratlas.models.gpt import GPT
@@ -121,8 +166,10 @@ def save(model: nn.Module, folder: Path, tokenizer: dict[str, Any] | None = None
         config, sd, auto = gpt2_folder(model)
         source = None
     else:
-        raise NeuratlasError(f"{name} ({type(model).__name__}) has no Hugging Face layout; the hf format covers "
-                             "BERT/MiniLM and GPT-2-style GPTs (use onnx or pt2)")
+        raise NeuratlasError(
+            f"{name} ({type(model).__name__}) has no Hugging Face layout; the hf format covers "
+            "BERT/MiniLM and GPT-2-style GPTs (use onnx or pt2)"
+        )
     config["neuratlas"] = {"model_name": name}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -161,5 +208,6 @@ def check_transformers(model: nn.Module, folder: Path, auto: str) -> Check:
                 ours, out = ours[mask.bool()], out[mask.bool()]
         else:
             ours, out = model(ids), theirs(input_ids=ids).logits
-    return Check("model", "model.safetensors", max_diff([ours], [out]), float("nan"), f"transformers {auto}",
-                 ids.shape[0])
+    return Check(
+        "model", "model.safetensors", max_diff([ours], [out]), float("nan"), f"transformers {auto}", ids.shape[0]
+    )

@@ -23,8 +23,9 @@ def _need():
         import onnxruntime
         import onnxscript  # noqa: F401
     except ImportError as e:
-        raise NeuratlasError(f"ONNX export needs the export extra ({e.name} is missing): pip install "
-                             "'neuratlas[export]'") from None
+        raise NeuratlasError(
+            f"ONNX export needs the export extra ({e.name} is missing): pip install 'neuratlas[export]'"
+        ) from None
     return onnxruntime
 
 
@@ -35,8 +36,15 @@ def save(program: torch.export.ExportedProgram, part: Part, path: Path, model_na
     try:  # the exporter reports its steps on stdout and warns about optional ops (torchvision): keep quiet
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            onnx_program = torch.onnx.export(program, (), dynamo=True, input_names=part.input_names,
-                                             output_names=part.output_names, verbose=False, optimize=True)
+            onnx_program = torch.onnx.export(
+                program,
+                (),
+                dynamo=True,
+                input_names=part.input_names,
+                output_names=part.output_names,
+                verbose=False,
+                optimize=True,
+            )
             onnx_program.save(str(path))
     except Exception as e:
         raise NeuratlasError(f"{model_name} ({part.name}) cannot be converted to ONNX: {why(e)}") from None

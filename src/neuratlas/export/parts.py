@@ -83,30 +83,79 @@ def parts(model: nn.Module, example: Inputs | None = None) -> list[Part]:
         return _gpt_parts(model, example[0])
     if isinstance(model, CLIP):
         images, ids = example[0], example[1]
-        return [Part("image_encoder", _Call(model, lambda m, x: m.encode_image(x)), (images,), ["images"],
-                     ["image_embeds"], [BATCH], ["L2-normalised; logits = exp(logit_scale) · image · textᵀ"]),
-                Part("text_encoder", _Call(model, lambda m, i: m.encode_text(i)), (ids,), ["input_ids"],
-                     ["text_embeds"], [TOKENS], [f"captions padded with token {model.cfg.pad_id}"])]
+        return [
+            Part(
+                "image_encoder",
+                _Call(model, lambda m, x: m.encode_image(x)),
+                (images,),
+                ["images"],
+                ["image_embeds"],
+                [BATCH],
+                ["L2-normalised; logits = exp(logit_scale) · image · textᵀ"],
+            ),
+            Part(
+                "text_encoder",
+                _Call(model, lambda m, i: m.encode_text(i)),
+                (ids,),
+                ["input_ids"],
+                ["text_embeds"],
+                [TOKENS],
+                [f"captions padded with token {model.cfg.pad_id}"],
+            ),
+        ]
     if isinstance(model, BERT):
         ids = example[0]
         mask = example[1] if len(example) > 1 and example[1] is not None else torch.ones_like(ids)
         out = "logits" if model.cfg.num_classes else "mlm_logits"
-        return [Part("model", _Call(model, lambda m, i, a: m(i, a)), (ids, mask.to(ids.dtype)),
-                     ["input_ids", "attention_mask"], [out], [TOKENS, TOKENS])]
+        return [
+            Part(
+                "model",
+                _Call(model, lambda m, i, a: m(i, a)),
+                (ids, mask.to(ids.dtype)),
+                ["input_ids", "attention_mask"],
+                [out],
+                [TOKENS, TOKENS],
+            )
+        ]
     if isinstance(model, Detector):
-        note = ("scores = sqrt(sigmoid(class logit) · sigmoid(centre-ness))" if model.ctr_out is not None
-                else "scores = sigmoid(class logit)")
-        return [Part("model", _Call(model, _detector_outputs), example[:1], ["images"], ["boxes", "scores"],
-                     [BATCH], [f"boxes (B, N, 4) xyxy pixels and {note} (B, N, K) for every location, before "
-                               f"non-maximum suppression: keep scores > 0.05, the top 1000, then class-wise "
-                               f"NMS at IoU {0.5} (torchvision.ops.batched_nms or ONNX NonMaxSuppression)"])]
+        note = (
+            "scores = sqrt(sigmoid(class logit) · sigmoid(centre-ness))"
+            if model.ctr_out is not None
+            else "scores = sigmoid(class logit)"
+        )
+        return [
+            Part(
+                "model",
+                _Call(model, _detector_outputs),
+                example[:1],
+                ["images"],
+                ["boxes", "scores"],
+                [BATCH],
+                [
+                    f"boxes (B, N, 4) xyxy pixels and {note} (B, N, K) for every location, before "
+                    f"non-maximum suppression: keep scores > 0.05, the top 1000, then class-wise "
+                    f"NMS at IoU {0.5} (torchvision.ops.batched_nms or ONNX NonMaxSuppression)"
+                ],
+            )
+        ]
     if isinstance(model, GNN):
         if model.head is not None:
-            raise NeuratlasError(f"{name}: a graph-level GNN pools per graph with a data-dependent graph count "
-                                 "(scatter over batch.max() + 1 graphs); only node-level GNNs export")
+            raise NeuratlasError(
+                f"{name}: a graph-level GNN pools per graph with a data-dependent graph count "
+                "(scatter over batch.max() + 1 graphs); only node-level GNNs export"
+            )
         x, graph = example[0], example[1]
-        return [Part("model", _Call(model, _gnn_forward), (x, graph.edge_index), ["x", "edge_index"], ["logits"],
-                     [{0: "nodes"}, {1: "edges"}], ["edge_index (2, E) int64: messages flow row 0 -> row 1"])]
+        return [
+            Part(
+                "model",
+                _Call(model, _gnn_forward),
+                (x, graph.edge_index),
+                ["x", "edge_index"],
+                ["logits"],
+                [{0: "nodes"}, {1: "edges"}],
+                ["edge_index (2, E) int64: messages flow row 0 -> row 1"],
+            )
+        ]
     if isinstance(model, (RNNClassifier, RNNForecaster, RNNLanguageModel)):
         # torch.export (2.13) specialises aten.lstm/gru/rnn to the traced number of steps, so the length is
         # fixed (as a forecaster's lookback is); a classifier pads shorter sequences with token 0 at the end
@@ -118,8 +167,9 @@ def parts(model: nn.Module, example: Inputs | None = None) -> list[Part]:
     if isinstance(model, UNet):
         return [Part("model", model, example[:1], ["images"], ["logits"], [BATCH])]
     if not all(isinstance(t, torch.Tensor) for t in example):
-        raise NeuratlasError(f"{name}: its forward takes {', '.join(type(t).__name__ for t in example)}; only "
-                             "tensor inputs export")
+        raise NeuratlasError(
+            f"{name}: its forward takes {', '.join(type(t).__name__ for t in example)}; only tensor inputs export"
+        )
     names = ["inputs"] if len(example) == 1 else [f"input_{i}" for i in range(len(example))]
     return [Part("model", model, example, names, ["outputs"], [BATCH] * len(example))]
 
@@ -161,8 +211,9 @@ class _PastCache:
         pass
 
 
-def _gpt_step(model: nn.Module, ids: torch.Tensor, past_k: torch.Tensor | None = None,
-              past_v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gpt_step(
+    model: nn.Module, ids: torch.Tensor, past_k: torch.Tensor | None = None, past_v: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cache = _PastCache(past_k, past_v)
     logits = model(ids, cache=cache)
     return logits, torch.stack(cache.keys), torch.stack(cache.values)
@@ -176,10 +227,23 @@ def _gpt_parts(model: nn.Module, ids: torch.Tensor) -> list[Part]:
         _, past_k, past_v = _gpt_step(model, prompt)
     past_axes = {1: "batch", 3: "past_sequence"}
     layout = "(n_layer, batch, n_kv_head, sequence, head_dim)"
-    return [Part("model", _Call(model, _gpt_step), (ids,), ["input_ids"], ["logits", "present_keys",
-                 "present_values"], [TOKENS], [f"present keys/values {layout} feed decoder_with_past"]),
-            Part("decoder_with_past", _Call(model, _gpt_step), (nxt, past_k, past_v),
-                 ["input_ids", "past_keys", "past_values"], ["logits", "present_keys", "present_values"],
-                 [BATCH, past_axes, past_axes],
-                 [f"past keys/values {layout}; positions continue after the past; total ≤ "
-                  f"{model.cfg.max_seq_len} tokens"])]
+    return [
+        Part(
+            "model",
+            _Call(model, _gpt_step),
+            (ids,),
+            ["input_ids"],
+            ["logits", "present_keys", "present_values"],
+            [TOKENS],
+            [f"present keys/values {layout} feed decoder_with_past"],
+        ),
+        Part(
+            "decoder_with_past",
+            _Call(model, _gpt_step),
+            (nxt, past_k, past_v),
+            ["input_ids", "past_keys", "past_values"],
+            ["logits", "present_keys", "present_values"],
+            [BATCH, past_axes, past_axes],
+            [f"past keys/values {layout}; positions continue after the past; total ≤ {model.cfg.max_seq_len} tokens"],
+        ),
+    ]

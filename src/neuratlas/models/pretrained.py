@@ -27,8 +27,14 @@ FORMAT = "neuratlas-pretrained"
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 
 
-def save_pretrained(model: nn.Module, folder: str | Path, *, extra: dict[str, Any] | None = None,
-                    task: str | None = None, overwrite: bool = True) -> Path:
+def save_pretrained(
+    model: nn.Module,
+    folder: str | Path,
+    *,
+    extra: dict[str, Any] | None = None,
+    task: str | None = None,
+    overwrite: bool = True,
+) -> Path:
     """Write ``model`` to ``folder`` (config.json, model.safetensors, tokenizer.json where there is one).
 
     ``extra``/``task`` default to what the model was loaded with (a run's class names, tokenizer, ...).
@@ -55,8 +61,14 @@ def save_pretrained(model: nn.Module, folder: str | Path, *, extra: dict[str, An
         if isinstance(tok, dict) and tok.get("kind") in ("hf", "bpe"):  # the tokenizers library's own file
             (tmp / TOKENIZER).write_text(tok["json"])
             extra["tokenizer"] = {"kind": tok["kind"], "file": TOKENIZER}
-        meta = {"format": FORMAT, "neuratlas_version": __version__, "model_name": model.model_name,
-                "model_config": config, "task": task, "extra": extra}
+        meta = {
+            "format": FORMAT,
+            "neuratlas_version": __version__,
+            "model_name": model.model_name,
+            "model_config": config,
+            "task": task,
+            "extra": extra,
+        }
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         save_model(model, str(tmp / WEIGHTS), metadata={"format": "pt"})
         for f in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors create owner-only entries
@@ -101,8 +113,9 @@ def load_pretrained(folder: str | Path) -> nn.Module:
     except (SafetensorError, RuntimeError, OSError) as e:
         raise NeuratlasError(f"{path}: weights do not fit {name}: {str(e).splitlines()[0]}") from None
     if missing or unexpected:
-        raise NeuratlasError(f"{path}: weights do not fit {name} (missing {sorted(missing)[:5]}, unexpected "
-                             f"{sorted(unexpected)[:5]})")
+        raise NeuratlasError(
+            f"{path}: weights do not fit {name} (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
     extra = dict(meta.get("extra") or {})
     tok = extra.get("tokenizer")
     if isinstance(tok, dict) and "file" in tok:

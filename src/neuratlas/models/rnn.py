@@ -103,7 +103,8 @@ class Recurrent(nn.Module):
                                  f"got {tuple(x.shape)}")
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device="cpu", dtype=torch.long)
-            if lengths.shape != (x.shape[0],) or lengths.min() < 1 or lengths.max() > x.shape[1]:
+            if not torch.compiler.is_exporting() and (lengths.shape != (x.shape[0],) or lengths.min() < 1
+                                                      or lengths.max() > x.shape[1]):
                 raise NeuratlasError(f"lengths must hold one value in 1..{x.shape[1]} per sequence, got "
                                      f"{lengths.tolist()}")
         if self.impl == "fused":
@@ -113,6 +114,9 @@ class Recurrent(nn.Module):
     def _fused(self, x, lengths, state):
         if lengths is None:
             return self.rnn(x, state)
+        if torch.compiler.is_exporting():
+            raise NeuratlasError("operator aten::_pack_padded_sequence (variable-length batches through a "
+                                 "bidirectional RNN) does not trace; left-to-right RNNs export without it")
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, state = self.rnn(packed, state)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
