@@ -101,6 +101,11 @@ class Task:
         evaluating (a linear probe) turns them on itself with ``torch.enable_grad()``."""
         raise NotImplementedError
 
+    def setup(self, trainer: Trainer) -> None:
+        """Called once the trainer has built the model, its optimizers and device (for training, ``eval``
+        and ``predict`` alike): what a task needs from the trainer beyond a model (a judge network that
+        scores samples, trained once with ``type(trainer)``) is made here."""
+
     def on_fit_end(self, trainer: Trainer, result: Any) -> None:
         """Called once training has finished and the test split is scored (e.g. to draw a picture)."""
 

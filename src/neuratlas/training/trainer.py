@@ -121,6 +121,7 @@ class Trainer:
         name = tc.run_name or f"{run.model['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.run_dir = Path(tc.out_dir) / name
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.task.setup(self)
 
     def autocast(self):
         return autocast(self.device, self.dtype)
