@@ -56,11 +56,21 @@ def write_report(rows: list[TourRow], out_dir: Path) -> Path:
     for r in rows:
         lines.append(f"| {r.family} | {r.recipe} | {r.model} | {r.data} | {r.metric} | {r.value:.4f} | "
                      f"{r.target} | {r.parameters:,} | {r.seconds:.0f} s |")
-    lines += ["", "Training curves:", ""] + [f"- {r.recipe}: `{r.curves}`" for r in rows if r.curves]
+    lines += ["", "## Training curves", ""]
+    for r in rows:  # pictures inline, linked relative to the report so the folder can be moved or shared
+        if r.curves and Path(r.curves).is_file():
+            lines += [f"### {r.recipe}", "", f"![{r.recipe} training curves]({_relative(r.curves, out_dir)})", ""]
     path = out_dir / "tour.md"
     path.write_text("\n".join(lines) + "\n")
     (out_dir / "tour.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return path
+
+
+def _relative(path: str, base: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return Path(path).resolve().as_posix()
 
 
 def format_table(rows: list[TourRow]) -> str:

@@ -374,6 +374,27 @@ def atom_features(atom: Any) -> list[float]:
 ATOM_FEATURES = 10 + 7 + 4 + 4 + 1 + 5 + 1
 
 
+def mol_graph(mol: Any, label: int = -1, name: str = "") -> GraphSample:
+    """An RDKit molecule as a graph: atoms are nodes (:func:`atom_features`), each bond two directed edges."""
+    x = torch.tensor([atom_features(a) for a in mol.GetAtoms()], dtype=torch.float32)
+    bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
+    ei = torch.tensor(bonds, dtype=torch.long).t().reshape(2, -1)
+    return GraphSample(x, torch.cat([ei, ei.flip(0)], 1), label, name)
+
+
+def smiles_graph(smiles: str) -> GraphSample:
+    """A molecule written as SMILES (``CCO``) as a graph; an unparsable string is one clear error."""
+    try:
+        from rdkit import Chem, RDLogger
+    except ImportError:
+        raise NeuratlasError("reading molecules needs RDKit: `pip install rdkit`") from None
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None or mol.GetNumAtoms() == 0:
+        raise NeuratlasError(f"{smiles!r} is not a valid SMILES string")
+    return mol_graph(mol, name=smiles)
+
+
 def read_sdf_graphs(path: Path, label: str = "SOL_classification",
                     classes: list[str] = SOLUBILITY_CLASSES) -> list[GraphSample]:
     """Molecules in an SDF file as graphs: atoms are nodes, each bond two directed edges."""
@@ -386,11 +407,7 @@ def read_sdf_graphs(path: Path, label: str = "SOL_classification",
     for mol in Chem.SDMolSupplier(str(path)):
         if mol is None or not mol.HasProp(label):
             continue
-        x = torch.tensor([atom_features(a) for a in mol.GetAtoms()], dtype=torch.float32)
-        bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
-        ei = torch.tensor(bonds, dtype=torch.long).t().reshape(2, -1)
-        ei = torch.cat([ei, ei.flip(0)], 1)
-        out.append(GraphSample(x, ei, classes.index(mol.GetProp(label)), mol.GetProp("_Name")))
+        out.append(mol_graph(mol, classes.index(mol.GetProp(label)), mol.GetProp("_Name")))
     if not out:
         raise NeuratlasError(f"{path} holds no molecule with a {label!r} property")
     return out

@@ -15,6 +15,7 @@ dataclass and the values are saved in the run's config; the task reads them as `
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -116,6 +117,11 @@ class Task:
     def describe_data(self) -> str:
         return self.data_spec.get("name", "")
 
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        """Inputs a user could give ``predict`` (files written into ``folder``, or text), made from held-out
+        data, and the predict options they need: what ``neuratlas predict`` is checked with on every recipe."""
+        raise NotImplementedError(f"{type(self).__name__} has no example inputs")
+
     # --- what the CLI calls on a loaded checkpoint ---------------------------------------------------
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
@@ -155,6 +161,15 @@ def gather_predictions(model: nn.Module, batches, autocast: AbstractContextManag
         targets.append(y)
     model.train(was_training)
     return torch.cat(outs), torch.cat(targets)
+
+
+def write_image(image: torch.Tensor, path: Path) -> str:
+    """A uint8 (C, H, W) image as a PNG file (grey or RGB) that ``predict`` reads back."""
+    from PIL import Image
+
+    arr = image.permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+    return str(path)
 
 
 def describe_splits(name: str, data: Any) -> str:

@@ -27,7 +27,7 @@ from neuratlas.data.loaders import TensorBatches, seeded_generator
 from neuratlas.data.transforms import normalize, random_crop, random_hflip
 from neuratlas.errors import NeuratlasError
 from neuratlas.models.clip import clip_loss
-from neuratlas.tasks.base import TASKS, Task, describe_splits
+from neuratlas.tasks.base import TASKS, Task, describe_splits, write_image
 from neuratlas.text.tokenizers import tokenizer_from_dict
 
 KS = (1, 5, 10)
@@ -177,6 +177,9 @@ class ContrastiveImageText(Task):
 
     def describe_data(self) -> str:
         return describe_splits(self.data_spec["name"], self.data)
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return [write_image(self.data.test[0][0], folder / "example.png")], {}
 
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,

@@ -275,6 +275,9 @@ class Forecasting(Task):
         s = self.series
         return f"{s.name} ({self.n_fit}/{self.val_len}/{len(s.test)})"
 
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return ["end"], {}
+
 
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,

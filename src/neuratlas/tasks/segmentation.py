@@ -244,6 +244,18 @@ class Segmentation(Task):
     def describe_data(self) -> str:
         return f"{self.data_spec['name']} ({self.data.description})"
 
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        image = self.data.test.images[0].float().numpy()  # normalised (C, H, W)
+        if image.shape[0] == 1:
+            path = folder / "example.npy"
+            np.save(path, image[0])
+            return [str(path)], {}
+        import nibabel
+
+        path = folder / "example.nii.gz"  # a slice with its neighbours: a small volume, segmented at its middle
+        nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(image.transpose(1, 2, 0)), np.eye(4)), path)
+        return [str(path)], {"slice": str(image.shape[0] // 2)}
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
                 options: dict[str, str]) -> list[str]:

@@ -71,7 +71,11 @@ class TrainerConfig:
     out_dir: str = "runs"
     run_name: str | None = None
     progress: bool = True
-    tensorboard: bool = True  # when the tensorboard package is installed
+    # where metrics go, by name: csv (metrics.csv, always kept), tensorboard, wandb (offline unless set up),
+    # mlflow (a local folder in the run)
+    loggers: str = "csv,tensorboard"
+    early_stop_patience: int = 0  # > 0: stop after this many evaluations without a better val headline metric
+    early_stop_min_delta: float = 0.0  # what counts as better
     num_threads: int | None = None
     ema_decay: float = 0.0  # > 0: evaluate and save a moving average of the weights (training/ema.py)
     keep_freed_memory: bool = True  # CPU: glibc keeps freed tensors for reuse (precision.keep_freed_memory)
@@ -140,6 +144,7 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         if not isinstance(d, dict):
             raise NeuratlasError(f"a run config must be a mapping, got {type(d).__name__}")
+        d = _renamed(d)
         fixed = {k: v for k, v in d.items() if k in FIXED_SECTIONS}
         sections = {k: v for k, v in d.items() if k not in FIXED_SECTIONS and k != "sections"}
         return build_config(cls, {**fixed, "sections": {**d.get("sections", {}), **sections}}, where="recipe")
@@ -156,6 +161,8 @@ class RunConfig:
         types_ = field_types(RunConfig)
         known = [*FIXED_SECTIONS, *self.sections, *owned]
         for key, value in overrides.items():
+            if key == "trainer.tensorboard":  # the old switch, still written by scripts
+                key, value = "trainer.loggers", _loggers_with_tensorboard(d["trainer"].get("loggers", ""), value)
             section, _, name = key.partition(".")
             if section not in known or not name:
                 raise NeuratlasError(f"override --{key}: unknown section {section!r}; sections are "
@@ -169,3 +176,19 @@ class RunConfig:
             else:  # type-checked against the registered / owned config when built
                 d.setdefault(section, {})[name] = value
         return RunConfig.from_dict(d)
+
+
+def _loggers_with_tensorboard(loggers: str, on: Any) -> str:
+    names = [n for n in loggers.split(",") if n and n != "tensorboard"]
+    return ",".join(names + (["tensorboard"] if coerce(on, bool, "--trainer.tensorboard") else []))
+
+
+def _renamed(d: dict[str, Any]) -> dict[str, Any]:
+    """Options renamed since a run config was saved (checkpoints keep theirs), under their current names."""
+    trainer = d.get("trainer")
+    if isinstance(trainer, dict) and "tensorboard" in trainer:
+        trainer = dict(trainer)
+        on = trainer.pop("tensorboard")
+        trainer["loggers"] = _loggers_with_tensorboard(trainer.get("loggers", "csv,tensorboard"), on)
+        d = {**d, "trainer": trainer}
+    return d

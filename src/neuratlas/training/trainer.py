@@ -18,22 +18,22 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.lora import lora_layers, merged_copy
 from neuratlas.models import count_parameters, create_model
 from neuratlas.models.registry import MODELS
 from neuratlas.tasks import Task, build_task
+from neuratlas.training.callbacks import Callback, default_callbacks
 from neuratlas.training.checkpoint import load_state, read_checkpoint, save_state, save_weights
 from neuratlas.training.config import RunConfig
-from neuratlas.training.distributed import NullLogger
 from neuratlas.training.distributed import context as dist_context
 from neuratlas.training.ema import WeightAverage
-from neuratlas.training.logging import RunLogger, plot_curves
+from neuratlas.training.logging import plot_curves
 from neuratlas.training.optim import build_scheduler, lr_factor
 from neuratlas.training.precision import autocast, keep_freed_memory, resolve_device, resolve_precision
 from neuratlas.training.transfer import TransferSetup, setup_transfer
@@ -79,7 +79,8 @@ def model_for_task(run: RunConfig, task: Task) -> nn.Module:
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, task: Task | None = None, model: nn.Module | None = None) -> None:
+    def __init__(self, run: RunConfig, task: Task | None = None, model: nn.Module | None = None,
+                 callbacks: list[Callback] | None = None) -> None:
         self.run = run
         tc = run.trainer
         if tc.num_threads:
@@ -121,6 +122,9 @@ class Trainer:
         name = tc.run_name or f"{run.model['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.run_dir = Path(tc.out_dir) / name
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.stop_reason = ""  # set by a callback (early stopping) or the clock: the loop ends after this step
+        self.early_stop: dict[str, Any] = {"best": None, "bad": 0}
+        self.callbacks = [*default_callbacks(self), *(callbacks or [])]
         self.task.setup(self)
 
     def autocast(self):
@@ -153,6 +157,7 @@ class Trainer:
             state = {"step": self.step, "optimizers": [o.state_dict() for o in self.optimizers],
                      "schedulers": [s.state_dict() for s in self.schedulers], "rng_cpu": torch.get_rng_state(),
                      "best": self.best if self.best is not None else float("nan")}
+            state["early_stop"] = dict(self.early_stop)
             if self.saves_raw_weights:  # training continues from the raw weights
                 state["raw_weights"] = self.model.state_dict()
             if self.ema:
@@ -160,6 +165,7 @@ class Trainer:
             if torch.cuda.is_available():
                 state["rng_cuda"] = torch.cuda.get_rng_state_all()
             save_state(self.ckpt_dir / "last.state.pt", state)
+        self._call("on_save", tag, path)
         return path
 
     def resume(self, path: str | Path) -> None:
@@ -201,6 +207,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step = state["step"]
         self.best = None if math.isnan(state["best"]) else state["best"]
+        self.early_stop = dict(state.get("early_stop", self.early_stop))
         self.run_dir = ckpt.path.parent.parent
         self.ckpt_dir = ckpt.path.parent
 
@@ -271,68 +278,61 @@ class Trainer:
         main = self.dist.is_main
         if main:
             (self.run_dir / "config.json").write_text(json.dumps(self.run.to_dict(), indent=2))
-        logger = RunLogger(self.run_dir, tc.tensorboard, resume_step=self.step if resume else None) if main \
-            else NullLogger()
         result = FitResult(self.run_dir, self.step, parameters=count_parameters(self.eval_model),
                            model=self.run.model["name"], data=self.task.describe_data(), metric=self.task.metric,
                            higher_is_better=self.task.higher_is_better)
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (tc.progress and main),
-                   dynamic_ncols=True, desc=self.run.model["name"], leave=False)
-        batch_size = self.task.batch_size
-        t0, steps0, smooth = time.perf_counter(), self.step, None
+        t0, steps0 = time.perf_counter(), self.step
         self._t0, self._val_step = t0, -1
         self.model.train()
+        self._call("on_fit_start")
         # a budgeted schedule trains until the clock runs out; max_steps/epochs only set the schedule's grid
         by_time = bool(tc.budget_schedule and tc.time_limit)
         try:
-            while self.step < self.total_steps or by_time:
+            while (self.step < self.total_steps or by_time) and not self.stop_reason:
                 if crash_at is not None and self.step == crash_at:
                     raise KeyboardInterrupt("simulated crash")
-                logs = self.train_step()
-                smooth = logs["loss"] if smooth is None else 0.9 * smooth + 0.1 * logs["loss"]
-                bar.update(1)
-                if self.step % tc.log_every == 0:
-                    logger.log(self.step, "train", logs)
-                    bar.set_postfix(loss=f"{smooth:.4f}")
-                elapsed = time.perf_counter() - t0
-                out_of_time = tc.time_limit is not None and elapsed >= tc.time_limit
+                self._call("on_step", self.train_step())
+                out_of_time = tc.time_limit is not None and time.perf_counter() - t0 >= tc.time_limit
                 at_end = self.step == self.total_steps and not by_time
+                if out_of_time:
+                    self.stop_reason = f"time limit {tc.time_limit:.0f}s reached at step {self.step}"
                 if self.step % self.eval_every == 0 or at_end or out_of_time:
                     result.val, self._val_step = self.evaluate("val"), self.step
-                    logger.log(self.step, "val", result.val)
-                    bar.set_postfix(loss=f"{smooth:.4f}", **{f"val_{self.task.metric}":
-                                                             f"{result.val[self.task.metric]:.4f}"})
                     self._maybe_save_best(result.val)
+                    self._call("on_eval", "val", result.val)  # may decide to stop early
                     self.save("last")
                 elif tc.save_every and self.step % tc.save_every == 0:
                     self.save("last")
-                if out_of_time:
-                    result.stopped_early = f"time limit {tc.time_limit:.0f}s reached at step {self.step}"
-                    break
         except KeyboardInterrupt:
-            bar.close()
+            self._call("close")
             if crash_at is None:  # a real Ctrl-C: keep the work, say how to continue
                 self.save("last")
                 print(f"\ninterrupted at step {self.step}; resume with --resume {self.run_dir}")
-            logger.close()
             raise
-        bar.close()
+        result.stopped_early = self.stop_reason
         result.train_seconds = time.perf_counter() - t0
         result.steps = self.step
-        done = (self.step - steps0) * tc.grad_accum * batch_size
+        done = (self.step - steps0) * tc.grad_accum * self.task.batch_size
         result.samples_per_second = done / max(result.train_seconds, 1e-9)
         scored_now = result.val and self._val_step == self.step
         result.test = dict(result.val) if self.task.test_is_val and scored_now else self.evaluate("test")
-        logger.log(self.step, "test", result.test)
-        logger.log(self.step, "train", {"time_s": result.train_seconds, "samples_per_s": result.samples_per_second})
-        logger.close()
+        self._call("on_eval", "test", result.test)
+        if main:
+            with self.evaluating():
+                self.task.on_fit_end(self, result)
+        self._call("on_fit_end", result)
         if not main:
             return result
-        with self.evaluating():
-            self.task.on_fit_end(self, result)
         plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png", self.run.model["name"])
         (self.run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
         return result
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            if hook == "close":
+                cb.close()
+            else:
+                getattr(cb, hook)(self, *args)
 
     def _maybe_save_best(self, val: dict[str, float]) -> None:
         score = val[self.task.metric]
