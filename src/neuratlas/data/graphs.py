@@ -27,6 +27,7 @@ from neuratlas.data.loaders import seeded_generator
 from neuratlas.data.registry import register_dataset
 from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -246,7 +247,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in allowed:
             return allowed[(module, name)]
         if module.startswith("scipy"):
-            raise NeuratlasError("reading Planetoid feature files needs scipy: `pip install scipy`")
+            require("scipy.sparse", "reading Planetoid feature files")  # raises: scipy is missing
         raise NeuratlasError(f"refusing to unpickle {module}.{name}: Planetoid files contain only numpy/scipy "
                              "arrays, so this file is not a genuine Planetoid file")
 
@@ -378,10 +379,7 @@ ATOM_FEATURES = 10 + 7 + 4 + 4 + 1 + 5 + 1
 def read_sdf_graphs(path: Path, label: str = "SOL_classification",
                     classes: list[str] = SOLUBILITY_CLASSES) -> list[GraphSample]:
     """Molecules in an SDF file as graphs: atoms are nodes, each bond two directed edges."""
-    try:
-        from rdkit import Chem, RDLogger
-    except ImportError:
-        raise NeuratlasError("reading molecules needs RDKit: `pip install rdkit`") from None
+    Chem, RDLogger = require("rdkit.Chem", "reading molecules"), require("rdkit.RDLogger", "reading molecules")
     RDLogger.DisableLog("rdApp.*")
     out = []
     for mol in Chem.SDMolSupplier(str(path)):

@@ -14,11 +14,15 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import time
+import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tqdm import tqdm
 
 from neuratlas.errors import NeuratlasError
 
@@ -122,19 +126,41 @@ class DataSource:
         raise NeuratlasError(f"{self.name}: not found. {self.install_hint}")
 
 
-def download_file(url: str, dest: Path, expected_sha256: str = "", timeout: float = 30.0) -> Path:
-    """Download ``url`` to ``dest`` atomically (temp file + rename), verifying the sha256 if given."""
+def download_file(url: str, dest: Path, expected_sha256: str = "", timeout: float = 30.0, retries: int = 3,
+                  progress: bool | None = None) -> Path:
+    """Download ``url`` to ``dest`` atomically (temp file + rename), verifying the sha256 if given.
+
+    Network failures and server errors (5xx) are retried ``retries`` times with a growing pause; a client
+    error (404) or a checksum mismatch is not, since asking again would give the same answer. The tqdm bar
+    shows on a terminal (``progress=None``), always with ``True``, never with ``False``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
-        if expected_sha256:
-            got = sha256(Path(tmp))
-            if got != expected_sha256:
-                raise NeuratlasError(f"checksum mismatch for {url}: expected {expected_sha256}, got {got}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+    retries = max(1, retries)
+    for attempt in range(1, retries + 1):
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False,
+                          disable=None if progress is None else not progress) as bar:
+                    for chunk in iter(lambda: resp.read(1 << 16), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            if total is not None and os.path.getsize(tmp) != total:
+                raise OSError(f"transfer cut short: {os.path.getsize(tmp)} of {total} bytes")
+            if expected_sha256:
+                got = sha256(Path(tmp))
+                if got != expected_sha256:
+                    raise NeuratlasError(f"checksum mismatch for {url}: expected {expected_sha256}, got {got}")
+            os.replace(tmp, dest)
+            return dest
+        except urllib.error.HTTPError as e:
+            if e.code < 500 or attempt == retries:
+                raise
+        except OSError:
+            if attempt == retries:
+                raise
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        time.sleep(min(2.0 ** (attempt - 1), 10.0))
+    raise AssertionError("unreachable")  # the loop returns or raises
