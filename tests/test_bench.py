@@ -56,7 +56,7 @@ def test_helpers(monkeypatch):
 
 @pytest.mark.parametrize("per_iter", [0.35, 0.3, 0.6, 1.0, 0.1, 0.02])
 def test_nanogpt_budget_schedule_never_breaks_nanogpts_lr_schedule(per_iter):
-    """Runs nanoGPT's own get_lr (../shared/peers) at every iteration of the fitted schedule: a run fitted to
+    """Runs nanoGPT's own get_lr (the bundled peer) at every iteration of the fitted schedule: a run fitted to
     exactly its 100 warm-up iterations (0.35 s/iteration in 50 s) once divided by zero."""
     from neuratlas.bench.races import _find_peers, nanogpt_budget_schedule
 
@@ -138,7 +138,7 @@ def test_profile_tables_of_a_recipe_step_and_of_decoding():
 
 @pytest.mark.slow
 def test_budgeted_gpt_race_runs_the_real_peer_and_rescores_it():
-    """nanoGPT's own train.py (../shared/peers) against the budgeted recipe, at a 50-second budget."""
+    """nanoGPT's own train.py (the bundled peer) against the budgeted recipe, at a 50-second budget."""
     lines = BENCHMARKS.get("nanogpt-10min").builder({"budget": "50"})
     text = "\n".join(lines)
     peer, ours = (float(v) for v in re.findall(r"val (\d\.\d+)", lines[1] + lines[2])[:2])

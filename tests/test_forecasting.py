@@ -25,7 +25,6 @@ from neuratlas.tasks.forecasting import (
 )
 
 pytest.importorskip("statsmodels")
-pytest.importorskip("pmdarima")
 
 
 def test_metrics_against_hand_computed_values():
@@ -88,6 +87,8 @@ def test_real_series_and_darts_split():
     air = load_dataset({"name": "airpassengers"})
     assert (air.n_train, len(air.test), air.periods[air.n_train]) == (108, 36, "1958-01")
     assert air.values[:3].tolist() == [112, 118, 132] and air.values[-1] == 432
+    # R's datasets::AirPassengers: 144 months summing to 40,363, the peak 622 in July 1960
+    assert air.values.sum() == 40363 and air.periods[int(air.values.argmax())] == "1960-07"
     co2 = load_dataset({"name": "co2"})
     assert len(co2.values) == 526 and not np.isnan(co2.values).any() and co2.periods[0] == "1958-03"
     sun = load_dataset({"name": "sunspots", "test_len": 40})

@@ -30,8 +30,11 @@ from neuratlas.models.gnn import GATConv, GCNConv, GINConv, SAGEConv, gin_mlp
 from neuratlas.tasks.graph import hits_at_k, roc_auc
 from neuratlas.training.trainer import Trainer
 
-PLANETOID = Path(__file__).resolve().parents[2] / "shared" / "data" / "planetoid"
-needs_cora = pytest.mark.skipif(not (PLANETOID / "ind.cora.x").is_file(), reason="../shared/data/planetoid absent")
+
+@pytest.fixture(scope="module")
+def cora(tmp_path_factory) -> Path:
+    """A folder with Cora's Planetoid files: the copy bundled with Neuratlas, unpacked (checksums verified)."""
+    return planetoid_source("cora").unpack_bundled(tmp_path_factory.mktemp("planetoid"))
 
 
 def random_graph(n: int = 12, e: int = 40, seed: int = 0) -> Graph:
@@ -90,14 +93,13 @@ def test_sparse_features_match_dense(kind):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
 
 
-@needs_cora
-def test_gcn_training_matches_pyg_seed_for_seed():
+def test_gcn_training_matches_pyg_seed_for_seed(cora):
     """The bench's training loop on Cora with dropout on: our GCN on dense features draws PyG's dropout masks,
     so 30 epochs from the same seed must end in the same logits (the bench's accuracy control)."""
     pytest.importorskip("torch_geometric.nn")
     from neuratlas.bench.gnn import _pyg_gcn, _train
 
-    d = read_planetoid(PLANETOID, "cora")
+    d = read_planetoid(cora, "cora")
     masks = (d.train_mask, d.val_mask, d.test_mask)
     torch.manual_seed(3)
     ours = create_model("gcn", in_features=d.x.shape[1], num_classes=len(d.classes))
@@ -170,9 +172,8 @@ def test_restricted_unpickler_refuses_other_classes():
         restricted_load(b"\x80\x04garbage")
 
 
-@needs_cora
-def test_cora_public_split():
-    d = read_planetoid(PLANETOID, "cora")
+def test_cora_public_split(cora):
+    d = read_planetoid(cora, "cora")
     assert tuple(d.x.shape) == (2708, 1433) and d.graph.edge_index.shape[1] == 10556
     assert [int(m.sum()) for m in (d.train_mask, d.val_mask, d.test_mask)] == [140, 500, 1000]
     assert torch.bincount(d.y[d.train_mask]).tolist() == [20] * 7  # 20 labelled nodes per class
@@ -180,15 +181,14 @@ def test_cora_public_split():
     assert (ei[0] != ei[1]).all() and ei.shape[1] == torch.unique(ei, dim=1).shape[1]
 
 
-@needs_cora
-def test_planetoid_download_path_checks_files(tmp_path, monkeypatch):
+def test_planetoid_download_path_checks_files(cora, tmp_path, monkeypatch):
     """The real download code path, fed by a file:// mirror; a corrupted file fails its checksum."""
     mirror = tmp_path / "mirror"
-    shutil.copytree(PLANETOID, mirror)
+    shutil.copytree(cora, mirror)
     monkeypatch.setenv("NEURATLAS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("NEURATLAS_PLANETOID_DIR", raising=False)
     src = planetoid_source("cora")
-    src.base_url = mirror.as_uri()
+    src.base_url, src.bundled = mirror.as_uri(), False
     folder, how = src.locate(download=True)
     assert how.startswith("downloaded") and read_planetoid(folder).x.shape[0] == 2708
     shutil.rmtree(tmp_path / "cache")
@@ -232,9 +232,8 @@ def _fit(recipe: str, overrides: dict[str, str]):
 
 
 @pytest.mark.slow
-@needs_cora
-def test_gcn_on_cora(run_overrides, full):
-    over = {**run_overrides, "data.root": str(PLANETOID)}
+def test_gcn_on_cora(cora, run_overrides, full):
+    over = {**run_overrides, "data.root": str(cora)}
     if not full:
         over["trainer.max_steps"] = "60"
     _, result = _fit("gcn-cora", over)
@@ -242,9 +241,8 @@ def test_gcn_on_cora(run_overrides, full):
 
 
 @pytest.mark.slow
-@needs_cora
-def test_link_prediction_on_cora(run_overrides, full):
-    over = {**run_overrides, "data.root": str(PLANETOID)}
+def test_link_prediction_on_cora(cora, run_overrides, full):
+    over = {**run_overrides, "data.root": str(cora)}
     if not full:
         over["trainer.max_steps"] = "40"
     _, result = _fit("gcn-cora-links", over)
@@ -265,10 +263,21 @@ def test_gin_on_molecules(run_overrides, full):
     assert result.test["accuracy"] >= (0.65 if full else 0.5)  # 3 classes; the majority class is 0.41
 
 
-def test_load_planetoid_with_root_option():
-    if not (PLANETOID / "ind.cora.x").is_file():
-        pytest.skip("../shared/data/planetoid absent")
+def test_cora_comes_bundled_offline(tmp_path, monkeypatch):
+    """A fresh machine, offline: the recipes' Cora is unpacked from the package into the cache, then read there."""
     from neuratlas.data.graphs import PlanetoidConfig
 
-    d = load_planetoid(PlanetoidConfig(root=str(PLANETOID)))
+    monkeypatch.setenv("NEURATLAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("NEURATLAS_PLANETOID_DIR", raising=False)
+    d = load_planetoid(PlanetoidConfig())
+    assert d.source.startswith("bundled copy") and tuple(d.x.shape) == (2708, 1433)
+    assert load_planetoid(PlanetoidConfig()).source.startswith("cache")
+    (tmp_path / "cache" / "planetoid-cora" / "ind.cora.y").unlink()  # an incomplete cache is unpacked again
+    assert load_planetoid(PlanetoidConfig()).source.startswith("bundled copy")
+
+
+def test_load_planetoid_with_root_option(cora):
+    from neuratlas.data.graphs import PlanetoidConfig
+
+    d = load_planetoid(PlanetoidConfig(root=str(cora)))
     torch.testing.assert_close(d.x.sum(1)[d.x.sum(1) > 0], torch.ones(int((d.x.sum(1) > 0).sum())))

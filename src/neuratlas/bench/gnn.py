@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from neuratlas.bench import BENCHMARKS
 from neuratlas.bench.races import race_line
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 
 
 def _train(model, x, graph_args, y, masks, epochs: int) -> tuple[float, float]:
@@ -83,11 +84,7 @@ def bench_gnn(options: dict[str, str]) -> list[str]:
     if options.get("root"):
         spec["root"] = str(Path(options["root"]))
     data = load_dataset(spec)
-    try:
-        import torch_geometric  # noqa: F401
-    except ImportError:
-        raise NeuratlasError("the gnn benchmark races PyTorch Geometric: `pip install -c constraints.txt "
-                             "torch_geometric` (test/benchmark only)") from None
+    require("torch_geometric", "the gnn benchmark (it races PyTorch Geometric)")
     masks = (data.train_mask, data.val_mask, data.test_mask)
     n_cls = len(data.classes)
     ours_acc, ours_t, pyg_acc, pyg_t, dense_acc = [], [], [], [], []

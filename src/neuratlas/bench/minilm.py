@@ -20,7 +20,7 @@ import torch
 from neuratlas.bench import BENCHMARKS
 from neuratlas.bench.races import race_line
 from neuratlas.bench.report import _truthy
-from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 
 
 def _batches(n: int, batch: int, by_length: bool, max_len: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -54,10 +54,7 @@ def _sentences_per_s(encode, batches, repeats: int) -> float:
 
 
 def bench_minilm(options: dict[str, str]) -> list[str]:
-    try:
-        import transformers
-    except ImportError:
-        raise NeuratlasError("this benchmark races `transformers`: `pip install transformers`") from None
+    transformers = require("transformers", "this benchmark (it races `transformers`)")
     from neuratlas.data.text import PRETRAINED
     from neuratlas.models import create_model
     from neuratlas.models.bert import mean_pool

@@ -1,7 +1,7 @@
 """Speed races of issue 10, each peer and Neuratlas back to back in one invocation:
 
-- ``nanogpt``: nanoGPT's own ``train.py`` (from ``../shared/peers/nanogpt``) with its CPU "baby GPT" command,
-  then Neuratlas' ``gpt-tinyshakespeare-baby`` recipe on the same data and split: val loss and wall time.
+- ``nanogpt``: nanoGPT's own ``train.py`` (bundled unchanged in ``bench/peers/nanogpt``) with its CPU "baby GPT"
+  command, then Neuratlas' ``gpt-tinyshakespeare-baby`` recipe on the same data and split: val loss and wall time.
 - ``mfu``: a GPT 6 × 384 training step's achieved FLOP/s against this machine's measured matmul peak.
 - ``fashion-race``: Fashion-MNIST test accuracy reached within a wall-clock budget (60 s, and 10 min).
 """
@@ -38,10 +38,12 @@ def race_line(race: str, peer: str, ours: str, ratio: str, target: str, met: boo
     return f"{RACE} {race} | {peer} | {ours} | {ratio} | {target} | {'met' if met else 'NOT met'} | `{command}`"
 
 
+PEERS = Path(__file__).resolve().parent / "peers"  # nanoGPT's files, copied unchanged (MIT; see its README)
+
+
 def _find_peers(options: dict[str, str]) -> Path:
-    candidates = [options.get("peers", ""), os.environ.get("NEURATLAS_PEERS", ""), "../shared/peers",
-                  str(Path(__file__).resolve().parents[3] / ".." / "shared" / "peers")]
-    for c in candidates:
+    """The folder holding ``nanogpt/train.py``: ``--peers DIR``, ``$NEURATLAS_PEERS``, else the bundled copy."""
+    for c in (options.get("peers", ""), os.environ.get("NEURATLAS_PEERS", ""), str(PEERS)):
         if c and (Path(c) / "nanogpt" / "train.py").is_file():
             return Path(c).resolve()
     raise NeuratlasError("nanoGPT peer not found: pass --peers DIR (a folder holding nanogpt/train.py)")
@@ -57,8 +59,10 @@ def _timed_run(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
 
 def _nanogpt_workdir(options: dict[str, str], prefix: str) -> tuple[Path, Path]:
     """A scratch copy of the nanoGPT peer with Tiny Shakespeare prepared: (work folder, its data folder)."""
+    from neuratlas.data.text import TINY_SHAKESPEARE
+
     peers = _find_peers(options)
-    text = options.get("text") or str(peers.parent / "data" / "tinyshakespeare" / "input.txt")
+    text = options.get("text") or str(TINY_SHAKESPEARE.locate()[0] / "input.txt")
     if not Path(text).is_file():
         raise NeuratlasError(f"Tiny Shakespeare not found at {text}: pass --text FILE")
     work = Path(tempfile.mkdtemp(prefix=prefix))
@@ -129,7 +133,7 @@ def nanogpt_budget_schedule(budget: float, per_iter: float) -> dict[str, int]:
 
 
 def race_nanogpt_10min(options: dict[str, str]) -> list[str]:
-    """Best char-level GPT in a wall-clock budget: nanoGPT's 10-minute configuration (from the peers' README)
+    """Best char-level GPT in a wall-clock budget: nanoGPT's 10-minute configuration (4 × 256, block 128, batch 32)
     with as many iterations as fit the budget on this machine (probed first) vs Neuratlas' budgeted recipe."""
     budget = float(options.get("budget", 600))
     work, data_dir = _nanogpt_workdir(options, "nanogpt-10min-")
@@ -345,10 +349,6 @@ def speed(options: dict[str, str]) -> list[str]:
     out, table = list(head), []
     for name in names:
         opts = {k: v for k, v in options.items() if k != "only"}
-        if name == "gnn" and "root" not in opts:
-            root = _find_peers(options).parent / "data" / "planetoid"
-            if root.is_dir():
-                opts["root"] = str(root)
         print(f"--- {name}", flush=True)
         try:
             lines = BENCHMARKS.get(name).builder(opts) or []

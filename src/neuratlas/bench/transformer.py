@@ -12,7 +12,7 @@ import torch
 
 from neuratlas.bench import BENCHMARKS
 from neuratlas.bench.races import race_line
-from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 
 
 def _timed(fn, repeats: int) -> float:
@@ -38,10 +38,7 @@ def _train_step(model, batch, opt, hf: bool, dtype):
 
 
 def bench_transformer(options: dict[str, str]) -> list[str]:
-    try:
-        import transformers
-    except ImportError:
-        raise NeuratlasError("this benchmark races `transformers`: `pip install transformers`") from None
+    transformers = require("transformers", "this benchmark (it races `transformers`)")
     from neuratlas.models.gpt import GPT, GPTConfig, load_hf_gpt2
 
     quick = options.get("quick", "false").lower() in ("1", "true", "yes")

@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n  neuratlas list 'resnet*'\n  neuratlas train convnet-fashion-quick --optimizer.lr 3e-3\n"
                "  neuratlas eval runs/convnet-...\n  neuratlas tour",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    from neuratlas import __version__
+
+    parser.add_argument("--version", action="version", version=f"neuratlas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
     for name in sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):

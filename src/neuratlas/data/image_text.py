@@ -25,6 +25,7 @@ import torch
 from neuratlas.data.registry import load_dataset, register_dataset
 from neuratlas.data.sources import DataSource, cache_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 from neuratlas.text.tokenizers import CharTokenizer
 
 EOT, PAD = "<eot>", "<pad>"
@@ -133,10 +134,7 @@ def load_fashion_captions(cfg: ImageTextConfig) -> ImageTextSplits:
 # --- Noto Color Emoji with CLDR names -------------------------------------------------------------------
 def emoji_names(max_version: float = 15.0) -> list[tuple[str, str]]:
     """(emoji, CLDR name) for every fully-qualified emoji up to ``max_version``, in a stable order."""
-    try:
-        import emoji
-    except ImportError:
-        raise NeuratlasError("emoji names need the `emoji` package: `pip install emoji`") from None
+    emoji = require("emoji", "emoji names")
     out = []
     for char, info in emoji.EMOJI_DATA.items():
         if info.get("status") != emoji.STATUS["fully_qualified"] or info.get("E", 99) > max_version:

@@ -15,6 +15,7 @@ import torch
 from neuratlas.data.registry import register_dataset
 from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
@@ -130,11 +131,7 @@ def load_mnist5k(cfg: ImageDataConfig) -> ImageSplits:
 
 def load_digits(cfg: ImageDataConfig) -> ImageSplits:
     """scikit-learn's 1,797 8×8 digits; a fixed 20% is held out as test."""
-    try:
-        from sklearn.datasets import load_digits as sk_digits
-    except ImportError:
-        raise NeuratlasError("digits: not found. Install it with `pip install scikit-learn`") from None
-    d = sk_digits()
+    d = require("sklearn.datasets", "the digits data set (scikit-learn's)").load_digits()
     x = torch.from_numpy((d.images * 16).clip(0, 255).astype(np.uint8)).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))

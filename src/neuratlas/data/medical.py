@@ -22,6 +22,7 @@ import torch
 from neuratlas.data.registry import register_dataset
 from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 
 STARDIST = DataSource(
     name="stardist-nuclei",
@@ -60,11 +61,7 @@ def read_array(path: str | Path) -> np.ndarray:
     suffix = p.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
-            try:
-                import tifffile
-            except ImportError:
-                raise NeuratlasError("reading TIFF needs tifffile: `pip install tifffile`") from None
-            return np.asarray(tifffile.imread(p))
+            return np.asarray(require("tifffile", "reading TIFF").imread(p))
         if suffix == ".npy":
             return np.load(p, allow_pickle=False)
         from PIL import Image
@@ -78,10 +75,7 @@ def read_array(path: str | Path) -> np.ndarray:
 
 
 def read_volume(path: str | Path) -> np.ndarray:
-    try:
-        import nibabel
-    except ImportError:
-        raise NeuratlasError("reading NIfTI volumes needs nibabel: `pip install nibabel`") from None
+    nibabel = require("nibabel", "reading NIfTI volumes")
     try:
         return np.asarray(nibabel.load(str(path)).dataobj)
     except Exception as e:

@@ -1,5 +1,6 @@
-"""Find a data set's files: the cache folder, then offline packages, then (with a network) a checksummed
-download from the canonical address — otherwise fail with one line saying what to install.
+"""Find a data set's files: the cache folder, then offline packages and folders, then a copy bundled with
+Neuratlas, then (with a network) a checksummed download from the canonical address — otherwise fail with one
+line saying what to install.
 
 Every loader in Neuratlas goes through :func:`locate`, so users see the same behaviour for every data set
 and the source that was used is reported.
@@ -7,15 +8,21 @@ and the source that was used is reported.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
+import time
+import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tqdm import tqdm
 
 from neuratlas.errors import NeuratlasError
 
@@ -24,6 +31,9 @@ def cache_dir(*parts: str) -> Path:
     """``$NEURATLAS_CACHE`` or ``~/.cache/neuratlas``, joined with ``parts``."""
     root = Path(os.environ.get("NEURATLAS_CACHE", Path.home() / ".cache" / "neuratlas"))
     return root.joinpath(*parts)
+
+
+BUNDLED = Path(__file__).resolve().parent / "bundled"  # small data sets shipped gzipped in the package
 
 
 def package_dir(package: str, *parts: str) -> Path | None:
@@ -51,7 +61,8 @@ class DataSource:
 
     ``files`` maps file name to its sha256 (or "" when no fixed checksum exists); ``offline`` lists
     callables returning candidate folders (package data, Debian paths); ``base_url`` + file name is the
-    canonical download; ``install_hint`` is the one line shown when nothing works.
+    canonical download; ``install_hint`` is the one line shown when nothing works. ``bundled``: the package
+    ships every file gzipped in ``data/bundled/NAME/`` (small sets that recipes and tests need offline).
     """
 
     name: str
@@ -59,9 +70,33 @@ class DataSource:
     install_hint: str
     offline: list[Callable[[], Path | None]] = field(default_factory=list)
     base_url: str | None = None
+    bundled: bool = False
 
     def _complete(self, folder: Path | None) -> bool:
         return folder is not None and all((folder / f).is_file() for f in self.files)
+
+    def unpack_bundled(self, dest: Path) -> Path:
+        """Unpack the bundled gzip copy into ``dest`` (each file atomically, its checksum verified)."""
+        src = BUNDLED / self.name
+        if not self.bundled or not all((src / f"{f}.gz").is_file() for f in self.files):
+            raise NeuratlasError(f"{self.name}: no bundled copy in {src}")
+        dest.mkdir(parents=True, exist_ok=True)
+        for fname, digest in self.files.items():
+            fd, tmp = tempfile.mkstemp(dir=dest, prefix=fname + ".", suffix=".part")
+            try:
+                try:
+                    with os.fdopen(fd, "wb") as out, gzip.open(src / f"{fname}.gz", "rb") as f:
+                        shutil.copyfileobj(f, out)
+                except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+                    raise NeuratlasError(f"the bundled {src / fname}.gz is damaged ({e}); reinstall it") from None
+                if digest and sha256(Path(tmp)) != digest:
+                    raise NeuratlasError(f"the bundled {src / fname}.gz does not match its checksum; reinstall "
+                                         "Neuratlas")
+                os.replace(tmp, dest / fname)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return dest
 
     def locate(self, download: bool | None = None) -> tuple[Path, str]:
         """Return (folder holding all files, a description of the source used)."""
@@ -72,6 +107,12 @@ class DataSource:
             folder = candidate()
             if self._complete(folder):
                 return folder, f"offline {folder}"
+        if self.bundled:
+            try:
+                return self.unpack_bundled(cached), f"bundled copy, unpacked to {cached}"
+            except OSError as e:
+                raise NeuratlasError(f"{self.name}: cannot unpack the bundled copy into {cached} ({e}); set "
+                                     "NEURATLAS_CACHE to a writable folder") from None
         if download is None:
             download = os.environ.get("NEURATLAS_OFFLINE", "0") != "1"
         if download and self.base_url:
@@ -85,19 +126,41 @@ class DataSource:
         raise NeuratlasError(f"{self.name}: not found. {self.install_hint}")
 
 
-def download_file(url: str, dest: Path, expected_sha256: str = "", timeout: float = 30.0) -> Path:
-    """Download ``url`` to ``dest`` atomically (temp file + rename), verifying the sha256 if given."""
+def download_file(url: str, dest: Path, expected_sha256: str = "", timeout: float = 30.0, retries: int = 3,
+                  progress: bool | None = None) -> Path:
+    """Download ``url`` to ``dest`` atomically (temp file + rename), verifying the sha256 if given.
+
+    Network failures and server errors (5xx) are retried ``retries`` times with a growing pause; a client
+    error (404) or a checksum mismatch is not, since asking again would give the same answer. The tqdm bar
+    shows on a terminal (``progress=None``), always with ``True``, never with ``False``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
-        if expected_sha256:
-            got = sha256(Path(tmp))
-            if got != expected_sha256:
-                raise NeuratlasError(f"checksum mismatch for {url}: expected {expected_sha256}, got {got}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+    retries = max(1, retries)
+    for attempt in range(1, retries + 1):
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False,
+                          disable=None if progress is None else not progress) as bar:
+                    for chunk in iter(lambda: resp.read(1 << 16), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            if total is not None and os.path.getsize(tmp) != total:
+                raise OSError(f"transfer cut short: {os.path.getsize(tmp)} of {total} bytes")
+            if expected_sha256:
+                got = sha256(Path(tmp))
+                if got != expected_sha256:
+                    raise NeuratlasError(f"checksum mismatch for {url}: expected {expected_sha256}, got {got}")
+            os.replace(tmp, dest)
+            return dest
+        except urllib.error.HTTPError as e:
+            if e.code < 500 or attempt == retries:
+                raise
+        except OSError:
+            if attempt == retries:
+                raise
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        time.sleep(min(2.0 ** (attempt - 1), 10.0))
+    raise AssertionError("unreachable")  # the loop returns or raises

@@ -1,7 +1,7 @@
 """Real univariate time series for forecasting, with a fixed chronological train/test split.
 
-- ``airpassengers``: monthly international airline passengers 1949-1960 (Box & Jenkins), 144 values, from
-  pmdarima. Split as in darts' quickstart: train before 1958-01, the last 36 months held out.
+- ``airpassengers``: monthly international airline passengers 1949-1960 (Box & Jenkins), 144 values, shipped
+  in this file. Split as in darts' quickstart: train before 1958-01, the last 36 months held out.
 - ``co2``: Mauna Loa CO2 (ppm), weekly 1958-2001 from statsmodels, averaged to 526 months (the few empty
   months are linearly interpolated); the last 60 months held out.
 - ``sunspots``: yearly sunspot numbers 1700-2008 from statsmodels, 309 values; the last 50 years held out.
@@ -31,11 +31,24 @@ SUNSPOTS = DataSource("sunspots", {"sunspots.csv": ""},
                       "Install statsmodels (`pip install statsmodels`, the `series` extra)",
                       offline=[lambda: package_dir("statsmodels", "datasets", "sunspots")],
                       base_url=f"{_SM}/sunspots")
-# pmdarima ships AirPassengers inside its code rather than as a file, so it is read through its API when the
-# cache has no copy; darts publishes the canonical CSV ("Month,#Passengers" / "1949-01,112").
-AIRPASSENGERS = DataSource("airpassengers", {"AirPassengers.csv": ""},
-                           "Install pmdarima (`pip install pmdarima`, the `series` extra)",
-                           base_url="https://raw.githubusercontent.com/unit8co/darts/master/datasets")
+# AirPassengers is 144 numbers (Box, Jenkins & Reinsel, "Time Series Analysis", series G, thousands of
+# passengers per month, January 1949 to December 1960): shipped here rather than through a dependency. A
+# darts-format CSV ("Month,#Passengers" / "1949-01,112") in the cache folder takes precedence.
+AIRPASSENGERS_1949_1960 = (
+    112, 118, 132, 129, 121, 135, 148, 148, 136, 119, 104, 118,  # 1949
+    115, 126, 141, 135, 125, 149, 170, 170, 158, 133, 114, 140,  # 1950
+    145, 150, 178, 163, 172, 178, 199, 199, 184, 162, 146, 166,  # 1951
+    171, 180, 193, 181, 183, 218, 230, 242, 209, 191, 172, 194,  # 1952
+    196, 196, 236, 235, 229, 243, 264, 272, 237, 211, 180, 201,  # 1953
+    204, 188, 235, 227, 234, 264, 302, 293, 259, 229, 203, 229,  # 1954
+    242, 233, 267, 269, 270, 315, 364, 347, 312, 274, 237, 278,  # 1955
+    284, 277, 317, 313, 318, 374, 413, 405, 355, 306, 271, 306,  # 1956
+    315, 301, 356, 348, 355, 422, 465, 467, 404, 347, 305, 336,  # 1957
+    340, 318, 362, 348, 363, 435, 491, 505, 404, 359, 310, 337,  # 1958
+    360, 342, 406, 396, 420, 472, 548, 559, 463, 407, 362, 405,  # 1959
+    417, 391, 419, 461, 472, 535, 622, 606, 508, 461, 390, 432,  # 1960
+)  # fmt: skip
+AIRPASSENGERS = DataSource("airpassengers", {"AirPassengers.csv": ""}, "(shipped with Neuratlas)")
 
 
 @dataclass
@@ -145,14 +158,9 @@ def _airpassengers_values() -> tuple[np.ndarray, list[str], str]:
         return (*read_airpassengers_csv(folder / "AirPassengers.csv"), source)
     except NeuratlasError:
         pass
-    try:
-        from pmdarima.datasets import load_airpassengers
-    except ImportError:
-        folder, source = AIRPASSENGERS.locate()  # download (or the one-line install hint)
-        return (*read_airpassengers_csv(folder / "AirPassengers.csv"), source)
-    values = np.asarray(load_airpassengers(), dtype=np.float64)
+    values = np.asarray(AIRPASSENGERS_1949_1960, dtype=np.float64)
     periods = [f"{1949 + k // 12}-{k % 12 + 1:02d}" for k in range(len(values))]
-    return values, periods, "offline package pmdarima"
+    return values, periods, "shipped with Neuratlas (Box & Jenkins series G)"
 
 
 def load_airpassengers(cfg: SeriesConfig) -> Series:
@@ -177,7 +185,7 @@ def load_sunspots(cfg: SeriesConfig) -> Series:
 
 
 register_dataset("airpassengers", load_airpassengers, SeriesConfig,
-                 "monthly airline passengers 1949-1960 (pmdarima); darts split: 108 train / 36 test months")
+                 "monthly airline passengers 1949-1960 (Box & Jenkins); darts split: 108 train / 36 test months")
 register_dataset("co2", load_co2, SeriesConfig,
                  "Mauna Loa CO2, monthly means 1958-2001 (statsmodels); last 60 months held out")
 register_dataset("sunspots", load_sunspots, SeriesConfig,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 from neuratlas.federated.core import (
     FederatedConfig,
     History,
@@ -42,12 +43,7 @@ log = logging.getLogger("neuratlas.federated")
 
 
 def _flwr():
-    try:
-        import flwr
-    except ImportError:
-        raise NeuratlasError("the Flower deployment needs flwr: `pip install 'neuratlas[federated]'` "
-                             "(or `pip install flwr`)") from None
-    return flwr
+    return require("flwr", "the Flower deployment")
 
 
 # --- client -------------------------------------------------------------------------------------------

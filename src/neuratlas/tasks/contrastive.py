@@ -27,7 +27,7 @@ from neuratlas.data.loaders import TensorBatches, seeded_generator
 from neuratlas.data.transforms import normalize, random_crop, random_hflip
 from neuratlas.errors import NeuratlasError
 from neuratlas.models.clip import clip_loss
-from neuratlas.tasks.base import TASKS, Task, describe_splits
+from neuratlas.tasks.base import TASKS, Task, describe_splits, write_image
 from neuratlas.text.tokenizers import tokenizer_from_dict
 
 KS = (1, 5, 10)
@@ -134,6 +134,11 @@ class ContrastiveImageText(Task):
                 out[f"{direction}_recall@{k}"] = v
         return out
 
+    def on_fit_end(self, trainer, result) -> None:
+        """Draw the zero-shot predictions on test images beside the run's curves."""
+        picture = self.plot_zero_shot(trainer.eval_model, "test", result.run_dir / "zero_shot.png")
+        result.notes.append(f"zero-shot predictions on test images: {picture}")
+
     def plot_zero_shot(self, model: nn.Module, split: str, path: str | Path, n: int = 24) -> Path:
         """A PNG of the first ``n`` held-out images titled with their zero-shot prediction (green when right)."""
         import matplotlib
@@ -172,6 +177,9 @@ class ContrastiveImageText(Task):
 
     def describe_data(self) -> str:
         return describe_splits(self.data_spec["name"], self.data)
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return [write_image(self.data.test[0][0], folder / "example.png")], {}
 
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,

@@ -45,7 +45,7 @@ from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.boxes import batched_nms, clip_boxes, weighted_box_fusion
-from neuratlas.tasks.base import TASKS, Task
+from neuratlas.tasks.base import TASKS, Task, write_image
 
 Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes (D, 4), scores (D,), labels (D,)
 
@@ -337,6 +337,9 @@ class Detection(Task):
         d = self.data
         return (f"{self.data_spec['name']} ({len(d.tiles)} tiles, {int((d.labels >= 0).sum())} boxes / "
                 f"val strip {len(d.val[0].boxes)} / {d.test[0].name} {len(d.test[0].boxes)})")
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return [write_image(self.data.val[0].image[:, :256, :256], folder / "example.png")], {}
 
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,

@@ -34,6 +34,7 @@ from neuratlas.data import load_dataset
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.timeseries import Series
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 from neuratlas.tasks.base import TASKS, Task
 
 
@@ -86,12 +87,9 @@ def classical_forecasts(kind: str, y: np.ndarray, n_fit: int, starts: list[int],
                         cfg: ForecastConfig) -> np.ndarray:
     """ARIMA or ETS fitted on ``y[:n_fit]`` only, then run with those parameters over the whole series: the
     forecast from origin t is the dynamic prediction that conditions on ``y[:t]`` and nothing later."""
-    try:
-        from statsmodels.tsa.exponential_smoothing.ets import ETSModel
-        from statsmodels.tsa.statespace.sarimax import SARIMAX
-    except ImportError:
-        raise NeuratlasError("the ARIMA/ETS baselines need statsmodels: `pip install statsmodels` "
-                             "(the `series` extra), or set --task.baselines false") from None
+    feature = "the ARIMA/ETS baselines (or set --task.baselines false)"
+    ETSModel = require("statsmodels.tsa.exponential_smoothing.ets", feature).ETSModel
+    SARIMAX = require("statsmodels.tsa.statespace.sarimax", feature).SARIMAX
     seasonal = season > 1 and len(y[:n_fit]) > 2 * season
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter from statsmodels' optimisers
@@ -274,6 +272,9 @@ class Forecasting(Task):
     def describe_data(self) -> str:
         s = self.series
         return f"{s.name} ({self.n_fit}/{self.val_len}/{len(s.test)})"
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return ["end"], {}
 
 
     @classmethod

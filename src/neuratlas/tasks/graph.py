@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuratlas.data import load_dataset
-from neuratlas.data.graphs import EdgeSplit, MoleculeData, NodeData, as_features, batch_graphs, split_edges
+from neuratlas.data.graphs import (
+    EdgeSplit,
+    MoleculeData,
+    NodeData,
+    as_features,
+    batch_graphs,
+    smiles_graph,
+    split_edges,
+)
 from neuratlas.data.loaders import seeded_generator
 from neuratlas.errors import NeuratlasError
 from neuratlas.tasks.base import TASKS, Task
@@ -81,12 +90,39 @@ class NodeClassification(Task):
         return {"loss": F.cross_entropy(out[m], d.y[m]).item(), "accuracy": _accuracy(out[m], d.y[m])}
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"classes": self.data.classes, "dataset": self.data_spec["name"]}
+        return {"classes": self.data.classes, "dataset": self.data_spec["name"], "data": self.data_spec}
 
     def describe_data(self) -> str:
         d = self.data
         counts = [int(m.sum()) for m in (d.train_mask, d.val_mask, d.test_mask)]
         return f"{self.data_spec['name']} ({counts[0]}/{counts[1]}/{counts[2]:,} nodes)"
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return [str(int(i)) for i in self.data.test_mask.nonzero()[:2, 0]], {}
+
+    @classmethod
+    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
+                options: dict[str, str]) -> list[str]:
+        """Classify nodes of the run's graph by id: ``neuratlas predict RUN 0 17 2500``."""
+        d = load_dataset(extra["data"])
+        nodes = node_ids(inputs, d.graph.num_nodes)
+        with torch.no_grad():
+            probs = model(as_features(d.x), d.graph).float()[nodes].softmax(-1)
+        return [f"node {n}: {extra['classes'][int(p.argmax())]} {float(p.max()):.1%}" for n, p in zip(nodes, probs)]
+
+
+def node_ids(items: list[str], num_nodes: int) -> list[int]:
+    """Node ids given on the command line, checked against the graph's size."""
+    out = []
+    for item in items:
+        try:
+            n = int(item)
+        except ValueError:
+            raise NeuratlasError(f"{item!r} is not a node id (a whole number)") from None
+        if not 0 <= n < num_nodes:
+            raise NeuratlasError(f"node {n} is outside the graph's {num_nodes:,} nodes")
+        out.append(n)
+    return out
 
 
 # --- graph classification -----------------------------------------------------------------------------------
@@ -148,6 +184,18 @@ class GraphClassification(Task):
     def describe_data(self) -> str:
         d = self.data
         return f"{self.data_spec['name']} ({len(d.train)}/{len(d.val)}/{len(d.test)} graphs)"
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return ["CCO", "c1ccccc1O"], {}  # ethanol, phenol
+
+    @classmethod
+    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
+                options: dict[str, str]) -> list[str]:
+        """Classify molecules given as SMILES strings: ``neuratlas predict RUN CCO 'c1ccccc1O'``."""
+        x, graph, _ = batch_graphs([smiles_graph(s) for s in inputs])
+        with torch.no_grad():
+            probs = model(x, graph).float().softmax(-1)
+        return [f"{s}: {extra['classes'][int(p.argmax())]} {float(p.max()):.1%}" for s, p in zip(inputs, probs)]
 
 
 # --- link prediction ----------------------------------------------------------------------------------------
@@ -251,6 +299,31 @@ class LinkPrediction(Task):
         s = self.split
         return (f"{self.data_spec['name']} edges ({s.train_pos.shape[1]:,}/{s.val_pos.shape[1]}/"
                 f"{s.test_pos.shape[1]})")
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"data": self.data_spec, "val_frac": self.cfg.val_frac, "test_frac": self.cfg.test_frac}
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        u, v = self.split.test_pos[:, 0].tolist()
+        return [f"{u},{v}", "0,1"], {}
+
+    @classmethod
+    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
+                options: dict[str, str]) -> list[str]:
+        """The probability of an edge between node pairs ``U,V`` of the run's graph, encoded over the training
+        edges as in training: ``neuratlas predict RUN 0,633 5,12``."""
+        d = load_dataset(extra["data"])
+        split = split_edges(d.graph, extra["val_frac"], extra["test_frac"], seed=0)
+        pairs = []
+        for item in inputs:
+            u, sep, v = item.partition(",")
+            if not sep:
+                raise NeuratlasError(f"{item!r}: give node pairs as U,V (e.g. 0,633)")
+            pairs.append(node_ids([u, v], d.graph.num_nodes))
+        with torch.no_grad():
+            z = model(as_features(d.x), split.train_graph).float()
+            p = cls.score(z, torch.tensor(pairs).t()).sigmoid()
+        return [f"{u}–{v}: edge probability {float(q):.1%}" for (u, v), q in zip(pairs, p)]
 
 
 TASKS.add("node-classification", NodeClassification, NodeClassificationConfig,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -125,6 +126,10 @@ class LanguageModeling(Task):
     def describe_data(self) -> str:
         tok = self.data.cfg.tokenizer
         return f"{self.data_spec['name']} {tok} ({len(self.data.train):,}/{len(self.data.val):,} tokens)"
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        prompt = self.data.tokenizer.decode(self.data.val[:16].tolist())
+        return [prompt], {"max_new_tokens": "8"}
 
     @classmethod
     def predict(

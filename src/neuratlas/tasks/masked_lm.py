@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,6 +95,10 @@ class MaskedLM(LanguageModeling):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {**super().checkpoint_extra(), "mask_id": self.mask_id}
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        text = self.data.tokenizer.decode(self.data.val[:24].tolist())
+        return [text[:10] + "_" + text[11:]], {}
 
     @classmethod
     def predict(

@@ -32,6 +32,7 @@ from neuratlas.data.medical import (
     slice_stack,
 )
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 from neuratlas.tasks.base import TASKS, Task
 
 
@@ -65,8 +66,7 @@ def dice_from_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def connected_components(mask: np.ndarray, min_size: int = 0) -> np.ndarray:
     """Label 4-connected foreground regions 1..n, dropping regions smaller than ``min_size`` pixels."""
-    from scipy import ndimage
-
+    ndimage = require("scipy.ndimage", "instance labels of a segmentation", extra="medical")
     labels, n = ndimage.label(mask)
     if min_size and n:
         sizes = np.bincount(labels.ravel())
@@ -102,8 +102,7 @@ def predicted_instances(pred: np.ndarray, boundary: bool, min_size: int = 8) -> 
     boundary pixel then joins the nearest interior component within 2 px."""
     labels = connected_components(pred == 1, min_size)
     if boundary and labels.max() > 0:
-        from scipy import ndimage
-
+        ndimage = require("scipy.ndimage", "instance labels of a segmentation", extra="medical")
         dist, idx = ndimage.distance_transform_edt(labels == 0, return_indices=True)
         grow = (pred == 2) & (dist <= 2)
         labels[grow] = labels[idx[0][grow], idx[1][grow]]
@@ -243,6 +242,18 @@ class Segmentation(Task):
 
     def describe_data(self) -> str:
         return f"{self.data_spec['name']} ({self.data.description})"
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        image = self.data.test.images[0].float().numpy()  # normalised (C, H, W)
+        if image.shape[0] == 1:
+            path = folder / "example.npy"
+            np.save(path, image[0])
+            return [str(path)], {}
+        import nibabel
+
+        path = folder / "example.nii.gz"  # a slice with its neighbours: a small volume, segmented at its middle
+        nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(image.transpose(1, 2, 0)), np.eye(4)), path)
+        return [str(path)], {"slice": str(image.shape[0] // 2)}
 
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,

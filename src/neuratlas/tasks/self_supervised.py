@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,7 +27,7 @@ from neuratlas.data.images import ImageSplits
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize, random_erase, random_hflip
 from neuratlas.errors import NeuratlasError
-from neuratlas.tasks.base import TASKS, Task
+from neuratlas.tasks.base import TASKS, Task, write_image
 
 # --- augmentations and losses -------------------------------------------------------------------------
 
@@ -204,6 +206,29 @@ class SelfSupervised(Task):
                 model.train(was)
         return out
 
+    @classmethod
+    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
+                options: dict[str, str]) -> list[str]:
+        """What a pretrained encoder gives for each image: with ``rotation``, the rotation it sees; with
+        ``simclr``, its embedding, written as ``<name>.npy`` for downstream use."""
+        from neuratlas.tasks.classification import load_image
+
+        c, h, w = extra["input_shape"]
+        x = normalize(torch.stack([load_image(p, c, h, w) for p in inputs]), tuple(extra["mean"]),
+                      tuple(extra["std"]))
+        with torch.no_grad():
+            out = model(x).float()
+        lines = []
+        for path, row in zip(inputs, out):
+            if extra["method"] == "rotation":
+                p = row.softmax(-1)
+                lines.append(f"{path}: rotated {90 * int(p.argmax())}° ({float(p.max()):.1%})")
+            else:
+                target = Path(out_dir) / f"{Path(path).stem}.npy"
+                np.save(target, row.numpy())
+                lines.append(f"{path}: embedding ({row.numel()} values, norm {float(row.norm()):.3f}) → {target}")
+        return lines
+
     def checkpoint_extra(self) -> dict[str, Any]:
         c, h, w = self.data.shape
         return {"method": self.cfg.method, "classes": self.data.classes, "mean": list(self.data.mean),
@@ -212,6 +237,9 @@ class SelfSupervised(Task):
     def describe_data(self) -> str:
         n = [len(s[0]) for s in (self.data.train, self.data.val, self.data.test)]
         return f"{self.data_spec['name']} unlabelled ({n[0]:,}/{n[1]:,}/{n[2]:,})"
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return [write_image(self.data.test[0][0], folder / "example.png")], {}
 
 
 TASKS.add("self-supervised", SelfSupervised, SelfSupervisedConfig,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -251,6 +252,9 @@ class Seq2Seq(Task):
         d = self.data
         return (f"{self.data_spec['name']} words {len(d.train_words):,}/{len(d.val.words):,}/"
                 f"{len(d.test.words):,}")
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return [self.data.test.words[0]], {"beam": "2"}
 
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,

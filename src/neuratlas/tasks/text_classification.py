@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,6 +72,10 @@ class TextClassification(Task):
     def describe_data(self) -> str:
         n = [len(s[0]) for s in (self.data.train, self.data.val, self.data.test)]
         return f"{self.data_spec['name']} ({n[0]:,}/{n[1]:,}/{n[2]:,})"
+
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        ids, mask, _ = self.data.val
+        return [self.data.tokenizer.decode(ids[0][mask[0].bool()].tolist())], {}
 
     @classmethod
     def predict(

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 
 
 class Tokenizer(Protocol):
@@ -86,9 +87,7 @@ class HFTokenizer:
 
     @classmethod
     def from_file(cls, path: str) -> HFTokenizer:
-        from tokenizers import Tokenizer as _Tok
-
-        return cls(_Tok.from_file(str(path)))
+        return cls(require("tokenizers", "a tokenizer.json").Tokenizer.from_file(str(path)))
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids
@@ -123,10 +122,9 @@ class BPETokenizer(HFTokenizer):
 
     @classmethod
     def train(cls, text: str, vocab_size: int = 2048, specials: tuple[str, ...] = ()) -> BPETokenizer:
-        from tokenizers import Tokenizer as _Tok
-        from tokenizers import decoders, models, pre_tokenizers, trainers
-
-        tok = _Tok(models.BPE())
+        tk = require("tokenizers", "the BPE tokenizer")
+        decoders, models, pre_tokenizers, trainers = tk.decoders, tk.models, tk.pre_tokenizers, tk.trainers
+        tok = tk.Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
@@ -153,14 +151,11 @@ class GPT2Tokenizer:
     PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
     def __init__(self) -> None:
-        try:
-            import tiktoken
-            from tiktoken.load import load_tiktoken_bpe
-        except ImportError:
-            raise NeuratlasError("the GPT-2 vocabulary needs tiktoken: `pip install tiktoken`") from None
+        tiktoken = require("tiktoken", "the GPT-2 vocabulary")
+        load = require("tiktoken.load", "the GPT-2 vocabulary")
         from neuratlas.data.text import gpt2_ranks_path
 
-        ranks = load_tiktoken_bpe(str(gpt2_ranks_path()))
+        ranks = load.load_tiktoken_bpe(str(gpt2_ranks_path()))
         self.enc = tiktoken.Encoding(
             name="gpt2", pat_str=self.PAT, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
         )
@@ -186,9 +181,7 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     if kind == "char":
         return CharTokenizer(d["chars"], tuple(d.get("specials", ())))
     if kind in ("bpe", "hf"):
-        from tokenizers import Tokenizer as _Tok
-
-        tok = _Tok.from_str(d["json"])
+        tok = require("tokenizers", f"the checkpoint's {kind} tokenizer").Tokenizer.from_str(d["json"])
         return BPETokenizer(tok) if kind == "bpe" else HFTokenizer(tok)
     if kind == "gpt2":
         return GPT2Tokenizer()

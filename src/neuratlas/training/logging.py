@@ -63,8 +63,14 @@ def plot_curves(csv_path: Path, out_png: Path, title: str = "") -> Path:
         xs.append(int(r["step"]))
         ys.append(float(r["value"]))
     names = list(series)
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.2 * max(1, len(names)), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    # a grid at most four panels wide: a detector logs a dozen metrics, and one strip of them would be
+    # unreadable at page width
+    cols = min(4, max(1, len(names)))
+    rows = -(-max(1, len(names)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
         for split, (xs, ys) in series[name].items():
             ax.plot(xs, ys, label=split, marker="o" if split != "train" else None, markersize=3)
         ax.set_title(name)
