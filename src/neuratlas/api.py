@@ -104,9 +104,10 @@ def predict(model: nn.Module, inputs: Any, out_dir: str | Path = "predictions", 
     """Run the model's task prediction on ``inputs`` and return the lines ``neuratlas predict`` prints.
 
     ``inputs``: one item or a list of image paths, numpy arrays / tensors of images ((H, W), (C, H, W) or
-    (H, W, C); uint8 or floats in [0, 1]), strings (text tasks), CSV paths (tasks that read tables), or what
-    the task documents. ``options`` are the task's (e.g. ``invert=True`` for white-background images).
-    Pictures the task draws go to ``out_dir``.
+    (H, W, C); uint8 or floats in [0, 1]), strings (text, SMILES molecules), CSV paths (tasks that read
+    tables), node ids (node classification on the run's graph), or what the task documents. ``options``
+    are the task's (e.g. ``invert=True`` for white-background images). Pictures the task draws go to
+    ``out_dir``.
     """
     from neuratlas.tasks import TASKS
 
@@ -124,7 +125,7 @@ def predict(model: nn.Module, inputs: Any, out_dir: str | Path = "predictions", 
         paths = [_as_input(x, Path(tmp) / f"input-{i}.npy") for i, x in enumerate(items)]
         lines = TASKS.get(task).builder.predict(model, getattr(model, "neuratlas_extra", {}), paths, str(out), opts)
     for i, (x, path) in enumerate(zip(items, paths)):  # arrays are named by their place, not the temp file
-        if not isinstance(x, (str, Path)):
+        if not isinstance(x, (str, Path, int)):
             lines = [line.replace(path, f"array {i}") for line in lines]
     return lines
 
@@ -136,6 +137,6 @@ def _as_input(x: Any, npy: Path) -> str:
     if isinstance(x, np.ndarray):
         np.save(npy, x, allow_pickle=False)
         return str(npy)
-    if isinstance(x, (str, Path)):
+    if isinstance(x, (str, Path, int)):  # int: a node id of a node-classification run's graph
         return str(x)
-    raise NeuratlasError(f"cannot predict on a {type(x).__name__}: give file paths, strings or numpy arrays")
+    raise NeuratlasError(f"cannot predict on a {type(x).__name__}: give file paths, strings, node ids or numpy arrays")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import platform
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,24 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     from neuratlas.export import export_run
+    from neuratlas.export.check import cpu_name
     from neuratlas.export.core import check_format
 
     check_format(args.format)
     result = export_run(args.run, args.format, args.out, force=args.force)
     print(f"wrote {result.out}: {', '.join(result.files)}")
     if result.example:
-        print(f"checked on {result.example} ({_cpu()}):")
+        print(f"checked on {result.example} ({cpu_name()}):")
     for c in result.checks:
         print(f"  {c.line()}")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

@@ -7,6 +7,7 @@ a ratio against eager PyTorch measured in the same process, both on the same num
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -111,3 +112,15 @@ def check(
         ratio = t_eager / seconds_per_call(lambda: run(part.inputs))
     n = part.inputs[0].shape[next(iter(part.dynamic[0]), 0)] if part.inputs[0].ndim else 1
     return Check(part.name, file, diff, ratio, runtime, int(n))
+
+
+def cpu_name() -> str:
+    """The CPU's model name (speed ratios are quoted with it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

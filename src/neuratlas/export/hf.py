@@ -180,10 +180,9 @@ def save(model: nn.Module, folder: Path, tokenizer: dict[str, Any] | None = None
 def check_transformers(model: nn.Module, folder: Path, auto: str) -> Check:
     """Load ``folder`` with ``transformers.<auto>.from_pretrained`` and compare its logits with ours on a
     padded batch of random tokens."""
-    try:
-        import transformers
-    except ImportError:
-        raise NeuratlasError("checking a Hugging Face folder needs transformers (pip install transformers)") from None
+    from neuratlas.extras import require
+
+    transformers = require("transformers", "checking a Hugging Face folder")
     from neuratlas.models.bert import BERT
 
     verbosity = transformers.logging.get_verbosity()

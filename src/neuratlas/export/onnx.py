@@ -18,15 +18,11 @@ from neuratlas.export.trace import why
 
 
 def _need():
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise NeuratlasError(
-            f"ONNX export needs the export extra ({e.name} is missing): pip install 'neuratlas[export]'"
-        ) from None
-    return onnxruntime
+    from neuratlas.extras import require
+
+    for module in ("onnx", "onnxscript"):
+        require(module, "ONNX export")
+    return require("onnxruntime", "checking ONNX files")
 
 
 def save(program: torch.export.ExportedProgram, part: Part, path: Path, model_name: str) -> None:
