@@ -222,6 +222,28 @@ def test_minilm_hf_folder_is_a_sentence_encoder_with_its_tokenizer(tmp_path):
     assert (ours[m] - out[m]).abs().max() < 1e-4
 
 
+def test_gpt2_folder_carries_a_tokenizer_equal_to_tiktoken(tmp_path):
+    """vocab.json/merges.txt rebuilt from tiktoken's ranks: transformers' GPT-2 tokenizer then encodes text
+    exactly as the run's tokenizer did."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tiktoken")
+    from neuratlas.text.tokenizers import GPT2Tokenizer
+
+    try:
+        ours = GPT2Tokenizer()
+    except NeuratlasError as e:
+        pytest.skip(f"GPT-2 ranks unavailable: {e}")
+    model = create_model("gpt-mini", n_layer=1, dim=32, n_head=2, ffn="gelu_tanh").eval()
+    result = export_model(model, "hf", tmp_path / "gpt2", tokenizer={"kind": "gpt2"})
+    assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= set(result.files)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "gpt2"))
+    text = (
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nIt's 2026 — naïve café, 🎉 emoji, "
+        "  spaces,\ttabs and numbers 3.14159<|endoftext|>"
+    )
+    assert theirs(text)["input_ids"] == ours.encode(text)
+
+
 def test_hf_refuses_what_transformers_cannot_hold(tmp_path):
     with pytest.raises(NeuratlasError, match="GPT-2 needs"):
         export_model(create_model("transformer-modern", n_layer=1, dim=48), "hf", tmp_path / "o")

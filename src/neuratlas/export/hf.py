@@ -150,7 +150,67 @@ def write_tokenizer(folder: Path, tokenizer: dict[str, Any] | None, source: Path
         (folder / "tokenizer.json").write_text(tokenizer["json"])
         (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
         written += ["tokenizer.json", "tokenizer_config.json"]
+    elif tokenizer and tokenizer.get("kind") == "gpt2":
+        from neuratlas.text.tokenizers import GPT2Tokenizer
+
+        vocab, merges = gpt2_vocab_and_merges(GPT2Tokenizer().enc._mergeable_ranks)
+        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        eot = "<|endoftext|>"
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "tokenizer_class": "GPT2Tokenizer",
+                    "bos_token": eot,
+                    "eos_token": eot,
+                    "unk_token": eot,
+                    "model_max_length": 1024,
+                    "add_prefix_space": False,
+                }
+            )
+        )
+        written += ["vocab.json", "merges.txt", "tokenizer_config.json"]
     return written
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (vocab.json and merges.txt spell tokens with it)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def gpt2_vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[str]]:
+    """Hugging Face's byte-level ``vocab.json`` and ``merges.txt`` from tiktoken's GPT-2 ranks. The ranks are
+    the merge order, so each multi-byte token is the merge of the two pieces that byte-pair encoding with only
+    the lower-ranked tokens leaves of it."""
+    char = bytes_to_unicode()
+
+    def spell(b: bytes) -> str:
+        return "".join(char[x] for x in b)
+
+    vocab = {spell(tok): rank for tok, rank in ranks.items()}
+    vocab["<|endoftext|>"] = len(ranks)
+    merges = []
+    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(tok) < 2:
+            continue
+        parts = [bytes([b]) for b in tok]
+        while len(parts) > 2:
+            best = min(range(len(parts) - 1), key=lambda i: ranks.get(parts[i] + parts[i + 1], 1 << 30))
+            if ranks.get(parts[best] + parts[best + 1], 1 << 30) >= rank:
+                break
+            parts[best : best + 2] = [parts[best] + parts[best + 1]]
+        if len(parts) != 2:
+            raise NeuratlasError(f"GPT-2 rank {rank} is not a merge of two lower-ranked tokens")
+        merges.append(f"{spell(parts[0])} {spell(parts[1])}")
+    return vocab, merges
 
 
 def save(model: nn.Module, folder: Path, tokenizer: dict[str, Any] | None = None, verify: bool = True) -> list[Check]:
