@@ -42,12 +42,14 @@ def padded_tokens(vocab: int, batch: int = 3, t: int = 10, pad: int = 0) -> tupl
     return ids.masked_fill(mask == 0, pad), mask
 
 
-def graph_example(n: int = 7, f: int = 8):
-    from neuratlas.data.graphs import Graph
+def graph_example(n: int = 7, f: int = 8, sparse: bool = False):
+    """A small graph; ``sparse``: bag-of-words node features held sparse, as Cora's are."""
+    from neuratlas.data.graphs import Graph, SparseFeatures
 
     src = torch.tensor([0, 1, 2, 3, 4, 5, 6, 2, 3, 3, 1])  # a self-loop (3->3) and a duplicate edge (1->2)
     dst = torch.tensor([1, 2, 3, 4, 5, 6, 0, 0, 6, 3, 2])
-    return torch.randn(n, f), Graph(torch.stack([src, dst]), n)
+    x = (torch.rand(n, f) < 0.3).float()
+    return (SparseFeatures(x) if sparse else x), Graph(torch.stack([src, dst]), n)
 
 
 # (registered name, small overrides, example builder or None for the model's dummy_input)
@@ -64,9 +66,10 @@ FAMILIES = {
         lambda m: padded_tokens(m.cfg.vocab_size),
     ),
     "bert-mlm": ("bert-mini", {"n_layer": 1, "dim": 32, "n_head": 2}, lambda m: padded_tokens(m.cfg.vocab_size)),
-    "gpt": ("gpt-char-baby", {"n_layer": 2, "dim": 32, "n_head": 2}, None),
+    # a strided view, as a validation batch cropped from longer windows is
+    "gpt": ("gpt-char-baby", {"n_layer": 2, "dim": 32, "n_head": 2}, lambda m: (torch.randint(0, 65, (3, 17))[:, 1:],)),
     "gpt-modern": ("transformer-modern", {"n_layer": 1, "dim": 48}, None),  # RoPE, GQA, SwiGLU, RMSNorm
-    "lstm-forecaster": ("lstm-forecaster", {"dim": 16}, None),
+    "lstm-forecaster": ("lstm-forecaster", {"dim": 16}, lambda m: (torch.randn(1, 24, 1),)),  # a batch of one
     "gru-forecaster": ("gru-forecaster", {"dim": 16}, None),
     "lstm-classifier": ("lstm-classifier", {"dim": 16, "vocab_size": 30}, lambda m: (padded_tokens(30, t=12)[0],)),
     "gru-classifier": ("gru-classifier", {"dim": 16, "in_features": 3}, None),
@@ -77,7 +80,7 @@ FAMILIES = {
     ),
     "fcos": ("fcos-resnet18-slim", {"backbone_args": {"width": 8}, "fpn_dim": 16, "img_size": 64}, None),
     "retina": ("retina-resnet18-slim", {"backbone_args": {"width": 8}, "fpn_dim": 16, "img_size": 64}, None),
-    "gcn": ("gcn", {"in_features": 8, "num_classes": 3}, lambda m: graph_example()),
+    "gcn": ("gcn", {"in_features": 8, "num_classes": 3}, lambda m: graph_example(sparse=True)),
     "clip": ("clip-convnet", {"image_options": {"channels": [8, 8, 16]}, "text_dim": 32, "text_layers": 1}, None),
 }
 

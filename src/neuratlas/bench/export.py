@@ -105,10 +105,18 @@ def bench_export(options: dict[str, str]) -> list[str]:
         for o, p in zip(checks["onnx"], checks["pt2"]):
             part = f" ({o.part})" if o.part != "model" else ""
             lines.append(
-                f"| {family}{part} | {recipe} | {o.samples} | {o.max_abs_diff:.1e} | {o.speed_ratio:.2f}× | "
-                f"{p.max_abs_diff:.1e} | {p.speed_ratio:.2f}× |"
+                f"| {family}{part} | {recipe} | {o.samples} | {_diff(o)} | {o.speed_ratio:.2f}× | "
+                f"{_diff(p)} | {p.speed_ratio:.2f}× |"
             )
     return lines
+
+
+def _diff(c) -> str:
+    """The max abs difference, and the relative one where outputs above 1 (box pixels) exceed the tolerance."""
+    from neuratlas.export.check import TOLERANCE
+
+    rel = f" ({c.max_scaled_diff:.1e} rel.)" if c.max_abs_diff > TOLERANCE else ""
+    return f"{c.max_abs_diff:.1e}{rel}"
 
 
 BENCHMARKS.add(

@@ -17,7 +17,7 @@ import torch
 
 from neuratlas.export.parts import Inputs, Part
 
-TOLERANCE = 1e-4  # fp32
+TOLERANCE = 1e-4  # fp32, on outputs up to 1 in size; relative to the output's largest value above that
 
 
 @dataclass
@@ -28,15 +28,21 @@ class Check:
     speed_ratio: float  # exported runtime's speed / eager's (> 1: faster)
     runtime: str
     samples: int
+    max_scaled_diff: float = float("nan")  # per output: max |a − b| / max(1, max |b|)
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= TOLERANCE
+        scaled = self.max_abs_diff if self.max_scaled_diff != self.max_scaled_diff else self.max_scaled_diff
+        return scaled <= TOLERANCE
 
     def line(self) -> str:
         verdict = "ok" if self.ok else f"ABOVE the {TOLERANCE:g} tolerance"
+        scaled = ""
+        if self.max_abs_diff > TOLERANCE and self.max_scaled_diff == self.max_scaled_diff:
+            scaled = f", {self.max_scaled_diff:.1e} relative to the output's scale"
         line = (
-            f"{self.file}: max |{self.runtime} − eager| {self.max_abs_diff:.2e} ({verdict}) on {self.samples} samples"
+            f"{self.file}: max |{self.runtime} − eager| {self.max_abs_diff:.2e}{scaled} ({verdict}) on "
+            f"{self.samples} samples"
         )
         if self.speed_ratio == self.speed_ratio:  # not NaN: timed
             n = torch.get_num_threads()
@@ -50,7 +56,9 @@ def flat(out: object) -> list[torch.Tensor]:
     return [t for o in out for t in flat(o)]
 
 
-def max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+def max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], scaled: bool = False) -> float:
+    """max |a − b| over every output (``scaled``: each output's divided by max(1, its largest |b|), for
+    outputs such as box coordinates in pixels, whose fp32 rounding grows with their size)."""
     if len(a) != len(b):
         return float("inf")
     d = 0.0
@@ -59,7 +67,8 @@ def max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
         if x.shape != y.shape:
             return float("inf")
         if x.numel():
-            d = max(d, float((x - y).abs().max()))
+            err = float((x - y).abs().max())
+            d = max(d, err / max(1.0, float(y.abs().max())) if scaled else err)
     return d
 
 
@@ -101,17 +110,19 @@ def check(
 ) -> Check:
     """Compare ``run`` (the exported graph) with the eager part on its inputs and a batch one smaller; with
     ``timing``, also measure its speed against eager's on the full inputs."""
-    diff = max_diff(run(part.inputs), eager(part, part.inputs))
+    got, want = run(part.inputs), eager(part, part.inputs)
+    diff, scaled = max_diff(got, want), max_diff(got, want, scaled=True)
     small = smaller_batch(part)
     if small is not None:
-        diff = max(diff, max_diff(run(small), eager(part, small)))
+        got, want = run(small), eager(part, small)
+        diff, scaled = max(diff, max_diff(got, want)), max(scaled, max_diff(got, want, scaled=True))
     ratio = float("nan")
     if timing:
         with torch.no_grad():
             t_eager = seconds_per_call(lambda: part.module(*part.inputs))
         ratio = t_eager / seconds_per_call(lambda: run(part.inputs))
     n = part.inputs[0].shape[next(iter(part.dynamic[0]), 0)] if part.inputs[0].ndim else 1
-    return Check(part.name, file, diff, ratio, runtime, int(n))
+    return Check(part.name, file, diff, ratio, runtime, int(n), scaled)
 
 
 def cpu_name() -> str:

@@ -34,6 +34,11 @@ class Part:
     dynamic: list[dict[int, str]]  # per input: axis -> dimension name (batch, sequence, nodes, ...)
     notes: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # fresh dense tensors: a strided view of the caller's batch (a crop of a longer sequence) makes the
+        # exported program guard on its strides, which the ONNX decomposition of torch 2.13 cannot evaluate
+        self.inputs = tuple(t.detach().contiguous().clone() for t in self.inputs)
+
     def dynamic_shapes(self) -> tuple[dict[int, Any], ...]:
         dims: dict[str, Any] = {}
         out = []
@@ -78,6 +83,10 @@ def parts(model: nn.Module, example: Inputs | None = None) -> list[Part]:
             raise NeuratlasError(f"{type(model).__name__} has no example input to trace; pass one")
         example = model.dummy_input(2)
     example = example if isinstance(example, tuple) else (example,)
+    # a batch of 1 would be traced as a constant 1 (torch.export specialises sizes 0 and 1): use it twice
+    example = tuple(
+        torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == 1 else t for t in example
+    )
     name = getattr(model, "model_name", type(model).__name__)
     if isinstance(model, GPT):
         return _gpt_parts(model, example[0])
@@ -145,6 +154,8 @@ def parts(model: nn.Module, example: Inputs | None = None) -> list[Part]:
                 "(scatter over batch.max() + 1 graphs); only node-level GNNs export"
             )
         x, graph = example[0], example[1]
+        if not isinstance(x, torch.Tensor):  # sparse bag-of-words features (Cora): the graph takes them dense
+            x = torch.sparse_csr_tensor(x.crow, x.col, x.values, x.shape).to_dense()
         return [
             Part(
                 "model",
