@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from neuratlas.errors import NeuratlasError
+from neuratlas.models.checkpoint import read_checkpoint, save_weights
 from neuratlas.recipes import get_recipe
-from neuratlas.training.checkpoint import read_checkpoint, save_weights
 from neuratlas.training.trainer import Trainer
 
 

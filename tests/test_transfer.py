@@ -124,7 +124,7 @@ def test_discriminative_lrs_and_gradual_unfreezing():
 
 
 def test_load_checkpoint_with_new_head(tmp_path):
-    from neuratlas.training.checkpoint import read_checkpoint, save_weights
+    from neuratlas.models.checkpoint import read_checkpoint, save_weights
 
     src = create_model("convnet", num_classes=10)
     path = save_weights(tmp_path / "w.safetensors", src, {}, {"task": "classification"}, 5)

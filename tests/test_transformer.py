@@ -393,7 +393,7 @@ def test_sdist_source_cache_download_and_error(tmp_path, monkeypatch):
         info = tarfile.TarInfo("demo-1.0/texts/a_gut.txt")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    from neuratlas.data.sources import sha256
+    from neuratlas.sources import sha256
 
     src = sdist_source("demo", "1.0", "demo-1.0.tar.gz", sha256(pkg))
     src.offline = []
@@ -412,8 +412,8 @@ def test_sdist_source_cache_download_and_error(tmp_path, monkeypatch):
 
 def test_lm_run_checkpoint_tokenizer_and_generate_cli(tmp_path, run_overrides):
     from neuratlas.cli import main
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.recipes import get_recipe
-    from neuratlas.training.checkpoint import read_checkpoint
     from neuratlas.training.trainer import Trainer
 
     run = get_recipe("gpt-tinyshakespeare-baby").run_config(
@@ -464,9 +464,9 @@ def test_lm_run_checkpoint_tokenizer_and_generate_cli(tmp_path, run_overrides):
 
 
 def test_mlm_pretraining_runs_and_fills_masks(run_overrides):
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.recipes import get_recipe
     from neuratlas.tasks import TASKS
-    from neuratlas.training.checkpoint import read_checkpoint
     from neuratlas.training.trainer import Trainer
 
     over = {
@@ -664,7 +664,7 @@ def test_bf16_math_attention_matches_the_formula_with_gradients(causal, t, s, h_
 
 
 def test_checkpoints_with_the_old_attention_switch_still_load():
-    from neuratlas.training.checkpoint import _renamed_options
+    from neuratlas.models.checkpoint import _renamed_options
 
     assert _renamed_options({"dim": 8, "attn_fp32_on_cpu": True}) == {"dim": 8, "cpu_attention": "flash_fp32"}
     assert _renamed_options({"attn_fp32_on_cpu": False}) == {"cpu_attention": "flash"}

@@ -196,8 +196,8 @@ def mfu_setup(options: dict[str, str]):
     """The MFU race's GPT 6 × 384 (batch 16 × 256 unless overridden): (FLOPs per step, the autocast dtype or
     None for fp32, ``step(dtype)`` running one training step, the model)."""
     from neuratlas import create_model
+    from neuratlas.device import keep_freed_memory, resolve_precision
     from neuratlas.models import count_parameters
-    from neuratlas.training.precision import keep_freed_memory, resolve_precision
 
     keep_freed_memory()  # as the trainer does
     dtype = resolve_precision(options.get("precision", "auto"), torch.device("cpu"))

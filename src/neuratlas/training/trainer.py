@@ -16,18 +16,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from neuratlas.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from neuratlas.errors import NeuratlasError
 from neuratlas.models import count_parameters, create_model
+from neuratlas.models.checkpoint import load_state, read_checkpoint, save_state, save_weights
 from neuratlas.models.registry import MODELS
+from neuratlas.optim import build_optimizer, build_scheduler, lr_factor
 from neuratlas.tasks import Task, build_task
-from neuratlas.training.checkpoint import load_state, read_checkpoint, save_state, save_weights
 from neuratlas.training.config import RunConfig
 from neuratlas.training.distributed import NullLogger
 from neuratlas.training.distributed import context as dist_context
 from neuratlas.training.ema import WeightAverage
 from neuratlas.training.logging import RunLogger, plot_curves
-from neuratlas.training.optim import build_optimizer, build_scheduler, lr_factor
-from neuratlas.training.precision import autocast, keep_freed_memory, resolve_device, resolve_precision
 
 
 @dataclass

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.lora import apply_lora, lora_layers, merged_copy
 from neuratlas.models import create_model
+from neuratlas.optim import build_scheduler
+from neuratlas.sources import DataSource, package_dir
 from neuratlas.training.config import RunConfig
-from neuratlas.training.optim import build_scheduler
 from neuratlas.training.trainer import Trainer, model_for_task
 
 # --- loading weights ---------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ def load_pretrained(model: nn.Module, source: str | Path | dict[str, torch.Tenso
     else:
         from safetensors.torch import load_file
 
-        from neuratlas.training.checkpoint import read_checkpoint
+        from neuratlas.models.checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(source)
         state, where = load_file(str(ckpt.path)), str(ckpt.path)
@@ -330,7 +330,7 @@ class TransferTrainer(Trainer):
         checkpoint; resuming a LoRA run exactly is therefore not supported."""
         if not lora_layers(self.model):
             return super().save(tag)
-        from neuratlas.training.checkpoint import save_weights
+        from neuratlas.models.checkpoint import save_weights
 
         if not self.dist.is_main:
             return self.ckpt_dir / f"{tag}.safetensors"
