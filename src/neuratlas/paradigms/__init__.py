@@ -1,0 +1,1 @@
+"""Training paradigms built on the trainer and tasks: federated learning (simulation and Flower)."""
