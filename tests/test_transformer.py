@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neuratlas import create_model
 from neuratlas.config import build_config
-from neuratlas.data.text import PRETRAINED, read_tar_texts, sdist_source
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.attention import (
     MultiHeadAttention,
@@ -27,11 +27,12 @@ from neuratlas.layers.attention import (
 )
 from neuratlas.layers.gemv import fast_decoding, gemv
 from neuratlas.layers.sampling import sample
-from neuratlas.models import create_model
-from neuratlas.models.gpt import GPT, GPTConfig, load_hf_gpt2
+from neuratlas.models.gpt import GPT, GPTConfig
 from neuratlas.models.transformer import PRESETS, Transformer, TransformerConfig
+from neuratlas.sources import read_tar_texts, sdist_source
 from neuratlas.tasks.masked_lm import IGNORE, mask_tokens
 from neuratlas.text.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, tokenizer_from_dict
+from neuratlas.weights import PRETRAINED, load_hf_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -571,7 +572,7 @@ def _nanogpt_module():
 
 
 def test_nanogpt_checkpoint_imports_with_equal_logits(tmp_path):
-    from neuratlas.models.gpt import load_nanogpt
+    from neuratlas.weights import load_nanogpt
 
     ng = _nanogpt_module()
     torch.manual_seed(0)

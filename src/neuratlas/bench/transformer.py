@@ -42,7 +42,8 @@ def bench_transformer(options: dict[str, str]) -> list[str]:
         import transformers
     except ImportError:
         raise NeuratlasError("this benchmark races `transformers`: `pip install transformers`") from None
-    from neuratlas.models.gpt import GPT, GPTConfig, load_hf_gpt2
+    from neuratlas.models.gpt import GPT, GPTConfig
+    from neuratlas.weights import load_hf_gpt2
 
     quick = options.get("quick", "false").lower() in ("1", "true", "yes")
     reps = 3 if quick else 10

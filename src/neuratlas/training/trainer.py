@@ -28,6 +28,7 @@ from neuratlas.training.distributed import NullLogger
 from neuratlas.training.distributed import context as dist_context
 from neuratlas.training.ema import WeightAverage
 from neuratlas.training.logging import RunLogger, plot_curves
+from neuratlas.weights import load_pretrained_weights
 
 
 @dataclass
@@ -48,7 +49,9 @@ def model_for_task(run: RunConfig, task: Task) -> nn.Module:
     name = spec.pop("name")
     fields = MODELS.get(name).config_class.__dataclass_fields__
     implied = {k: v for k, v in task.model_defaults().items() if k in fields and k not in spec}
-    return create_model(name, **implied, **spec)
+    model = create_model(name, **implied, **spec)
+    load_pretrained_weights(model)
+    return model
 
 
 class Trainer:
