@@ -104,8 +104,10 @@ def problems(root: Path, order: dict[str, int], allowed: set[tuple[str, str]]) -
     rank = {**order, "__init__": init_rank}  # the public API ranks as the highest layer it imports
     out, used = [], set()
     units = {unit_of(module_name(p, root)) for p in root.rglob("*.py")} - {"__init__"}
-    out += [f"{u}: not in the layer order; add it to ORDER here and to the README's Layout" for u in
-            sorted(units - set(order))]
+    out += [
+        f"{u}: not in the layer order; add it to ORDER here and to the README's Layout"
+        for u in sorted(units - set(order))
+    ]
     graph: dict[str, set[str]] = {}
     for file, line, mod, src, dst in found:
         if src == "__init__":
@@ -119,9 +121,15 @@ def problems(root: Path, order: dict[str, int], allowed: set[tuple[str, str]]) -
     out += [f"{file} no longer imports {mod}: remove it from ALLOWED" for file, mod in sorted(allowed - used)]
     for cycle in cycles(graph):
         # a loop has at least one edge that does not point down: those are the ones to show
-        where = [f"{file}:{line} imports {mod}" for file, line, mod, src, dst in found
-                 if src in cycle and dst in cycle and src != "__init__" and (file, mod) not in allowed
-                 and rank.get(dst, -1) >= rank.get(src, len(order))]
+        where = [
+            f"{file}:{line} imports {mod}"
+            for file, line, mod, src, dst in found
+            if src in cycle
+            and dst in cycle
+            and src != "__init__"
+            and (file, mod) not in allowed
+            and rank.get(dst, -1) >= rank.get(src, len(order))
+        ]
         out.append(f"import cycle between {' <-> '.join(sorted(cycle))}: " + "; ".join(where))
     return out
 
@@ -176,14 +184,17 @@ def write(root: Path, files: dict[str, str]) -> Path:
 @pytest.fixture
 def toy(tmp_path):
     """A miniature package laid out like Neuratlas, which the checks must judge like the real one."""
-    return write(tmp_path / "neuratlas", {
-        "__init__.py": "from neuratlas.models import build\n",
-        "errors.py": "",
-        "layers/__init__.py": "from neuratlas.errors import *\n",
-        "models/__init__.py": "from .gpt import build\n",
-        "models/gpt.py": "from ..layers import x\n\ndef build():\n    from neuratlas import errors\n",
-        "data/__init__.py": "import neuratlas.models.gpt\n",
-    })
+    return write(
+        tmp_path / "neuratlas",
+        {
+            "__init__.py": "from neuratlas.models import build\n",
+            "errors.py": "",
+            "layers/__init__.py": "from neuratlas.errors import *\n",
+            "models/__init__.py": "from .gpt import build\n",
+            "models/gpt.py": "from ..layers import x\n\ndef build():\n    from neuratlas import errors\n",
+            "data/__init__.py": "import neuratlas.models.gpt\n",
+        },
+    )
 
 
 def test_the_check_accepts_downward_imports(toy):
@@ -202,7 +213,8 @@ def test_the_check_finds_a_cycle_between_peers(toy):
     write(toy, {"bench/__init__.py": "from neuratlas.tour import row\n", "tour.py": "import neuratlas.bench\n"})
     assert problems(toy, RANK, set()) == [
         "import cycle between bench <-> tour: bench/__init__.py:1 imports neuratlas.tour; "
-        "tour.py:1 imports neuratlas.bench"]
+        "tour.py:1 imports neuratlas.bench"
+    ]
 
 
 def test_the_check_resolves_relative_and_package_imports(toy):

@@ -21,6 +21,7 @@ from neuratlas.errors import NeuratlasError
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
+
 # --- the graph structure ------------------------------------------------------------------------------
 @dataclass
 class Graph:
@@ -71,8 +72,10 @@ class Graph:
             dinv = deg.pow(-0.5)
             w = dinv[src] * dinv[dst]
             shape = (self.num_nodes, self.num_nodes)
-            a, at = (torch.sparse_coo_tensor(torch.stack(ij), w, shape, check_invariants=False).coalesce()
-                     .to_sparse_csr() for ij in ([dst, src], [src, dst]))
+            a, at = (
+                torch.sparse_coo_tensor(torch.stack(ij), w, shape, check_invariants=False).coalesce().to_sparse_csr()
+                for ij in ([dst, src], [src, dst])
+            )
             self._cache["gcn"] = (a, at)
         return self._cache["gcn"]
 
@@ -92,8 +95,9 @@ class _CSRMatmul(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (values,) = ctx.saved_tensors
         f = ctx.feats
-        x_t = torch.sparse_csr_tensor(f.t_crow, f.t_col, values[f.t_perm], (f.shape[1], f.shape[0]),
-                                      check_invariants=False)
+        x_t = torch.sparse_csr_tensor(
+            f.t_crow, f.t_col, values[f.t_perm], (f.shape[1], f.shape[0]), check_invariants=False
+        )
         return None, torch.sparse.mm(x_t, grad.contiguous()), None
 
 
@@ -114,14 +118,14 @@ class SparseFeatures:
         self.crow, self.col, self.values = csr.crow_indices(), csr.col_indices(), csr.values().float()
         self.shape = tuple(dense.shape)
         order = torch.arange(coo._nnz(), dtype=torch.float64, device=dense.device)
-        t = torch.sparse_coo_tensor(coo.indices().flip(0), order, (self.shape[1], self.shape[0]),
-                                    check_invariants=False)
+        t = torch.sparse_coo_tensor(
+            coo.indices().flip(0), order, (self.shape[1], self.shape[0]), check_invariants=False
+        )
         t = t.coalesce().to_sparse_csr()
         self.t_crow, self.t_col, self.t_perm = t.crow_indices(), t.col_indices(), t.values().long()
 
     def _with(self, values: torch.Tensor) -> SparseFeatures:
-        return SparseFeatures(_parts=(self.crow, self.col, values, self.shape, self.t_crow, self.t_col,
-                                      self.t_perm))
+        return SparseFeatures(_parts=(self.crow, self.col, values, self.shape, self.t_crow, self.t_col, self.t_perm))
 
     def dropout(self, p: float, training: bool) -> SparseFeatures:
         return self._with(F.dropout(self.values, p, training)) if training and p > 0 else self

@@ -32,8 +32,7 @@ def resolve_pretrained(name_or_folder: str) -> Path:
         return PRETRAINED[name_or_folder].locate()[0]
     if not Path(name_or_folder).is_dir():
         raise NeuratlasError(
-            f"pretrained {name_or_folder!r} is neither one of {', '.join(PRETRAINED)} "
-            "nor a Hugging Face model folder"
+            f"pretrained {name_or_folder!r} is neither one of {', '.join(PRETRAINED)} nor a Hugging Face model folder"
         )
     return Path(name_or_folder)
 

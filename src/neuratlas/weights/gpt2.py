@@ -65,14 +65,10 @@ def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
     for i in range(cfg.n_layer):
         for src, dst in GPT2_BLOCK_NAMES.items():
             w, b = sd[f"h.{i}.{src}.weight"], sd[f"h.{i}.{src}.bias"]
-            new[f"transformer.blocks.{i}.{dst}.weight"] = (
-                w if src.startswith("ln") else w.t()
-            )  # Conv1D is (in, out)
+            new[f"transformer.blocks.{i}.{dst}.weight"] = w if src.startswith("ln") else w.t()  # Conv1D is (in, out)
             new[f"transformer.blocks.{i}.{dst}.bias"] = b
     new["head.weight"] = wte
     missing, unexpected = model.load_state_dict(new, strict=False)
     if missing or unexpected:
-        raise NeuratlasError(
-            f"{folder}: GPT-2 weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})"
-        )
+        raise NeuratlasError(f"{folder}: GPT-2 weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})")
     return model

@@ -25,8 +25,9 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
 
 
-def load_pretrained(model: nn.Module, source: str | Path | dict[str, torch.Tensor],
-                    skip: tuple[str, ...] = ()) -> dict[str, list[str]]:
+def load_pretrained(
+    model: nn.Module, source: str | Path | dict[str, torch.Tensor], skip: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
     """Copy tensors from a Neuratlas checkpoint (file or run folder) or a state dict into ``model``.
 
     Tensors whose name matches a ``skip`` glob, or whose shape differs (a new head), keep the model's own
@@ -47,8 +48,12 @@ def load_pretrained(model: nn.Module, source: str | Path | dict[str, torch.Tenso
                 skipped.append(name)
                 continue
             target = own[name]
-            if value.shape != target.shape and value.ndim == 4 and value.shape[0] == target.shape[0] \
-                    and value.shape[2:] == target.shape[2:]:
+            if (
+                value.shape != target.shape
+                and value.ndim == 4
+                and value.shape[0] == target.shape[0]
+                and value.shape[2:] == target.shape[2:]
+            ):
                 value = adapt_input_conv(value, target.shape[1])
                 reshaped.append(name)
             if value.shape != target.shape:
@@ -57,8 +62,10 @@ def load_pretrained(model: nn.Module, source: str | Path | dict[str, torch.Tenso
             target.copy_(value.to(target.dtype))
             loaded.append(name)
     if not loaded:
-        raise NeuratlasError(f"{where}: no tensor fits {getattr(model, 'model_name', type(model).__name__)} "
-                             f"(first names there: {list(state)[:3]}, here: {list(own)[:3]}); is it a "
-                             "checkpoint of the same model family?")
+        raise NeuratlasError(
+            f"{where}: no tensor fits {getattr(model, 'model_name', type(model).__name__)} "
+            f"(first names there: {list(state)[:3]}, here: {list(own)[:3]}); is it a "
+            "checkpoint of the same model family?"
+        )
     missing = [n for n in own if n not in set(loaded)]
     return {"loaded": loaded, "adapted": reshaped, "skipped": skipped, "kept_init": missing}
