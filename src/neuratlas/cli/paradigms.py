@@ -19,10 +19,10 @@ from neuratlas.errors import NeuratlasError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune from pretrained weights (transfer recipes)",
-                       description="Run a transfer recipe. --transfer.checkpoint RUN|imagenet-lite0, "
-                       "--transfer.freeze 'stem.*,stages.0.*', --transfer.lr_decay 0.5, "
-                       "--transfer.unfreeze_every 50, --transfer.lora_rank 8; plus any --section.key "
+    p = sub.add_parser("finetune", help="an alias of `train` (transfer is the run's --transfer.* section)",
+                       description="The same as `neuratlas train RECIPE`: every run takes --transfer.checkpoint "
+                       "RUN|imagenet-lite0, --transfer.freeze 'stem.*,stages.0.*', --transfer.lr_decay 0.5, "
+                       "--transfer.unfreeze_every 50, --transfer.lora_rank 8, beside any other --section.key "
                        "override.")
     p.add_argument("recipe")
     p.set_defaults(func=cmd_finetune, accepts_overrides=True)
@@ -53,14 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace, extra: list[str]) -> int:
-    from neuratlas.recipes import get_recipe
+    from neuratlas.cli.core import cmd_train
 
-    recipe = get_recipe(args.recipe)
-    if recipe.runner is None:
-        raise NeuratlasError(f"{args.recipe} is not a paradigm recipe; train it with `neuratlas train`")
-    row = recipe.runner(recipe, parse_overrides(extra))
-    print(f"{row.recipe}: {row.metric} {row.value:.4f} ({row.parameters:,} parameters, {row.seconds:.0f} s)")
-    return 0
+    return cmd_train(argparse.Namespace(recipe=args.recipe, resume=None, help=False), extra)
 
 
 def cmd_ddp(args: argparse.Namespace, extra: list[str]) -> int:

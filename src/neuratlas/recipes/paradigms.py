@@ -1,8 +1,7 @@
 """Training-paradigm recipes: transfer (pretrained → fine-tune), self-supervised pretraining, federated.
 
-Transfer and federated recipes are not one plain ``Trainer.fit``, so they carry a ``runner``; run them with
-``neuratlas finetune NAME`` / ``neuratlas federated sim`` (or through the tour). Self-supervised
-pretraining is an ordinary task (``tasks/self_supervised.py``): ``neuratlas train ssl-rotation-fashion``.
+Transfer recipes are ordinary runs with a ``transfer`` section (``neuratlas train lite0-fashion-finetune
+--transfer.lr_decay 0.5``); self-supervised pretraining is an ordinary task (``tasks/self_supervised.py``).
 """
 
 from __future__ import annotations
@@ -20,47 +19,15 @@ FMNIST = {"name": "fashion-mnist", "batch_size": 128}
 
 # --- transfer -----------------------------------------------------------------------------------------
 
-_TRANSFER: dict[str, dict[str, Any]] = {}  # recipe name -> its TransferConfig values
-
-
-def _split(overrides: dict[str, str], prefix: str) -> tuple[dict[str, str], dict[str, str]]:
-    mine = {k[len(prefix) + 1:]: v for k, v in overrides.items() if k.startswith(prefix + ".")}
-    return mine, {k: v for k, v in overrides.items() if not k.startswith(prefix + ".")}
-
-
-def transfer_trainer(recipe: Recipe, overrides: dict[str, str]):
-    """The TransferTrainer of a transfer recipe; ``--transfer.KEY`` overrides change its TransferConfig."""
-    from neuratlas.training.transfer import TransferConfig, TransferTrainer
-
-    mine, rest = _split(overrides, "transfer")
-    tc = build_config(TransferConfig, {**_TRANSFER[recipe.name], **mine}, where="transfer")
-    return TransferTrainer(recipe.run_config(rest), tc)
-
-
-def run_transfer(recipe: Recipe, overrides: dict[str, str]):
-    from neuratlas.tour import TourRow
-    from neuratlas.training.transfer import trainable_parameters
-
-    trainer = transfer_trainer(recipe, overrides)
-    trainable, total = trainable_parameters(trainer.model)
-    t0 = time.perf_counter()
-    result = trainer.fit()
-    metric = trainer.task.metric
-    (result.run_dir / "transfer.json").write_text(json.dumps(
-        {"transfer": vars(trainer.transfer), "trainable_at_start": trainable, "total": total}, indent=2))
-    return TourRow(recipe.family, recipe.name, trainer.run.model["name"], trainer.task.describe_data(),
-                   f"test {metric}", result.test[metric], total, time.perf_counter() - t0, recipe.target,
-                   str(result.run_dir / "curves.png"))
-
 
 def _transfer_recipe(name: str, model: dict, transfer: dict, description: str, steps: int, lr: float,
                      target: str = "", tour: bool = False) -> None:
-    _TRANSFER[name] = transfer
     cfg = {"model": model, "data": {**FMNIST, "val_size": 1000},
            "task": {"name": "classification", "label_smoothing": 0.1},
            "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 1e-4},
-           "schedule": {"name": "onecycle", "pct_start": 0.2}, "trainer": {"max_steps": steps}}
-    register_recipe(name, cfg, description, family="transfer", tour=tour, target=target, runner=run_transfer)
+           "schedule": {"name": "onecycle", "pct_start": 0.2}, "trainer": {"max_steps": steps},
+           "transfer": transfer}
+    register_recipe(name, cfg, description, family="transfer", tour=tour, target=target)
 
 
 # EfficientNet-Lite0 at 28×28 grey: the RGB stem kernels are summed for one channel and the stem runs at
@@ -96,10 +63,9 @@ for _name, _tc, _lr, _desc in (
         ("minilm-rt-lora", {"lora_rank": 8, "lora_alpha": 16, "lora_targets": "*.attn.qkv,*.attn.proj"}, 1e-3,
          "LoRA r=8 on every attention projection, the rest frozen"),
         ("minilm-rt-frozen", {"freeze": "embed.*,encoder.*"}, 3e-3, "frozen encoder, linear head only")):
-    _TRANSFER[_name] = _tc
-    register_recipe(_name, {**_MINILM_RT, "optimizer": {**_MINILM_RT["optimizer"], "lr": _lr}},
+    register_recipe(_name, {**_MINILM_RT, "optimizer": {**_MINILM_RT["optimizer"], "lr": _lr}, "transfer": _tc},
                     f"all-MiniLM-L6-v2 on Rotten Tomatoes, 150 steps: {_desc}", family="transfer",
-                    target="test accuracy ≥ 0.75", runner=run_transfer)
+                    target="test accuracy ≥ 0.75")
 
 # --- self-supervised pretraining (ordinary Trainer runs of tasks/self_supervised.py) --------------------
 
@@ -118,6 +84,11 @@ for _method, _desc in (("rotation", "predict the rotation (0/90/180/270°) of un
 # --- federated ----------------------------------------------------------------------------------------
 
 _FEDERATED: dict[str, dict[str, Any]] = {}
+
+
+def _split(overrides: dict[str, str], prefix: str) -> tuple[dict[str, str], dict[str, str]]:
+    mine = {k[len(prefix) + 1:]: v for k, v in overrides.items() if k.startswith(prefix + ".")}
+    return mine, {k: v for k, v in overrides.items() if not k.startswith(prefix + ".")}
 
 
 def federated_comparison(cfg, out: Path, compare: tuple[str, ...] = ("centralised",),

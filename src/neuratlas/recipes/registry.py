@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuratlas.registry import Registry
+from neuratlas.tasks.base import task_class
 from neuratlas.training.config import RunConfig
 
 RECIPES: Registry = Registry("recipe")
@@ -27,7 +28,7 @@ class Recipe:
 
     def run_config(self, overrides: dict[str, str] | None = None) -> RunConfig:
         cfg = RunConfig.from_dict(copy.deepcopy(self.config))
-        return cfg.override(overrides) if overrides else cfg
+        return cfg.override(overrides, tuple(task_class(cfg.task).sections)) if overrides else cfg
 
 
 def register_recipe(name: str, config: dict[str, Any], description: str = "", family: str = "",

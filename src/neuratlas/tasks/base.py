@@ -2,17 +2,30 @@
 
 A new kind of problem (language modelling, forecasting, detection, ...) subclasses :class:`Task`, registers
 itself with ``TASKS.add(name, cls, cls.Config)`` and gets the trainer, checkpoints, CLI and tour for free.
+
+Most tasks define only ``training_loss`` and ``evaluate``. Two hooks, as in Keras and Lightning, cover runs
+that are more than one loss and one optimizer: ``configure_optimizers(model, run)`` returns the optimizers
+(default: one, built from ``run.optimizer``) and ``train_step(trainer, index)`` makes one training step with
+them (default: ``grad_accum`` micro-batches of ``training_loss``, backward, clip, step). A GAN overrides both;
+it still gets resume, EMA, clipping, precision, checkpoints and the CLI from the one trainer. A task may also
+own config sections (``sections = {"gan": GANOptions}``): ``--gan.loss hinge`` is validated against the
+dataclass and the values are saved in the run's config; the task reads them as ``self.gan``.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from neuratlas.config import build_config
+from neuratlas.errors import NeuratlasError
 from neuratlas.registry import Registry
+
+if TYPE_CHECKING:  # the trainer sits above tasks: named for type hints only
+    from neuratlas.training.trainer import Trainer
 
 TASKS: Registry = Registry("task")
 
@@ -25,9 +38,13 @@ class Task:
     batch_size: int = 0  # samples per training micro-batch (for throughput figures)
     device: torch.device = torch.device("cpu")  # set by the trainer
     memory_format: torch.memory_format = torch.contiguous_format  # channels_last when the trainer asks
+    sections: ClassVar[dict[str, type]] = {}  # config sections this task owns: name -> dataclass
 
-    def __init__(self, cfg: Any, data_spec: dict[str, Any], seed: int = 0) -> None:
+    def __init__(self, cfg: Any, data_spec: dict[str, Any], seed: int = 0,
+                 sections: dict[str, dict[str, Any]] | None = None) -> None:
         self.cfg, self.data_spec, self.seed = cfg, data_spec, seed
+        for name, cls in self.sections.items():  # validated before any data is loaded
+            setattr(self, name, build_config(cls, dict((sections or {}).get(name, {})), where=name))
 
     # --- what the trainer calls -------------------------------------------------------------------
     def model_defaults(self) -> dict[str, Any]:
@@ -53,9 +70,44 @@ class Task:
     def training_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def configure_optimizers(self, model: nn.Module, run: Any) -> list[torch.optim.Optimizer]:
+        """The optimizers ``train_step`` uses, in a fixed order (checkpoints store their states in it).
+        ``run`` is the run's config with the parameter groups that transfer learning derived already in
+        ``run.optimizer``; each optimizer gets its own copy of ``run.schedule``."""
+        from neuratlas.optim import build_optimizer
+
+        return [build_optimizer(model, run.optimizer)]
+
+    def train_step(self, trainer: Trainer, index: int) -> dict[str, float]:
+        """One optimizer step (the ``index``-th): ``grad_accum`` micro-batches, each ``training_loss`` →
+        backward; then clip and step. Returns the values to log. The trainer then updates the weight average
+        and the schedules and counts the step."""
+        accum = trainer.run.trainer.grad_accum
+        logs: dict[str, float] = {"loss": 0.0}
+        for micro in range(accum):
+            batch = trainer.dist.shard(self.train_batch(index * accum + micro))
+            with trainer.autocast():
+                loss, extra = self.training_loss(trainer.train_model, batch)
+            trainer.backward(loss / accum, f"micro-batch {micro}")
+            logs["loss"] += loss.item() / accum
+            for k, v in extra.items():
+                logs[k] = logs.get(k, 0.0) + v / accum
+        logs.update(trainer.optimizer_step(trainer.optimizers[0], trainer.model.parameters()))
+        return logs
+
     def evaluate(self, model: nn.Module, split: str, autocast: AbstractContextManager) -> dict[str, float]:
-        """Metrics on ``split`` ("val" or "test"), the headline metric under ``self.metric``."""
+        """Metrics on ``split`` ("val" or "test"), the headline metric under ``self.metric``. The trainer
+        calls it with the model in eval mode and gradients off; a task that trains something while
+        evaluating (a linear probe) turns them on itself with ``torch.enable_grad()``."""
         raise NotImplementedError
+
+    def setup(self, trainer: Trainer) -> None:
+        """Called once the trainer has built the model, its optimizers and device (for training, ``eval``
+        and ``predict`` alike): what a task needs from the trainer beyond a model (a judge network that
+        scores samples, trained once with ``type(trainer)``) is made here."""
+
+    def on_fit_end(self, trainer: Trainer, result: Any) -> None:
+        """Called once training has finished and the test split is scored (e.g. to draw a picture)."""
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """JSON-serialisable facts needed to use a checkpoint without the training data (class names, ...)."""
@@ -72,10 +124,22 @@ class Task:
         raise NotImplementedError(f"`predict` is not available for {cls.__name__}")
 
 
-def build_task(spec: dict[str, Any], data_spec: dict[str, Any], seed: int) -> Task:
+def task_class(spec: dict[str, Any]) -> type[Task]:
+    return TASKS.get(spec["name"]).builder
+
+
+def build_task(spec: dict[str, Any], data_spec: dict[str, Any], seed: int,
+               sections: dict[str, dict[str, Any]] | None = None) -> Task:
     spec = dict(spec)
     entry = TASKS.get(spec.pop("name"))
-    return entry.builder(entry.config(**spec), data_spec, seed)
+    cls = entry.builder
+    unclaimed = sorted(set(sections or {}) - set(cls.sections))
+    if unclaimed:
+        owned = ", ".join(cls.sections) or "none"
+        raise NeuratlasError(f"the {entry.name!r} task has no --{unclaimed[0]}.* options (its own sections: "
+                             f"{owned})")
+    # tasks that own no section keep the three-argument constructor
+    return cls(entry.config(**spec), data_spec, seed, *((sections,) if cls.sections else ()))
 
 
 @torch.no_grad()

@@ -135,6 +135,11 @@ class ContrastiveImageText(Task):
                 out[f"{direction}_recall@{k}"] = v
         return out
 
+    def on_fit_end(self, trainer, result) -> None:
+        """Draw the zero-shot predictions on test images beside the run's curves."""
+        picture = self.plot_zero_shot(trainer.eval_model, "test", result.run_dir / "zero_shot.png")
+        result.notes.append(f"zero-shot predictions on test images: {picture}")
+
     def plot_zero_shot(self, model: nn.Module, split: str, path: str | Path, n: int = 24) -> Path:
         """A PNG of the first ``n`` held-out images titled with their zero-shot prediction (green when right)."""
         e = self.embed(model, split, nullcontext())

