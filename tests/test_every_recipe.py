@@ -13,12 +13,12 @@ import dataclasses
 
 import pytest
 import torch
+from neuratlas.training.checkpoint import read_checkpoint
 
 from neuratlas.cli import main
 from neuratlas.data import DATASETS
 from neuratlas.errors import NeuratlasError
 from neuratlas.recipes import RECIPES, get_recipe
-from neuratlas.training.checkpoint import read_checkpoint
 from neuratlas.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

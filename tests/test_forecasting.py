@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from neuratlas.data import load_dataset
-from neuratlas.data.sources import DataSource
 from neuratlas.data.timeseries import Series, read_airpassengers_csv, read_co2_csv
 from neuratlas.errors import NeuratlasError
+from neuratlas.sources import DataSource
 from neuratlas.tasks.forecasting import (
     ForecastConfig,
     Forecasting,

@@ -19,9 +19,9 @@ import pytest
 
 import neuratlas
 from neuratlas.cli import main
-from neuratlas.data.sources import DataSource, download_file, sha256
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import EXTRA_OF, require
+from neuratlas.sources import DataSource, download_file, sha256
 
 try:
     import tomllib
@@ -215,7 +215,7 @@ def test_download_is_checksummed_retried_and_atomic(tmp_path, monkeypatch):
         return real_urlopen(url, timeout=timeout)
 
     monkeypatch.setattr(urllib.request, "urlopen", flaky)
-    monkeypatch.setattr("neuratlas.data.sources.time.sleep", lambda s: None)
+    monkeypatch.setattr("neuratlas.sources.time.sleep", lambda s: None)
     dest = download_file(served.as_uri(), tmp_path / "cache" / "x.bin", digest, progress=False)
     assert len(calls) == 2 and dest.read_bytes() == served.read_bytes()
     with pytest.raises(NeuratlasError, match="checksum mismatch"):

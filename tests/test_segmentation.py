@@ -236,7 +236,7 @@ def test_checkpoint_whose_header_length_ends_in_0x80_is_not_mistaken_for_a_pickl
     """A safetensors header of length 0x..80 starts with byte 0x80, pickle's first opcode (found on a U-Net)."""
     from safetensors.torch import save_file
 
-    from neuratlas.training.checkpoint import read_checkpoint
+    from neuratlas.models.checkpoint import read_checkpoint
 
     path = tmp_path / "w.safetensors"
     for pad in range(300):  # metadata lengths until the header length's low byte is 0x80

@@ -69,7 +69,7 @@ def _pyg_gcn(in_features: int, num_classes: int, cached: bool):
 
 def bench_gnn(options: dict[str, str]) -> list[str]:
     from neuratlas.data import load_dataset
-    from neuratlas.data.graphs import Graph, as_features
+    from neuratlas.layers.graph import Graph, as_features
     from neuratlas.models import create_model
 
     quick = options.get("quick", "false").lower() in ("1", "true", "yes")

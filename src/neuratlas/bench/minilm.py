@@ -26,8 +26,9 @@ from neuratlas.extras import require
 def _batches(n: int, batch: int, by_length: bool, max_len: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``n`` snippets, tokenized, in file order or sorted by length (little padding left, for either
     side), each batch padded to its longest sentence."""
-    from neuratlas.data.text import PRETRAINED, encode_padded, rotten_tomatoes_rows
+    from neuratlas.data.text import encode_padded, rotten_tomatoes_rows
     from neuratlas.text.tokenizers import HFTokenizer
+    from neuratlas.weights import PRETRAINED
 
     texts = rotten_tomatoes_rows()[0][:n]
     tok = HFTokenizer.from_file(str(PRETRAINED["all-MiniLM-L6-v2"].locate()[0] / "tokenizer.json"))
@@ -55,9 +56,9 @@ def _sentences_per_s(encode, batches, repeats: int) -> float:
 
 def bench_minilm(options: dict[str, str]) -> list[str]:
     transformers = require("transformers", "this benchmark (it races `transformers`)")
-    from neuratlas.data.text import PRETRAINED
-    from neuratlas.models import create_model
+    from neuratlas import create_model
     from neuratlas.models.bert import mean_pool
+    from neuratlas.weights import PRETRAINED
 
     quick = _truthy(options.get("quick", "false"))
     n = int(options.get("sentences", 1024 if quick else 4096))

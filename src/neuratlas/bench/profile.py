@@ -32,7 +32,8 @@ def _recipe_step(recipe: str, out: str) -> Callable[[], object]:
 
 
 def _decode_step() -> Callable[[], None]:
-    from neuratlas.models.gpt import GPT, gpt2_config
+    from neuratlas.models.gpt import GPT
+    from neuratlas.weights import gpt2_config
 
     # the generation race's model: GPT-2's switches (tanh-GELU, biases, tied embeddings) at 6 × 384
     model = GPT(gpt2_config({"vocab_size": 65, "n_positions": 256, "n_embd": 384, "n_layer": 6, "n_head": 6})).eval()

@@ -76,9 +76,9 @@ def _nanogpt_workdir(options: dict[str, str], prefix: str) -> tuple[Path, Path]:
 def _rescore_nanogpt(ckpt: Path, text: Path, recipe: str = "gpt-tinyshakespeare-baby") -> tuple[float, int]:
     """nanoGPT's saved checkpoint scored by Neuratlas' evaluator on the whole val split (fp32), so both sides
     are judged by the same evaluation; returns (val loss, nanoGPT's iteration of that checkpoint)."""
-    from neuratlas.models.gpt import load_nanogpt
     from neuratlas.recipes import get_recipe
     from neuratlas.tasks import build_task
+    from neuratlas.weights import load_nanogpt
 
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     # the recipe's split and evaluator, on windows of nanoGPT's own context (each side scored at its block size)
@@ -200,8 +200,8 @@ def mfu_setup(options: dict[str, str]):
     """The MFU race's GPT 6 × 384 (batch 16 × 256 unless overridden): (FLOPs per step, the autocast dtype or
     None for fp32, ``step(dtype)`` running one training step, the model)."""
     from neuratlas import create_model
+    from neuratlas.device import keep_freed_memory, resolve_precision
     from neuratlas.models import count_parameters
-    from neuratlas.training.precision import keep_freed_memory, resolve_precision
 
     keep_freed_memory()  # as the trainer does
     dtype = resolve_precision(options.get("precision", "auto"), torch.device("cpu"))

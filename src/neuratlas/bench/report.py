@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuratlas.plotting import pyplot, save_png
 from neuratlas.registry import Registry
 
 CLAIMS: Registry = Registry("claim")
@@ -125,12 +126,7 @@ def throughput(fn: Callable[[], Any], items: int, min_seconds: float = 1.0, warm
 
 def line_plot(series: dict[str, tuple[list[float], list[float]]], out: Path, title: str, xlabel: str,
               ylabel: str, logy: bool = False, logx: bool = False) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", markersize=3, label=label)
     ax.set_title(title)
@@ -143,9 +139,7 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], out: Path, tit
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
 
 
 def train_variant(recipe: str, overrides: dict[str, str], out_dir: Path, name: str):

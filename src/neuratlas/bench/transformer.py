@@ -39,7 +39,8 @@ def _train_step(model, batch, opt, hf: bool, dtype):
 
 def bench_transformer(options: dict[str, str]) -> list[str]:
     transformers = require("transformers", "this benchmark (it races `transformers`)")
-    from neuratlas.models.gpt import GPT, GPTConfig, load_hf_gpt2
+    from neuratlas.models.gpt import GPT, GPTConfig
+    from neuratlas.weights import load_hf_gpt2
 
     quick = options.get("quick", "false").lower() in ("1", "true", "yes")
     reps = 3 if quick else 10

@@ -27,6 +27,7 @@ from torch import nn
 
 from neuratlas.bench import BENCHMARKS
 from neuratlas.models.rnn import Recurrent
+from neuratlas.plotting import panel_grid, save_png
 
 
 def adding_batch(batch: int, length: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,15 +107,9 @@ def train_adder(model: nn.Module, length: int, steps: int, lr: float, batch: int
 
 
 def plot_profiles(profiles: dict[str, dict[str, np.ndarray]], length: int, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colors = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green", "transformer": "tab:purple",
               "lstm, forget bias 0": "lightsteelblue"}
-    fig, axes = plt.subplots(1, len(profiles), figsize=(5.5 * len(profiles), 4), sharey=True)
-    axes = np.atleast_1d(axes)
+    fig, axes = panel_grid(len(profiles), (5.5, 4), sharey=True)
     for ax, (title, curves) in zip(axes, profiles.items()):
         for name, prof in curves.items():
             rel = prof / max(prof[0], 1e-30)
@@ -126,10 +121,7 @@ def plot_profiles(profiles: dict[str, dict[str, np.ndarray]], length: int, path:
     axes[0].legend()
     fig.suptitle(f"Gradient reaching inputs k steps back (adding problem inputs, T = {length})")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def vanishing(options: dict[str, str]) -> list[str]:

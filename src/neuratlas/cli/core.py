@@ -62,10 +62,10 @@ def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from neuratlas.errors import NeuratlasError
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.paradigms import fit
     from neuratlas.recipes import get_recipe
     from neuratlas.tasks.base import task_class
-    from neuratlas.training.checkpoint import read_checkpoint
     from neuratlas.training.config import RunConfig
 
     if args.help and not args.recipe:
@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from neuratlas.errors import NeuratlasError
-    from neuratlas.training.checkpoint import read_checkpoint
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.training.config import RunConfig
     from neuratlas.training.trainer import Trainer
 
@@ -127,8 +127,8 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.tasks import TASKS
-    from neuratlas.training.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(args.checkpoint)
     options = {k.lstrip("-"): v for k, v in _pairs(extra).items()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from neuratlas.data.sources import DataSource
+from neuratlas.sources import DataSource
 
 
 def sources() -> dict[str, list[DataSource]]:

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_forecast(args: argparse.Namespace, extra: list[str]) -> int:
     from neuratlas.errors import NeuratlasError
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.tasks.forecasting import forecast_checkpoint, plot_forecast
-    from neuratlas.training.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(args.checkpoint)
     if ckpt.extra.get("task") != "forecasting":

@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.text.tokenizers import tokenizer_from_dict
-    from neuratlas.training.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(args.checkpoint)
     if "tokenizer" not in ckpt.extra:

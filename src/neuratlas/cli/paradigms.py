@@ -67,7 +67,7 @@ def cmd_ddp(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_federated(args: argparse.Namespace, extra: list[str]) -> int:
-    from neuratlas.federated.core import FederatedConfig
+    from neuratlas.paradigms.federated.core import FederatedConfig
 
     overrides = parse_overrides(extra)
     bad = [k for k in overrides if not k.startswith("fed.")]
@@ -88,19 +88,19 @@ def cmd_federated(args: argparse.Namespace, extra: list[str]) -> int:
         for line in federated_comparison(cfg, out):
             print(line)
     elif args.mode == "server":
-        from neuratlas.federated.flower import run_server
+        from neuratlas.paradigms.federated.flower import run_server
 
         hist = run_server(cfg, args.address, args.min_clients, out, args.round_timeout)
         print("round accuracy: " + ", ".join(f"{r}:{a:.4f}" for r, a in zip(hist.rounds, hist.accuracy)))
     elif args.mode == "client":
-        from neuratlas.federated.flower import run_client
+        from neuratlas.paradigms.federated.flower import run_client
 
         run_client(cfg, args.address, args.id, args.corrupt, args.drop_at_round)
     else:
-        from neuratlas.federated.flower import launch_local
+        from neuratlas.paradigms.federated.flower import launch_local
 
         port = int(args.address.rsplit(":", 1)[1])
         code, text = launch_local(extra, args.clients, port, out)
-        print("\n".join(ln for ln in text.splitlines() if "neuratlas.federated" in ln or "round" in ln))
+        print("\n".join(ln for ln in text.splitlines() if "neuratlas.paradigms.federated" in ln or "round" in ln))
         return code
     return 0

@@ -22,9 +22,9 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     import torch
 
     from neuratlas.errors import NeuratlasError
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.models.gan import Generator
     from neuratlas.tasks.gan import save_grid
-    from neuratlas.training.checkpoint import read_checkpoint
 
     path = Path(args.checkpoint)
     if path.is_dir():

@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_visualize(args: argparse.Namespace, extra: list[str]) -> int:
     from neuratlas.data import load_dataset
     from neuratlas.data.transforms import normalize
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.tasks.classification import load_image
-    from neuratlas.training.checkpoint import read_checkpoint
     from neuratlas.visualize import activation_maps, first_layer_filters
 
     ckpt = read_checkpoint(args.checkpoint)

@@ -1,14 +1,14 @@
 """The files behind every registered data set (and the pretrained encoder the text recipes load), by name:
 what ``neuratlas data list`` reports and ``neuratlas data fetch NAME|all`` brings into the cache.
 
-Each entry is one or more :class:`~neuratlas.data.sources.DataSource`, so fetching is the loaders' own search:
+Each entry is one or more :class:`~neuratlas.sources.DataSource`, so fetching is the loaders' own search:
 the cache, the offline packages and Debian files, the bundled copies, then a checksummed download.
 """
 
 from __future__ import annotations
 
-from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.sources import DataSource, package_dir
 
 ALL = "all"
 

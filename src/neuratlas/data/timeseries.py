@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from neuratlas.data.registry import register_dataset
-from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.sources import DataSource, package_dir
 
 _SM = "https://raw.githubusercontent.com/statsmodels/statsmodels/main/statsmodels/datasets"
 # The upstream CSVs are not versioned releases, so no fixed checksum is pinned ("").

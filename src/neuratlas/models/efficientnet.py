@@ -52,6 +52,11 @@ class EfficientNetConfig:
             raise ValueError(f"padding must be 'symmetric' or 'same', got {self.padding!r}")
 
 
+# The switches of the TensorFlow-trained ImageNet Lite0 weights (neuratlas.weights.import_efficientnet_lite0):
+# a model built with them has the architecture those weights expect.
+LITE0_TF = {"padding": "same", "bn_eps": 1e-3}
+
+
 class MBConv(nn.Module):
     """Mobile inverted bottleneck: expand 1×1 -> depthwise k×k -> SE -> project 1×1, residual if shapes match."""
 

@@ -1,6 +1,6 @@
 """Graph neural networks: message passing on edge lists with scatter ops — GCN, GraphSAGE, GAT, GIN.
 
-Every layer maps node features (N, F) and a :class:`~neuratlas.data.graphs.Graph` to (N, F'). Messages
+Every layer maps node features (N, F) and a :class:`~neuratlas.layers.graph.Graph` to (N, F'). Messages
 flow along ``edge_index[0] -> edge_index[1]`` and are summed with ``index_add_`` (max with
 ``scatter_reduce``); there is no Python loop over nodes or edges. GCN multiplies by the symmetric normalised
 adjacency D^-1/2 (A+I) D^-1/2, built once per graph as a sparse CSR matrix and cached on it.
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuratlas.data.graphs import Graph, SparseFeatures
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers import get_activation
+from neuratlas.layers.graph import Graph, SparseFeatures
 from neuratlas.models.registry import register_model
 
 
@@ -235,7 +235,7 @@ class GNN(nn.Module):
         """Node level: ``batch`` connected nodes; graph level: ``batch`` triangles (for registry-wide tests)."""
         if self.head is None:
             return torch.randn(batch, self.cfg.in_features), Graph(torch.tensor([[0, 1], [1, 0]]) % batch, batch)
-        from neuratlas.data.graphs import GraphSample, batch_graphs
+        from neuratlas.layers.graph import GraphSample, batch_graphs
 
         tri = torch.tensor([[0, 1, 2, 1, 2, 0], [1, 2, 0, 0, 1, 2]])
         x, graph, _ = batch_graphs([GraphSample(torch.randn(3, self.cfg.in_features), tri, 0)] * batch)

@@ -3,16 +3,13 @@
 Built from the shared :mod:`neuratlas.models.transformer` blocks, so every switch of Table 2 applies
 (``transformer-modern`` is this class with pre-RMSNorm, GQA, RoPE and SwiGLU). Generation keeps a KV cache:
 the prompt is run once, then each new token costs one position instead of the whole context.
-GPT-2 checkpoints in Hugging Face format import with :func:`load_hf_gpt2`.
+GPT-2 (Hugging Face) and nanoGPT checkpoints import with :mod:`neuratlas.weights`.
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -128,140 +125,6 @@ class GPT(nn.Module):
             ids = ids[None]
         new = list(self.stream(ids, max_new_tokens, **kw))
         return torch.cat([ids, torch.stack(new, 1)], 1) if new else ids
-
-
-# --- Hugging Face GPT-2 weights --------------------------------------------------------------------------
-
-
-def read_hf_state_dict(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json, tensors) of a Hugging Face model folder; safetensors first, .bin weights-only."""
-    folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise NeuratlasError(f"{folder} is not a Hugging Face model folder (no config.json)")
-    config = json.loads(cfg_path.read_text())
-    st, binf = folder / "model.safetensors", folder / "pytorch_model.bin"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        return config, load_file(str(st))
-    if binf.is_file():
-        return config, torch.load(binf, map_location="cpu", weights_only=True)
-    raise NeuratlasError(f"{folder} holds no model.safetensors or pytorch_model.bin")
-
-
-def gpt2_config(hf: dict, **overrides) -> GPTConfig:
-    """The GPTConfig whose switches match a GPT-2 config.json: pre-LayerNorm, learned positions,
-    tanh-GELU, biases, tied embeddings."""
-    act = hf.get("activation_function", "gelu_new")
-    return GPTConfig(
-        vocab_size=hf["vocab_size"],
-        max_seq_len=hf["n_positions"],
-        dim=hf["n_embd"],
-        n_layer=hf["n_layer"],
-        n_head=hf["n_head"],
-        norm="pre_layernorm",
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        positions="learned",
-        ffn="gelu" if act == "gelu" else "gelu_tanh",
-        bias=True,
-        tie_embeddings=True,
-        dropout=0.0,
-        **overrides,
-    )
-
-
-# GPT-2's (and nanoGPT's) names for the parts of one block -> ours
-GPT2_BLOCK_NAMES = {
-    "ln_1": "norm1",
-    "ln_2": "norm2",
-    "attn.c_attn": "attn.qkv",
-    "attn.c_proj": "attn.proj",
-    "mlp.c_fc": "ffn.fc1",
-    "mlp.c_proj": "ffn.fc2",
-}
-
-
-def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
-    """Build a Neuratlas GPT from a Hugging Face GPT-2 folder (config.json + weights)."""
-    hf, sd = read_hf_state_dict(folder)
-    if hf.get("model_type") != "gpt2":
-        raise NeuratlasError(f"{folder}: model_type is {hf.get('model_type')!r}, expected 'gpt2'")
-    cfg = gpt2_config(hf, **overrides)
-    model = GPT(cfg)
-    model.model_name, model.config = "gpt2-small", cfg
-    sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-    v, pv = cfg.vocab_size, cfg.padded_vocab_size
-    wte = torch.zeros(pv, cfg.dim)
-    wte[:v] = sd["wte.weight"]
-    new = {
-        "embed.tok.weight": wte,
-        "embed.pos.weight": sd["wpe.weight"],
-        "transformer.norm.weight": sd["ln_f.weight"],
-        "transformer.norm.bias": sd["ln_f.bias"],
-    }
-    for i in range(cfg.n_layer):
-        for src, dst in GPT2_BLOCK_NAMES.items():
-            w, b = sd[f"h.{i}.{src}.weight"], sd[f"h.{i}.{src}.bias"]
-            new[f"transformer.blocks.{i}.{dst}.weight"] = (
-                w if src.startswith("ln") else w.t()
-            )  # Conv1D is (in, out)
-            new[f"transformer.blocks.{i}.{dst}.bias"] = b
-    new["head.weight"] = wte
-    missing, unexpected = model.load_state_dict(new, strict=False)
-    if missing or unexpected:
-        raise NeuratlasError(
-            f"{folder}: GPT-2 weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})"
-        )
-    return model
-
-
-def load_nanogpt(path: str | Path, **overrides) -> GPT:
-    """Build a Neuratlas GPT from a nanoGPT ``ckpt.pt`` (its ``model_args`` and ``model`` state dict).
-
-    Read with ``torch.load(weights_only=True)``, so nothing in the file runs. nanoGPT's layout is ours with
-    other names (``c_attn`` is the fused QKV, weights stored (out, in) like ``nn.Linear``); its vocabulary
-    is used unpadded, so logits equal nanoGPT's.
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        args, sd = ckpt["model_args"], ckpt["model"]
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as e:
-        why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise NeuratlasError(f"{path}: not a readable nanoGPT checkpoint ({why})") from None
-    sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # saved from a torch.compile'd model
-    cfg = GPTConfig(
-        **{
-            "vocab_size": args["vocab_size"],
-            "max_seq_len": args["block_size"],
-            "dim": args["n_embd"],
-            "n_layer": args["n_layer"],
-            "n_head": args["n_head"],
-            "bias": args["bias"],
-            "dropout": 0.0,
-            "ffn": "gelu",
-            "pad_vocab_multiple": 1,
-            **overrides,
-        }
-    )
-    model = GPT(cfg)
-    new = {
-        "embed.tok.weight": sd["transformer.wte.weight"],
-        "embed.pos.weight": sd["transformer.wpe.weight"],
-        "head.weight": sd["lm_head.weight"],
-    }
-    for key, value in sd.items():
-        if key.startswith("transformer.ln_f."):
-            new["transformer.norm." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("transformer.h."):
-            _, _, i, rest = key.split(".", 3)
-            module, kind = rest.rsplit(".", 1)
-            if module in GPT2_BLOCK_NAMES:
-                new[f"transformer.blocks.{i}.{GPT2_BLOCK_NAMES[module]}.{kind}"] = value
-    missing, unexpected = model.load_state_dict(new, strict=False)
-    if missing or unexpected:
-        raise NeuratlasError(f"{path}: nanoGPT weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})")
-    return model
 
 
 _CHAR = dict(vocab_size=65, pad_vocab_multiple=64)

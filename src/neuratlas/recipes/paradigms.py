@@ -94,7 +94,7 @@ def _split(overrides: dict[str, str], prefix: str) -> tuple[dict[str, str], dict
 def federated_comparison(cfg, out: Path, compare: tuple[str, ...] = ("centralised",),
                          progress: bool = True) -> list[str]:
     """Run ``cfg`` and the comparison runs on the same data; plot accuracy per round; return table lines."""
-    from neuratlas.federated import core
+    from neuratlas.paradigms.federated import core
 
     out.mkdir(parents=True, exist_ok=True)
     data = core.load_federated_data(cfg)
@@ -121,8 +121,8 @@ def federated_comparison(cfg, out: Path, compare: tuple[str, ...] = ("centralise
 
 
 def run_federated(recipe: Recipe, overrides: dict[str, str]):
-    from neuratlas.federated.core import FederatedConfig, load_federated_data
     from neuratlas.models import count_parameters, create_model
+    from neuratlas.paradigms.federated.core import FederatedConfig, load_federated_data
     from neuratlas.tour import TourRow
 
     mine, rest = _split(overrides, "fed")

@@ -75,7 +75,7 @@ class Task:
         """The optimizers ``train_step`` uses, in a fixed order (checkpoints store their states in it).
         ``run`` is the run's config with the parameter groups that transfer learning derived already in
         ``run.optimizer``; each optimizer gets its own copy of ``run.schedule``."""
-        from neuratlas.training.optim import build_optimizer
+        from neuratlas.optim import build_optimizer
 
         return [build_optimizer(model, run.optimizer)]
 

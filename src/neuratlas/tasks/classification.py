@@ -16,8 +16,8 @@ from neuratlas.data.images import ImageSplits
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize, random_crop, random_erase, random_hflip
 from neuratlas.errors import NeuratlasError
+from neuratlas.layers.losses import LOSSES, classification_loss
 from neuratlas.tasks.base import TASKS, Task, describe_splits, gather_predictions, write_image
-from neuratlas.training.losses import LOSSES, classification_loss
 
 
 @dataclass

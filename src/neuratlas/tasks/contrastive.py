@@ -27,6 +27,7 @@ from neuratlas.data.loaders import TensorBatches, seeded_generator
 from neuratlas.data.transforms import normalize, random_crop, random_hflip
 from neuratlas.errors import NeuratlasError
 from neuratlas.models.clip import clip_loss
+from neuratlas.plotting import panel_grid, save_png
 from neuratlas.tasks.base import TASKS, Task, describe_splits, write_image
 from neuratlas.text.tokenizers import tokenizer_from_dict
 
@@ -141,19 +142,13 @@ class ContrastiveImageText(Task):
 
     def plot_zero_shot(self, model: nn.Module, split: str, path: str | Path, n: int = 24) -> Path:
         """A PNG of the first ``n`` held-out images titled with their zero-shot prediction (green when right)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         e = self.embed(model, split, nullcontext())
         pred = e["classes"][_unwrap(model).similarity(e["images"][:n], e["class_emb"]).argmax(1)].cpu()
         x = {"train": self.data.train, "val": self.data.val, "test": self.data.test}[split][0][:n]
-        cols = 6
-        fig, axes = plt.subplots(-(-len(x) // cols), cols, figsize=(2.2 * cols, 2.3 * -(-len(x) // cols)))
-        for ax in axes.flat:
+        fig, axes = panel_grid(len(x), (2.2, 2.3), max_cols=6)
+        for ax in axes:
             ax.axis("off")
-        for ax, img, p, g in zip(axes.flat, x, pred.tolist(), e["groups"][:n].cpu().tolist()):
+        for ax, img, p, g in zip(axes, x, pred.tolist(), e["groups"][:n].cpu().tolist()):
             ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None)
             title = textwrap.shorten(self.data.names[p], 30)
             if p != g:
@@ -162,11 +157,7 @@ class ContrastiveImageText(Task):
         fig.suptitle(f"zero-shot on {split} ({self.data_spec['name']}): prompts only, "
                      f"{len(e['classes'])} candidate names", fontsize=9)
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_png(fig, path)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c, h, w = self.data.shape

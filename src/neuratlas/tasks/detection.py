@@ -44,22 +44,13 @@ from neuratlas.data.detection import (
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize
 from neuratlas.errors import NeuratlasError
-from neuratlas.layers.boxes import batched_nms, clip_boxes, weighted_box_fusion
+from neuratlas.layers.boxes import batched_nms, box_iou, clip_boxes, weighted_box_fusion
 from neuratlas.tasks.base import TASKS, Task, write_image
 
 Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes (D, 4), scores (D,), labels (D,)
 
 
 # --- COCO-style evaluation ---------------------------------------------------------------------------------
-def _iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    union = area(a)[:, None] + area(b)[None] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def coco_evaluate(detections: list[Detections], truths: list[tuple[torch.Tensor, torch.Tensor]],
                   max_dets: int = 100, iou_thresholds: np.ndarray | None = None) -> dict[str, float]:
     """AP@[.5:.95], AP50, AP75 and AR (recall averaged over IoU thresholds) for the "all" area range.
@@ -88,7 +79,7 @@ def coco_evaluate(detections: list[Detections], truths: list[tuple[torch.Tensor,
                 continue
             dtm = np.zeros((len(thr), len(d)), dtype=bool)
             if len(g):
-                ious = _iou_np(d, g)
+                ious = box_iou(torch.from_numpy(d), torch.from_numpy(g)).numpy()  # float64, as pycocotools
                 for t, iou_t in enumerate(thr):
                     taken = np.zeros(len(g), dtype=bool)
                     for i in range(len(d)):
@@ -359,7 +350,7 @@ class Detection(Task):
         scales = check_tta_scales(coerce(options.get("tta_scales", extra.get("tta_scales", [1.0])),
                                          tuple[float, ...], "--tta_scales"))
         detect = partial(detect_dihedral, fuse_iou=extra.get("fuse_iou", 0.55), scales=scales) if tta else detect_tiled
-        from neuratlas.training.precision import autocast, resolve_precision
+        from neuratlas.device import autocast, resolve_precision
 
         device = torch.device("cpu")  # bf16 autocast where the CPU has it natively (as in training), else fp32
         cast = autocast(device, resolve_precision(options.get("precision", "auto"), device))

@@ -35,6 +35,7 @@ from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.timeseries import Series
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
+from neuratlas.plotting import pyplot, save_png
 from neuratlas.tasks.base import TASKS, Task
 
 
@@ -375,16 +376,11 @@ def _continue_periods(periods: list[str], n: int) -> list[str]:
 
 def plot_forecast(fc: Forecast, path: Path, history: int = 72) -> Path:
     """History, forecast median, interval (and actuals when known) in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(fc.history)
     start = max(0, n - history)
     xs_hist = np.arange(start, n)
     xs_fc = np.arange(n, n + len(fc.periods))
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = pyplot().subplots(figsize=(9, 4))
     ax.plot(xs_hist, fc.history[start:], color="black", lw=1.2, label="history")
     if fc.actual is not None:
         ax.plot(xs_fc[: len(fc.actual)], fc.actual, color="gray", lw=1.2, ls="--", label="actual")
@@ -401,10 +397,7 @@ def plot_forecast(fc: Forecast, path: Path, history: int = 72) -> Path:
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 TASKS.add("forecasting", Forecasting, ForecastConfig,

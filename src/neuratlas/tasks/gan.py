@@ -30,15 +30,15 @@ from tqdm import tqdm
 from neuratlas.config import build_config, coerce, field_types, to_dict, unknown_key_error
 from neuratlas.data import load_dataset
 from neuratlas.data.loaders import TensorBatches
-from neuratlas.data.sources import cache_dir
 from neuratlas.data.transforms import normalize
+from neuratlas.device import autocast, resolve_device, resolve_precision
 from neuratlas.errors import NeuratlasError
 from neuratlas.models import count_parameters, create_model
-from neuratlas.training.checkpoint import read_checkpoint, save_state, save_weights
-from neuratlas.training.config import OptimizerConfig, TrainerConfig
+from neuratlas.models.checkpoint import read_checkpoint, save_state, save_weights
+from neuratlas.optim import OptimizerConfig, build_optimizer
+from neuratlas.sources import cache_dir
+from neuratlas.training.config import TrainerConfig
 from neuratlas.training.logging import RunLogger, plot_curves
-from neuratlas.training.optim import build_optimizer
-from neuratlas.training.precision import autocast, resolve_device, resolve_precision
 
 DEFAULT_JUDGE = {"name": "convnet", "channels": [16, 32, 64], "convs_per_stage": 1, "dropout": 0.0}
 

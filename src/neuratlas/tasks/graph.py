@@ -17,17 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuratlas.data import load_dataset
-from neuratlas.data.graphs import (
-    EdgeSplit,
-    MoleculeData,
-    NodeData,
-    as_features,
-    batch_graphs,
-    smiles_graph,
-    split_edges,
-)
+from neuratlas.data.graphs import EdgeSplit, MoleculeData, NodeData, smiles_graph, split_edges
 from neuratlas.data.loaders import seeded_generator
 from neuratlas.errors import NeuratlasError
+from neuratlas.layers.graph import as_features, batch_graphs
 from neuratlas.tasks.base import TASKS, Task
 
 

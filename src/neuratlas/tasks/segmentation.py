@@ -33,6 +33,7 @@ from neuratlas.data.medical import (
 )
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
+from neuratlas.plotting import panel_grid, pyplot, save_png
 from neuratlas.tasks.base import TASKS, Task
 
 
@@ -326,19 +327,15 @@ def _load_input(path: str, extra: dict[str, Any], options: dict[str, str]) -> tu
 def save_overlay(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, classes: list[str],
                  path: Path) -> Path:
     """Image, truth and prediction side by side, classes as translucent colours over the grey image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    colours = plt.get_cmap("tab10").colors[: len(classes) - 1]
+    colours = pyplot().get_cmap("tab10").colors[: len(classes) - 1]
     cmap = ListedColormap(colours)
     panels = [("image", None)] + ([("truth", truth)] if truth is not None else []) + [("prediction", pred)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
+    fig, axes = panel_grid(len(panels), (4.2, 4.6))
     lo, hi = np.percentile(image, [0.5, 99.5])
-    for ax, (title, mask) in zip(axes[0], panels):
+    for ax, (title, mask) in zip(axes, panels):
         ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
         if mask is not None:
             ax.imshow(np.ma.masked_equal(mask, 0) - 1, cmap=cmap, vmin=0, vmax=len(classes) - 2, alpha=0.5,
@@ -348,9 +345,7 @@ def save_overlay(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, 
     fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, classes[1:])], loc="lower center",
                ncol=min(len(classes) - 1, 7), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 TASKS.add("segmentation", Segmentation, SegmentationConfig,

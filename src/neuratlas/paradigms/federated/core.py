@@ -24,6 +24,7 @@ from tqdm import tqdm
 from neuratlas.data.transforms import normalize
 from neuratlas.errors import NeuratlasError
 from neuratlas.models import create_model
+from neuratlas.plotting import pyplot, save_png
 
 Weights = list[np.ndarray]
 
@@ -290,12 +291,7 @@ def centralised(cfg: FederatedConfig, data=None, progress: bool = True) -> Histo
 
 def plot_histories(histories: list[History], path, title: str = "") -> str:
     """Test accuracy per round, one line per run (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0))
     for h in histories:
         ax.plot(h.rounds, h.accuracy, marker="o", ms=3, label=f"{h.label} ({h.accuracy[-1]:.3f})")
     ax.set_xlabel("round")
@@ -304,6 +300,4 @@ def plot_histories(histories: list[History], path, title: str = "") -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return str(save_png(fig, path))

