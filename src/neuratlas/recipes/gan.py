@@ -24,7 +24,7 @@ def _gan(
         "model": {
             "name": "gan",
             "generator": {"name": "dcgan-generator", "dim": dim},
-            "discriminator": {"dim": dim, **disc},
+            "discriminator": {**disc, "dim": dim},
         },
         "data": {"name": "fashion-mnist", "batch_size": batch_size, "augment": False},
         "task": {"name": "gan"},

@@ -216,6 +216,10 @@ def train_judge(trainer: Trainer, dataset: str, judge_spec: dict[str, Any], epoc
     with torch.random.fork_rng(devices=cuda):  # the judge's trainer seeds the global generators
         judge_trainer = type(trainer)(run)
         result = judge_trainer.fit()
+    if trainer.dist.enabled:  # data-parallel: every process trains it together; rank 0's checkpoint is read
+        import torch.distributed as dist
+
+        dist.barrier()
     data = judge_trainer.task.data
     model = read_checkpoint(folder / "checkpoints" / "last.safetensors").build_model().eval()
     judge = Judge(model, data.mean, data.std, data.classes, result.test["accuracy"], {}, 0.0)
