@@ -119,6 +119,9 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
                              f"checkpoint's); got {', '.join(sorted(overrides))}")
     run = run.override(overrides) if overrides else run
     trainer = Trainer(run, model=ckpt.build_model())
+    trainer.step = ckpt.step  # what the task writes while evaluating (a GAN's picture) is of that step and run
+    if ckpt.path.parent.name == "checkpoints":
+        trainer.run_dir, trainer.ckpt_dir = ckpt.path.parent.parent, ckpt.path.parent
     print(f"{ckpt.path} ({ckpt.model_name}, step {ckpt.step}) on {trainer.task.describe_data()}")
     for split in args.split or ["val", "test"]:
         metrics = trainer.evaluate(split)
