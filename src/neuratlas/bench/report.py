@@ -37,16 +37,18 @@ def register_claim(name: str, title: str, fn: Callable[[bool, Path], ClaimResult
 
     CLAIMS.add(name, fn, description=title, family=str(order))
 
-    def run_one(options: dict[str, str]) -> list[str]:
-        out = Path(options.get("out", f"runs/bench/{name}"))
-        result = run_claim(name, _truthy(options.get("quick", "false")), out)
+    def run_one(options: ClaimOptions) -> list[str]:
+        out = Path(options.out or f"runs/bench/{name}")
+        result = run_claim(name, options.quick, out)
         return [markdown_section(result, out)]
 
-    BENCHMARKS.add(name, run_one, description=title)
+    BENCHMARKS.add(name, run_one, ClaimOptions, description=title)
 
 
-def _truthy(s: str) -> bool:
-    return s.lower() in ("1", "true", "yes", "")
+@dataclass
+class ClaimOptions:
+    quick: bool = False  # the short budgets (minutes rather than hours)
+    out: str = ""  # folder for the claim's tables and plots (default: runs/bench/NAME)
 
 
 def run_claim(name: str, quick: bool, out_dir: Path) -> ClaimResult:

@@ -104,13 +104,16 @@ class ImageClassification(Task):
     def describe_data(self) -> str:
         return describe_splits(self.data_spec["name"], self.data)
 
+    @dataclass
+    class PredictOptions:
+        invert: bool = False  # invert the images first (dark drawing on white, where the data is light on dark)
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+                options: PredictOptions) -> list[str]:
         """Classify image files (PNG/JPEG, or .npy arrays); prints the top-3 classes per file."""
         c, h, w = extra["input_shape"]
-        invert = options.get("invert", "false").lower() in ("1", "true", "yes")
-        x = torch.stack([load_image(p, c, h, w, invert) for p in inputs])
+        x = torch.stack([load_image(p, c, h, w, options.invert) for p in inputs])
         model.eval()
         with torch.no_grad():
             x = normalize(x, tuple(extra["mean"]), tuple(extra["std"]))

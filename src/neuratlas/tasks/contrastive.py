@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import textwrap
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -178,14 +178,18 @@ class ContrastiveImageText(Task):
     def describe_data(self) -> str:
         return describe_splits(self.data_spec["name"], self.data)
 
+    @dataclass
+    class PredictOptions:
+        labels: list[str] = field(default_factory=list)  # class names to choose among (default: the run's classes)
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+                options: PredictOptions) -> list[str]:
         """Zero-shot classify image files among ``--labels a,b,c`` (default: the checkpoint's test names)."""
         from neuratlas.tasks.classification import load_image
 
         c, h, w = extra["input_shape"]
-        labels = [s.strip() for s in options["labels"].split(",")] if options.get("labels") else extra["classes"]
+        labels = [s.strip() for s in options.labels] or extra["classes"]
         tok = tokenizer_from_dict(extra["tokenizer"])
         texts = [t.format(name.lower()) for name in labels for t in extra["templates"]]
         ids = encode_captions(tok, texts)

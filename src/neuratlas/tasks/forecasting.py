@@ -276,14 +276,20 @@ class Forecasting(Task):
         return f"{s.name} ({self.n_fit}/{self.val_len}/{len(s.test)})"
 
 
+    predicts_without_inputs = True  # no origin: forecast the future, from the end of the series
+
+    @dataclass
+    class PredictOptions:
+        horizon: int | None = None  # steps to forecast (default: the model's; longer ones feed the median back)
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
-        """Forecast from each input origin ("end" = after the last value, or a period such as 1958-01);
-        option ``horizon`` (default: the model's). Writes one PNG per origin to ``out_dir``."""
-        horizon = int(options.get("horizon", extra["horizon"]))
+                options: PredictOptions) -> list[str]:
+        """Forecast from each input origin ("end" = after the last value, the default, or a period such as
+        1958-01, which shows the actual values too). Writes one PNG per origin to ``out_dir``."""
+        horizon = options.horizon or int(extra["horizon"])
         lines = []
-        for origin in inputs:
+        for origin in inputs or ["end"]:
             fc = forecast_checkpoint(model, extra, horizon, None if origin == "end" else origin)
             path = plot_forecast(fc, Path(out_dir) / f"forecast-{extra['dataset']}-{fc.origin_label}.png")
             lines += fc.table() + [f"plot: {path}"]

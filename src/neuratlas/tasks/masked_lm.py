@@ -95,9 +95,13 @@ class MaskedLM(LanguageModeling):
     def checkpoint_extra(self) -> dict[str, Any]:
         return {**super().checkpoint_extra(), "mask_id": self.mask_id}
 
+    @dataclass
+    class PredictOptions:
+        """Filling in masked characters takes no options."""
+
     @classmethod
     def predict(
-        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: dict[str, str]
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
     ) -> list[str]:
         """Fill in '_' characters (char-level) of each input with the model's most likely tokens."""
         from neuratlas.text.tokenizers import tokenizer_from_dict
@@ -123,9 +127,10 @@ class MaskedLM(LanguageModeling):
 
 
 TASKS.add(
-    "masked_lm",
+    "masked-lm",
     MaskedLM,
     MLMConfig,
+    aliases=("masked_lm",),  # the name runs were saved under before names took hyphens
     description="BERT pretraining: 15% of tokens masked (80/10/10); masked-token loss and accuracy",
 )
 
