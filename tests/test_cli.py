@@ -226,3 +226,16 @@ def test_a_checkpoint_saved_under_an_old_task_name_loads(tmp_path, capsys):
     assert line.startswith("To be") and len(line) == len("To be") + 4
     assert main(["predict", str(tmp_path / "old"), "To be", "--beam", "2"]) == 2
     assert "--max_new_tokens" in _error_line(capsys)
+
+
+def test_enumerated_config_options_are_literals(capsys):
+    """A Literal lists the choices in --help and refuses a typo when parsed, before anything is built."""
+    import typing
+
+    from neuratlas.layers.activations import ACTIVATIONS, Activation
+
+    assert set(typing.get_args(Activation)) == set(ACTIVATIONS)
+    assert main(["train", "mlp-digits", "--model.act", "gelu", "--print-config", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["act"] == "gelu"
+    assert main(["train", "mlp-digits", "--model.act", "geLU", "--print-config", "json"]) == 2
+    assert "not one of relu, relu6" in _error_line(capsys)

@@ -12,6 +12,7 @@ draws conv weights from N(0, 0.02) and BN scales from N(1, 0.02).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -89,7 +90,7 @@ class DiscriminatorConfig:
     dim: int = 64
     in_chans: int = 1
     img_size: int = 28
-    norm: str = "batch"  # batch | spectral | none
+    norm: Literal["batch", "spectral", "none"] = "batch"
 
     def __post_init__(self) -> None:
         _start_and_depth(self.img_size)

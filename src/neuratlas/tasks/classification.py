@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from neuratlas.training.losses import LOSSES, classification_loss
 
 @dataclass
 class ClassificationConfig:
-    loss: str = "cross_entropy"  # cross_entropy | nll | mse | bce | focal
+    loss: Literal["cross_entropy", "nll", "mse", "bce", "focal"] = "cross_entropy"
     label_smoothing: float = 0.0
     # Test-time augmentation: score each image and its mirror image, average the logits. For data whose
     # classes are mirror-symmetric (clothes, natural photos; not digits or text).

@@ -16,7 +16,7 @@ import textwrap
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,7 +36,8 @@ KS = (1, 5, 10)
 @dataclass
 class ContrastiveConfig:
     group_positives: bool = True  # pairs whose captions describe the same group are positives (see clip_loss)
-    metric: str = "zero_shot_accuracy"  # or i2t_recall@k / t2i_recall@k, k in 1, 5, 10
+    metric: Literal["zero_shot_accuracy", "loss", "i2t_recall@1", "i2t_recall@5", "i2t_recall@10", "t2i_recall@1",
+                    "t2i_recall@5", "t2i_recall@10"] = "zero_shot_accuracy"
     retrieval_size: int = 1000  # held-out pairs used for retrieval (the first N of the split)
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ import warnings
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -124,9 +124,9 @@ class ForecastConfig:
     baselines: bool = True  # naive / seasonal naive / ARIMA / ETS on the test split, same origins
     arima_order: tuple[int, int, int] = (0, 1, 1)
     arima_seasonal_order: tuple[int, int, int] = (0, 1, 1)  # (P, D, Q) at the series' season
-    ets_trend: str = "add"  # add | mul | none
+    ets_trend: Literal["add", "mul", "none"] = "add"
     ets_damped: bool = False
-    ets_seasonal: str = "add"  # add | mul | none
+    ets_seasonal: Literal["add", "mul", "none"] = "add"
 
     def __post_init__(self) -> None:
         if self.lookback < 1 or self.horizon < 1 or self.batch_size < 1 or self.eval_stride < 1:
