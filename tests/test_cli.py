@@ -239,3 +239,14 @@ def test_enumerated_config_options_are_literals(capsys):
     assert json.loads(capsys.readouterr().out)["model"]["act"] == "gelu"
     assert main(["train", "mlp-digits", "--model.act", "geLU", "--print-config", "json"]) == 2
     assert "not one of relu, relu6" in _error_line(capsys)
+
+
+def test_ddp_passes_checked_sections_to_each_train_process(monkeypatch, capsys):
+    import neuratlas.training.distributed as distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: calls.append((nproc, argv)) or 0)
+    assert main(["ddp", "mlp-digits", "--nproc", "3", "--trainer.max-steps", "4", "--model.hidden", "[48]"]) == 0
+    assert calls == [(3, ["train", "mlp-digits", "--trainer.max_steps", "4", "--model.hidden", "[48]"])]
+    assert main(["ddp", "mlp-digits", "--trainer.max_stepz", "4"]) == 2  # refused before any process starts
+    assert "Did you mean --trainer.max_steps" in _error_line(capsys) and len(calls) == 1
