@@ -103,7 +103,7 @@ def run_cli(*args, cwd=None):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
-    (["train", "mlp-digits", "--optimizer.lrr", "1"], "Did you mean lr"),
+    (["train", "mlp-digits", "--optimizer.lrr", "1"], "Did you mean --optimizer.lr"),
     (["train", "mlp-digits", "--model.hidden", "abc"], "expected an integer"),
     (["train", "mlp-digits", "--model.nope", "1"], "unknown option 'nope'"),
     (["eval", "/nonexistent/ckpt.safetensors"], "does not exist"),
