@@ -224,9 +224,12 @@ def cmd_train(opts: TrainOptions, parsed: Parsed) -> int:
 
 # --- eval ----------------------------------------------------------------------------------------------------
 def _eval_sections(opts: EvalOptions | None) -> dict[str, type | None]:
+    """How a checkpoint may be evaluated differently: its task's and data's options, the trainer's (precision,
+    device), and the sections its task owns; the model is the checkpoint's."""
     from neuratlas.training.config import TrainerConfig
 
-    return {"task": None, "data": None, "trainer": TrainerConfig}
+    owned = _checkpoint_task(opts.checkpoint).sections if opts is not None else {}
+    return {"task": None, "data": None, "trainer": TrainerConfig, **owned}
 
 
 def cmd_eval(opts: EvalOptions, parsed: Parsed) -> int:
@@ -236,7 +239,8 @@ def cmd_eval(opts: EvalOptions, parsed: Parsed) -> int:
 
     ckpt = read_checkpoint(opts.checkpoint)
     run = RunConfig.from_dict(ckpt.run_config)
-    run = run.override(parsed.overrides) if parsed.overrides else run
+    owned = tuple(_checkpoint_task(opts.checkpoint).sections)
+    run = run.override(parsed.overrides, owned) if parsed.overrides else run
     trainer = Trainer(run, model=ckpt.build_model())
     print(f"{ckpt.path} ({ckpt.model_name}, step {ckpt.step}) on {trainer.task.describe_data()}")
     for split in opts.split:
