@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         cmd_train,
         aliases=("finetune",),
         help="train a recipe; any config value can be overridden",
-        sections=lambda o: run_sections(_base_run(o.recipe, o.resume)),
+        sections=lambda o: run_sections(_base_run(o.recipe, o.resume) if o else None),
         help_extra=_recipe_help,
         resolved=_resolved_run,
     )

@@ -23,7 +23,7 @@ What every command then accepts, the same way:
 - the sections it declares (``sections={"trainer": TrainerConfig, "data": None}``), dotted:
   ``--trainer.max_steps 5`` is checked here against the dataclass; a ``None`` section is a named spec whose
   keys its registry checks when it is built (``--data.root DIR``). ``sections`` may be a callable of the
-  parsed own options (``train``: the recipe's task owns more sections).
+  parsed own options, or of None in --help before they are known (``train``: the recipe's task owns more).
 - ``plugin``: a callable of the parsed own options returning one more flat-options dataclass (``predict``:
   the checkpoint's task's ``PredictOptions``; ``bench``: the benchmark's options).
 - ``--config FILE.yaml|json`` (own options at the top level, sections as nested mappings; the command line
@@ -81,6 +81,7 @@ class Command:
     run: Callable[[Any, Parsed], int | None]
     help: str = ""
     description: str = ""  # default: the options dataclass's docstring
+    # the run-config sections it accepts; a callable of the parsed options (None in --help without them)
     sections: Sections | Callable[[Any], Sections] = field(default_factory=dict)
     plugin: Callable[[Any], type | None] | None = None
     plugin_catalogue: Callable[[], dict[str, type]] | None = None  # every plugin, by name: --help lists them
@@ -334,7 +335,7 @@ def parse(cmd: Command, argv: list[str]) -> Parsed | None:
         for k in values:
             if "." not in k and k not in flag_types:
                 known = [f"--{n}" for n in flag_types if "." not in n and n not in own_pos]
-                static = [] if callable(cmd.sections) else [f"--{s}.*" for s in cmd.sections]
+                static = [f"--{s}.*" for s in cmd.sections_for(None)]
                 ctx = where if k in raw.values else where_file
                 raise _unknown(f"--{k}", [*known, *_COMMON, *static], ctx) from None
         raise
@@ -523,10 +524,10 @@ def format_help(cmd: Command, opts: Any = None) -> str:
     pos = [f for f in dataclasses.fields(cmd.options) if f.metadata.get("positional")]
     if pos:
         lines.append("arguments:")
-        lines += [
-            _two_columns(f.name.upper() + (" ..." if _is_list(hints[f.name]) else ""), docs.get(f.name, ""))
-            for f in pos
-        ]
+        for f in pos:
+            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else ()
+            text = docs.get(f.name, "") + (f" {{{','.join(choices)}}}" if choices else "")
+            lines.append(_two_columns(f.name.upper() + (" ..." if _is_list(hints[f.name]) else ""), text.strip()))
     lines += [
         "options:",
         *option_lines(cmd.options),
@@ -549,7 +550,7 @@ def format_help(cmd: Command, opts: Any = None) -> str:
             rows = option_lines(cls)
             if rows:
                 lines += ["", f"options of {', '.join(names)}:", *rows]
-    sections = cmd.sections_for(opts) if (opts is not None or not callable(cmd.sections)) else {}
+    sections = cmd.sections_for(opts)  # a callable gets None when the positionals are not given yet
     if sections:
         lines += ["", "sections (--SECTION.KEY VALUE):"]
         for s, cls in sections.items():

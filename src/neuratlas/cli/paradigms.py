@@ -38,7 +38,7 @@ class FederatedOptions:
     `server` and `client` are Flower processes talking gRPC; `launch` starts a server and --clients clients on
     loopback. The experiment itself is the --fed.KEY section, the same for every process."""
 
-    mode: Literal["sim", "server", "client", "launch"] = positional("sim, server, client or launch")
+    mode: Literal["sim", "server", "client", "launch"] = positional("what this process is")
     address: str = "127.0.0.1:8080"  # host:port of the Flower server
     min_clients: int = 2  # server: clients needed before a round starts
     clients: int = 2  # launch: client processes to start
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         DdpOptions,
         cmd_ddp,
         help="data-parallel training: torchrun N processes of `neuratlas train`",
-        sections=lambda o: run_sections(_base_run(o.recipe, None)),
+        sections=lambda o: run_sections(_base_run(o.recipe, None) if o else None),
     )
     command(
         sub,
