@@ -498,9 +498,12 @@ def option_lines(cls: type, prefix: str = "", skip_positional: bool = True) -> l
     return out
 
 
-def _two_columns(left: str, right: str, width: int = 30) -> str:
-    pad = f"  {left:<{width}} " if len(left) < width else f"  {left}\n  {'':<{width}} "
-    return (pad + right).rstrip()
+def _two_columns(left: str, right: str, width: int = 30, line: int = 110) -> str:
+    """``  --key TYPE   help``, the help wrapped in its column."""
+    indent = " " * (width + 3)
+    text = "\n".join(textwrap.wrap(right, line - len(indent), break_on_hyphens=False)).replace("\n", "\n" + indent)
+    pad = f"  {left:<{width}} " if len(left) < width else f"  {left}\n{indent}"
+    return (pad + text).rstrip()
 
 
 def usage(cmd: Command) -> str:
