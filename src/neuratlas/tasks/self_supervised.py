@@ -211,6 +211,8 @@ class SelfSupervised(Task):
 
     def describe_data(self) -> str:
         n = [len(s[0]) for s in (self.data.train, self.data.val, self.data.test)]
+        if getattr(self.data, "summary", ""):
+            return self.data.summary
         return f"{self.data_spec['name']} unlabelled ({n[0]:,}/{n[1]:,}/{n[2]:,})"
 
 
