@@ -277,3 +277,106 @@ def test_unlabelled_folder_pretrains_self_supervised(tmp_path, fashion, run_over
     assert "unlabelled" in trainer.task.describe_data()
     result = trainer.fit()
     assert 0 <= result.test["rotation_accuracy"] <= 1
+
+
+# --- segmentation: images/ + masks/ ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def nuclei():
+    from neuratlas.data.medical import STARDIST, read_array
+
+    folder, _ = STARDIST.locate()
+    img = read_array(folder / "img2d.tif").astype(np.float32)
+    inst = read_array(folder / "mask2d.tif").astype(np.int64)
+    img8 = np.clip(img / np.percentile(img, 99.8) * 255, 0, 255).astype(np.uint8)
+    return img8, inst
+
+
+def write_nuclei_folder(root: Path, nuclei, instances: bool = False) -> list[str]:
+    """The 512×512 nuclei image cut into sixteen 128×128 tiles: grey PNGs, masks as class ids (0/1) or as
+    16-bit instance ids."""
+    img, inst = nuclei
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    stems = []
+    for r in range(4):
+        for c in range(4):
+            stem = f"tile_{r}{c}"
+            sl = (slice(r * 128, r * 128 + 128), slice(c * 128, c * 128 + 128))
+            Image.fromarray(img[sl]).save(root / "images" / f"{stem}.png")
+            m = inst[sl]
+            mask = Image.fromarray(m.astype(np.uint16)) if instances else Image.fromarray((m > 0).astype(np.uint8))
+            mask.save(root / "masks" / f"{stem}.png")
+            stems.append(stem)
+    return stems
+
+
+@pytest.mark.slow  # ~30 s on 2 cores: 60 U-Net steps
+def test_segmentation_folder_trains_evaluates_and_predicts(tmp_path, nuclei, run_overrides, capsys):
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    write_nuclei_folder(tmp_path / "seg", nuclei)
+    run = get_recipe("unet-nuclei-quick").run_config(
+        {
+            **run_overrides,
+            "data.name": "segmentation-folder",
+            "data.root": str(tmp_path / "seg"),
+            "data.crop_size": "64",
+            "data.batch_size": "8",
+            "trainer.max_steps": "60",
+            "trainer.eval_every": "60",
+        }
+    )
+    trainer = Trainer(run)
+    d = trainer.task.data
+    assert d.classes == ["background", "1"] and [len(getattr(d, s).masks) for s in ("train", "val", "test")] == [
+        12,
+        2,
+        2,
+    ]
+    assert d.train.images[0].shape == (1, 128, 128)
+    result = trainer.fit()
+    assert result.test["dice"] > 0.5  # 60 steps already find most nucleus pixels
+    out = tmp_path / "pred"
+    assert (
+        main(["predict", str(result.run_dir), str(tmp_path / "seg" / "images" / "tile_11.png"), "--out", str(out)]) == 0
+    )
+    assert (out / "tile_11_overlay.png").is_file()
+
+
+def test_segmentation_folder_instances_colours_and_bad_pairs(tmp_path, nuclei, capsys):
+    write_nuclei_folder(tmp_path / "inst", nuclei, instances=True)
+    d = load_dataset({"name": "segmentation-folder", "root": str(tmp_path / "inst"), "boundary": True})
+    assert d.classes == ["background", "object", "boundary"] and d.test.instances is not None
+    # colour masks: each colour a class, black first; a 64×64 mask for a 128×128 image is skipped and named
+    root = tmp_path / "rgb"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    img, inst = nuclei
+    for k in range(6):
+        Image.fromarray(img[:128, k * 64 : k * 64 + 128]).save(root / "images" / f"{k}.png")
+        rgb = np.zeros((128, 128, 3), np.uint8)
+        rgb[inst[:128, k * 64 : k * 64 + 128] > 0] = (255, 0, 0)
+        rgb[:8] = (0, 0, 255)
+        Image.fromarray(rgb).save(root / "masks" / f"{k}.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "masks" / "5.png")  # wrong size
+    Image.fromarray(img[:32, :32]).save(root / "images" / "lonely.png")  # no mask
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    d = load_dataset({"name": "segmentation-folder", "root": str(root), "val_fraction": 0.2, "test_fraction": 0.2})
+    err = capsys.readouterr().err
+    assert "2 files skipped" in err and "5.png: the mask's size 64×64 differs from its image's 128×128" in err
+    assert "lonely.png: no mask with this stem" in err
+    assert d.classes == ["background", "#0000ff", "#ff0000"]
+    assert sum(len(getattr(d, s).masks) for s in ("train", "val", "test")) == 5
+    assert (
+        main(["data-inspect", "--data.name", "segmentation-folder", "--data.root", str(root), "--data.on_bad", "error"])
+        == 2
+    )
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+    sheet = tmp_path / "s.png"
+    assert (
+        main(["data-inspect", "--data.name", "segmentation-folder", "--data.root", str(root), "--sheet", str(sheet)])
+        == 0
+    )
+    assert "pixels: background" in capsys.readouterr().out and sheet.is_file()

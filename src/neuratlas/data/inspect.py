@@ -146,3 +146,67 @@ def _show(ax, image) -> None:
         vmax=255 if a.dtype == np.uint8 else None,
         interpolation="nearest",
     )
+
+
+def _grid(n: int, per_row: int = 4):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-n // per_row))
+    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 2.6, rows * 2.6 + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return plt, fig, axes.flat
+
+
+def overlay_sheet(items: list[tuple[Any, Any]], path: Path, title: str, classes: list[str]) -> Path:
+    """Images (float or uint8 (C, H, W)) with their class masks as translucent colours (background clear)."""
+    from matplotlib.colors import ListedColormap
+
+    plt, fig, axes = _grid(len(items))
+    colours = plt.get_cmap("tab10").colors[: max(1, len(classes) - 1)]
+    for ax, (image, mask) in zip(axes, items):
+        a = np.asarray(image, dtype=np.float32)
+        a = a.transpose(1, 2, 0) if a.shape[0] == 3 else a[0]
+        lo, hi = np.percentile(a, [0.5, 99.5])
+        ax.imshow(np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1), cmap="gray" if a.ndim == 2 else None)
+        m = np.asarray(mask)
+        ax.imshow(
+            np.ma.masked_equal(m, 0) - 1,
+            cmap=ListedColormap(colours),
+            vmin=0,
+            vmax=max(1, len(classes) - 2),
+            alpha=0.45,
+            interpolation="nearest",
+        )
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def boxes_sheet(items: list[tuple[Any, Any, Any]], path: Path, title: str, classes: list[str]) -> Path:
+    """uint8 (3, H, W) images with their xyxy boxes drawn, coloured and named by class."""
+    from matplotlib.patches import Rectangle
+
+    plt, fig, axes = _grid(len(items))
+    colours = plt.get_cmap("tab10").colors
+    for ax, (image, boxes, labels) in zip(axes, items):
+        ax.imshow(np.asarray(image).transpose(1, 2, 0))
+        for (x1, y1, x2, y2), lab in zip(np.asarray(boxes).tolist(), np.asarray(labels).tolist()):
+            if lab < 0:
+                continue
+            c = colours[lab % len(colours)]
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=c, linewidth=1))
+            if len(classes) > 1:
+                ax.text(x1, y1, classes[lab], color=c, fontsize=5, va="bottom")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
