@@ -8,6 +8,7 @@ evaluated and predicted on through the same recipes and CLI a user would run.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -380,3 +381,114 @@ def test_segmentation_folder_instances_colours_and_bad_pairs(tmp_path, nuclei, c
         == 0
     )
     assert "pixels: background" in capsys.readouterr().out and sheet.is_file()
+
+
+# --- detection: COCO JSON + images ------------------------------------------------------------------------
+def write_coco_trees(root: Path) -> Path:
+    """DeepForest's large YELL crop cut into 300×300 JPEG/PNG pieces with their crowns as COCO boxes; two
+    categories (small and large crowns) so that classes flow through."""
+    from neuratlas.data.detection import DEEPFOREST, YELL, crop_boxes, load_image_with_boxes
+
+    folder, _ = DEEPFOREST.locate()
+    image, boxes = load_image_with_boxes(folder, YELL[0])
+    (root / "images").mkdir(parents=True)
+    images, anns = [], []
+    k = 0
+    for y0 in range(0, image.shape[1] - 300 + 1, 300):
+        for x0 in range(0, image.shape[2] - 300 + 1, 300):
+            b, keep = crop_boxes(boxes, x0, y0, 300, 300, 0.6)
+            name = f"piece{k}.{'jpg' if k % 2 else 'png'}"
+            Image.fromarray(image[:, y0 : y0 + 300, x0 : x0 + 300].permute(1, 2, 0).numpy()).save(
+                root / "images" / name
+            )
+            images.append({"id": k + 1, "file_name": name, "width": 300, "height": 300})
+            for x1, y1, x2, y2 in b[keep].tolist():
+                area = (x2 - x1) * (y2 - y1)
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": k + 1,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "category_id": 2 if area > 900 else 1,
+                        "iscrowd": 0,
+                        "area": area,
+                    }
+                )
+            k += 1
+    coco = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "small crown"}, {"id": 2, "name": "large crown"}],
+    }
+    (root / "instances.json").write_text(json.dumps(coco))
+    return root / "instances.json"
+
+
+def test_coco_trains_evaluates_and_predicts(tmp_path, run_overrides, capsys):
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    ann = write_coco_trees(tmp_path / "coco")
+    run = get_recipe("fcos-trees-scratch").run_config(
+        {
+            **run_overrides,
+            "data.name": "coco",
+            "data.annotations": str(ann),
+            "data.root": str(tmp_path / "coco" / "images"),
+            "data.tile_size": "300",
+            "data.tile_overlap": "0",
+            "data.crop_size": "128",
+            "data.batch_size": "2",
+            "trainer.max_steps": "2",
+            "trainer.eval_every": "2",
+        }
+    )
+    trainer = Trainer(run)
+    d = trainer.task.data
+    assert d.classes == ["small crown", "large crown"] and set(d.labels[d.labels >= 0].tolist()) == {0, 1}
+    n = len(json.loads(ann.read_text())["images"])
+    assert len(d.val) == len(d.test) == max(1, round(n * 0.1)) and len(d.tiles) == n - len(d.val) - len(d.test)
+    assert "2 classes" in trainer.task.describe_data() or "coco" in trainer.task.describe_data()
+    result = trainer.fit()
+    assert {"AP", "AP50"} <= set(result.test) and result.test["objects"] == sum(len(im.boxes) for im in d.test)
+    out = tmp_path / "pred"
+    assert (
+        main(
+            [
+                "predict",
+                str(result.run_dir),
+                str(tmp_path / "coco" / "images" / "piece0.png"),
+                "--out",
+                str(out),
+                "--score",
+                "0.0",
+            ]
+        )
+        == 0
+    )
+    assert (out / "piece0_boxes.png").is_file()
+
+
+def test_coco_bad_boxes_and_images(tmp_path, capsys):
+    ann = write_coco_trees(tmp_path / "coco")
+    coco = json.loads(ann.read_text())
+    coco["annotations"][0]["bbox"] = [10, 10, 0, 5]  # zero area
+    coco["annotations"][1]["bbox"] = [280, 280, 50, 50]  # reaches outside the 300×300 image
+    coco["images"].append({"id": 999, "file_name": "gone.png", "width": 300, "height": 300})
+    ann.write_text(json.dumps(coco))
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "coco").rglob("*")}
+    spec = {"name": "coco", "annotations": str(ann), "tile_size": "300", "crop_size": "128"}
+    d = load_dataset(spec)
+    err = capsys.readouterr().err
+    assert "gone.png: missing" in err
+    assert "1 box(es) with zero area, e.g. [10.0, 10.0, 10.0, 15.0] (dropped)" in err
+    assert "reach outside the 300×300 image, e.g. [280.0, 280.0, 330.0, 330.0] (clipped)" in err
+    all_boxes = torch.cat([d.boxes[d.labels >= 0]] + [im.boxes for im in d.val + d.test])
+    assert all_boxes.max() <= 300
+    assert main(["data-inspect", *[f"--data.{k}={v}" for k, v in spec.items()], "--data.on_bad", "error"]) == 2
+    assert "error: " in capsys.readouterr().err
+    sheet = tmp_path / "boxes.png"
+    assert main(["data-inspect", *[f"--data.{k}={v}" for k, v in spec.items()], "--sheet", str(sheet)]) == 0
+    out = capsys.readouterr().out
+    assert "small crown" in out and "gone.png" in out and sheet.is_file()
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "coco").rglob("*")} == before
