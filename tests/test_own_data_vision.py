@@ -492,3 +492,64 @@ def test_coco_bad_boxes_and_images(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "small crown" in out and "gone.png" in out and sheet.is_file()
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "coco").rglob("*")} == before
+
+
+# --- image–text pairs for CLIP ----------------------------------------------------------------------------
+def test_image_text_csv_trains_evaluates_and_predicts(tmp_path, fashion, run_overrides, capsys):
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    x, y, _ = fashion
+    words = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+    (tmp_path / "pics").mkdir()
+    rows = [("image", "caption")]
+    for i in range(600):
+        Image.fromarray(x[i]).save(tmp_path / "pics" / f"{i}.png")
+        rows.append((f"pics/{i}.png", ["a photo of a {}.", "my {}"][i % 2].format(words[y[i]])))
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    run = get_recipe("clip-fashion-quick").run_config(
+        {
+            **run_overrides,
+            "data.name": "image-text-csv",
+            "data.path": str(tmp_path / "pairs.csv"),
+            "data.batch_size": "64",
+            "trainer.max_steps": "30",
+            "trainer.eval_every": "30",
+        }
+    )
+    trainer = Trainer(run)
+    d = trainer.task.data
+    assert len(d.names) == 20 and [len(s[0]) for s in (d.train, d.val, d.test)] == [480, 60, 60]
+    assert "20 distinct captions" in trainer.task.describe_data()
+    result = trainer.fit()
+    # chance is one caption among the split's ~20: a few steps of contrastive training beat it clearly
+    assert result.test["zero_shot_accuracy"] > 2 * result.test["zero_shot_chance"]
+    assert (
+        main(
+            [
+                "predict",
+                str(result.run_dir),
+                str(tmp_path / "pics" / "0.png"),
+                "--labels",
+                "my trouser,my sneaker,my bag",
+            ]
+        )
+        == 0
+    )
+    assert "my " in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "data-inspect",
+                "--data.name",
+                "image-text-csv",
+                "--data.path",
+                str(tmp_path / "pairs.csv"),
+                "--data.caption_column",
+                "text",
+            ]
+        )
+        == 2
+    )
+    assert "no column 'text'" in capsys.readouterr().err

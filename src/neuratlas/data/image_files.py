@@ -165,8 +165,8 @@ def decode(path: Path, policy: ResizePolicy) -> np.ndarray:
         img = flatten_alpha(to_8bit(img))
         img = img.convert("L" if policy.channels == 1 else "RGB")
         img = fit(img, policy)
-        a = np.asarray(img, dtype=np.uint8)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        a = np.array(img, dtype=np.uint8)  # a writable copy (torch tensors are made from it)
+    return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
 def read_label_map(path: Path) -> tuple[np.ndarray, str]:
