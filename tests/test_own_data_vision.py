@@ -173,18 +173,26 @@ def test_decode_cache_hits_and_is_invalidated_by_a_changed_file(tmp_path, fashio
     import neuratlas.data.image_files as files
 
     calls = []
-    real = files.decode
-    monkeypatch.setattr(files, "decode", lambda p, pol: calls.append(p) or real(p, pol))
+    real_decode, real_probe = files.decode, files.probe_file
+    monkeypatch.setattr(files, "decode", lambda p, pol: calls.append(p) or real_decode(p, pol))
+    monkeypatch.setattr(files, "probe_file", lambda p: calls.append(Path(p)) or real_probe(p))
     again = load_dataset(spec)
     assert again.decoded == 0 and calls == [] and "all from the decode cache" in again.summary
     assert torch.equal(first.train[0], again.train[0])
-    # change one file's content: only that file is decoded again, and its new pixels are used
+    # change one file's content: only that file is read and decoded again, and its new pixels are used
     target = written["Trouser"][0]
     img = np.asarray(Image.open(target).convert("L"))
     target.unlink()
     Image.fromarray(255 - img).save(target.with_suffix(".png"))
     changed = load_dataset(spec)
     assert changed.decoded == 1 and calls == [target.with_suffix(".png")]
+    k = (
+        changed.files["train"].index(target.with_suffix(".png"))
+        if target.with_suffix(".png") in changed.files["train"]
+        else None
+    )
+    if k is not None:
+        np.testing.assert_array_equal(changed.train[0][k, 0].numpy(), 255 - img)
     # a different resize policy is another cache entry
     assert load_dataset({**spec, "size": 16}).decoded == 36
 

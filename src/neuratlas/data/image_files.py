@@ -23,7 +23,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,6 +36,8 @@ from neuratlas.errors import NeuratlasError
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 CACHE_VERSION = 1
+SMALL_AREA = 128 * 128  # images up to this many pixels are decoded while their header is read
+PARALLEL_MIN = 500  # new files per reading process (fewer: forking costs more than it saves)
 Resize = Literal["crop", "squash", "pad"]
 
 
@@ -162,11 +164,54 @@ def decode(path: Path, policy: ResizePolicy) -> np.ndarray:
         if img.format == "JPEG" and policy.mode != "pad":  # DCT scaling: decode at ≥ the needed size only
             img.draft(img.mode, (policy.width, policy.height))
         img.load()  # a truncated file fails here (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
-        img = flatten_alpha(to_8bit(img))
-        img = img.convert("L" if policy.channels == 1 else "RGB")
-        img = fit(img, policy)
-        a = np.array(img, dtype=np.uint8)  # a writable copy (torch tensors are made from it)
+        return finish(flatten_alpha(to_8bit(img)), policy)
+
+
+def finish(img, policy: ResizePolicy) -> np.ndarray:
+    """An 8-bit Pillow image (L, RGB) -> uint8 (C, H, W) of the policy's channels and size."""
+    img = fit(img.convert("L" if policy.channels == 1 else "RGB"), policy)
+    a = np.array(img, dtype=np.uint8)  # a writable copy (torch tensors are made from it)
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def probe_file(path: str) -> tuple[str | None, list, np.ndarray | None]:
+    """(content hash, [width, height, mode, why unusable], the decoded 8-bit pixels of a small image or None).
+
+    A small image (≤ 128×128) is decoded right away and kept until :meth:`ImageStore.decode`: on a cold start
+    each file is then opened once, although the resize policy is chosen only after every header is known
+    (opening is half of a small file's decode time)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return None, [0, 0, "", f"unreadable ({e.strerror or e})"], None
+    h = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            info = [img.size[0], img.size[1], img.mode, ""]
+            native = None
+            if img.size[0] * img.size[1] <= SMALL_AREA:
+                img.load()
+                native = np.array(flatten_alpha(to_8bit(img)))
+        return h, info, native
+    except Exception as e:  # Pillow raises many types for files that are not images
+        return h, [0, 0, "", why_unreadable(e)], None
+
+
+def decode_item(item: tuple[str, str, np.ndarray | None, ResizePolicy]) -> tuple[str, np.ndarray | str]:
+    """(hash, path, pixels decoded early or None, policy) -> (hash, uint8 (C, H, W) or why it failed)."""
+    h, path, native, policy = item
+    try:
+        if native is not None:
+            from PIL import Image
+
+            return h, finish(Image.fromarray(native), policy)
+        return h, decode(Path(path), policy)
+    except Exception as e:  # truncated/corrupt data surfaces only here, as OSError/ValueError/...
+        return h, why_unreadable(e)
 
 
 def read_label_map(path: Path) -> tuple[np.ndarray, str]:
@@ -228,14 +273,6 @@ def why_unreadable(e: Exception) -> str:
     return f"not a readable image ({type(e).__name__}: {e})"
 
 
-def content_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class ImageStore:
     """Headers and decoded arrays of the image files of one data set, cached across runs.
@@ -248,6 +285,7 @@ class ImageStore:
     workers: int = 0  # decode threads (0: one per CPU); Pillow releases the GIL while decoding and resizing
     progress: bool = True
     _index: dict = field(default_factory=dict, init=False, repr=False)
+    _native: dict = field(default_factory=dict, init=False, repr=False)  # hash -> small image decoded early
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256(f"v{CACHE_VERSION}:{self.key}".encode()).hexdigest()[:20]
@@ -266,38 +304,59 @@ class ImageStore:
     # headers -----------------------------------------------------------------------------------------------
     def headers(self, paths: Sequence[Path]) -> list[Header]:
         """Each file's content hash, size and mode (or why it is unusable); files are read only when their
-        size or mtime changed since the last run."""
-        from PIL import Image
-
+        size or mtime changed since the last run. New files are read in ``workers`` processes when there
+        are many (Pillow's per-file work is Python code, so threads would queue on the GIL)."""
         files, known = self._index["files"], self._index["headers"]
-        out = []
-        for p in paths:
+        stamps: list[list[int] | str] = []
+        new: list[int] = []
+        for i, p in enumerate(paths):
             try:
                 st = p.stat()
             except OSError:
-                out.append(Header("", bad="missing"))
+                stamps.append("missing")
                 continue
             stamp = [st.st_size, st.st_mtime_ns]
+            stamps.append(stamp)
             rec = files.get(str(p))
-            if rec and rec[:2] == stamp and rec[2] in known:
-                h = rec[2]
-            else:
-                try:
-                    h = content_hash(p)
-                except OSError as e:
-                    out.append(Header("", bad=f"unreadable ({e.strerror or e})"))
+            if not (rec and rec[:2] == stamp and rec[2] in known):
+                new.append(i)
+        if new:
+            results = self._map(probe_file, [str(paths[i]) for i in new], "reading images")
+            for i, (h, info, native) in zip(new, results):
+                if h is None:  # the file could not be read at all
+                    stamps[i] = info[3]
                     continue
-                files[str(p)] = [*stamp, h]
-                self._dirty = True
-                if h not in known:
-                    try:
-                        with Image.open(p) as img:
-                            known[h] = [img.size[0], img.size[1], img.mode, ""]
-                    except Exception as e:  # Pillow raises many types for files that are not images
-                        known[h] = [0, 0, "", why_unreadable(e)]
+                files[str(paths[i])] = [*stamps[i], h]
+                known.setdefault(h, info)
+                if native is not None:
+                    self._native[h] = native
+            self._dirty = True
+        out = []
+        for p, stamp in zip(paths, stamps):
+            if isinstance(stamp, str):
+                out.append(Header("", bad=stamp))
+                continue
+            h = files[str(p)][2]
             w, hh, mode, bad = known[h]
             out.append(Header(h, w, hh, mode, bad))
         return out
+
+    def _map(self, fn, items: list, desc: str) -> list:
+        """``[fn(item) for item in items]``, in ``workers`` forked processes when there are many items:
+        Pillow's per-file work is mostly Python, so threads would queue on the GIL."""
+        from tqdm import tqdm
+
+        workers = min(self.workers or os.cpu_count() or 1, max(1, len(items) // PARALLEL_MIN))
+        show = dict(
+            total=len(items), desc=desc, leave=False, file=sys.stderr, disable=not self.progress or len(items) < 2000
+        )
+        if workers <= 1:
+            return list(tqdm(map(fn, items), **show))
+        import multiprocessing
+
+        # fork: the children need nothing but Pillow and numpy, and start in milliseconds
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(tqdm(pool.map(fn, items, chunksize=max(16, len(items) // (workers * 8))), **show))
 
     # decoded arrays ----------------------------------------------------------------------------------------
     def decode(
@@ -327,32 +386,13 @@ class ImageStore:
             raise NeuratlasError(f"{bad[0][0]}: {bad[0][1]} (--data.on_bad skip leaves such files out)")
         fresh: dict[str, np.ndarray] = {}
         if todo:
-
-            def work(item: tuple[str, Path]) -> tuple[str, np.ndarray | str]:
-                h, p = item
-                try:
-                    return h, decode(p, policy)
-                except Exception as e:  # truncated/corrupt data surfaces only here, as OSError/ValueError/...
-                    return h, why_unreadable(e)
-
-            from tqdm import tqdm
-
-            workers = self.workers or os.cpu_count() or 1
-            with ThreadPoolExecutor(workers) as pool:
-                results = pool.map(work, todo.items(), chunksize=16)
-                for h, r in tqdm(
-                    results,
-                    total=len(todo),
-                    desc="decoding images",
-                    leave=False,
-                    disable=not self.progress or len(todo) < 500,
-                    file=sys.stderr,
-                ):
-                    if isinstance(r, str):
-                        known[h][3] = r
-                        self._dirty = True
-                    else:
-                        fresh[h] = r
+            items = [(h, str(p), self._native.pop(h, None), policy) for h, p in todo.items()]
+            for h, r in self._map(decode_item, items, "decoding images"):
+                if isinstance(r, str):
+                    known[h][3] = r
+                    self._dirty = True
+                else:
+                    fresh[h] = r
             for p, h in zip(paths, headers):
                 if not h.bad and h.hash in todo and h.hash not in fresh:
                     bad.append((p, known[h.hash][3]))
@@ -368,6 +408,7 @@ class ImageStore:
         if fresh or set(order) != set(cached_rows):
             self._save_array(policy, table, order, entry.get("file"))
         self.flush()
+        self._native.clear()
         images = table[[rows[headers[i].hash] for i in good]] if good else table[:0]
         bad.sort(key=lambda b: str(b[0]))
         return DecodedImages(images, good, bad, len(fresh), policy)
