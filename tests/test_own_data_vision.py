@@ -186,13 +186,10 @@ def test_decode_cache_hits_and_is_invalidated_by_a_changed_file(tmp_path, fashio
     Image.fromarray(255 - img).save(target.with_suffix(".png"))
     changed = load_dataset(spec)
     assert changed.decoded == 1 and calls == [target.with_suffix(".png")]
-    k = (
-        changed.files["train"].index(target.with_suffix(".png"))
-        if target.with_suffix(".png") in changed.files["train"]
-        else None
-    )
-    if k is not None:
-        np.testing.assert_array_equal(changed.train[0][k, 0].numpy(), 255 - img)
+    new_file = target.with_suffix(".png")
+    split = next(sp for sp in ("train", "val", "test") if new_file in changed.files[sp])
+    k = changed.files[split].index(new_file)
+    np.testing.assert_array_equal(getattr(changed, split)[0][k, 0].numpy(), 255 - img)
     # a different resize policy is another cache entry
     assert load_dataset({**spec, "size": 16}).decoded == 36
 
