@@ -558,3 +558,54 @@ def test_image_text_csv_trains_evaluates_and_predicts(tmp_path, fashion, run_ove
         == 2
     )
     assert "no column 'text'" in capsys.readouterr().err
+
+
+# --- Hugging Face datasets --------------------------------------------------------------------------------
+def test_hf_save_to_disk_and_jsonl_train_and_hub_names_fail_offline(tmp_path, fashion, run_overrides, capsys):
+    datasets = pytest.importorskip("datasets")
+    import io
+
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    x, y, names = fashion
+    keep = np.flatnonzero(y < 3)[:240]
+
+    def png(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    features = datasets.Features({"img": datasets.Image(), "kind": datasets.ClassLabel(names=names[:3])})
+    rows = [{"img": {"bytes": png(x[i]), "path": None}, "kind": int(y[i])} for i in keep]
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:200], features=features),
+                               "test": datasets.Dataset.from_list(rows[200:], features=features)})
+    dd.save_to_disk(str(tmp_path / "hf"))
+    run = get_recipe("convnet-fashion-quick").run_config({
+        **run_overrides, "data.name": "hf-images", "data.path": str(tmp_path / "hf"), "data.image_column": "img",
+        "data.label_column": "kind", "data.batch_size": "32", "trainer.max_steps": "15"})
+    trainer = Trainer(run)
+    d = trainer.task.data
+    assert d.classes == sorted(names[:3]) and len(d.test[0]) == 40 and len(d.train[0]) + len(d.val[0]) == 200
+    assert "given" in d.layout or "Hugging Face" in d.layout
+    # the pixels are Fashion-MNIST's own (grey PNG bytes, kept 28×28 grey)
+    assert d.train[0].shape[1:] == (1, 28, 28)
+    result = trainer.fit()
+    assert 0 <= result.test["accuracy"] <= 1
+    # JSONL with image paths and captions, for CLIP
+    (tmp_path / "j" / "pics").mkdir(parents=True)
+    with open(tmp_path / "j" / "train.jsonl", "w") as f:
+        for i in keep[:60]:
+            Image.fromarray(x[i]).save(tmp_path / "j" / "pics" / f"{i}.png")
+            f.write(json.dumps({"file": f"pics/{i}.png", "text": f"a photo of a {names[y[i]]}"}) + "\n")
+    pairs = load_dataset({"name": "hf-image-text", "path": str(tmp_path / "j"), "image_column": "file",
+                          "caption_column": "text"})
+    assert len(pairs.names) == 3 and sum(len(s[0]) for s in (pairs.train, pairs.val, pairs.test)) == 60
+    # a hub name offline: one line
+    capsys.readouterr()
+    assert main(["data-inspect", "--data.name", "hf-images", "--data.path", "someone/some-dataset"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be fetched offline" in err[0]
+    assert main(["data-inspect", "--data.name", "hf-images", "--data.path", str(tmp_path / "hf"),
+                 "--data.image_column", "picture", "--sheet", ""]) == 2
+    assert "no column 'picture' (columns: img, kind)" in capsys.readouterr().err

@@ -156,8 +156,9 @@ def fit(img, policy: ResizePolicy):
     return canvas
 
 
-def decode(path: Path, policy: ResizePolicy) -> np.ndarray:
-    """One image file -> uint8 (C, H, W) under ``policy``; raises ValueError/OSError for a bad file."""
+def decode(path, policy: ResizePolicy) -> np.ndarray:
+    """One image file (a path or a binary file object) -> uint8 (C, H, W) under ``policy``; raises
+    ValueError/OSError for a bad file."""
     from PIL import Image
 
     with Image.open(path) as img:
@@ -174,7 +175,7 @@ def finish(img, policy: ResizePolicy) -> np.ndarray:
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
-def probe_file(path: str) -> tuple[str | None, list, np.ndarray | None]:
+def probe_file(path: str | bytes) -> tuple[str | None, list, np.ndarray | None]:
     """(content hash, [width, height, mode, why unusable], the decoded 8-bit pixels of a small image or None).
 
     A small image (≤ 128×128) is decoded right away and kept until :meth:`ImageStore.decode`: on a cold start
@@ -185,7 +186,7 @@ def probe_file(path: str) -> tuple[str | None, list, np.ndarray | None]:
     from PIL import Image
 
     try:
-        data = Path(path).read_bytes()
+        data = path if isinstance(path, bytes) else Path(path).read_bytes()
     except OSError as e:
         return None, [0, 0, "", f"unreadable ({e.strerror or e})"], None
     h = hashlib.blake2b(data, digest_size=16).hexdigest()
@@ -201,14 +202,19 @@ def probe_file(path: str) -> tuple[str | None, list, np.ndarray | None]:
         return h, [0, 0, "", why_unreadable(e)], None
 
 
-def decode_item(item: tuple[str, str, np.ndarray | None, ResizePolicy]) -> tuple[str, np.ndarray | str]:
-    """(hash, path, pixels decoded early or None, policy) -> (hash, uint8 (C, H, W) or why it failed)."""
+def decode_item(item: tuple[str, str | bytes, np.ndarray | None, ResizePolicy]) -> tuple[str, np.ndarray | str]:
+    """(hash, path or the file's bytes, pixels decoded early or None, policy) -> (hash, uint8 (C, H, W) or why
+    it failed)."""
     h, path, native, policy = item
     try:
         if native is not None:
             from PIL import Image
 
             return h, finish(Image.fromarray(native), policy)
+        if isinstance(path, bytes):
+            import io
+
+            return h, decode(io.BytesIO(path), policy)
         return h, decode(Path(path), policy)
     except Exception as e:  # truncated/corrupt data surfaces only here, as OSError/ValueError/...
         return h, why_unreadable(e)
@@ -341,6 +347,19 @@ class ImageStore:
             out.append(Header(h, w, hh, mode, bad))
         return out
 
+    def headers_of_bytes(self, blobs: Sequence[bytes | None]) -> list[Header]:
+        """:meth:`headers` for images held in memory (a Hugging Face image column): hashed every time."""
+        known = self._index["headers"]
+        hashes = [hashlib.blake2b(b, digest_size=16).hexdigest() if b else "" for b in blobs]
+        new = {h: b for h, b in zip(hashes, blobs) if h and h not in known}
+        if new:
+            for h, (_, info, native) in zip(new, self._map(probe_file, list(new.values()), "reading images")):
+                known[h] = info
+                if native is not None:
+                    self._native[h] = native
+            self._dirty = True
+        return [Header(h, *known[h]) if h else Header("", bad="no image") for h in hashes]
+
     def _map(self, fn, items: list, desc: str) -> list:
         """``[fn(item) for item in items]``, in ``workers`` forked processes when there are many items:
         Pillow's per-file work is mostly Python, so threads would queue on the GIL."""
@@ -360,7 +379,12 @@ class ImageStore:
 
     # decoded arrays ----------------------------------------------------------------------------------------
     def decode(
-        self, paths: Sequence[Path], headers: Sequence[Header], policy: ResizePolicy, on_bad: str = "skip"
+        self,
+        paths: Sequence[Path],
+        headers: Sequence[Header],
+        policy: ResizePolicy,
+        on_bad: str = "skip",
+        blobs: Sequence[bytes] | None = None,
     ) -> DecodedImages:
         """uint8 arrays of ``paths`` under ``policy``: rows of the cached array where the content hash was
         decoded before under the same policy, fresh decodes (in threads) for the rest."""
@@ -376,17 +400,19 @@ class ImageStore:
                 old, cached_rows = None, {}
         known = self._index["headers"]
         bad: list[tuple[Path, str]] = []
-        todo: dict[str, Path] = {}  # hash -> a file with that content, to decode
-        for p, h in zip(paths, headers):
+        todo: dict[str, Path | bytes] = {}  # hash -> a file (or its bytes) with that content, to decode
+        for k, (p, h) in enumerate(zip(paths, headers)):
             if h.bad:
                 bad.append((p, h.bad))
             elif h.hash not in cached_rows and h.hash not in todo:
-                todo[h.hash] = p
+                todo[h.hash] = blobs[k] if blobs is not None else p
         if on_bad == "error" and bad:
             raise NeuratlasError(f"{bad[0][0]}: {bad[0][1]} (--data.on_bad skip leaves such files out)")
         fresh: dict[str, np.ndarray] = {}
         if todo:
-            items = [(h, str(p), self._native.pop(h, None), policy) for h, p in todo.items()]
+            items = [
+                (h, p if isinstance(p, bytes) else str(p), self._native.pop(h, None), policy) for h, p in todo.items()
+            ]
             for h, r in self._map(decode_item, items, "decoding images"):
                 if isinstance(r, str):
                     known[h][3] = r

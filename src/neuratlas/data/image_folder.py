@@ -82,6 +82,7 @@ class Listing:
     splits: list[str]  # "" where the split is to be carved
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     layout: str = ""
+    blobs: list[bytes | None] | None = None  # the images' bytes when they are not files (Hugging Face)
 
 
 @dataclass
@@ -210,14 +211,15 @@ def list_csv(cfg: ImageCSVConfig) -> Listing:
 # --- building the splits ------------------------------------------------------------------------------------
 def build_splits(listing: Listing, cfg: OwnImagesConfig, name: str) -> OwnImageSplits:
     store = ImageStore(listing.where + f"::{name}", workers=cfg.workers)
-    headers = store.headers(listing.files)
+    blobs = listing.blobs
+    headers = store.headers(listing.files) if blobs is None else store.headers_of_bytes(blobs)
     if all(h.bad for h in headers):
         first = next(iter(zip(listing.files, headers)))
         raise NeuratlasError(
             f"{listing.where}: none of the {len(headers)} images is readable (e.g. {first[0]} {first[1].bad})"
         )
     policy: ResizePolicy = choose_policy(headers, cfg.size, cfg.channels, cfg.resize)
-    dec = store.decode(listing.files, headers, policy, cfg.on_bad)
+    dec = store.decode(listing.files, headers, policy, cfg.on_bad, blobs)
     bad = listing.skipped + dec.bad
     if bad:
         warn(f"{listing.where}: " + list_bad(bad, "files") + " (`neuratlas data inspect` lists them all)")

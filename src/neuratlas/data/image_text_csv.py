@@ -28,7 +28,7 @@ from neuratlas.data.image_files import (
     warn,
 )
 from neuratlas.data.image_text import ImageTextConfig, ImageTextSplits, caption_table
-from neuratlas.data.inspect import DataReport, contact_sheet, register_inspector
+from neuratlas.data.inspect import DataReport, contact_sheet
 from neuratlas.data.registry import register_dataset
 from neuratlas.errors import NeuratlasError
 
@@ -54,6 +54,9 @@ class ImageTextCSVConfig(ImageTextConfig):
 class OwnImageTextSplits(ImageTextSplits):
     summary: str = ""
     bad: list | None = None
+
+    def report(self) -> DataReport:
+        return image_text_report(self)
 
 
 def read_pairs(cfg: ImageTextCSVConfig) -> tuple[Path, list[Path], list[str], list[tuple[Path, str]]]:
@@ -88,12 +91,25 @@ def read_pairs(cfg: ImageTextCSVConfig) -> tuple[Path, list[Path], list[str], li
 
 def load_image_text_csv(cfg: ImageTextCSVConfig) -> OwnImageTextSplits:
     path, files, captions, skipped = read_pairs(cfg)
-    store = ImageStore(f"{path}::image-text-csv", workers=cfg.workers)
-    headers = store.headers(files)
+    return pairs_to_splits(path, files, captions, skipped, cfg, "image-text-csv")
+
+
+def pairs_to_splits(
+    path: Path,
+    files: list[Path],
+    captions: list[str],
+    skipped: list[tuple[Path, str]],
+    cfg: ImageTextCSVConfig,
+    name: str,
+    blobs: list[bytes | None] | None = None,
+) -> OwnImageTextSplits:
+    """Decode (through the cache), group by caption, carve the held-out pairs."""
+    store = ImageStore(f"{path}::{name}", workers=cfg.workers)
+    headers = store.headers(files) if blobs is None else store.headers_of_bytes(blobs)
     if all(h.bad for h in headers):
         raise NeuratlasError(f"{path}: none of its {len(files)} images is readable (e.g. {files[0]}: {headers[0].bad})")
     policy = choose_policy(headers, cfg.size, cfg.channels, cfg.resize)
-    dec = store.decode(files, headers, policy, cfg.on_bad)
+    dec = store.decode(files, headers, policy, cfg.on_bad, blobs)
     bad = skipped + dec.bad
     if bad:
         warn(f"{path}: " + list_bad(bad, "files") + " (`neuratlas data inspect` lists them all)")
@@ -123,7 +139,7 @@ def load_image_text_csv(cfg: ImageTextCSVConfig) -> OwnImageTextSplits:
     tokens, tok = caption_table(names, ["{}"])
     mean, std = channel_stats(train[0].numpy())
     summary = (
-        f"image-text-csv {path}: {n:,} pairs, {len(names):,} distinct captions, "
+        f"{name} {path}: {n:,} pairs, {len(names):,} distinct captions, "
         f"{len(idx['train']):,}/{n_val:,}/{n_test:,} train/val/test (carved, seed {cfg.split_seed}), "
         f"{policy.describe()} from {size_range(headers)} ({'/'.join(mode_counts(headers))})"
         + (f", {len(bad)} files skipped" if bad else "")
@@ -171,4 +187,3 @@ register_dataset(
     ImageTextCSVConfig,
     "your image–caption pairs for CLIP: a CSV of image path, caption; --data.path FILE.csv",
 )
-register_inspector("image-text-csv", image_text_report)
