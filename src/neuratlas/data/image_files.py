@@ -51,11 +51,17 @@ def is_image(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (nested folders included, hidden ones skipped), in a stable order."""
+    """Image files under ``folder`` (nested folders included, hidden ones skipped), in a stable order.
+    Names are filtered as strings: building a Path per directory entry costs more than the filter."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames) if is_image(Path(f))]
+        base = Path(dirpath)
+        out += [
+            base / f
+            for f in sorted(filenames)
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTS
+        ]
     return out
 
 
@@ -315,34 +321,35 @@ class ImageStore:
         files, known = self._index["files"], self._index["headers"]
         stamps: list[list[int] | str] = []
         new: list[int] = []
-        for i, p in enumerate(paths):
+        names = [str(p) for p in paths]
+        for i, name in enumerate(names):
             try:
-                st = p.stat()
+                st = os.stat(name)
             except OSError:
                 stamps.append("missing")
                 continue
             stamp = [st.st_size, st.st_mtime_ns]
             stamps.append(stamp)
-            rec = files.get(str(p))
+            rec = files.get(name)
             if not (rec and rec[:2] == stamp and rec[2] in known):
                 new.append(i)
         if new:
-            results = self._map(probe_file, [str(paths[i]) for i in new], "reading images")
+            results = self._map(probe_file, [names[i] for i in new], "reading images")
             for i, (h, info, native) in zip(new, results):
                 if h is None:  # the file could not be read at all
                     stamps[i] = info[3]
                     continue
-                files[str(paths[i])] = [*stamps[i], h]
+                files[names[i]] = [*stamps[i], h]
                 known.setdefault(h, info)
                 if native is not None:
                     self._native[h] = native
             self._dirty = True
         out = []
-        for p, stamp in zip(paths, stamps):
+        for name, stamp in zip(names, stamps):
             if isinstance(stamp, str):
                 out.append(Header("", bad=stamp))
                 continue
-            h = files[str(p)][2]
+            h = files[name][2]
             w, hh, mode, bad = known[h]
             out.append(Header(h, w, hh, mode, bad))
         return out
@@ -429,8 +436,12 @@ class ImageStore:
         order = list(dict.fromkeys(headers[i].hash for i in good))
         rows = {h: k for k, h in enumerate(order)}
         table = np.empty((len(order), policy.channels, policy.height, policy.width), dtype=np.uint8)
-        for h, k in rows.items():
-            table[k] = fresh[h] if h in fresh else old[cached_rows[h]]
+        reused = [(k, cached_rows[h]) for h, k in rows.items() if h not in fresh]
+        if reused:  # one gather from the cached array (row by row, a memmap costs microseconds per row)
+            dst, src = (np.array(v) for v in zip(*reused))
+            table[dst] = old[np.sort(src)][np.argsort(np.argsort(src))]
+        for h, arr in fresh.items():
+            table[rows[h]] = arr
         if fresh or set(order) != set(cached_rows):
             self._save_array(policy, table, order, entry.get("file"))
         self.flush()
