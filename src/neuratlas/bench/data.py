@@ -9,8 +9,8 @@ into 32×32 uint8 batches of 256, shuffled, with the same bilinear resize:
 - **baseline**: a ``Dataset`` whose ``__getitem__`` opens the file with Pillow, converts, resizes and makes
   a tensor, in ``DataLoader(num_workers=2, persistent_workers=True)`` (the common PyTorch recipe, its
   worker start-up paid once);
-- **Neuratlas**: ``image-folder`` with an empty decode cache and as many processes: files hashed and
-  decoded once, cached;
+- **Neuratlas**: ``image-folder`` with an empty decode cache and its default reading processes (one per
+  CPU from 4 CPUs, else one): files hashed and decoded once, cached;
   its epochs are index gathers on the uint8 tensor. A *later run* loads the same folder again (cache hit).
 
 Reported: first-epoch and steady-state (mean of the later epochs) ratios, the later run's load, and the
@@ -107,7 +107,7 @@ def baseline_epochs(root: Path, epochs: int, workers: int) -> list[float]:
     return times
 
 
-def neuratlas_epochs(root: Path, epochs: int, workers: int) -> tuple[list[float], float, int]:
+def neuratlas_epochs(root: Path, epochs: int) -> tuple[list[float], float, int]:
     """(epoch times, the first epoch's load share, decoded count); epoch 1 includes loading the folder."""
     from neuratlas.data import load_dataset
     from neuratlas.data.loaders import TensorBatches
@@ -120,7 +120,6 @@ def neuratlas_epochs(root: Path, epochs: int, workers: int) -> tuple[list[float]
             "size": SIZE,
             "val_fraction": 0,
             "test_fraction": 0,
-            "workers": workers,
         }
     )
     load = time.perf_counter() - t0
@@ -177,8 +176,8 @@ def bench_data(options: dict[str, str]) -> list[str]:
         os.environ["NEURATLAS_CACHE"] = str(Path(tmp) / "cache")  # an empty decode cache: a cold first run
         try:
             base = baseline_epochs(root, epochs, workers)
-            ours, load, decoded = neuratlas_epochs(root, epochs, workers)
-            later, later_load, later_decoded = neuratlas_epochs(root, 1, workers)
+            ours, load, decoded = neuratlas_epochs(root, epochs)
+            later, later_load, later_decoded = neuratlas_epochs(root, 1)
         finally:
             if old is None:
                 os.environ.pop("NEURATLAS_CACHE", None)

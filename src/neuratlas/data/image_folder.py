@@ -56,7 +56,7 @@ class OwnImagesConfig(ImageDataConfig):
     resize: Resize = "crop"  # crop: shorter side to size, centre crop | squash | pad: fit inside, black bars
     channels: int | None = None  # 1 or 3; None: 1 when every image is grey
     on_bad: Literal["skip", "error"] = "skip"  # unreadable images: skipped and listed, or the first one stops
-    workers: int = 0  # decode threads (0: one per CPU)
+    workers: int = 0  # reading processes for many new files (0: one per CPU from 4 CPUs, else one)
 
 
 @dataclass
@@ -210,7 +210,7 @@ def list_csv(cfg: ImageCSVConfig) -> Listing:
 
 # --- building the splits ------------------------------------------------------------------------------------
 def build_splits(listing: Listing, cfg: OwnImagesConfig, name: str) -> OwnImageSplits:
-    store = ImageStore(listing.where + f"::{name}", workers=cfg.workers)
+    store = ImageStore(listing.where + f"::{name}", workers=cfg.workers, size_hint=(cfg.size, cfg.resize))
     blobs = listing.blobs
     headers = store.headers(listing.files) if blobs is None else store.headers_of_bytes(blobs)
     if all(h.bad for h in headers):

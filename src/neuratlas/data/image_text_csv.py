@@ -104,7 +104,7 @@ def pairs_to_splits(
     blobs: list[bytes | None] | None = None,
 ) -> OwnImageTextSplits:
     """Decode (through the cache), group by caption, carve the held-out pairs."""
-    store = ImageStore(f"{path}::{name}", workers=cfg.workers)
+    store = ImageStore(f"{path}::{name}", workers=cfg.workers, size_hint=(cfg.size, cfg.resize))
     headers = store.headers(files) if blobs is None else store.headers_of_bytes(blobs)
     if all(h.bad for h in headers):
         raise NeuratlasError(f"{path}: none of its {len(files)} images is readable (e.g. {files[0]}: {headers[0].bad})")
