@@ -685,7 +685,14 @@ def test_cold_read_shortcuts_give_the_same_pixels_as_decoding_each_file(tmp_path
 def test_every_format_is_listed_with_a_description(capsys):
     assert main(["list", "--kind", "datasets"]) == 0
     out = capsys.readouterr().out
-    for name in ("image-folder", "image-csv", "segmentation-folder", "coco", "image-text-csv", "hf-images",
-                 "hf-image-text"):
+    for name in (
+        "image-folder",
+        "image-csv",
+        "segmentation-folder",
+        "coco",
+        "image-text-csv",
+        "hf-images",
+        "hf-image-text",
+    ):
         line = next(line for line in out.splitlines() if line.split()[:1] == [name])
         assert "--data." in line  # the description says which option points at the files
