@@ -696,3 +696,20 @@ def test_every_format_is_listed_with_a_description(capsys):
     ):
         line = next(line for line in out.splitlines() if line.split()[:1] == [name])
         assert "--data." in line  # the description says which option points at the files
+
+
+def test_inspect_plugs_into_a_data_command_group(tmp_path, fashion, capsys):
+    """``add_inspect`` gives the same command as ``neuratlas data inspect`` under a ``data`` group."""
+    import argparse
+
+    from neuratlas.cli.inspect_cmd import add_inspect
+
+    write_folder(tmp_path / "f", fashion, per_class=5, mixed=False)
+    parser = argparse.ArgumentParser()
+    data = parser.add_subparsers().add_parser("data").add_subparsers()
+    add_inspect(data)
+    args, extra = parser.parse_known_args(
+        ["data", "inspect", "--sheet", "", "--data.name", "image-folder", "--data.root", str(tmp_path / "f")]
+    )
+    assert args.func(args, extra) == 0
+    assert "3 classes" in capsys.readouterr().out
