@@ -282,7 +282,20 @@ def test_unlabelled_folder_pretrains_self_supervised(tmp_path, fashion, run_over
     trainer = Trainer(run)
     assert "unlabelled" in trainer.task.describe_data()
     result = trainer.fit()
+    assert trainer.task.metric == "rotation_accuracy" and "probe_accuracy" not in result.test  # no labels
     assert 0 <= result.test["rotation_accuracy"] <= 1
+    simclr = Trainer(
+        get_recipe("ssl-simclr-fashion").run_config(
+            {
+                **run_overrides,
+                "data.name": "image-folder",
+                "data.root": str(tmp_path / "u"),
+                "data.batch_size": "16",
+                "trainer.max_steps": "2",
+            }
+        )
+    )
+    assert 0 <= simclr.fit().test["pair_accuracy"] <= 1
 
 
 # --- segmentation: images/ + masks/ ------------------------------------------------------------------------
