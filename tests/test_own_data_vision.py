@@ -726,3 +726,41 @@ def test_inspect_plugs_into_a_data_command_group(tmp_path, fashion, capsys):
     )
     assert args.func(args, extra) == 0
     assert "3 classes" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # ~30 s: one step of each
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "mlp-fashion-quick",
+        "lenet5-mnist5k",
+        "resnet20-fashion",
+        "mobilenet-v1-fashion",
+        "efficientnet-fashion-quick",
+        "vit-fashion",
+    ],
+)
+def test_image_classifiers_take_an_rgb_folder(recipe, tmp_path, fashion, run_overrides):
+    """Channels, classes and input size follow the files: a 3-class RGB 40×40 folder through recipes written
+    for 10-class grey 28×28 Fashion-MNIST."""
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    x, y, _ = fashion
+    for i in range(36):
+        (tmp_path / "rgb" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        rgb = np.stack([x[i], x[i] // 2, 255 - x[i]], -1)
+        Image.fromarray(rgb).resize((40, 40)).save(tmp_path / "rgb" / f"c{i % 3}" / f"{i}.jpg")
+    run = get_recipe(recipe).run_config(
+        {
+            **run_overrides,
+            "data.name": "image-folder",
+            "data.root": str(tmp_path / "rgb"),
+            "data.batch_size": "8",
+            "trainer.max_steps": "1",
+            "trainer.eval_every": "1",
+        }
+    )
+    trainer = Trainer(run)
+    assert trainer.model(torch.zeros(2, 3, 40, 40)).shape == (2, 3)
+    assert 0 <= trainer.fit().test["accuracy"] <= 1
