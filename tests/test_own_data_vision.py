@@ -764,3 +764,37 @@ def test_image_classifiers_take_an_rgb_folder(recipe, tmp_path, fashion, run_ove
     trainer = Trainer(run)
     assert trainer.model(torch.zeros(2, 3, 40, 40)).shape == (2, 3)
     assert 0 <= trainer.fit().test["accuracy"] <= 1
+
+
+def test_hf_segmentation_pairs_images_and_masks(tmp_path, nuclei, capsys):
+    datasets = pytest.importorskip("datasets")
+    import io
+
+    img, inst = nuclei
+
+    def png(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rows = []
+    for r in range(4):
+        for c in range(4):
+            sl = (slice(r * 128, r * 128 + 128), slice(c * 128, c * 128 + 128))
+            rows.append(
+                {
+                    "image": {"bytes": png(img[sl]), "path": None},
+                    "label": {"bytes": png((inst[sl] > 0).astype(np.uint8)), "path": None},
+                }
+            )
+    rows[5]["label"] = {"bytes": png(np.zeros((64, 64), np.uint8)), "path": None}  # wrong size
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(tmp_path / "train-0.parquet"))
+    spec = {"name": "hf-segmentation", "path": str(tmp_path / "train-0.parquet"), "mask_column": "label"}
+    d = load_dataset(spec)
+    assert "[5] label: the mask's size 64×64 differs from its image's 128×128" in capsys.readouterr().err
+    assert d.classes == ["background", "1"]
+    assert [len(getattr(d, s).masks) for s in ("train", "val", "test")] == [11, 2, 2]
+    np.testing.assert_array_equal(d.train.masks[0].numpy() > 0, d.train.masks[0].numpy() == 1)
+    assert main(["data-inspect", *[f"--data.{k}={v}" for k, v in spec.items()], "--sheet", ""]) == 0
+    assert "pixels: background" in capsys.readouterr().out

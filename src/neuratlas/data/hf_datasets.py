@@ -3,7 +3,8 @@
 
 - ``hf-images``: an image column and a label column -> the :class:`ImageSplits` of ``image-folder``
   (classification, transfer, self-supervised recipes);
-- ``hf-image-text``: an image column and a caption column -> the pairs of ``image-text-csv`` (CLIP).
+- ``hf-image-text``: an image column and a caption column -> the pairs of ``image-text-csv`` (CLIP);
+- ``hf-segmentation``: an image column and a mask column -> the pairs of ``segmentation-folder``.
 
 The image column may hold images (the ``Image`` feature: bytes or paths) or path strings (relative to the
 data files). Images go through the same content-hashed decode cache as image folders. A ``DatasetDict``'s
@@ -20,7 +21,10 @@ from typing import Any
 
 from neuratlas.data.image_folder import Listing, OwnImagesConfig, OwnImageSplits, build_splits
 from neuratlas.data.image_text_csv import ImageTextCSVConfig, OwnImageTextSplits, pairs_to_splits
+from neuratlas.data.inspect import register_inspector
+from neuratlas.data.medical import SegmentationData
 from neuratlas.data.registry import register_dataset
+from neuratlas.data.segmentation_folder import SegmentationFolderConfig, build_segmentation, segmentation_report
 from neuratlas.errors import NeuratlasError
 
 FILE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -32,6 +36,15 @@ class HFImagesConfig(OwnImagesConfig):
     path: str = ""  # a save_to_disk folder, a data file or folder of them, or a hub name (with a network)
     image_column: str = "image"
     label_column: str = "label"
+
+
+@dataclass
+class HFSegmentationConfig(SegmentationFolderConfig):
+    """``segmentation-folder``'s options; ``path`` is a save_to_disk folder, data files or a hub name."""
+
+    path: str = ""
+    image_column: str = "image"
+    mask_column: str = "mask"  # label maps: class ids, a palette, colours, or instance ids
 
 
 @dataclass
@@ -173,6 +186,28 @@ def load_hf_image_text(cfg: HFImageTextConfig) -> OwnImageTextSplits:
     return pairs_to_splits(Path(cfg.path), files, captions, [], cfg, "hf-image-text", blobs=blobs)
 
 
+def load_hf_segmentation(cfg: HFSegmentationConfig) -> SegmentationData:
+    splits, base, how = open_hf(cfg.path)
+    groups: dict[str, list[tuple]] = {}
+    bad: list[tuple[Path, str]] = []
+    for name, ds in splits.items():
+        where = f"{cfg.path} [{name}]"
+        images, image_bytes = _images(ds, cfg.image_column, base, where)
+        masks, mask_bytes = _images(ds, cfg.mask_column, base, where)
+        split = SPLIT_NAMES.get(name, "train") if len(splits) > 1 else "all"
+        pairs = groups.setdefault(split, [])
+        for i, (im, ib, m, mb) in enumerate(zip(images, image_bytes, masks, mask_bytes)):
+            if ib is None or mb is None:
+                bad.append((im if ib is None else m, "missing"))
+            else:
+                pairs.append(
+                    (ib, mb, Path(f"{where}[{i}] {cfg.image_column}"), Path(f"{where}[{i}] {cfg.mask_column}"))
+                )
+    if len(splits) > 1 and "train" not in groups:
+        raise NeuratlasError(f"{cfg.path}: splits {', '.join(splits)} but none is train")
+    return build_segmentation(groups, bad, cfg, f"{cfg.path} ({how})", given=len(splits) > 1)
+
+
 register_dataset(
     "hf-images",
     load_hf_images,
@@ -181,8 +216,16 @@ register_dataset(
     "or a hub name online); --data.path P --data.image_column --data.label_column",
 )
 register_dataset(
+    "hf-segmentation",
+    load_hf_segmentation,
+    HFSegmentationConfig,
+    "a Hugging Face data set of images + label-map masks for segmentation; --data.path P "
+    "--data.image_column --data.mask_column",
+)
+register_dataset(
     "hf-image-text",
     load_hf_image_text,
     HFImageTextConfig,
     "a Hugging Face data set of images + captions for CLIP; --data.path P --data.image_column --data.caption_column",
 )
+register_inspector("hf-segmentation", segmentation_report)

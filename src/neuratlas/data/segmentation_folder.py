@@ -98,24 +98,29 @@ def _carve(n: int, cfg: SegmentationFolderConfig) -> dict[str, np.ndarray]:
     }
 
 
-def _read_pair(image: Path, mask: Path, cfg: SegmentationFolderConfig, channels: int):
+def _open(source: Path | bytes):
+    """A file path, or the bytes of an image held in memory (a Hugging Face column) as a file object."""
+    import io
+
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def _read_pair(image: Path | bytes, mask: Path | bytes, cfg: SegmentationFolderConfig, channels: int):
     from PIL import Image
 
-    with Image.open(image) as im:
+    with Image.open(_open(image)) as im:
         w, h = im.size
-    m, mode = read_label_map(mask)
+    m, mode = read_label_map(_open(mask))
     if m.shape != (h, w):
-        raise ValueError(f"the mask's size {m.shape[1]}×{m.shape[0]} differs from its image's {w}×{h} ({image})")
+        raise ValueError(f"the mask's size {m.shape[1]}×{m.shape[0]} differs from its image's {w}×{h}")
     side = cfg.size
-    x = decode(image, ResizePolicy(side or h, side or w, channels, "squash"))
+    x = decode(_open(image), ResizePolicy(side or h, side or w, channels, "squash"))
     if side and (h, w) != (side, side):
         m = np.asarray(Image.fromarray(m.astype(np.int32)).resize((side, side), Image.NEAREST)).astype(np.int64)
     return x, m, mode
 
 
 def load_segmentation_folder(cfg: SegmentationFolderConfig) -> SegmentationData:
-    from PIL import Image
-
     root = need_folder(cfg.root, "segmentation folder")
     given = [s for s in SPLITS if (root / s / "images").is_dir()]
     groups: dict[str, list[tuple[Path, Path]]] = {}
@@ -128,12 +133,27 @@ def load_segmentation_folder(cfg: SegmentationFolderConfig) -> SegmentationData:
             bad += lone
     else:
         groups["all"], bad = _pairs(root)
+    named = {s: [(i, m, i, m) for i, m in pairs] for s, pairs in groups.items()}
+    return build_segmentation(named, bad, cfg, root, bool(given))
+
+
+def build_segmentation(
+    groups: dict[str, list[tuple]],
+    bad: list[tuple[Path, str]],
+    cfg: SegmentationFolderConfig,
+    root: Path | str,
+    given: bool,
+) -> SegmentationData:
+    """Pairs (image source, mask source, image name, mask name) per split ("all": to be carved) -> the data.
+    Sources are paths or bytes; names are what problems are reported under."""
+    from PIL import Image
+
     every = [p for pairs in groups.values() for p in pairs]
     if cfg.channels is None:
         modes = []
-        for img, _ in every:
+        for img, *_ in every:
             try:
-                with Image.open(img) as im:
+                with Image.open(_open(img)) as im:
                     modes.append(im.mode)
             except Exception:  # reported when the pair is read
                 pass
@@ -143,16 +163,16 @@ def load_segmentation_folder(cfg: SegmentationFolderConfig) -> SegmentationData:
     read: dict[str, list] = {}
     for s, pairs in groups.items():
         read[s] = []
-        for img, mask in pairs:
+        for img, mask, img_name, mask_name in pairs:
             try:
-                read[s].append((img, *_read_pair(img, mask, cfg, channels)))
+                read[s].append((img_name, *_read_pair(img, mask, cfg, channels)))
             except ValueError as e:
                 if "differs from its image" in str(e):
-                    bad.append((mask, str(e).split(" (")[0]))
+                    bad.append((mask_name, str(e)))
                 else:
-                    bad.append((img, why_unreadable(e)))
+                    bad.append((img_name, why_unreadable(e)))
             except Exception as e:  # Pillow: many types for a broken file
-                bad.append((img if not str(e).count(str(mask)) else mask, why_unreadable(e)))
+                bad.append((img_name, why_unreadable(e)))
             if bad and cfg.on_bad == "error":
                 raise NeuratlasError(f"{bad[-1][0]}: {bad[-1][1]} (--data.on_bad skip leaves such pairs out)")
     if bad:
@@ -282,9 +302,9 @@ def segmentation_report(data: SegmentationData):
 
     def sheet(path: Path) -> Path:
         items = [(img, m) for img, m in zip(data.train.images[:12], data.train.masks[:12])]
-        return overlay_sheet(items, path, f"segmentation-folder {data.source}", data.classes)
+        return overlay_sheet(items, path, f"segmentation {data.source}", data.classes)
 
-    return DataReport(f"segmentation-folder {data.description}", lines, problems, sheet)
+    return DataReport(f"segmentation {data.description}", lines, problems, sheet)
 
 
 register_dataset(
