@@ -706,6 +706,7 @@ def test_every_format_is_listed_with_a_description(capsys):
         "image-text-csv",
         "hf-images",
         "hf-image-text",
+        "hf-segmentation",
     ):
         line = next(line for line in out.splitlines() if line.split()[:1] == [name])
         assert "--data." in line  # the description says which option points at the files
