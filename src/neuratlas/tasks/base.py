@@ -180,6 +180,9 @@ def write_image(image: torch.Tensor, path: Path) -> str:
 
 
 def describe_splits(name: str, data: Any) -> str:
-    """``name (train/val/test)`` sample counts of a data set with ``train``/``val``/``test`` tensor tuples."""
+    """``name (train/val/test)`` sample counts of a data set with ``train``/``val``/``test`` tensor tuples, or
+    the data set's own one-line ``summary`` (a user's files: where, classes, splits, sizes, skipped files)."""
+    if getattr(data, "summary", ""):
+        return data.summary
     n = [len(split[0]) for split in (data.train, data.val, data.test)]
     return f"{name} ({n[0]:,}/{n[1]:,}/{n[2]:,})"
