@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `neuratlas list | head`: the reader is gone, nothing left to say
+        sys.stderr = open(os.devnull, "w")  # else Python reports the closed pipe again at exit
+        return 0
     except Exception as e:  # an unexpected failure: one line unless debugging is asked for
         if os.environ.get("NEURATLAS_DEBUG"):
             raise

