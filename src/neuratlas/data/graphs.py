@@ -386,10 +386,7 @@ def mol_graph(mol: Any, label: int = -1, name: str = "") -> GraphSample:
 
 def smiles_graph(smiles: str) -> GraphSample:
     """A molecule written as SMILES (``CCO``) as a graph; an unparsable string is one clear error."""
-    try:
-        from rdkit import Chem, RDLogger
-    except ImportError:
-        raise NeuratlasError("reading molecules needs RDKit: `pip install rdkit`") from None
+    Chem, RDLogger = require("rdkit.Chem", "reading molecules"), require("rdkit.RDLogger", "reading molecules")
     RDLogger.DisableLog("rdApp.*")
     mol = Chem.MolFromSmiles(smiles)
     if mol is None or mol.GetNumAtoms() == 0:
