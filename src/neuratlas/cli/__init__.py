@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `neuratlas ... | head`: the reader has gone; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # `neuratlas list | head`: the reader is gone, nothing left to say
+        sys.stderr = open(os.devnull, "w")  # else Python reports the closed pipe again at exit
         return 0
     except Exception as e:  # an unexpected failure: one line unless debugging is asked for
         if os.environ.get("NEURATLAS_DEBUG"):

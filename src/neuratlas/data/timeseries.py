@@ -25,10 +25,10 @@ from neuratlas.sources import DataSource, package_dir
 
 _SM = "https://raw.githubusercontent.com/statsmodels/statsmodels/main/statsmodels/datasets"
 # The upstream CSVs are not versioned releases, so no fixed checksum is pinned ("").
-CO2 = DataSource("co2", {"co2.csv": ""}, "Install statsmodels (`pip install statsmodels`, the `series` extra)",
+CO2 = DataSource("co2", {"co2.csv": ""}, "Install statsmodels: pip install 'neuratlas[series]'",
                  offline=[lambda: package_dir("statsmodels", "datasets", "co2")], base_url=f"{_SM}/co2")
 SUNSPOTS = DataSource("sunspots", {"sunspots.csv": ""},
-                      "Install statsmodels (`pip install statsmodels`, the `series` extra)",
+                      "Install statsmodels: pip install 'neuratlas[series]'",
                       offline=[lambda: package_dir("statsmodels", "datasets", "sunspots")],
                       base_url=f"{_SM}/sunspots")
 # AirPassengers is 144 numbers (Box, Jenkins & Reinsel, "Time Series Analysis", series G, thousands of
