@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -706,8 +707,10 @@ def load_molecule_files(cfg: MoleculeFilesConfig) -> MoleculeData:
         source = str(folder)
     else:
         raise NeuratlasError("molecules: set --data.path (a CSV of SMILES + label) or --data.root (SDF files)")
-    for line in skipped:
-        print(f"warning: skipped {line}")
+    for line in skipped[:3]:
+        print(f"warning: skipped {line}", file=sys.stderr)
+    if len(skipped) > 3:
+        print(f"warning: ... and {len(skipped) - 3} more molecules skipped", file=sys.stderr)
     classes = sorted({lab for _, lab, _ in mols})
     if len(classes) < 2:
         raise NeuratlasError(f"{source}: {len(mols)} readable molecules in {len(classes)} class; graph "

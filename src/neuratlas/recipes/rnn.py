@@ -56,7 +56,7 @@ def _residual(data: dict, steps: int = 1500, **task) -> dict:
         "model": {"name": "seasonal-residual"},
         "data": data,
         "task": {"name": "forecasting", "lookback": None, "horizon": None, "eval_stride": None, **task},
-        "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-2},
+        "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
         "schedule": {"name": "cosine", "warmup_steps": 50},
         "trainer": {"max_steps": steps, "eval_every": 250, "precision": "fp32", "num_threads": 1,
                     "log_every": 50},
