@@ -41,23 +41,36 @@ def bench_forecasting(options: dict[str, str]) -> list[str]:
     only = set(options["only"].split(",")) if options.get("only") else None
     tmp = Path(tempfile.mkdtemp(prefix="neuratlas-forecast-"))
     co2 = package_dir("statsmodels", "datasets", "co2", "co2.csv")
-    rows = [("airpassengers", "forecast-airpassengers", {}), ("co2", "forecast-co2", {}),
-            ("sunspots", "forecast-sunspots", {}), ("taylor (half-hourly)", "forecast-taylor", {}),
-            ("CSV: electricity.csv", "forecast-csv", {"data.path": str(taylor_csv(tmp)), "data.target": "demand_mw"})]
+    rows = [
+        ("airpassengers", "forecast-airpassengers", {}),
+        ("co2", "forecast-co2", {}),
+        ("sunspots", "forecast-sunspots", {}),
+        ("taylor (half-hourly)", "forecast-taylor", {}),
+        ("CSV: electricity.csv", "forecast-csv", {"data.path": str(taylor_csv(tmp)), "data.target": "demand_mw"}),
+    ]
     if co2 is not None and co2.is_file():
         rows.append(("CSV: statsmodels co2.csv (weekly)", "forecast-csv", {"data.path": str(co2)}))
     torch.set_num_threads(int(options.get("threads", 1)))
-    lines = ["| series | seasons | default recipe MASE (seeds) | naive | seasonal naive | ETS | ARIMA |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| series | seasons | default recipe MASE (seeds) | naive | seasonal naive | ETS | ARIMA |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, recipe, over in rows:
         if only and not ({label.split()[0], recipe} & only):
             continue
         scores, base = [], {}
         for seed in range(seeds):
-            run = get_recipe(recipe).run_config({
-                **over, "trainer.seed": str(seed), "trainer.out_dir": str(tmp / "runs"), "trainer.progress": "false",
-                "trainer.tensorboard": "false", "task.baselines": "true" if seed == 0 else "false",
-                **({"trainer.max_steps": "300"} if quick else {})})
+            run = get_recipe(recipe).run_config(
+                {
+                    **over,
+                    "trainer.seed": str(seed),
+                    "trainer.out_dir": str(tmp / "runs"),
+                    "trainer.progress": "false",
+                    "trainer.tensorboard": "false",
+                    "task.baselines": "true" if seed == 0 else "false",
+                    **({"trainer.max_steps": "300"} if quick else {}),
+                }
+            )
             trainer = Trainer(run)
             result = trainer.fit()
             scores.append(result.test["mase"])
@@ -66,15 +79,20 @@ def bench_forecasting(options: dict[str, str]) -> list[str]:
                 s = trainer.task.series
                 seasons = "/".join(map(str, s.seasons or (s.season,)))
         mean = float(np.mean(scores))
-        cells = [f"{base[k]:.3f}" if k in base else "n/a" for k in
-                 ("naive_mase", "seasonal_naive_mase", "ets_mase", "arima_mase")]
+        cells = [
+            f"{base[k]:.3f}" if k in base else "n/a"
+            for k in ("naive_mase", "seasonal_naive_mase", "ets_mase", "arima_mase")
+        ]
         each = ", ".join(f"{v:.3f}" for v in scores)
         lines.append(f"| {label} | {seasons} (m={s.season}) | **{mean:.3f}** ({each}) | {' | '.join(cells)} |")
         print(lines[-1], flush=True)
     return ["", *lines]
 
 
-BENCHMARKS.add("forecasting", bench_forecasting,
-               description="the default forecaster vs naive / seasonal naive / ETS / ARIMA (MASE, same origins) on "
-                           "AirPassengers, CO2, sunspots, half-hourly electricity and two CSVs (--seeds N, --quick, "
-                           "--only a,b)")
+BENCHMARKS.add(
+    "forecasting",
+    bench_forecasting,
+    description="the default forecaster vs naive / seasonal naive / ETS / ARIMA (MASE, same origins) on "
+    "AirPassengers, CO2, sunspots, half-hourly electricity and two CSVs (--seeds N, --quick, "
+    "--only a,b)",
+)

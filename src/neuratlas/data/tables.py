@@ -42,8 +42,10 @@ class Table:
         missing = [n for n in names if n not in self.columns]
         if missing:
             hint = f" (set {option})" if option else ""
-            raise NeuratlasError(f"{self.path}: no column {', '.join(map(repr, missing))}{hint}; its columns are "
-                                 f"{', '.join(map(repr, self.columns)) or 'none'}")
+            raise NeuratlasError(
+                f"{self.path}: no column {', '.join(map(repr, missing))}{hint}; its columns are "
+                f"{', '.join(map(repr, self.columns)) or 'none'}"
+            )
 
     def column(self, name: str) -> list[Any]:
         return [r.get(name) for r in self.rows]
@@ -103,8 +105,7 @@ def read_table(path: str | Path, what: str = "table", option: str = "--data.path
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header):
-                raise NeuratlasError(f"{p} line {reader.line_num}: {len(row)} fields, the header has "
-                                     f"{len(header)}")
+                raise NeuratlasError(f"{p} line {reader.line_num}: {len(row)} fields, the header has {len(header)}")
             rows.append(dict(zip(header, row)))
             nums.append(reader.line_num)
     except csv.Error as e:
@@ -153,6 +154,6 @@ def stratified_split(labels: list[int], val_frac: float, test_frac: float, seed:
         n_test = min(round(len(idx) * test_frac), max(0, len(idx) - 1))
         n_val = min(round(len(idx) * val_frac), max(0, len(idx) - 1 - n_test))
         parts["test"] += idx[:n_test]
-        parts["val"] += idx[n_test:n_test + n_val]
-        parts["train"] += idx[n_test + n_val:]
+        parts["val"] += idx[n_test : n_test + n_val]
+        parts["train"] += idx[n_test + n_val :]
     return {k: sorted(v) for k, v in parts.items()}
