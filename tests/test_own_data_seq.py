@@ -584,7 +584,16 @@ def test_csv_series_frequency_seasons_and_gaps(tmp_path, capsys):
         }
     )
     assert (monthly.freq, monthly.season, monthly.n_train, monthly.periods[0]) == ("MS", 12, 108, "1949-01")
-    assert _snapshot(tmp_path) == {**before, str(tmp_path / "air.csv"): (tmp_path / "air.csv").read_bytes()}
+    # local times across a daylight-saving change (+01:00 then +02:00) are one hourly UTC time line, no gap
+    dst = tmp_path / "dst.csv"
+    rows = ["2024-03-31T00:00:00+01:00", "2024-03-31T01:00:00+01:00", "2024-03-31T03:00:00+02:00"]
+    dst.write_text("time,kwh\n" + "".join(f"{t},{i}\n" for i, t in enumerate(rows * 1)))
+    from neuratlas.data.timeseries import CsvSeriesConfig, read_series_csv
+
+    values, stamps, freq, filled, _ = read_series_csv(CsvSeriesConfig(path=str(dst)))
+    assert freq == "h" and filled == 0 and list(values) == [0, 1, 2] and str(stamps[-1]) == "2024-03-31 01:00:00"
+    written = ("air.csv", "dst.csv")
+    assert _snapshot(tmp_path) == {**before, **{str(tmp_path / n): (tmp_path / n).read_bytes() for n in written}}
 
 
 def test_forecast_csv_trains_and_forecasts_an_unseen_series(tmp_path, capsys):

@@ -309,13 +309,13 @@ def read_series_csv(cfg: CsvSeriesConfig) -> tuple[np.ndarray, list, str, int, s
         target = numeric[0]
     table.require(target, option="--data.target")
     raw = table.column(time_col)
-    stamps = pd.to_datetime(pd.Series([str(v) for v in raw]), errors="coerce", format="mixed")
+    # utc=True: offsets such as +01:00/+02:00 across a DST change become one time line; naive times stay as written
+    stamps = pd.to_datetime(pd.Series([str(v) for v in raw]), errors="coerce", format="mixed", utc=True)
     bad = np.flatnonzero(stamps.isna().to_numpy())
     if len(bad):
         raise NeuratlasError(f"{table.where(int(bad[0]))}: {str(raw[bad[0]])[:40]!r} in column {time_col!r} is not a "
                              "date/time")
-    if stamps.dt.tz is not None:
-        stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+    stamps = stamps.dt.tz_localize(None)
     values = np.array(table.floats(target, allow_empty=True), np.float64)
     dup = stamps.duplicated(keep=False).to_numpy()
     if dup.any():
