@@ -438,8 +438,10 @@ def forecast_png_name(fc: Forecast) -> str:
     return f"forecast-{fc.dataset}-{label}.png"
 
 
-def plot_forecast(fc: Forecast, path: Path, history: int = 72) -> Path:
-    """History, forecast median, interval (and actuals when known) in one PNG."""
+def plot_forecast(fc: Forecast, path: Path, history: int | None = None) -> Path:
+    """History (default: 72 steps or three forecast lengths), forecast median, interval (and actuals when
+    known) in one PNG."""
+    history = history or max(72, 3 * len(fc.periods))
     import matplotlib
 
     matplotlib.use("Agg")
