@@ -613,6 +613,7 @@ def test_forecast_csv_trains_and_forecasts_an_unseen_series(tmp_path, capsys):
     )
     assert "air (108/12/24, step MS, seasons 12, lookback 36, horizon 12)" in out
     assert "seasonal_naive_mase" in (run / "result.json").read_text()
+    assert "baselines' test mase: naive" in out and "seasonal naive" in out and "ets" in out
     # a series the model never saw: CO2's monthly means as another user's file
     co2 = _write_series(tmp_path / "co2.csv", "co2")
     assert main(["forecast", str(run), "--data.path", str(co2), "--horizon", "15", "--out", str(tmp_path / "fc")]) == 0

@@ -99,6 +99,9 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
           f"{result.steps} steps")
     print(f"  val  {metric}: {result.val.get(metric, float('nan')):.4f}")
     print(f"  test {metric}: {result.test.get(metric, float('nan')):.4f}")
+    peers = {k.removesuffix(f"_{metric}"): v for k, v in result.test.items() if k.endswith(f"_{metric}")}
+    if peers:  # baselines scored on the same test data (forecasting: naive, seasonal naive, ETS, ARIMA)
+        print(f"  baselines' test {metric}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in peers.items()))
     if result.stopped_early:
         print(f"  stopped early: {result.stopped_early}")
     print(f"  checkpoints: {trainer.ckpt_dir}  curves: {trainer.run_dir / 'curves.png'}")
