@@ -143,6 +143,22 @@ def test_citeseer_and_pubmed_are_selectable_by_name(tmp_path, capsys):
     # pubmed is registered too; with no files it says which ones are missing
     err = _error(capsys, ["train", "gcn-cora", "--data.name", "pubmed", "--data.root", str(tmp_path / "planetoid")])
     assert "ind.pubmed.x is missing" in err
+    # PubMed's layout: 3 classes, no isolated test ids
+    write_planetoid(tmp_path / "planetoid", name="pubmed", gap=0, classes=3, feats=30)
+    data = load_dataset({"name": "pubmed", "root": str(tmp_path / "planetoid")})
+    assert tuple(data.x.shape) == (700, 30) and len(data.classes) == 3
+    out, _ = _train(
+        capsys,
+        tmp_path,
+        "gcn-cora",
+        "--data.name",
+        "pubmed",
+        "--data.root",
+        str(tmp_path / "planetoid"),
+        "--trainer.epochs",
+        "60",
+    )
+    assert _metric(out, "test", "accuracy") > 0.5  # chance is 0.33
 
 
 def test_old_cora_specs_still_load():
