@@ -555,7 +555,7 @@ def load_graph_csv(cfg: GraphCsvConfig) -> NodeData:
     root = existing(cfg.root, "graph folder", "--data.root") if cfg.root else None
     nodes_path = Path(cfg.nodes) if cfg.nodes else (root / "nodes.csv" if root else None)
     edges_path = Path(cfg.edges or cfg.path) if (cfg.edges or cfg.path) else (root / "edges.csv" if root else None)
-    edges_path = existing(edges_path, "edges", "--data.edges (or --data.root with edges.csv)")
+    edges_path = existing(edges_path, "edges", "--data.path or --data.edges (or --data.root with edges.csv)")
     ids: dict[str, int] = {}
     feats = labels = split = None
     if nodes_path is not None:
