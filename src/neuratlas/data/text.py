@@ -178,7 +178,8 @@ register_dataset(
     "text-file",
     load_text_file,
     TextFileConfig,
-    "your text: a .txt file or a folder of them (--data.path) for language modelling; char, BPE or gpt2 tokens", user_files=True)
+    "your text: a .txt file or a folder of them (--data.path) for language modelling; char, BPE or gpt2 tokens",
+    user_files=True)
 register_dataset(
     "tinyshakespeare",
     load_text,
