@@ -318,7 +318,8 @@ class Transformer(nn.Module):
         is zero at padded positions.
         """
         packing = None
-        if self.cfg.unpad and key_padding_mask is not None and not self.causal and cache is None and memory is None:
+        unpad = self.cfg.unpad and key_padding_mask is not None and not self.causal and cache is None and memory is None
+        if unpad and not torch.compiler.is_exporting():  # (packing's data-dependent size does not trace)
             packing = Packing(key_padding_mask)
             x = packing.pack(x)
         for i, block in enumerate(self.blocks):
@@ -336,7 +337,11 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(x.shape[1])
         x = self.norm(x)
-        return packing.pad(x) if packing is not None else x
+        if packing is not None:
+            return packing.pad(x)
+        if unpad:  # exported: the padded run, zero at the padding like the packed one
+            return x.masked_fill(~key_padding_mask.to(torch.bool)[..., None], 0.0)
+        return x
 
     def new_cache(
         self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None
