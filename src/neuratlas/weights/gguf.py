@@ -345,9 +345,9 @@ class GGUFModel:
             raise NeuratlasError(
                 f"{self.path}: tokenizer.ggml.model {model!r} is not supported (byte-level BPE, 'gpt2', is)"
             )
-        tokens, merges = m.get("tokenizer.ggml.tokens"), m.get("tokenizer.ggml.merges")
-        if not tokens or merges is None:
-            raise NeuratlasError(f"{self.path}: the tokenizer's vocabulary or merges are missing")
+        tokens, merges = m.get("tokenizer.ggml.tokens"), m.get("tokenizer.ggml.merges") or []
+        if not tokens:
+            raise NeuratlasError(f"{self.path}: the tokenizer's vocabulary (tokenizer.ggml.tokens) is missing")
         tok = byte_level_bpe(
             tokens,
             merges,
