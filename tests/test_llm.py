@@ -364,8 +364,9 @@ def test_bad_gguf_files(tmp_path):
 
 
 def test_bad_template_and_cli_error_line(tmp_path):
-    from neuratlas.text.chat import ChatTokenizer
     from tokenizers import Tokenizer, models
+
+    from neuratlas.text.chat import ChatTokenizer
 
     tok = ChatTokenizer(
         Tokenizer(models.BPE()),
