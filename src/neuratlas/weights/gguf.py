@@ -331,6 +331,24 @@ class GGUFModel:
         heads = self.row_order(name)
         return unpermute_rows(w, heads) if heads else w
 
+    def q4(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """A Q4_0 / Q4_1 tensor's integers (rows, cols) in 0..15 and its per-block d and m (rows, cols / 32;
+        m None for Q4_0), in Hugging Face's row order; None for other types."""
+        t = self.tensors[name]
+        if t.qtype not in (2, 3):
+            return None
+        b = t.blocks()  # (rows, blocks, bytes)
+        heads = self.row_order(name)
+        if heads:
+            b = unpermute_rows(b, heads)
+        rows, nb, _ = b.shape
+        flat = b.reshape(rows * nb, -1)
+        at = 2 if t.qtype == 2 else 4
+        q = _nibbles(flat[:, at : at + 16]).reshape(rows, nb * 32)
+        d = _f16(flat, 0).reshape(rows, nb)
+        m = _f16(flat, 2).reshape(rows, nb) if t.qtype == 3 else None
+        return q, d, m
+
     def hf_tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor dequantized to fp32 under its Hugging Face name."""
         return {self.hf_name(n): self.hf_tensor(n) for n in self.tensors}

@@ -267,6 +267,45 @@ def _build(cfg: GPTConfig, sd: dict[str, torch.Tensor], dtype: torch.dtype) -> G
     return model.to(dtype)
 
 
+def quantize_llm(model: GPT, mode: str) -> GPT:
+    """Weight-only quantization of the model's linear layers in place: ``int8`` (per output channel) or
+    ``int4`` (groups of 32; the output head stays int8, as llama.cpp keeps it at 8 bits). From a GGUF file
+    whose projections are Q4_0/Q4_1, ``int4`` packs the file's own blocks (no second rounding)."""
+    from neuratlas.layers.quant import Int4Linear, Int8Linear, can_int4
+
+    if mode not in ("int8", "int4"):
+        raise NeuratlasError(f"quantization {mode!r} is not supported (int8, int4 are)")
+    gf = getattr(model, "gguf", None)
+    parts = {
+        "attn.qkv": ("attn_q", "attn_k", "attn_v"),
+        "attn.proj": ("attn_output",),
+        "ffn.fc1": ("ffn_gate", "ffn_up"),
+        "ffn.fc2": ("ffn_down",),
+    }
+    with torch.no_grad():
+        for i, block in enumerate(model.transformer.blocks):
+            for path, names in parts.items():
+                owner, attr = path.split(".")
+                parent = getattr(block, owner)
+                linear = getattr(parent, attr)
+                new: nn.Module | None = None
+                if mode == "int4" and gf is not None:
+                    q4 = [gf.q4(f"blk.{i}.{n}.weight") for n in names]
+                    if all(q is not None for q in q4) and len({q[2] is None for q in q4}) == 1:
+                        q, d, m = (torch.cat(x) if x[0] is not None else None for x in zip(*q4))
+                        new = Int4Linear.from_q4(q, d, m, linear.bias)
+                if new is None:
+                    new = (
+                        Int4Linear.from_float(linear)
+                        if mode == "int4" and can_int4(linear)
+                        else Int8Linear.from_float(linear)
+                    )
+                setattr(parent, attr, new)
+        model.head = Int8Linear.from_float(model.head)
+    model.quantized = mode
+    return model
+
+
 def pretrained_path(name: str) -> Path:
     """The file of a registered pretrained LLM, from the data package that ships it (never imported)."""
     package, filename, _ = PRETRAINED[name]
@@ -311,3 +350,56 @@ def is_llm(path_or_name: str | Path) -> bool:
         except (OSError, ValueError):
             return False
     return False
+
+
+# --- registered pretrained LLMs: `create_model(name)` / `neuratlas list` --------------------------------------
+
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    max_seq_len=8192,
+    dim=576,
+    n_layer=30,
+    n_head=9,
+    n_kv_head=3,
+    head_dim=64,
+    norm="pre_rmsnorm",
+    norm_eps=1e-5,
+    positions="rope",
+    rope_base=100000.0,
+    ffn="swiglu",
+    ffn_dim=1536,
+    bias=False,
+    qkv_bias=False,
+    tie_embeddings=True,
+    dropout=0.0,
+    pad_vocab_multiple=1,
+)
+
+
+def _pretrained_builder(name: str, layout: dict[str, Any]):
+    """A registry builder that loads ``name``'s pretrained weights, applying the config fields that were
+    overridden (dropout, context length, ...) on top of the checkpoint's own."""
+
+    def build(cfg: GPTConfig) -> GPT:
+        default = GPTConfig(**layout)
+        changed = {f: getattr(cfg, f) for f in vars(cfg) if getattr(cfg, f) != getattr(default, f)}
+        return load_llm(name, **changed)
+
+    return build
+
+
+def _register() -> None:
+    from neuratlas.models.registry import MODELS
+
+    if "smollm2-135m-instruct" not in MODELS.names():
+        MODELS.add(
+            "smollm2-135m-instruct",
+            _pretrained_builder("smollm2-135m-instruct", SMOLLM2_135M),
+            GPTConfig,
+            family="llm",
+            description=PRETRAINED["smollm2-135m-instruct"][2],
+            **SMOLLM2_135M,
+        )
+
+
+_register()
