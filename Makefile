@@ -2,7 +2,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
-EXTRAS  := dev,data,text,series,graph,medical,tensorboard,federated,transfer
+EXTRAS  := dev,data,text,series,graph,medical,tensorboard,federated,transfer,llm
 PYTEST_ARGS ?=
 
 .PHONY: setup tour test lint bench clean

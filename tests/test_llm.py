@@ -459,3 +459,103 @@ def test_smollm_answers_and_cache_equals_recomputation(smollm):
     assert torch.equal(
         smollm.generate(ids, 12, temperature=0, use_cache=False), smollm.generate(ids, 12, temperature=0)
     )
+
+
+# --- quantized inference -------------------------------------------------------------------------------------
+
+
+def test_int8_and_int4_linear_equal_their_formulas():
+    from neuratlas.layers.quant import Int4Linear, Int8Linear
+
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(96, 48)
+    x = torch.randn(2, 5, 96)
+    a = Int8Linear.from_float(lin)
+    w8 = (a.q.float() * a.scale.float()[:, None]).to(torch.bfloat16).float()
+    want = torch.nn.functional.linear(x.bfloat16().float(), w8, lin.bias)
+    torch.testing.assert_close(a(x), want, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(a(torch.randn(40, 96)).shape, torch.Size([40, 48]))  # the many-row path
+    assert (a.dequantized().float() - lin.weight).abs().max() < lin.weight.abs().max() / 127
+    b = Int4Linear.from_float(lin)
+    err = (b(x) - lin(x)).abs().max()
+    assert err < 0.1 * lin(x).abs().max(), err
+
+
+def test_int4_from_q4_blocks_equals_dequantized_weights(tmp_path):
+    """A GGUF Q4_1 / Q4_0 layer packed for the int4 kernel computes with the file's own weights."""
+    from neuratlas.layers.quant import Int4Linear
+    from neuratlas.weights.gguf import GGUFModel
+
+    for qtype in (Q.Q4_1, Q.Q4_0):
+        gf = GGUFModel(write_gguf(tiny_llama(), tmp_path / f"{qtype.name}.gguf", qtype))
+        name = "blk.1.attn_k.weight"  # a permuted tensor: the blocks are un-permuted like the floats
+        q, d, m = gf.q4(name)
+        lin = Int4Linear.from_q4(q, d, m)
+        w = gf.hf_tensor(name)
+        x = torch.randn(3, w.shape[1]).bfloat16().float()
+        torch.testing.assert_close(lin(x), x @ w.t(), atol=3e-2, rtol=2e-2)
+
+
+def test_quantized_tiny_model_keeps_its_predictions(tmp_path):
+    from neuratlas.layers.quant import Int4Linear, Int8Linear
+    from neuratlas.weights import load_llm
+    from neuratlas.weights.llama import quantize_llm
+
+    path = write_gguf(tiny_llama(), tmp_path / "tiny.gguf", Q.Q4_1)
+    ids = torch.randint(0, 259, (2, 30), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = load_llm(path)(ids).softmax(-1)
+        for mode, kind in (("int8", Int8Linear), ("int4", Int4Linear)):
+            model = quantize_llm(load_llm(path), mode)
+            assert isinstance(model.transformer.blocks[0].ffn.fc1, kind) and isinstance(model.head, Int8Linear)
+            assert (model(ids).softmax(-1) - ref).abs().sum(-1).max() < 0.1  # total variation per position
+
+
+# --- the command line: generate and chat ---------------------------------------------------------------------
+
+
+def run_cli(argv: list[str], stdin: str = "", monkeypatch=None, capsys=None) -> tuple[int, str, str]:
+    import io
+
+    from neuratlas.cli import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@needs_smollm
+def test_cli_generate_and_chat_smollm(monkeypatch, capsys):
+    from neuratlas.text.chat import ChatTokenizer
+
+    rc, out, err = run_cli(["generate", "smollm2-135m-instruct", "--prompt", "What is the capital of France?",
+                            "--max-new-tokens", "12"], monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 0 and "Paris" in out, (out, err)
+    rc, out, _ = run_cli(["generate", "smollm2-135m-instruct", "--prompt", "What is the capital of France?",
+                          "--prompt", "Hi", "--max-new-tokens", "8", "--quantize", "int8"],
+                         monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 0 and "Paris" in out.split("\n\n")[0]
+    seen = []
+    original = ChatTokenizer.encode_chat
+
+    def spy(self, messages, add_generation_prompt=True):
+        seen.append([m["content"] for m in messages])
+        return original(self, messages, add_generation_prompt)
+
+    monkeypatch.setattr(ChatTokenizer, "encode_chat", spy)
+    talk = "What is the capital of France?\nAnd of Italy?\n/reset\nHello\n"
+    rc, out, _ = run_cli(["chat", "smollm2-135m-instruct", "--max-new-tokens", "10"], talk,
+                         monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 0
+    assert seen[0] == ["What is the capital of France?"]
+    assert seen[1][0] == "What is the capital of France?" and "Paris" in seen[1][1] and seen[1][2] == "And of Italy?"
+    assert seen[2] == ["Hello"]  # /reset forgot the conversation; end of input ended the loop
+    assert out.count("(conversation reset)") == 1 and "Paris" in out
+
+
+@needs_smollm
+def test_cli_prompt_longer_than_context(monkeypatch, capsys):
+    rc, _, err = run_cli(["generate", "smollm2-135m-instruct", "--raw", "--prompt", "word " * 9000],
+                         monkeypatch=monkeypatch, capsys=capsys)
+    assert rc == 2 and "does not fit the context of 8192 tokens" in err and err.count("\n") == 1

@@ -100,5 +100,5 @@ class Int4Linear(nn.Module):
 
 
 def can_int4(linear: nn.Linear, group: int = 32) -> bool:
-    """Whether the int4 kernel takes this layer's shape (inputs in whole groups, outputs a multiple of 8)."""
-    return linear.in_features % group == 0 and linear.out_features % 8 == 0
+    """Whether the int4 kernel takes this layer's shape (inputs in whole groups, outputs a multiple of 16)."""
+    return linear.in_features % group == 0 and linear.out_features % 16 == 0

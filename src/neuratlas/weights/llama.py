@@ -289,7 +289,7 @@ def quantize_llm(model: GPT, mode: str) -> GPT:
                 parent = getattr(block, owner)
                 linear = getattr(parent, attr)
                 new: nn.Module | None = None
-                if mode == "int4" and gf is not None:
+                if mode == "int4" and gf is not None and can_int4(linear):
                     q4 = [gf.q4(f"blk.{i}.{n}.weight") for n in names]
                     if all(q is not None for q in q4) and len({q[2] is None for q in q4}) == 1:
                         q, d, m = (torch.cat(x) if x[0] is not None else None for x in zip(*q4))
