@@ -529,12 +529,28 @@ def run_cli(argv: list[str], stdin: str = "", monkeypatch=None, capsys=None) -> 
 def test_cli_generate_and_chat_smollm(monkeypatch, capsys):
     from neuratlas.text.chat import ChatTokenizer
 
-    rc, out, err = run_cli(["generate", "smollm2-135m-instruct", "--prompt", "What is the capital of France?",
-                            "--max-new-tokens", "12"], monkeypatch=monkeypatch, capsys=capsys)
+    rc, out, err = run_cli(
+        ["generate", "smollm2-135m-instruct", "--prompt", "What is the capital of France?", "--max-new-tokens", "12"],
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert rc == 0 and "Paris" in out, (out, err)
-    rc, out, _ = run_cli(["generate", "smollm2-135m-instruct", "--prompt", "What is the capital of France?",
-                          "--prompt", "Hi", "--max-new-tokens", "8", "--quantize", "int8"],
-                         monkeypatch=monkeypatch, capsys=capsys)
+    rc, out, _ = run_cli(
+        [
+            "generate",
+            "smollm2-135m-instruct",
+            "--prompt",
+            "What is the capital of France?",
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "8",
+            "--quantize",
+            "int8",
+        ],
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert rc == 0 and "Paris" in out.split("\n\n")[0]
     seen = []
     original = ChatTokenizer.encode_chat
@@ -545,8 +561,9 @@ def test_cli_generate_and_chat_smollm(monkeypatch, capsys):
 
     monkeypatch.setattr(ChatTokenizer, "encode_chat", spy)
     talk = "What is the capital of France?\nAnd of Italy?\n/reset\nHello\n"
-    rc, out, _ = run_cli(["chat", "smollm2-135m-instruct", "--max-new-tokens", "10"], talk,
-                         monkeypatch=monkeypatch, capsys=capsys)
+    rc, out, _ = run_cli(
+        ["chat", "smollm2-135m-instruct", "--max-new-tokens", "10"], talk, monkeypatch=monkeypatch, capsys=capsys
+    )
     assert rc == 0
     assert seen[0] == ["What is the capital of France?"]
     assert seen[1][0] == "What is the capital of France?" and "Paris" in seen[1][1] and seen[1][2] == "And of Italy?"
@@ -556,6 +573,122 @@ def test_cli_generate_and_chat_smollm(monkeypatch, capsys):
 
 @needs_smollm
 def test_cli_prompt_longer_than_context(monkeypatch, capsys):
-    rc, _, err = run_cli(["generate", "smollm2-135m-instruct", "--raw", "--prompt", "word " * 9000],
-                         monkeypatch=monkeypatch, capsys=capsys)
+    rc, _, err = run_cli(
+        ["generate", "smollm2-135m-instruct", "--raw", "--prompt", "word " * 9000],
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert rc == 2 and "does not fit the context of 8192 tokens" in err and err.count("\n") == 1
+
+
+# --- fine-tuning: data, loss mask, export -------------------------------------------------------------------
+
+
+def tiny_gguf_model(tmp_path):
+    from neuratlas.weights import load_llm
+
+    return load_llm(write_gguf(tiny_llama(), tmp_path / "tiny.gguf"))
+
+
+def test_chat_labels_cover_assistant_tokens_only(tmp_path):
+    from neuratlas.data.chat import IGNORE, tokenize_chat
+
+    tok = tiny_gguf_model(tmp_path).tokenizer
+    conv = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6"},
+    ]
+    ids, labels = tokenize_chat(tok, conv, 512)
+    assert ids == tok.encode_chat(conv, add_generation_prompt=False)
+    learned = tok.decode([t for t, y in zip(ids, labels) if y != IGNORE], skip_special=False)
+    assert learned == "4<|im_end|>\n6<|im_end|>\n"
+    assert all(y in (IGNORE, t) for t, y in zip(ids, labels))
+
+
+def test_chat_jsonl_errors_name_file_and_line(tmp_path):
+    from neuratlas.data.chat import read_jsonl
+
+    good = json.dumps({"prompt": "a", "response": "b"})
+    for lines, words in [
+        ([good, "{not json"], r"bad.jsonl:2: not JSON"),
+        ([good, json.dumps({"question": "a"})], r"bad.jsonl:2: expected"),
+        ([json.dumps({"messages": [{"role": "user"}]}), good], r"bad.jsonl:1: every message needs"),
+        ([json.dumps({"messages": [{"role": "user", "content": "x"}]}), good], r"bad.jsonl:1: .*no assistant"),
+    ]:
+        (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+        with pytest.raises(NeuratlasError, match=words):
+            read_jsonl(tmp_path / "bad.jsonl")
+    (tmp_path / "ok.jsonl").write_text(
+        good
+        + "\n\n"
+        + json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "s"},
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "content": "v"},
+                ]
+            }
+        )
+    )
+    assert [len(c) for c in read_jsonl(tmp_path / "ok.jsonl")] == [2, 3]
+
+
+def test_lora_finetuned_model_saves_as_hf_folder_transformers_loads(tmp_path):
+    """A LoRA-adapted (then merged) model written by save_hf_llama: transformers gives the same logits, and
+    the tokenizer folder reloads with the same ids and template."""
+    transformers = pytest.importorskip("transformers")
+    from neuratlas.layers.lora import apply_lora, merged_copy
+    from neuratlas.text.chat import ChatTokenizer
+    from neuratlas.weights import load_llm, save_hf_llama
+
+    model = tiny_gguf_model(tmp_path)
+    apply_lora(model, ["*.attn.qkv", "*.ffn.fc1"], rank=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # a trained adapter: B is no longer zero
+    merged = merged_copy(model)
+    merged.tokenizer = model.tokenizer
+    folder = save_hf_llama(merged, tmp_path / "hf")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    ids = torch.randint(0, 259, (2, 17), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf_logits(ref, ids), atol=1e-4, rtol=0)
+        torch.testing.assert_close(load_llm(folder)(ids), hf_logits(ref, ids), atol=1e-4, rtol=0)
+    back = ChatTokenizer.from_folder(folder)
+    conv = [{"role": "user", "content": "héllo 🤖"}]
+    assert back.encode_chat(conv) == model.tokenizer.encode_chat(conv)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert hf_tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True) == back.render(conv)
+
+
+def test_chat_sft_task_trains_on_a_jsonl_file(tmp_path, monkeypatch):
+    """The task end to end on the tiny model: the loss on held-out answers falls after a few LoRA steps."""
+    from neuratlas.layers.lora import apply_lora
+    from neuratlas.tasks.chat_sft import ChatSFT, ChatSFTConfig
+
+    path = write_gguf(tiny_llama(), tmp_path / "tiny.gguf")
+    rows = [{"prompt": f"say {w}", "response": f"{w} {w}"} for w in ["red", "blue", "green", "gold"] * 10]
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    task = ChatSFT(
+        ChatSFTConfig(eval_answers=4, answer_tokens=8),
+        {"name": "chat", "path": str(tmp_path / "chat.jsonl"), "tokenizer": str(path), "batch_size": 4},
+    )
+    from neuratlas.weights import load_llm
+
+    model = load_llm(path)
+    apply_lora(model, "*", rank=8)
+    before = task.evaluate(model, "val", torch.autocast("cpu", enabled=False))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for i in range(30):
+        loss, _ = task.training_loss(model, task.train_batch(i))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = task.evaluate(model, "val", torch.autocast("cpu", enabled=False))
+    assert after["loss"] < 0.5 * before["loss"], (before, after)
+    assert 0.0 <= after["exact_match"] <= 1.0

@@ -62,8 +62,10 @@ def cmd_chat(args: argparse.Namespace, extra: list[str]) -> int:
             ids = tok.encode_chat(system + history)
         if len(ids) >= model.cfg.max_seq_len:
             history.pop()
-            print(f"error: the message of {len(ids)} tokens does not fit the context of {model.cfg.max_seq_len}",
-                  file=sys.stderr)
+            print(
+                f"error: the message of {len(ids)} tokens does not fit the context of {model.cfg.max_seq_len}",
+                file=sys.stderr,
+            )
             continue
         answer = stream_text(model, tok, ids, args, sys.stdout, args.stop)
         sys.stdout.write("\n")

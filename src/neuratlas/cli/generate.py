@@ -20,21 +20,40 @@ from neuratlas.errors import NeuratlasError
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """The decoding options shared by ``generate`` and ``chat``."""
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=None,
-                   help="0 is greedy (the default for pretrained LLMs; 0.8 for trained checkpoints)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="0 is greedy (the default for pretrained LLMs; 0.8 for trained checkpoints)",
+    )
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 makes tokens already in the text less likely (1.1–1.3 is usual)")
-    p.add_argument("--stop", action="append", default=[],
-                   help="stop when this text appears (repeatable); the model's end tokens always stop")
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="> 1 makes tokens already in the text less likely (1.1–1.3 is usual)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        help="stop when this text appears (repeatable); the model's end tokens always stop",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true",
-                   help="bf16 weights and KV cache: half the bytes read per token (pays where bf16 kernels are "
-                        "fast, e.g. GPUs and AMX CPUs; without AMX the fp32 fast path is quicker)")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
-                   help="weight-only quantized linear layers (pretrained LLMs): int8 per channel or int4 in groups "
-                        "of 32 (a GGUF file's Q4_0/Q4_1 blocks are used as they are)")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 weights and KV cache: half the bytes read per token (pays where bf16 kernels are "
+        "fast, e.g. GPUs and AMX CPUs; without AMX the fp32 fast path is quicker)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="weight-only quantized linear layers (pretrained LLMs): int8 per channel or int4 in groups "
+        "of 32 (a GGUF file's Q4_0/Q4_1 blocks are used as they are)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,8 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "is greedy; --top-k and --top-p restrict sampling.",
     )
     p.add_argument("model", metavar="MODEL_OR_RUN", help="run folder, checkpoint, LLM name, HF folder or .gguf file")
-    p.add_argument("--prompt", action="append", default=None,
-                   help="text to continue (repeatable: the prompts run as one batch; default: a newline)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="text to continue (repeatable: the prompts run as one batch; default: a newline)",
+    )
     p.add_argument("--system", default=None, help="system message for an instruct model's chat template")
     p.add_argument("--raw", action="store_true", help="give the prompt to an instruct model as is (no template)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every token (slow)")

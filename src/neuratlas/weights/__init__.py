@@ -10,6 +10,8 @@ from neuratlas.weights.llama import (
     load_gguf,
     load_hf_llama,
     load_llm,
+    quantize_llm,
+    save_hf_llama,
 )
 
 __all__ = [
@@ -22,4 +24,6 @@ __all__ = [
     "load_gguf",
     "load_hf_llama",
     "load_llm",
+    "quantize_llm",
+    "save_hf_llama",
 ]

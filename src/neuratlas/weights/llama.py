@@ -248,7 +248,6 @@ def load_gguf(path: str | Path, *, dtype: torch.dtype = torch.float32, **overrid
     cfg = llama_config(gf.config, str(gf.path), **overrides)
     sd = llama_state_dict(gf.hf_tensors(), cfg, str(gf.path))
     model = _build(cfg, sd, dtype)
-    model.gguf = gf  # the raw blocks, for quantized kernels that use them as they are
     return _attach(model, gf.path.stem, gf.tokenizer(), str(gf.path))
 
 
@@ -275,7 +274,10 @@ def quantize_llm(model: GPT, mode: str) -> GPT:
 
     if mode not in ("int8", "int4"):
         raise NeuratlasError(f"quantization {mode!r} is not supported (int8, int4 are)")
-    gf = getattr(model, "gguf", None)
+    from neuratlas.weights.gguf import GGUFModel
+
+    source = str(getattr(model, "source", ""))
+    gf = GGUFModel(source) if source.endswith(".gguf") else None  # its Q4 blocks, used as they are
     parts = {
         "attn.qkv": ("attn_q", "attn_k", "attn_v"),
         "attn.proj": ("attn_output",),
@@ -293,7 +295,10 @@ def quantize_llm(model: GPT, mode: str) -> GPT:
                     q4 = [gf.q4(f"blk.{i}.{n}.weight") for n in names]
                     if all(q is not None for q in q4) and len({q[2] is None for q in q4}) == 1:
                         q, d, m = (torch.cat(x) if x[0] is not None else None for x in zip(*q4))
-                        new = Int4Linear.from_q4(q, d, m, linear.bias)
+                        g = q.view(q.shape[0], -1, 32).float()
+                        w = (d[..., None] * g + m[..., None] if m is not None else d[..., None] * (g - 8)).flatten(1)
+                        if torch.allclose(w, linear.weight.float(), rtol=0, atol=1e-6):  # not fine-tuned since
+                            new = Int4Linear.from_q4(q, d, m, linear.bias)
                 if new is None:
                     new = (
                         Int4Linear.from_float(linear)
@@ -403,3 +408,40 @@ def _register() -> None:
 
 
 _register()
+
+
+def save_hf_llama(model: GPT, folder: str | Path) -> Path:
+    """Write a Llama-layout GPT as a Hugging Face folder that ``transformers`` loads: config.json,
+    model.safetensors and, when the model has one, its tokenizer (tokenizer.json, tokenizer_config.json with
+    the chat template). Written to a temporary folder first and renamed, so a crash leaves no half folder."""
+    import os
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(hf_config(model.cfg), indent=2))
+    save_file(
+        {k: v.float() for k, v in hf_state_dict(model).items()},
+        str(tmp / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None:
+        (tmp / "tokenizer.json").write_text(tok.tok.to_str())
+        conf = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": tok.bos,
+            "eos_token": tok.eos,
+            "add_bos_token": tok.add_bos,
+            "chat_template": tok.chat_template,
+            "clean_up_tokenization_spaces": False,
+        }
+        (tmp / "tokenizer_config.json").write_text(json.dumps(conf, indent=2, ensure_ascii=False))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
