@@ -692,3 +692,22 @@ def test_chat_sft_task_trains_on_a_jsonl_file(tmp_path, monkeypatch):
     after = task.evaluate(model, "val", torch.autocast("cpu", enabled=False))
     assert after["loss"] < 0.5 * before["loss"], (before, after)
     assert 0.0 <= after["exact_match"] <= 1.0
+
+
+def test_bench_counts_the_bytes_each_precision_reads(tmp_path):
+    from neuratlas.bench.llm import llama_cpp_python, weight_bytes_per_token
+    from neuratlas.weights import load_llm
+    from neuratlas.weights.llama import quantize_llm
+
+    path = write_gguf(tiny_llama(), tmp_path / "tiny.gguf", Q.Q4_1)
+    fp32 = weight_bytes_per_token(load_llm(path))
+    int8 = weight_bytes_per_token(quantize_llm(load_llm(path), "int8"))
+    int4 = weight_bytes_per_token(quantize_llm(load_llm(path), "int4"))
+    assert 3.5 < fp32 / int8 < 4.0 and int4 < int8
+    monkeypatch_cache = pytest.MonkeyPatch()
+    monkeypatch_cache.setenv("NEURATLAS_CACHE", str(tmp_path))
+    try:
+        py, why = llama_cpp_python(build=False)
+    finally:
+        monkeypatch_cache.undo()
+    assert py is None and why.startswith("llama.cpp: not built")

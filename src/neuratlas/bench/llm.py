@@ -238,6 +238,9 @@ def bench_llm(options: dict[str, str]) -> list[str]:
     ids = _held_out_ids(8 * 128 + 512 * n_ppl)
     spec = {"threads": threads, "new": n_new, "ids": ids[: 8 * 128], "ppl_ids": ids[8 * 128 :][: 512 * n_ppl]}
     configs = [("neuratlas", p) for p in PRECISIONS] + [("transformers", "fp32"), ("transformers", "bf16")]
+    if options.get("configs"):  # e.g. --configs neuratlas:fp32,transformers:fp32
+        wanted = [tuple(c.split(":", 1)) for c in options["configs"].split(",")]
+        configs = [c for c in configs if c in wanted]
     results: dict[tuple[str, str], dict | str] = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     for side, precision in configs:
@@ -256,6 +259,7 @@ def bench_llm(options: dict[str, str]) -> list[str]:
             if r.returncode == 0
             else ((r.stderr.strip().splitlines() or ["failed"])[-1][:160])
         )
+        print(f"  measured {side} {precision}: {results[(side, precision)]}", file=sys.stderr, flush=True)
     py, why = llama_cpp_python(_truthy(options.get("build_llama_cpp", "true")))
     if py is not None:
         import tempfile

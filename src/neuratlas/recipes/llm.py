@@ -34,7 +34,7 @@ def run_llm_finetune(recipe: Recipe, overrides: dict[str, str]):
     before = trainer.evaluate("val")
     print("  before: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
     result = trainer.fit()
-    after = trainer.evaluate("val")
+    after = result.val or trainer.evaluate("val")
     print("  after:  " + ", ".join(f"{k} {v:.4f}" for k, v in after.items()))
     run_dir = result.run_dir
     if lora_layers(trainer.model):
@@ -66,7 +66,14 @@ def run_llm_finetune(recipe: Recipe, overrides: dict[str, str]):
 
 _SMOLLM2: dict[str, Any] = {
     "model": {"name": "smollm2-135m-instruct"},
-    "data": {"name": "chat", "builtin": "arithmetic", "batch_size": 8, "n_train": 2000, "n_val": 200},
+    "data": {
+        "name": "chat",
+        "builtin": "arithmetic",
+        "system": "Answer briefly.",
+        "batch_size": 8,
+        "n_train": 2000,
+        "n_val": 200,
+    },
     "task": {"name": "chat_sft", "eval_answers": 100},
     "optimizer": {"name": "adamw", "lr": 2e-3, "weight_decay": 0.0},
     "schedule": {"name": "linear", "warmup_frac": 0.1},
