@@ -132,11 +132,14 @@ class GPT(nn.Module):
         cache, pending = None, seq
         with fast_decoding(self, fast_layout):
             try:
-                for _ in range(max_new_tokens):
+                for step in range(max_new_tokens):
                     if use_cache:
-                        if cache is None or cache.length + pending.shape[1] > ctx:
+                        if cache is None or cache.length + pending.shape[1] > cache.max_len:
                             keep = seq[:, -ctx:] if cache is None else seq[:, -(ctx // 2) :]
-                            cache = self.transformer.new_cache(seq.shape[0], ctx)
+                            # sized for what is left to generate, not the whole context: SmolLM2's 8192
+                            # positions at batch 32 would be 3 GB of zeros for a 24-token answer
+                            size = min(ctx, keep.shape[1] + max_new_tokens - step)
+                            cache = self.transformer.new_cache(seq.shape[0], size)
                             pending = keep
                         m = real[:, -(cache.length + pending.shape[1]) :] if mask is not None else None
                         logits = self(pending, cache=cache, last_only=True, mask=m)[:, -1]
