@@ -11,7 +11,7 @@ from neuratlas.errors import NeuratlasError  # noqa: E402
 from neuratlas.export import export_model  # noqa: E402
 from neuratlas.models import create_model as _build  # noqa: E402
 from neuratlas.models import list_models  # noqa: E402
-from neuratlas.weights import load_pretrained_weights  # noqa: E402
+from neuratlas.weights import load_llm, load_pretrained_weights  # noqa: E402  (also registers the LLM names)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
@@ -25,5 +25,5 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     load_pretrained_weights(model)
     return model
 
-__all__ = ["NeuratlasError", "__version__", "create_model", "export_model", "list_models", "load_model", "predict",
-           "train"]
+__all__ = ["NeuratlasError", "__version__", "create_model", "export_model", "list_models", "load_llm", "load_model",
+           "predict", "train"]
