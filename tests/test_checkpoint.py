@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from neuratlas.errors import NeuratlasError
+from neuratlas.models.checkpoint import read_checkpoint, save_weights
 from neuratlas.recipes import get_recipe
-from neuratlas.training.checkpoint import read_checkpoint, save_weights
 from neuratlas.training.trainer import Trainer
 
 
@@ -17,7 +17,7 @@ from neuratlas.training.trainer import Trainer
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     run = get_recipe("mlp-digits").run_config({"trainer.out_dir": str(out), "trainer.progress": "false",
-                                               "trainer.tensorboard": "false", "trainer.max_steps": "40",
+                                               "trainer.loggers": "csv", "trainer.max_steps": "40",
                                                "trainer.run_name": "digits"})
     trainer = Trainer(run)
     trainer.fit()
@@ -103,7 +103,7 @@ def run_cli(*args, cwd=None):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
-    (["train", "mlp-digits", "--optimizer.lrr", "1"], "Did you mean lr"),
+    (["train", "mlp-digits", "--optimizer.lrr", "1"], "Did you mean --optimizer.lr"),
     (["train", "mlp-digits", "--model.hidden", "abc"], "expected an integer"),
     (["train", "mlp-digits", "--model.nope", "1"], "unknown option 'nope'"),
     (["eval", "/nonexistent/ckpt.safetensors"], "does not exist"),
@@ -134,10 +134,42 @@ def test_cli_eval_predict_visualize(trained, tmp_path):
 
 def test_cli_visualize_cnn(tmp_path):
     run = get_recipe("lenet5-mnist5k").run_config({"trainer.out_dir": str(tmp_path), "trainer.progress": "false",
-                                                   "trainer.tensorboard": "false", "trainer.max_steps": "5",
+                                                   "trainer.loggers": "csv", "trainer.max_steps": "5",
                                                    "trainer.run_name": "lenet"})
     Trainer(run).fit()
     r = run_cli("visualize", str(tmp_path / "lenet"))
     assert r.returncode == 0, r.stderr
     pngs = sorted(p.name for p in (tmp_path / "lenet" / "visualize").glob("*.png"))
     assert pngs == ["activations_stage1.png", "activations_stage2.png", "filters_layer1.png"]
+
+
+def test_pretrained_option_loads_once_and_never_from_a_checkpoint(tmp_path):
+    """``pretrained`` is data: neuratlas.create_model loads the folder it names, the registry's builder and a
+    checkpoint's build_model never read it (a checkpoint cannot send the loader to another location)."""
+    transformers = pytest.importorskip("transformers")
+    from neuratlas import create_model
+    from neuratlas.models import create_model as build_only
+
+    torch.manual_seed(0)
+    hc = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=40)
+    folder = tmp_path / "hf-bert"
+    transformers.BertModel(hc).eval().save_pretrained(folder)
+    dims = dict(vocab_size=99, dim=32, n_layer=2, n_head=4, ffn_dim=64, max_seq_len=40, pooling="mean")
+    loaded = create_model("bert-mini", pretrained=str(folder), **dims).eval()
+    built = build_only("bert-mini", pretrained=str(folder), **dims).eval()
+    ref = transformers.BertModel.from_pretrained(str(folder)).eval()
+    ids = torch.randint(0, 99, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(ids), ref(input_ids=ids).last_hidden_state, atol=1e-4, rtol=1e-4)
+        assert not torch.equal(built.embed.tok.weight, loaded.embed.tok.weight)  # the builder read nothing
+    path = save_weights(tmp_path / "ckpt.safetensors", loaded, {}, {}, 0)
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()  # the folder the config names is gone: rebuilding must not look for it
+    rebuilt = read_checkpoint(path).build_model().eval()
+    assert rebuilt.cfg.pretrained == str(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.encode(ids), loaded.encode(ids))
+    with pytest.raises(NeuratlasError, match="neither one of all-MiniLM-L6-v2 nor a Hugging Face model folder"):
+        create_model("bert-mini", pretrained=str(folder), **dims)

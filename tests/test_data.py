@@ -11,9 +11,9 @@ import torch
 from neuratlas.data import DATASETS, load_dataset
 from neuratlas.data.images import read_idx
 from neuratlas.data.loaders import TensorBatches
-from neuratlas.data.sources import DataSource
 from neuratlas.data.transforms import random_crop, random_erase, random_hflip
 from neuratlas.errors import NeuratlasError
+from neuratlas.sources import DataSource
 
 
 def write_idx(path, arr: np.ndarray, truncate: int = 0):

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from neuratlas.errors import NeuratlasError
-from neuratlas.federated.core import (
+from neuratlas.models import create_model
+from neuratlas.paradigms.federated.core import (
     FederatedConfig,
     aggregate,
     check_shapes,
@@ -25,7 +26,6 @@ from neuratlas.federated.core import (
     set_weights,
     simulate,
 )
-from neuratlas.models import create_model
 
 HAS_FLWR = importlib.util.find_spec("flwr") is not None
 
@@ -105,7 +105,7 @@ def test_set_weights_rejects_wrong_shapes():
 
 
 def test_dp_fedavg_clips_client_updates():
-    from neuratlas.federated.core import dp_noise_update
+    from neuratlas.paradigms.federated.core import dp_noise_update
 
     g = [np.zeros((3, 4), np.float32), np.zeros(2, np.float32)]
     c = [np.full((3, 4), 2.0, np.float32), np.full(2, 2.0, np.float32)]
@@ -148,7 +148,7 @@ def test_flower_server_and_clients_on_loopback(tmp_path):
     """A real Flower server and 3 client processes over gRPC on 127.0.0.1: the global model improves; a
     client that sends wrongly shaped updates is rejected with a log line, and a client that dies in the
     middle of round 2 does not stop the round."""
-    from neuratlas.federated.flower import launch_local
+    from neuratlas.paradigms.federated.flower import launch_local
 
     args = ["--fed.clients", "3", "--fed.rounds", "2", "--fed.fraction", "1.0", "--fed.limit_train", "3000",
             "--fed.batch_size", "32"]
@@ -170,7 +170,7 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(tmp_path):
 
     common = ["train", "mlp-digits", "--model.dropout", "0", "--data.augment", "false",
               "--trainer.max_steps", "6", "--trainer.precision", "fp32", "--trainer.progress", "false",
-              "--trainer.tensorboard", "false", "--trainer.out_dir", str(tmp_path), "--data.batch_size", "64",
+              "--trainer.loggers", "csv", "--trainer.out_dir", str(tmp_path), "--data.batch_size", "64",
               "--trainer.eval_every", "6", "--optimizer.lr", "0.01"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
     from neuratlas.config import parse_overrides

@@ -13,11 +13,7 @@ import torch
 
 from neuratlas.data.graphs import (
     ATOM_FEATURES,
-    Graph,
-    GraphSample,
     RestrictedUnpickler,
-    SparseFeatures,
-    batch_graphs,
     load_planetoid,
     planetoid_source,
     read_planetoid,
@@ -25,6 +21,7 @@ from neuratlas.data.graphs import (
     split_edges,
 )
 from neuratlas.errors import NeuratlasError
+from neuratlas.layers.graph import Graph, GraphSample, SparseFeatures, batch_graphs
 from neuratlas.models import create_model
 from neuratlas.models.gnn import GATConv, GCNConv, GINConv, SAGEConv, gin_mlp
 from neuratlas.tasks.graph import hits_at_k, roc_auc

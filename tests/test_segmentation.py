@@ -236,7 +236,7 @@ def test_checkpoint_whose_header_length_ends_in_0x80_is_not_mistaken_for_a_pickl
     """A safetensors header of length 0x..80 starts with byte 0x80, pickle's first opcode (found on a U-Net)."""
     from safetensors.torch import save_file
 
-    from neuratlas.training.checkpoint import read_checkpoint
+    from neuratlas.models.checkpoint import read_checkpoint
 
     path = tmp_path / "w.safetensors"
     for pad in range(300):  # metadata lengths until the header length's low byte is 0x80
@@ -268,7 +268,8 @@ def test_brain_slices_with_neighbours_as_channels_train_and_predict(tmp_path):
     model = create_model("unet-resnet18-slim", in_chans=5, num_classes=len(deep.classes))
     extra = {"classes": deep.classes, "norm": "max255", "in_chans": 5, "context": 2, "dataset": "colin27-lobes"}
     lines = Segmentation.predict(model, extra, [str(folder / "ch2.nii.gz")], str(tmp_path),
-                                 {"slice": "90", "truth": str(folder / "aal.nii.gz")})
+                                 Segmentation.PredictOptions(slice=90, truth=str(folder / "aal.nii.gz")))
     assert "Dice vs truth" in lines[0] and (tmp_path / "ch2_z90_overlay.png").is_file()
     with pytest.raises(NeuratlasError, match="reads 5 neighbouring slices; give it a NIfTI volume"):
-        Segmentation.predict(model, extra, [str(tmp_path / "ch2_z90_overlay.png")], str(tmp_path), {})
+        Segmentation.predict(model, extra, [str(tmp_path / "ch2_z90_overlay.png")], str(tmp_path),
+                             Segmentation.PredictOptions())

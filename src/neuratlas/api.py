@@ -21,21 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from neuratlas.config import build_config
 from neuratlas.errors import NeuratlasError
 
 
 def train(recipe: str, overrides: dict[str, Any] | None = None) -> Path:
     """Train a named recipe (``neuratlas list --kind recipes``) as ``neuratlas train`` does and return the run
     folder; ``overrides`` are ``{"section.key": value}`` (e.g. ``{"trainer.epochs": 5}``)."""
+    from neuratlas.paradigms import fit
     from neuratlas.recipes import get_recipe
-    from neuratlas.training.trainer import Trainer
 
-    r = get_recipe(recipe)
-    if r.runner is not None:
-        raise NeuratlasError(
-            f"{recipe} is not a single training run (it has its own runner); use `neuratlas train {recipe}`"
-        )
-    return Trainer(r.run_config({k: v for k, v in (overrides or {}).items()})).fit().run_dir
+    run = get_recipe(recipe).run_config({k: str(v) for k, v in (overrides or {}).items()})
+    return fit(run, announce=False).run_dir
 
 
 def load_model(source: str | Path) -> nn.Module:
@@ -59,7 +56,7 @@ def load_model(source: str | Path) -> nn.Module:
     if p.suffix == ".gguf":
         return _load_llm(p)
     if p.exists():
-        from neuratlas.training.checkpoint import read_checkpoint
+        from neuratlas.models.checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(p)
         model = ckpt.build_model().eval()
@@ -82,11 +79,11 @@ def _load_hf(folder: Path) -> nn.Module:
     except (json.JSONDecodeError, OSError, AttributeError) as e:
         raise NeuratlasError(f"{folder / 'config.json'} is not readable JSON ({e})") from None
     if model_type == "bert":
-        from neuratlas.models.bert import load_hf_bert
+        from neuratlas.weights import load_hf_bert
 
         return load_hf_bert(folder).eval()
     if model_type == "gpt2":
-        from neuratlas.models.gpt import load_hf_gpt2
+        from neuratlas.weights import load_hf_gpt2
 
         return load_hf_gpt2(folder).eval()
     return _load_llm(folder)
@@ -120,10 +117,11 @@ def predict(model: nn.Module, inputs: Any, out_dir: str | Path = "predictions", 
     items = list(inputs) if isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)) else [inputs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    opts = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
+    task_cls = TASKS.get(task).builder
+    opts = build_config(task_cls.PredictOptions, options, where=f"predict ({task})")
     with tempfile.TemporaryDirectory() as tmp:
         paths = [_as_input(x, Path(tmp) / f"input-{i}.npy") for i, x in enumerate(items)]
-        lines = TASKS.get(task).builder.predict(model, getattr(model, "neuratlas_extra", {}), paths, str(out), opts)
+        lines = task_cls.predict(model, getattr(model, "neuratlas_extra", {}), paths, str(out), opts)
     for i, (x, path) in enumerate(zip(items, paths)):  # arrays are named by their place, not the temp file
         if not isinstance(x, (str, Path, int)):
             lines = [line.replace(path, f"array {i}") for line in lines]

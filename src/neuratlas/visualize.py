@@ -5,22 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from neuratlas.errors import NeuratlasError
+from neuratlas.plotting import panel_grid, save_png
 
 
-def _grid(images: torch.Tensor, ncols: int):
-    """(N, H, W) or (N, 3, H, W) -> figure-ready array tiles, each normalised to [0, 1]."""
-    import numpy as np
-
-    n = images.shape[0]
-    nrows = -(-n // ncols)
+def _normalised(images: torch.Tensor) -> np.ndarray:
+    """(N, H, W) or (N, H, W, 3) -> figure-ready array tiles, each normalised to [0, 1]."""
     lo = images.flatten(1).min(1).values.view(-1, *[1] * (images.ndim - 1))
     hi = images.flatten(1).max(1).values.view(-1, *[1] * (images.ndim - 1))
-    images = ((images - lo) / (hi - lo + 1e-8)).cpu().numpy()
-    return images, nrows, np
+    return ((images - lo) / (hi - lo + 1e-8)).cpu().numpy()
 
 
 def first_layer_filters(model: nn.Module, out_png: Path) -> Path:
@@ -36,22 +33,15 @@ def first_layer_filters(model: nn.Module, out_png: Path) -> Path:
 
 
 def _save_tiles(imgs: torch.Tensor, out_png: Path, title: str, ncols: int = 8) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arr, nrows, _ = _grid(imgs, ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.1, nrows * 1.1 + 0.5), squeeze=False)
-    for ax in axes.flat:
+    arr = _normalised(imgs)
+    fig, axes = panel_grid(len(arr), (1.1, 1.1), max_cols=ncols, extra_height=0.5)
+    for ax in axes:
         ax.axis("off")
-    for ax, img in zip(axes.flat, arr):
+    for ax, img in zip(axes, arr):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_png(fig, out_png, dpi=120)
 
 
 def activation_maps(model: nn.Module, image: torch.Tensor, out_dir: Path, per_stage: int = 16) -> list[Path]:

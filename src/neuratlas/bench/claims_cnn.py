@@ -18,8 +18,8 @@ from neuratlas.bench.report import (
     train_losses,
     train_variant,
 )
+from neuratlas.device import autocast, resolve_precision
 from neuratlas.models import count_parameters
-from neuratlas.training.precision import autocast, resolve_precision
 
 
 def residual_claim(quick: bool, out: Path) -> ClaimResult:

@@ -14,9 +14,9 @@ from torch import nn
 
 from neuratlas import create_model
 from neuratlas.bench.report import ClaimResult, budget, line_plot, markdown_table, register_claim, train_variant
+from neuratlas.device import autocast, resolve_precision
 from neuratlas.errors import NeuratlasError
 from neuratlas.models import count_parameters
-from neuratlas.training.precision import autocast, resolve_precision
 
 RECIPE = "gpt-shakespeare-char-quick"  # baby GPT (4 × 128), Shakespeare characters
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -68,7 +69,7 @@ def _short_run(recipe_name: str, overrides: dict[str, str], out: Path) -> Path:
             "trainer.out_dir": str(out),
             "trainer.run_name": "run",
             "trainer.progress": "false",
-            "trainer.tensorboard": "false",
+            "trainer.loggers": "csv",
             "trainer.max_steps": "2",
             "trainer.eval_every": "1000000",
             "trainer.time_limit": "none",
@@ -78,12 +79,17 @@ def _short_run(recipe_name: str, overrides: dict[str, str], out: Path) -> Path:
     return Trainer(run).fit().run_dir
 
 
-def bench_export(options: dict[str, str]) -> list[str]:
+@dataclass
+class ExportBenchOptions:
+    families: list[str] = field(default_factory=list)  # only these families or recipes (comma-separated)
+    threads: int = 1
+
+
+def bench_export(options: ExportBenchOptions) -> list[str]:
     from neuratlas.export import export_run
     from neuratlas.export.check import cpu_name
 
-    only = [f.strip() for f in options.get("families", "").split(",") if f.strip()]
-    threads = int(options.get("threads", 1))
+    only, threads = options.families, options.threads
     torch.set_num_threads(threads)
     lines = [
         f"export parity and speed ({cpu_name()}, {threads} thread{'s' * (threads > 1)}): max |exported − eager| on "
@@ -122,6 +128,7 @@ def _diff(c) -> str:
 BENCHMARKS.add(
     "export",
     bench_export,
+    ExportBenchOptions,
     description="ONNX and torch.export parity and speed against eager PyTorch "
     "for every exportable family on its recipe's validation batch (--families A,B, --threads N)",
 )

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuratlas.plotting import pyplot, save_png
 from neuratlas.registry import Registry
 
 CLAIMS: Registry = Registry("claim")
@@ -37,16 +38,18 @@ def register_claim(name: str, title: str, fn: Callable[[bool, Path], ClaimResult
 
     CLAIMS.add(name, fn, description=title, family=str(order))
 
-    def run_one(options: dict[str, str]) -> list[str]:
-        out = Path(options.get("out", f"runs/bench/{name}"))
-        result = run_claim(name, _truthy(options.get("quick", "false")), out)
+    def run_one(options: ClaimOptions) -> list[str]:
+        out = Path(options.out or f"runs/bench/{name}")
+        result = run_claim(name, options.quick, out)
         return [markdown_section(result, out)]
 
-    BENCHMARKS.add(name, run_one, description=title)
+    BENCHMARKS.add(name, run_one, ClaimOptions, description=title)
 
 
-def _truthy(s: str) -> bool:
-    return s.lower() in ("1", "true", "yes", "")
+@dataclass
+class ClaimOptions:
+    quick: bool = False  # the short budgets (minutes rather than hours)
+    out: str = ""  # folder for the claim's tables and plots (default: runs/bench/NAME)
 
 
 def run_claim(name: str, quick: bool, out_dir: Path) -> ClaimResult:
@@ -125,12 +128,7 @@ def throughput(fn: Callable[[], Any], items: int, min_seconds: float = 1.0, warm
 
 def line_plot(series: dict[str, tuple[list[float], list[float]]], out: Path, title: str, xlabel: str,
               ylabel: str, logy: bool = False, logx: bool = False) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", markersize=3, label=label)
     ax.set_title(title)
@@ -143,9 +141,7 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], out: Path, tit
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
 
 
 def train_variant(recipe: str, overrides: dict[str, str], out_dir: Path, name: str):
@@ -154,7 +150,7 @@ def train_variant(recipe: str, overrides: dict[str, str], out_dir: Path, name: s
     from neuratlas.training.trainer import Trainer
 
     run = get_recipe(recipe).run_config({"trainer.out_dir": str(out_dir), "trainer.run_name": name,
-                                         "trainer.progress": "false", "trainer.tensorboard": "false",
+                                         "trainer.progress": "false", "trainer.loggers": "csv",
                                          **overrides})
     trainer = Trainer(run)
     return trainer, trainer.fit()

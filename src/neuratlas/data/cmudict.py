@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from neuratlas.data.registry import register_dataset
-from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
+from neuratlas.sources import DataSource, package_dir
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIAL_PHONEMES = ["<pad>", "<s>", "</s>"]

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from neuratlas.data.registry import register_dataset
-from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.boxes import box_area
+from neuratlas.sources import DataSource, package_dir
 
 YELL = ["2019_YELL_2_528000_4978000_image_crop2", "2019_YELL_2_541000_4977000_image_crop"]
 TEST_IMAGE = "OSBS_029"  # the held-out site (Florida); SOAP_061 (California) is a second one

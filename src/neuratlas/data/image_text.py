@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from neuratlas.data.registry import load_dataset, register_dataset
-from neuratlas.data.sources import DataSource, cache_dir
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
+from neuratlas.sources import DataSource, cache_dir
 from neuratlas.text.tokenizers import CharTokenizer
 
 EOT, PAD = "<eot>", "<pad>"

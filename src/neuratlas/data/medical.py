@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from neuratlas.data.registry import register_dataset
-from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
+from neuratlas.sources import DataSource, package_dir
 
 STARDIST = DataSource(
     name="stardist-nuclei",

@@ -205,7 +205,7 @@ def default_out(run: str | Path, fmt: str) -> Path:
 
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, *, force: bool = False) -> ExportResult:
     """Export a run's best checkpoint (or a .safetensors checkpoint), checked on the run's validation batch."""
-    from neuratlas.training.checkpoint import read_checkpoint
+    from neuratlas.models.checkpoint import read_checkpoint
 
     check_format(fmt)
     ckpt = read_checkpoint(run)

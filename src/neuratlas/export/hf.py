@@ -31,8 +31,8 @@ def _require(ok: bool, name: str, what: str) -> None:
 def bert_folder(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
     """(config.json, state dict, Auto class) of a BERT: masked-LM head -> BertForMaskedLM, [CLS]-pooled
     classifier -> BertForSequenceClassification, mean pooling (sentence encoders) -> BertModel."""
-    from neuratlas.models.bert import bert_key_map
-    from neuratlas.models.gpt import ours_to_hf
+    from neuratlas.weights.bert import bert_key_map
+    from neuratlas.weights.hf import ours_to_hf
 
     cfg, name = model.cfg, getattr(model, "model_name", "BERT")
     _require(
@@ -95,7 +95,8 @@ def bert_folder(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tenso
 
 def gpt2_folder(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
     """(config.json, state dict, Auto class) of a GPT in GPT-2's layout -> GPT2LMHeadModel."""
-    from neuratlas.models.gpt import gpt2_key_map, ours_to_hf
+    from neuratlas.weights.gpt2 import gpt2_key_map
+    from neuratlas.weights.hf import ours_to_hf
 
     cfg, name = model.cfg, getattr(model, "model_name", "GPT")
     _require(
@@ -215,8 +216,9 @@ def gpt2_vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list
 
 def save(model: nn.Module, folder: Path, tokenizer: dict[str, Any] | None = None, verify: bool = True) -> list[Check]:
     """Write ``model`` as a Hugging Face folder and check it with transformers (when installed)."""
-    from neuratlas.models.bert import BERT, resolve_pretrained
+    from neuratlas.models.bert import BERT
     from neuratlas.models.gpt import GPT
+    from neuratlas.weights.bert import resolve_pretrained
 
     name = getattr(model, "model_name", type(model).__name__)
     if isinstance(model, BERT):

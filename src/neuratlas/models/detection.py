@@ -27,15 +27,17 @@ from torch import nn
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.boxes import batched_nms, box_iou, giou_loss
+from neuratlas.layers.losses import sigmoid_focal_loss
+from neuratlas.models.efficientnet import LITE0_TF
 from neuratlas.models.registry import create_model, register_model
-from neuratlas.training.losses import sigmoid_focal_loss
 
 
 @dataclass
 class DetectorConfig:
     backbone: str = "resnet18"  # any registered CNN with feature_maps (resnet*, mobilenet-*, efficientnet-*)
     backbone_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"width": 32} for a slimmer ResNet
-    pretrained: Literal["", "imagenet-lite0"] = ""  # start the backbone from real ImageNet weights
+    # start the backbone from real ImageNet weights (loaded by neuratlas.create_model and the trainer)
+    pretrained: Literal["", "imagenet-lite0"] = ""
     head: Literal["fcos", "retina"] = "fcos"
     num_classes: int = 1
     in_chans: int = 3
@@ -71,13 +73,12 @@ class DetectorConfig:
 
 
 def build_backbone(name: str, in_chans: int, args: dict[str, Any], pretrained: str = "") -> nn.Module:
-    """A registry CNN without its classifier; ``pretrained="imagenet-lite0"`` loads the real ImageNet
-    EfficientNet-Lite0 weights (the only real CNN weights that ship offline)."""
+    """A registry CNN without its classifier. ``pretrained="imagenet-lite0"`` builds it with the switches of
+    the real ImageNet EfficientNet-Lite0 weights (the only real CNN weights that ship offline); the weights
+    themselves are loaded afterwards by :func:`neuratlas.weights.load_pretrained_weights`."""
     opts = {"num_classes": 0, "in_chans": in_chans, **args}
     if pretrained == "imagenet-lite0":
-        from neuratlas.training.transfer import import_efficientnet_lite0
-
-        return import_efficientnet_lite0(**opts)
+        opts = {**LITE0_TF, **opts}
     return create_model(name, **opts)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -45,11 +46,16 @@ class EfficientNetConfig:
     bn_eps: float = 1e-5
     # "symmetric" (PyTorch, k//2 each side) or "same" (TensorFlow SAME: stride-2 convs pad right/bottom
     # only). Imported TF-trained weights (EfficientNet-Lite0, bn_eps=1e-3) need "same".
-    padding: str = "symmetric"
+    padding: Literal["symmetric", "same"] = "symmetric"
 
     def __post_init__(self) -> None:
         if self.padding not in ("symmetric", "same"):
             raise ValueError(f"padding must be 'symmetric' or 'same', got {self.padding!r}")
+
+
+# The switches of the TensorFlow-trained ImageNet Lite0 weights (neuratlas.weights.import_efficientnet_lite0):
+# a model built with them has the architecture those weights expect.
+LITE0_TF = {"padding": "same", "bn_eps": 1e-3}
 
 
 class MBConv(nn.Module):

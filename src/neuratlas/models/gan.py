@@ -7,17 +7,22 @@ draws conv weights from N(0, 0.02) and BN scales from N(1, 0.02).
 
 ``norm`` on the discriminator picks the variant: ``batch`` (classic DCGAN, non-saturating loss), ``spectral``
 (spectral normalisation, for the hinge loss) or ``none`` (WGAN-GP: the gradient penalty forbids batch norm).
+
+``gan`` is the pair that a GAN run trains and checkpoints as one model: ``{"name": "gan", "generator": {"name":
+"dcgan-generator", ...}, "discriminator": {"name": "dcgan-discriminator", ...}}``. One checkpoint rebuilds both
+networks (so a run resumes, evaluates and samples like any other), and calling the pair calls its generator.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from neuratlas.errors import NeuratlasError
-from neuratlas.models.registry import register_model
+from neuratlas.models.registry import MODELS, create_model, register_model
 
 
 def _start_and_depth(img_size: int) -> tuple[int, int]:
@@ -60,11 +65,17 @@ class Generator(nn.Module):
         super().__init__()
         start, depth = _start_and_depth(cfg.img_size)
         width = cfg.dim * 2 ** (depth - 1)
-        layers: list[nn.Module] = [nn.ConvTranspose2d(cfg.latent_dim, width, start, 1, 0, bias=False),
-                                   nn.BatchNorm2d(width), nn.ReLU(True)]  # (B, width, start, start)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(cfg.latent_dim, width, start, 1, 0, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+        ]  # (B, width, start, start)
         for _ in range(depth - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
-                       nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width // 2),
+                nn.ReLU(True),
+            ]
             width //= 2
         layers += [nn.ConvTranspose2d(width, cfg.in_chans, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -72,8 +83,9 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
-            raise NeuratlasError(f"the generator expects noise shaped (batch, {self.config.latent_dim}), "
-                                 f"got {tuple(z.shape)}")
+            raise NeuratlasError(
+                f"the generator expects noise shaped (batch, {self.config.latent_dim}), got {tuple(z.shape)}"
+            )
         return self.net(z[:, :, None, None])  # images in [-1, 1]
 
     def dummy_input(self, batch: int = 2) -> torch.Tensor:
@@ -89,7 +101,7 @@ class DiscriminatorConfig:
     dim: int = 64
     in_chans: int = 1
     img_size: int = 28
-    norm: str = "batch"  # batch | spectral | none
+    norm: Literal["batch", "spectral", "none"] = "batch"
 
     def __post_init__(self) -> None:
         _start_and_depth(self.img_size)
@@ -123,12 +135,71 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
         if x.ndim != 4 or x.shape[1:] != (c.in_chans, c.img_size, c.img_size):
-            raise NeuratlasError(f"the discriminator expects images shaped (batch, {c.in_chans}, {c.img_size}, "
-                                 f"{c.img_size}), got {tuple(x.shape)}")
+            raise NeuratlasError(
+                f"the discriminator expects images shaped (batch, {c.in_chans}, {c.img_size}, "
+                f"{c.img_size}), got {tuple(x.shape)}"
+            )
         return self.net(x).flatten()
 
 
 register_model("dcgan-generator", Generator, "DCGAN generator: z(100) -> 28×28 via transposed convs, BN, ReLU, tanh")
 register_model("dcgan-discriminator", Discriminator, "DCGAN discriminator: strided convs, BN, LeakyReLU -> logit")
-register_model("dcgan-discriminator-sn", Discriminator,
-               "DCGAN discriminator with spectral normalisation (for the hinge loss)", norm="spectral")
+register_model(
+    "dcgan-discriminator-sn",
+    Discriminator,
+    "DCGAN discriminator with spectral normalisation (for the hinge loss)",
+    norm="spectral",
+)
+
+
+@dataclass
+class GANPairConfig:
+    generator: dict[str, Any] = field(default_factory=lambda: {"name": "dcgan-generator"})
+    discriminator: dict[str, Any] = field(default_factory=lambda: {"name": "dcgan-discriminator"})
+    in_chans: int = 1  # given to both networks unless their own options set it (the data implies it)
+    img_size: int = 28
+
+    def __post_init__(self) -> None:
+        for part in ("generator", "discriminator"):
+            spec = getattr(self, part)
+            if not isinstance(spec, dict) or "name" not in spec:
+                raise ValueError(f"{part} must be a mapping with a 'name' (a registered model), got {spec!r}")
+
+
+class GANPair(nn.Module):
+    """A generator and its discriminator, saved, averaged and restored together; ``pair(z)`` generates."""
+
+    Config = GANPairConfig
+
+    def __init__(self, cfg: GANPairConfig) -> None:
+        super().__init__()
+        self.generator = self._build(cfg, cfg.generator)
+        self.discriminator = self._build(cfg, cfg.discriminator)
+        if not hasattr(self.generator.config, "latent_dim"):
+            raise NeuratlasError(
+                f"the generator {cfg.generator['name']!r} is not a GAN generator (it has no latent_dim)"
+            )
+
+    @staticmethod
+    def _build(cfg: GANPairConfig, spec: dict[str, Any]) -> nn.Module:
+        spec = dict(spec)
+        name = spec.pop("name")
+        fields = MODELS.get(name).config_class.__dataclass_fields__
+        shared = {k: v for k, v in (("in_chans", cfg.in_chans), ("img_size", cfg.img_size)) if k in fields}
+        return create_model(name, **{**shared, **spec})
+
+    @property
+    def latent_dim(self) -> int:
+        return self.generator.config.latent_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z)
+
+    def dummy_input(self, batch: int = 2) -> torch.Tensor:
+        return self.generator.dummy_input(batch)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.generator.sample(n, generator)
+
+
+register_model("gan", GANPair, "a GAN's generator + discriminator, trained by the gan task as one model")

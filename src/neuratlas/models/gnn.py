@@ -1,6 +1,6 @@
 """Graph neural networks: message passing on edge lists with scatter ops — GCN, GraphSAGE, GAT, GIN.
 
-Every layer maps node features (N, F) and a :class:`~neuratlas.data.graphs.Graph` to (N, F'). Messages
+Every layer maps node features (N, F) and a :class:`~neuratlas.layers.graph.Graph` to (N, F'). Messages
 flow along ``edge_index[0] -> edge_index[1]`` and are summed with ``index_add_`` (max with
 ``scatter_reduce``); there is no Python loop over nodes or edges. GCN multiplies by the symmetric normalised
 adjacency D^-1/2 (A+I) D^-1/2, built once per graph as a sparse CSR matrix and cached on it.
@@ -11,14 +11,16 @@ Layer arithmetic and parameter names follow PyTorch Geometric, so tests compare 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuratlas.data.graphs import Graph, SparseFeatures
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers import get_activation
+from neuratlas.layers.activations import Activation
+from neuratlas.layers.graph import Graph, SparseFeatures
 from neuratlas.models.registry import register_model
 
 
@@ -181,7 +183,7 @@ def gin_mlp(in_features: int, out_features: int, norm: bool) -> nn.Sequential:
 # --- the model --------------------------------------------------------------------------------------------
 @dataclass
 class GNNConfig:
-    conv: str = "gcn"  # gcn | sage | gat | gin
+    conv: Literal["gcn", "sage", "gat", "gin"] = "gcn"
     in_features: int = 1433
     num_classes: int = 7  # output width: classes, or the embedding size for link prediction
     hidden: int = 16  # per head for GAT
@@ -190,8 +192,8 @@ class GNNConfig:
     out_heads: int = 1  # GAT heads in the output layer (averaged)
     dropout: float = 0.5  # on the input of every layer
     attn_dropout: float = 0.6  # GAT attention coefficients
-    act: str = "relu"
-    readout: str = "none"  # none: one output per node | sum | mean | max: one per graph (then an MLP head)
+    act: Activation = "relu"
+    readout: Literal["none", "sum", "mean", "max"] = "none"  # none: one output per node; else one per graph + MLP
     norm: bool = True  # BatchNorm inside GIN's MLPs and the readout head
     train_eps: bool = False  # GIN: learn eps
 
@@ -248,7 +250,7 @@ class GNN(nn.Module):
         """Node level: ``batch`` connected nodes; graph level: ``batch`` triangles (for registry-wide tests)."""
         if self.head is None:
             return torch.randn(batch, self.cfg.in_features), Graph(torch.tensor([[0, 1], [1, 0]]) % batch, batch)
-        from neuratlas.data.graphs import GraphSample, batch_graphs
+        from neuratlas.layers.graph import GraphSample, batch_graphs
 
         tri = torch.tensor([[0, 1, 2, 1, 2, 0], [1, 2, 0, 0, 1, 2]])
         x, graph, _ = batch_graphs([GraphSample(torch.randn(3, self.cfg.in_features), tri, 0)] * batch)

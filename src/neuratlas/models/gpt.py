@@ -3,16 +3,13 @@
 Built from the shared :mod:`neuratlas.models.transformer` blocks, so every switch of Table 2 applies
 (``transformer-modern`` is this class with pre-RMSNorm, GQA, RoPE and SwiGLU). Generation keeps a KV cache:
 the prompt is run once, then each new token costs one position instead of the whole context.
-GPT-2 checkpoints in Hugging Face format import with :func:`load_hf_gpt2`.
+GPT-2 (Hugging Face) and nanoGPT checkpoints import with :mod:`neuratlas.weights`.
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -21,7 +18,7 @@ from torch import nn
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.attention import KVCache
 from neuratlas.layers.gemv import fast_decoding
-from neuratlas.layers.sampling import sample
+from neuratlas.layers.sampling import penalize_repetition, sample
 from neuratlas.models.registry import register_model
 from neuratlas.models.transformer import PRESETS, Embeddings, Transformer, TransformerConfig, init_weights
 
@@ -36,24 +33,48 @@ class GPTConfig(TransformerConfig):
 class GPT(nn.Module):
     Config = GPTConfig
 
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: GPTConfig, init: bool = True) -> None:
+        """``init=False`` skips the GPT-2 initialisation (weights about to be loaded from a checkpoint)."""
         super().__init__()
         self.cfg = cfg
         self.embed = Embeddings(cfg)
         self.transformer = Transformer(cfg, causal=True)
         self.head = nn.Linear(cfg.dim, cfg.padded_vocab_size, bias=False)
-        init_weights(self, cfg)
+        if init:
+            init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.tok.weight
 
     def forward(
-        self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
+        self,
+        ids: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, vocab_size), or (B, 1, vocab_size) for the last position only."""
+        """ids (B, T) -> logits (B, T, vocab_size), or (B, 1, vocab_size) for the last position only.
+
+        ``mask`` (B, S), True on real tokens, covers the cached tokens and these T (S = cache length + T):
+        a left-padded batch of prompts of different lengths. Each row's rotary positions then count its real
+        tokens only and no token attends to padding, so every row's logits are those it has alone.
+        """
         if ids.ndim != 2:
             raise NeuratlasError(f"GPT expects token ids of shape (batch, time), got {tuple(ids.shape)}")
         start = cache.length if cache is not None else 0
-        x = self.transformer(self.embed(ids, start), cache=cache)
+        keys, positions = None, None
+        if mask is not None:
+            b, t = ids.shape
+            if tuple(mask.shape) != (b, start + t):
+                raise NeuratlasError(f"mask of shape {tuple(mask.shape)} does not cover ({b}, {start + t}) tokens")
+            if self.cfg.positions != "rope":
+                raise NeuratlasError("padded batches need rotary positions (positions='rope')")
+            mask = mask.to(torch.bool)
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
+            # a padding query sees itself only: a row with no visible key would make NaNs that reach the cache
+            key_at = torch.arange(start + t, device=ids.device)
+            own = key_at[None] == key_at[start:, None]
+            keys = mask[:, None, None, :] | own
+        x = self.transformer(self.embed(ids, start), cache=cache, key_padding_mask=keys, positions=positions)
         if last_only:
             x = x[:, -1:]
         return self.head(x)[..., : self.cfg.vocab_size]  # drop the padding rows of the vocabulary
@@ -77,6 +98,8 @@ class GPT(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         fast_layout: bool | Literal["auto"] = "auto",
+        mask: torch.Tensor | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[torch.Tensor]:
         """Yield the next token of every sequence, (B,), one step at a time.
 
@@ -86,35 +109,50 @@ class GPT(nn.Module):
         ``fast_layout``: on CPU, run the linear layers as parallel matrix-vector products with each weight
         in the layout its kernel reads fastest while streaming (:func:`~neuratlas.layers.gemv.fast_decoding`);
         ``"auto"`` does so where it measures faster on this machine.
+        ``mask`` (B, T): True on the real tokens of left-padded prompts (see :meth:`forward`).
+        ``repetition_penalty`` > 1 divides the positive logits (multiplies the negative ones) of every token
+        already in the sequence (Keskar et al. 2019, as ``transformers`` applies it).
         """
         if ids.ndim == 1:
             ids = ids[None]
         if ids.shape[1] == 0:
             raise NeuratlasError("generation needs a prompt of at least one token")
+        if mask is not None and tuple(mask.shape) != tuple(ids.shape):
+            raise NeuratlasError(f"mask of shape {tuple(mask.shape)} does not match the prompt's {tuple(ids.shape)}")
         was_training = self.training
         self.eval()
         ctx = self.cfg.max_seq_len
         stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=ids.device)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         seq = ids[:, -ctx:]
+        real = (mask if mask is not None else torch.ones_like(ids, dtype=torch.bool)).to(torch.bool)[:, -ctx:]
         cache, pending = None, seq
         with fast_decoding(self, fast_layout):
             try:
-                for _ in range(max_new_tokens):
+                for step in range(max_new_tokens):
                     if use_cache:
-                        if cache is None or cache.length + pending.shape[1] > ctx:
+                        if cache is None or cache.length + pending.shape[1] > cache.max_len:
                             keep = seq[:, -ctx:] if cache is None else seq[:, -(ctx // 2) :]
-                            cache = self.transformer.new_cache(seq.shape[0], ctx)
+                            # sized for what is left to generate, not the whole context: SmolLM2's 8192
+                            # positions at batch 32 would be 3 GB of zeros for a 24-token answer
+                            size = min(ctx, keep.shape[1] + max_new_tokens - step)
+                            cache = self.transformer.new_cache(seq.shape[0], size)
                             pending = keep
-                        logits = self(pending, cache=cache, last_only=True)[:, -1]
+                        m = real[:, -(cache.length + pending.shape[1]) :] if mask is not None else None
+                        logits = self(pending, cache=cache, last_only=True, mask=m)[:, -1]
                     else:
-                        logits = self(seq[:, -ctx:], last_only=True)[:, -1]
-                    nxt = sample(logits.float(), temperature, top_k, top_p, generator)
+                        m = real if mask is not None else None
+                        logits = self(seq, last_only=True, mask=m)[:, -1]
+                    logits = logits.float()
+                    if repetition_penalty != 1.0:
+                        logits = penalize_repetition(logits, torch.where(real, seq, seq[:, -1:]), repetition_penalty)
+                    nxt = sample(logits, temperature, top_k, top_p, generator)
                     if len(stop):
                         nxt = torch.where(done, stop[0], nxt)
                         done |= torch.isin(nxt, stop)
                     yield nxt
                     seq = torch.cat([seq, nxt[:, None]], dim=1)[:, -ctx:]
+                    real = torch.cat([real, torch.ones_like(real[:, :1])], dim=1)[:, -ctx:]
                     pending = nxt[:, None]
                     if len(stop) and bool(done.all()):
                         break
@@ -128,184 +166,6 @@ class GPT(nn.Module):
             ids = ids[None]
         new = list(self.stream(ids, max_new_tokens, **kw))
         return torch.cat([ids, torch.stack(new, 1)], 1) if new else ids
-
-
-# --- Hugging Face GPT-2 weights --------------------------------------------------------------------------
-
-
-def read_hf_state_dict(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json, tensors) of a Hugging Face model folder; safetensors first, .bin weights-only."""
-    folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise NeuratlasError(f"{folder} is not a Hugging Face model folder (no config.json)")
-    config = json.loads(cfg_path.read_text())
-    st, binf = folder / "model.safetensors", folder / "pytorch_model.bin"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        return config, load_file(str(st))
-    if binf.is_file():
-        return config, torch.load(binf, map_location="cpu", weights_only=True)
-    raise NeuratlasError(f"{folder} holds no model.safetensors or pytorch_model.bin")
-
-
-def gpt2_config(hf: dict, **overrides) -> GPTConfig:
-    """The GPTConfig whose switches match a GPT-2 config.json: pre-LayerNorm, learned positions,
-    tanh-GELU, biases, tied embeddings."""
-    act = hf.get("activation_function", "gelu_new")
-    return GPTConfig(
-        vocab_size=hf["vocab_size"],
-        max_seq_len=hf["n_positions"],
-        dim=hf["n_embd"],
-        n_layer=hf["n_layer"],
-        n_head=hf["n_head"],
-        norm="pre_layernorm",
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        positions="learned",
-        ffn="gelu" if act == "gelu" else "gelu_tanh",
-        bias=True,
-        tie_embeddings=True,
-        dropout=0.0,
-        **overrides,
-    )
-
-
-# GPT-2's (and nanoGPT's) names for the parts of one block -> ours
-GPT2_BLOCK_NAMES = {
-    "ln_1": "norm1",
-    "ln_2": "norm2",
-    "attn.c_attn": "attn.qkv",
-    "attn.c_proj": "attn.proj",
-    "mlp.c_fc": "ffn.fc1",
-    "mlp.c_proj": "ffn.fc2",
-}
-
-
-@dataclass(frozen=True)
-class KeyMap:
-    """One of our tensors and where it lives in a Hugging Face state dict: concatenated on dim 0 from
-    ``theirs`` (BERT's separate query/key/value into our fused QKV), transposed (GPT-2's Conv1D stores
-    (in, out)), and with only the first ``rows`` rows real (our vocabulary tables are padded).
-
-    A list of these is the whole correspondence, read one way to import and the other way to export.
-    """
-
-    ours: str
-    theirs: tuple[str, ...]
-    transpose: bool = False
-    rows: int | None = None
-
-
-def hf_to_ours(maps: list[KeyMap], sd: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -> dict:
-    """Our state dict from a Hugging Face one (``shapes``: our tensors' shapes, for the padded rows)."""
-    out = {}
-    for m in maps:
-        t = torch.cat([sd[k] for k in m.theirs]) if len(m.theirs) > 1 else sd[m.theirs[0]]
-        t = t.t() if m.transpose else t
-        if m.rows is not None and shapes[m.ours][0] != t.shape[0]:
-            padded = t.new_zeros(shapes[m.ours])
-            padded[: t.shape[0]] = t
-            t = padded
-        out[m.ours] = t
-    return out
-
-
-def ours_to_hf(maps: list[KeyMap], sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A Hugging Face state dict from ours: the inverse of :func:`hf_to_ours` (fused tensors split evenly)."""
-    out = {}
-    for m in maps:
-        t = sd[m.ours]
-        t = t[: m.rows] if m.rows is not None else t
-        t = t.t() if m.transpose else t
-        for k, piece in zip(m.theirs, t.chunk(len(m.theirs))):
-            out[k] = piece.contiguous().clone()
-    return out
-
-
-def gpt2_key_map(cfg: GPTConfig) -> list[KeyMap]:
-    """Our GPT's tensors in a GPT-2 ``transformer.*`` state dict (the LM head is tied to ``wte``)."""
-    maps = [KeyMap("embed.tok.weight", ("wte.weight",), rows=cfg.vocab_size),
-            KeyMap("embed.pos.weight", ("wpe.weight",)),
-            KeyMap("transformer.norm.weight", ("ln_f.weight",)),
-            KeyMap("transformer.norm.bias", ("ln_f.bias",))]
-    for i in range(cfg.n_layer):
-        for src, dst in GPT2_BLOCK_NAMES.items():
-            maps.append(KeyMap(f"transformer.blocks.{i}.{dst}.weight", (f"h.{i}.{src}.weight",),
-                               transpose=not src.startswith("ln")))  # Conv1D is (in, out)
-            maps.append(KeyMap(f"transformer.blocks.{i}.{dst}.bias", (f"h.{i}.{src}.bias",)))
-    return maps
-
-
-def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
-    """Build a Neuratlas GPT from a Hugging Face GPT-2 folder (config.json + weights)."""
-    hf, sd = read_hf_state_dict(folder)
-    if hf.get("model_type") != "gpt2":
-        raise NeuratlasError(f"{folder}: model_type is {hf.get('model_type')!r}, expected 'gpt2'")
-    cfg = gpt2_config(hf, **overrides)
-    model = GPT(cfg)
-    model.model_name, model.config = "gpt2-small", cfg
-    sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    try:
-        new = hf_to_ours(gpt2_key_map(cfg), sd, shapes)
-    except KeyError as e:
-        raise NeuratlasError(f"{folder}: GPT-2 weights do not map (missing {e})") from None
-    new["head.weight"] = new["embed.tok.weight"]
-    missing, unexpected = model.load_state_dict(new, strict=False)
-    if missing or unexpected:
-        raise NeuratlasError(
-            f"{folder}: GPT-2 weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})"
-        )
-    return model
-
-
-def load_nanogpt(path: str | Path, **overrides) -> GPT:
-    """Build a Neuratlas GPT from a nanoGPT ``ckpt.pt`` (its ``model_args`` and ``model`` state dict).
-
-    Read with ``torch.load(weights_only=True)``, so nothing in the file runs. nanoGPT's layout is ours with
-    other names (``c_attn`` is the fused QKV, weights stored (out, in) like ``nn.Linear``); its vocabulary
-    is used unpadded, so logits equal nanoGPT's.
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        args, sd = ckpt["model_args"], ckpt["model"]
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as e:
-        why = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise NeuratlasError(f"{path}: not a readable nanoGPT checkpoint ({why})") from None
-    sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # saved from a torch.compile'd model
-    cfg = GPTConfig(
-        **{
-            "vocab_size": args["vocab_size"],
-            "max_seq_len": args["block_size"],
-            "dim": args["n_embd"],
-            "n_layer": args["n_layer"],
-            "n_head": args["n_head"],
-            "bias": args["bias"],
-            "dropout": 0.0,
-            "ffn": "gelu",
-            "pad_vocab_multiple": 1,
-            **overrides,
-        }
-    )
-    model = GPT(cfg)
-    new = {
-        "embed.tok.weight": sd["transformer.wte.weight"],
-        "embed.pos.weight": sd["transformer.wpe.weight"],
-        "head.weight": sd["lm_head.weight"],
-    }
-    for key, value in sd.items():
-        if key.startswith("transformer.ln_f."):
-            new["transformer.norm." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("transformer.h."):
-            _, _, i, rest = key.split(".", 3)
-            module, kind = rest.rsplit(".", 1)
-            if module in GPT2_BLOCK_NAMES:
-                new[f"transformer.blocks.{i}.{GPT2_BLOCK_NAMES[module]}.{kind}"] = value
-    missing, unexpected = model.load_state_dict(new, strict=False)
-    if missing or unexpected:
-        raise NeuratlasError(f"{path}: nanoGPT weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})")
-    return model
 
 
 _CHAR = dict(vocab_size=65, pad_vocab_multiple=64)

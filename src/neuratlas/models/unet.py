@@ -27,7 +27,8 @@ from neuratlas.models.registry import register_model
 class UNetConfig:
     encoder: str = "resnet18"  # any registered CNN with feature_maps (resnet*, mobilenet-*, efficientnet-*)
     encoder_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"width": 32}
-    pretrained: Literal["", "imagenet-lite0"] = ""  # encoder from real ImageNet weights (grey: RGB kernels summed)
+    # encoder from real ImageNet weights (grey: RGB kernels summed), loaded by neuratlas.create_model / trainer
+    pretrained: Literal["", "imagenet-lite0"] = ""
     num_classes: int = 2  # including background
     in_chans: int = 1
     decoder_dim: int = 128  # channels after the deepest decoder step; halves at each step up (>= 16)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import textwrap
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from neuratlas.data.loaders import TensorBatches, seeded_generator
 from neuratlas.data.transforms import normalize, random_crop, random_hflip
 from neuratlas.errors import NeuratlasError
 from neuratlas.models.clip import clip_loss
+from neuratlas.plotting import panel_grid, save_png
 from neuratlas.tasks.base import TASKS, Task, describe_splits, write_image
 from neuratlas.text.tokenizers import tokenizer_from_dict
 
@@ -36,7 +37,8 @@ KS = (1, 5, 10)
 @dataclass
 class ContrastiveConfig:
     group_positives: bool = True  # pairs whose captions describe the same group are positives (see clip_loss)
-    metric: str = "zero_shot_accuracy"  # or i2t_recall@k / t2i_recall@k, k in 1, 5, 10
+    metric: Literal["zero_shot_accuracy", "loss", "i2t_recall@1", "i2t_recall@5", "i2t_recall@10", "t2i_recall@1",
+                    "t2i_recall@5", "t2i_recall@10"] = "zero_shot_accuracy"
     retrieval_size: int = 1000  # held-out pairs used for retrieval (the first N of the split)
 
     def __post_init__(self) -> None:
@@ -141,19 +143,13 @@ class ContrastiveImageText(Task):
 
     def plot_zero_shot(self, model: nn.Module, split: str, path: str | Path, n: int = 24) -> Path:
         """A PNG of the first ``n`` held-out images titled with their zero-shot prediction (green when right)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         e = self.embed(model, split, nullcontext())
         pred = e["classes"][_unwrap(model).similarity(e["images"][:n], e["class_emb"]).argmax(1)].cpu()
         x = {"train": self.data.train, "val": self.data.val, "test": self.data.test}[split][0][:n]
-        cols = 6
-        fig, axes = plt.subplots(-(-len(x) // cols), cols, figsize=(2.2 * cols, 2.3 * -(-len(x) // cols)))
-        for ax in axes.flat:
+        fig, axes = panel_grid(len(x), (2.2, 2.3), max_cols=6)
+        for ax in axes:
             ax.axis("off")
-        for ax, img, p, g in zip(axes.flat, x, pred.tolist(), e["groups"][:n].cpu().tolist()):
+        for ax, img, p, g in zip(axes, x, pred.tolist(), e["groups"][:n].cpu().tolist()):
             ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None)
             title = textwrap.shorten(self.data.names[p], 30)
             if p != g:
@@ -162,11 +158,7 @@ class ContrastiveImageText(Task):
         fig.suptitle(f"zero-shot on {split} ({self.data_spec['name']}): prompts only, "
                      f"{len(e['classes'])} candidate names", fontsize=9)
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_png(fig, path)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c, h, w = self.data.shape
@@ -181,14 +173,18 @@ class ContrastiveImageText(Task):
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
         return [write_image(self.data.test[0][0], folder / "example.png")], {}
 
+    @dataclass
+    class PredictOptions:
+        labels: list[str] = field(default_factory=list)  # class names to choose among (default: the run's classes)
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+                options: PredictOptions) -> list[str]:
         """Zero-shot classify image files among ``--labels a,b,c`` (default: the checkpoint's test names)."""
         from neuratlas.tasks.classification import load_image
 
         c, h, w = extra["input_shape"]
-        labels = [s.strip() for s in options["labels"].split(",")] if options.get("labels") else extra["classes"]
+        labels = [s.strip() for s in options.labels] or extra["classes"]
         tok = tokenizer_from_dict(extra["tokenizer"])
         texts = [t.format(name.lower()) for name in labels for t in extra["templates"]]
         ids = encode_captions(tok, texts)

@@ -17,17 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuratlas.data import load_dataset
-from neuratlas.data.graphs import (
-    EdgeSplit,
-    MoleculeData,
-    NodeData,
-    as_features,
-    batch_graphs,
-    smiles_graph,
-    split_edges,
-)
+from neuratlas.data.graphs import EdgeSplit, MoleculeData, NodeData, smiles_graph, split_edges
 from neuratlas.data.loaders import seeded_generator
 from neuratlas.errors import NeuratlasError
+from neuratlas.layers.graph import as_features, batch_graphs
 from neuratlas.tasks.base import TASKS, Task
 
 
@@ -52,6 +45,9 @@ class NodeClassification(Task):
         if not isinstance(self.data, NodeData):
             raise NeuratlasError(f"node-classification needs a graph data set such as cora, not "
                                  f"{data_spec['name']!r}")
+        if not self.data.classes or not bool(self.data.train_mask.any()):
+            raise NeuratlasError(f"{self.data.source}: no labelled training nodes; node classification needs "
+                                 "a nodes file with a label column (graph-csv)")
         self._on: torch.device | None = None
 
     def _placed(self) -> NodeData:

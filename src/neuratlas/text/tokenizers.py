@@ -3,7 +3,7 @@
 - :class:`CharTokenizer`: one id per character of the training text (nanoGPT's ``shakespeare_char``).
 - :class:`BPETokenizer`: byte-level BPE trained on the training text with Hugging Face ``tokenizers``.
 - :class:`GPT2Tokenizer`: the real GPT-2 vocabulary (50,257 ids) through ``tiktoken``; its ranks come from
-  the ``openai-whisper`` sdist via the data layer, so the checkpoint only records the name.
+  the ``openai-whisper`` sdist (:func:`gpt2_ranks_path`), so the checkpoint only records the name.
 - :class:`HFTokenizer`: any ``tokenizer.json`` (the WordPiece vocabulary of MiniLM/BERT).
 
 ``tokenizer_from_dict(tok.to_dict())`` rebuilds any of them.
@@ -11,11 +11,38 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
+from neuratlas.sources import cache_dir, read_tar_texts, sdist_source
+
+WHISPER_SDIST = sdist_source(
+    "openai-whisper",
+    "20250625",
+    "openai_whisper-20250625.tar.gz",
+    "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96",
+)
+
+
+def gpt2_ranks_path() -> Path:
+    """GPT-2's BPE ranks (``gpt2.tiktoken``), extracted once from the openai-whisper sdist into the cache."""
+    dest = cache_dir("gpt2-tiktoken", "gpt2.tiktoken")
+    if dest.is_file():
+        return dest
+    folder, _ = WHISPER_SDIST.locate()
+    member = "openai_whisper-20250625/whisper/assets/gpt2.tiktoken"
+    texts = read_tar_texts(folder / "openai_whisper-20250625.tar.gz", lambda n: n == member)
+    if not texts:
+        raise NeuratlasError(f"{folder} has an openai-whisper sdist without {member}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    tmp.write_text(texts[member])
+    os.replace(tmp, dest)
+    return dest
 
 
 class Tokenizer(Protocol):
@@ -153,8 +180,6 @@ class GPT2Tokenizer:
     def __init__(self) -> None:
         tiktoken = require("tiktoken", "the GPT-2 vocabulary")
         load = require("tiktoken.load", "the GPT-2 vocabulary")
-        from neuratlas.data.text import gpt2_ranks_path
-
         ranks = load.load_tiktoken_bpe(str(gpt2_ranks_path()))
         self.enc = tiktoken.Encoding(
             name="gpt2", pat_str=self.PAT, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256}
@@ -185,7 +210,11 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
         return BPETokenizer(tok) if kind == "bpe" else HFTokenizer(tok)
     if kind == "gpt2":
         return GPT2Tokenizer()
-    raise NeuratlasError(f"unknown tokenizer kind {kind!r} in checkpoint (expected char, bpe, hf or gpt2)")
+    if kind == "chat":  # a pretrained LLM's tokenizer with its chat template (text/chat.py)
+        from neuratlas.text.chat import ChatTokenizer
+
+        return ChatTokenizer.from_dict(d)
+    raise NeuratlasError(f"unknown tokenizer kind {kind!r} in checkpoint (expected char, bpe, hf, gpt2 or chat)")
 
 
 def build_tokenizer(

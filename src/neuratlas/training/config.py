@@ -12,39 +12,7 @@ from typing import Any, Literal
 
 from neuratlas.config import build_config, coerce, field_types, to_dict, unknown_key_error
 from neuratlas.errors import NeuratlasError
-
-
-@dataclass
-class OptimizerConfig:
-    name: Literal["sgd", "adam", "adamw", "rmsprop", "muon"] = "adamw"  # muon: Muon on hidden matrices + AdamW
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd, rmsprop
-    nesterov: bool = False  # sgd
-    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw (and muon's AdamW half)
-    muon_momentum: float = 0.95  # muon: Nesterov momentum of the hidden matrices' updates
-    eps: float = 1e-8
-    decay_norm_and_bias: bool = False  # apply weight decay to norm weights and biases too
-    fused: bool = True  # sgd/adam/adamw update in one fused kernel (5× faster for small models; speed switch)
-    # per-parameter lr multipliers by name glob, first match wins: "backbone.*=0.1" trains a pretrained
-    # backbone at a tenth of the head's lr (sgd/adam/adamw/rmsprop)
-    lr_mults: str = ""
-    # keep frozen parameters (requires_grad False) in the optimizer, so that thawing them later trains them
-    # (gradual unfreezing sets it)
-    include_frozen: bool = False
-
-
-@dataclass
-class ScheduleConfig:
-    name: Literal["constant", "cosine", "step", "onecycle", "linear"] = "cosine"
-    warmup_steps: int = 0
-    warmup_frac: float = 0.0  # alternative to warmup_steps, as a fraction of all steps
-    min_lr_ratio: float = 0.0  # cosine/linear floor as a fraction of the peak lr
-    step_size: int = 1000  # step: multiply by gamma every step_size steps
-    gamma: float = 0.1
-    pct_start: float = 0.25  # onecycle: fraction of steps spent rising
-    div_factor: float = 25.0  # onecycle: start at lr / div_factor
-    final_div_factor: float = 1e4  # onecycle: end at lr / (div_factor * final_div_factor)
+from neuratlas.optim import OptimizerConfig, ScheduleConfig
 
 
 @dataclass

@@ -6,6 +6,8 @@ import csv
 import time
 from pathlib import Path
 
+from neuratlas.plotting import panel_grid, save_png
+
 FIELDS = ["step", "split", "name", "value", "time"]
 
 
@@ -49,12 +51,7 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
 
 
 def plot_curves(csv_path: Path, out_png: Path, title: str = "") -> Path:
-    """Training loss and every evaluation metric against step, one panel per metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Training loss and every evaluation metric against step, one panel per metric, four panels a row."""
     series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
     for r in read_metrics(csv_path):
         if r["name"] in ("lr", "grad_norm", "time_s", "samples_per_s"):
@@ -63,14 +60,8 @@ def plot_curves(csv_path: Path, out_png: Path, title: str = "") -> Path:
         xs.append(int(r["step"]))
         ys.append(float(r["value"]))
     names = list(series)
-    # a grid at most four panels wide: a detector logs a dozen metrics, and one strip of them would be
-    # unreadable at page width
-    cols = min(4, max(1, len(names)))
-    rows = -(-max(1, len(names)) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(names):]:
-        ax.axis("off")
-    for ax, name in zip(axes.flat, names):
+    fig, axes = panel_grid(len(names), (4.2, 3.2), extra_height=0.4 if title else 0.0)
+    for ax, name in zip(axes, names):
         for split, (xs, ys) in series[name].items():
             ax.plot(xs, ys, label=split, marker="o" if split != "train" else None, markersize=3)
         ax.set_title(name)
@@ -80,6 +71,4 @@ def plot_curves(csv_path: Path, out_png: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_png(fig, out_png)

@@ -23,20 +23,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuratlas.device import autocast, keep_freed_memory, resolve_device, resolve_precision
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.lora import lora_layers, merged_copy
 from neuratlas.models import count_parameters, create_model
+from neuratlas.models.checkpoint import load_state, read_checkpoint, save_state, save_weights
 from neuratlas.models.registry import MODELS
+from neuratlas.optim import build_scheduler, lr_factor
 from neuratlas.tasks import Task, build_task
 from neuratlas.training.callbacks import Callback, default_callbacks
-from neuratlas.training.checkpoint import load_state, read_checkpoint, save_state, save_weights
 from neuratlas.training.config import RunConfig
 from neuratlas.training.distributed import context as dist_context
 from neuratlas.training.ema import WeightAverage
 from neuratlas.training.logging import plot_curves
-from neuratlas.training.optim import build_scheduler, lr_factor
-from neuratlas.training.precision import autocast, keep_freed_memory, resolve_device, resolve_precision
 from neuratlas.training.transfer import TransferSetup, setup_transfer
+from neuratlas.weights import load_pretrained_weights
 
 
 @dataclass
@@ -75,7 +76,9 @@ def model_for_task(run: RunConfig, task: Task) -> nn.Module:
     name = spec.pop("name")
     fields = MODELS.get(name).config_class.__dataclass_fields__
     implied = {k: v for k, v in task.model_defaults().items() if k in fields and k not in spec}
-    return create_model(name, **implied, **spec)
+    model = create_model(name, **implied, **spec)
+    load_pretrained_weights(model)
+    return model
 
 
 class Trainer:
@@ -284,6 +287,8 @@ class Trainer:
         t0, steps0 = time.perf_counter(), self.step
         self._t0, self._val_step = t0, -1
         self.model.train()
+        if main:
+            self.task.on_fit_start(self)
         self._call("on_fit_start")
         # a budgeted schedule trains until the clock runs out; max_steps/epochs only set the schedule's grid
         by_time = bool(tc.budget_schedule and tc.time_limit)

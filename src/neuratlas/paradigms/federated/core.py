@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from neuratlas.data.transforms import normalize
 from neuratlas.errors import NeuratlasError
 from neuratlas.models import create_model
+from neuratlas.plotting import pyplot, save_png
 
 Weights = list[np.ndarray]
 
@@ -169,7 +171,7 @@ class FederatedConfig:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
-    strategy: str = "fedavg"  # fedavg | fedprox
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
     prox_mu: float = 0.01
     alpha: float = 0.0  # Dirichlet α of the non-IID split; 0 = IID
     limit_train: int = 0  # use only the first N training images (quick runs)
@@ -290,12 +292,7 @@ def centralised(cfg: FederatedConfig, data=None, progress: bool = True) -> Histo
 
 def plot_histories(histories: list[History], path, title: str = "") -> str:
     """Test accuracy per round, one line per run (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0))
     for h in histories:
         ax.plot(h.rounds, h.accuracy, marker="o", ms=3, label=f"{h.label} ({h.accuracy[-1]:.3f})")
     ax.set_xlabel("round")
@@ -304,6 +301,4 @@ def plot_histories(histories: list[History], path, title: str = "") -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return str(save_png(fig, path))
