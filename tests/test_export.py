@@ -44,7 +44,7 @@ def padded_tokens(vocab: int, batch: int = 3, t: int = 10, pad: int = 0) -> tupl
 
 def graph_example(n: int = 7, f: int = 8, sparse: bool = False):
     """A small graph; ``sparse``: bag-of-words node features held sparse, as Cora's are."""
-    from neuratlas.data.graphs import Graph, SparseFeatures
+    from neuratlas.layers.graph import Graph, SparseFeatures
 
     src = torch.tensor([0, 1, 2, 3, 4, 5, 6, 2, 3, 3, 1])  # a self-loop (3->3) and a duplicate edge (1->2)
     dst = torch.tensor([1, 2, 3, 4, 5, 6, 0, 0, 6, 3, 2])

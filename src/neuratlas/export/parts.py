@@ -191,7 +191,7 @@ def _detector_outputs(model: nn.Module, images: torch.Tensor) -> tuple[torch.Ten
 
 
 def _gnn_forward(model: nn.Module, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-    from neuratlas.data.graphs import Graph
+    from neuratlas.layers.graph import Graph
 
     return model(x, Graph(edge_index, x.shape[0]))
 
