@@ -42,8 +42,6 @@ def tour_recipes(families: list[str] | None = None) -> list[Recipe]:
 
 
 def run_recipe(recipe: Recipe, overrides: dict[str, str]) -> TourRow:
-    if recipe.runner is not None:
-        return recipe.runner(recipe, overrides)
     t0 = time.perf_counter()
     result = fit(recipe.run_config(overrides), announce=False)
     return TourRow.from_result(recipe, result, time.perf_counter() - t0)

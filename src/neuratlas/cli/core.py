@@ -77,10 +77,6 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         run = run.override(overrides, tuple(task_class(run.task).sections)) if overrides else run
     elif args.recipe:
         recipe = get_recipe(args.recipe)
-        if recipe.runner is not None and not args.help:  # not yet on the one trainer
-            row = recipe.runner(recipe, overrides)
-            print(f"done in {row.seconds:.1f}s: {row.metric} {row.value:.4f}  {row.curves}")
-            return 0
         run = recipe.run_config(overrides)
         if args.help:
             print(f"{recipe.name}: {recipe.description}\n  target: {recipe.target or '-'}\n"
