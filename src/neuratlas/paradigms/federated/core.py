@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from neuratlas.data.loaders import TensorBatches
+from neuratlas.device import autocast, resolve_precision
 from neuratlas.errors import NeuratlasError
 from neuratlas.optim import build_optimizer
 from neuratlas.plotting import pyplot, save_png
@@ -318,7 +319,7 @@ def local_steps(task: Task, model: nn.Module, run: Any, tensors: tuple[torch.Ten
                 seed: int, prox_mu: float = 0.0) -> dict[str, float]:
     """Train ``model`` in place on one client's samples: ``epochs`` passes of the task's own batches
     (its augmentation included) and its own ``training_loss``, with ``run.optimizer`` built by
-    ``build_optimizer`` and ``run.trainer.grad_clip``. Returns the mean training loss."""
+    ``build_optimizer``, ``run.trainer.grad_clip`` and the run's precision. Returns the mean training loss."""
     batches = TensorBatches(tensors, task.batch_size, seed=seed, transform=task.train_batches.transform)
     anchor = [p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None
     optimizer = build_optimizer(model, run.optimizer)
@@ -326,7 +327,8 @@ def local_steps(task: Task, model: nn.Module, run: Any, tensors: tuple[torch.Ten
     model.train()
     total, count = 0.0, 0
     for index in range(epochs * len(batches)):
-        loss, _ = task.training_loss(model, batches.get(index))
+        with precision(task, run):
+            loss, _ = task.training_loss(model, batches.get(index))
         total, count = total + loss.item(), count + 1
         if anchor is not None:
             drift = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
@@ -339,11 +341,17 @@ def local_steps(task: Task, model: nn.Module, run: Any, tensors: tuple[torch.Ten
     return {"loss": total / max(count, 1)}
 
 
-def evaluate(task: Task, model: nn.Module, split: str = "test") -> dict[str, float]:
-    """The task's metrics on ``split``, in eval mode without gradients (as the trainer scores a run)."""
+def precision(task: Task, run: Any) -> AbstractContextManager:
+    """Autocast as the trainer does for ``run.trainer.precision`` on the task's device."""
+    return autocast(task.device, resolve_precision(run.trainer.precision, task.device))
+
+
+def evaluate(task: Task, model: nn.Module, run: Any, split: str = "test") -> dict[str, float]:
+    """The task's metrics on ``split``, in eval mode without gradients, at the run's precision (as the
+    trainer scores a run, so `neuratlas eval` of the global model gives the same figures)."""
     model.eval()
     with torch.no_grad():
-        return task.evaluate(model, split, nullcontext())
+        return task.evaluate(model, split, precision(task, run))
 
 
 # --- the simulation -----------------------------------------------------------------------------------
@@ -417,7 +425,7 @@ def simulate(fed: FederatedConfig, task: Task, model: nn.Module, run: Any, progr
         global_w, rejected = server(r, global_w, updates, samples_limit=max(map(len, shards)))
         hist.rejected += [[r, c, why] for c, why in rejected]
         set_weights(model, global_w)
-        hist.add(r, evaluate(task, model))
+        hist.add(r, evaluate(task, model, run))
         if on_round:  # e.g. to write the history and checkpoint the global weights
             on_round(r, hist, global_w)
     hist.seconds = time.perf_counter() - t0
@@ -435,7 +443,7 @@ def centralised(fed: FederatedConfig, task: Task, model: nn.Module, run: Any, pr
     for r in tqdm(range(1, fed.rounds + 1), desc="centralised", disable=not progress, leave=False):
         idx = torch.randperm(len(x), generator=g)[:per_round]
         local_steps(task, model, run, (x[idx], y[idx]), 1, run.trainer.seed + r)
-        hist.add(r, evaluate(task, model))
+        hist.add(r, evaluate(task, model, run))
     hist.seconds = time.perf_counter() - t0
     return hist
 

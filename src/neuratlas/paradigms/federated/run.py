@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from neuratlas.device import resolve_device
 from neuratlas.errors import NeuratlasError
 from neuratlas.models import count_parameters
 from neuratlas.models.checkpoint import save_weights
@@ -44,7 +45,8 @@ def federated_setup(run: RunConfig) -> tuple[FederatedConfig, Task, torch.nn.Mod
         raise NeuratlasError(f"federated runs split a task's (inputs, labels) training tensors among clients; "
                              f"task {run.task['name']!r} has none")
     torch.manual_seed(run.trainer.seed)
-    return fed, task, model_for_task(run, task)
+    task.device = resolve_device(run.trainer.device)
+    return fed, task, model_for_task(run, task).to(task.device)
 
 
 def history_record(run: RunConfig, hist: History) -> dict[str, Any]:
@@ -64,19 +66,22 @@ def fit_federated(run: RunConfig, resume: str | Path | None = None, announce: bo
     name = tc.run_name or f"{run.model['name']}-federated-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(tc.out_dir) / name
     init = copy.deepcopy(model.state_dict())
-    extra = {"task": run.task["name"], **task.checkpoint_extra()}
+    # the global model is an ordinary model of the task: its checkpoint carries the run without the federated
+    # section (so `neuratlas eval` and `predict` read it like any run's) and that section beside it
+    plain = run.to_dict()
+    extra = {"task": run.task["name"], **task.checkpoint_extra(), "federated": plain.pop("federated")}
     if announce:
         print(f"federated {fed.label}: {run.model['name']} on {task.describe_data()}, {fed.clients} clients, "
               f"{fed.per_round} per round, {fed.rounds} rounds → {run_dir}", flush=True)
 
     def on_round(r: int, hist: History, weights: Weights) -> None:
         write_json(run_dir / "history.json", history_record(run, hist))
-        save_weights(run_dir / "checkpoints" / "last.safetensors", model, run.to_dict(), extra, r)
+        save_weights(run_dir / "checkpoints" / "last.safetensors", model, plain, extra, r)
 
     t0 = time.perf_counter()
     runs = [simulate(fed, task, model, run, progress=tc.progress, on_round=on_round, log=log.warning)]
     if fed.centralised:
-        pooled = model_for_task(run, task)
+        pooled = model_for_task(run, task).to(task.device)
         pooled.load_state_dict(init)
         runs.append(centralised(fed, task, pooled, run, progress=tc.progress))
     seconds = time.perf_counter() - t0
