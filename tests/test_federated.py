@@ -263,6 +263,41 @@ def test_an_unscreened_attack_poisons_plain_fedavg(honest):
     assert hist.loss[-1] > 10 * honest.loss[-1], (hist.loss, honest.loss)
 
 
+@pytest.mark.skipif(not HAS_FLWR, reason="pip install 'neuratlas[federated]' (flwr)")
+def test_message_api_round_survives_a_killed_a_silent_and_a_poisoned_client(tmp_path, caplog):
+    """Flower's Message API end to end in this process: the ServerApp's loop (``serve``) and 5 ClientApps.
+    Client 1 sends weights ×1e4 every round, client 2 crashes in round 2, client 3 never answers in round 2:
+    every round completes with the others within the round timeout, the poisoned update is rejected by name,
+    and the model learns."""
+    import threading
+
+    from neuratlas.paradigms.federated.messages import InProcessGrid, make_client_app, serve
+
+    release = threading.Event()
+
+    def attack(client, r, weights):
+        if client == 1:
+            return ATTACKS["scale"](weights)
+        if client == 2 and r == 2:
+            raise RuntimeError("client process killed")
+        if client == 3 and r == 2:
+            release.wait(60)  # silent until the test ends
+        return weights
+
+    run = small_run(**{"federated.round_timeout": "10"})
+    grid = InProcessGrid(make_client_app(attack), run, clients=5)
+    try:
+        with caplog.at_level(logging.WARNING, logger="neuratlas.paradigms.federated"):
+            hist = serve(grid, run, tmp_path)
+    finally:
+        release.set()
+        grid.close()
+    assert hist.rounds == [0, 1, 2, 3] and hist.accuracy[-1] > 0.8, hist.accuracy
+    assert {tuple(r[:2]) for r in hist.rejected} >= {(2, "1"), (3, "1")}
+    assert "round 2: 2 client(s) failed or did not answer" in caplog.text
+    assert json.loads((tmp_path / "history.json").read_text())["rounds"] == [0, 1, 2, 3]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_FLWR, reason="pip install 'neuratlas[federated]' (flwr)")
 def test_flower_server_and_clients_on_loopback(tmp_path):
