@@ -298,6 +298,33 @@ def test_message_api_round_survives_a_killed_a_silent_and_a_poisoned_client(tmp_
     assert json.loads((tmp_path / "history.json").read_text())["rounds"] == [0, 1, 2, 3]
 
 
+def _flower_binaries() -> str:
+    from pathlib import Path
+
+    bindir = Path(sys.executable).parent
+    missing = [b for b in ("flower-superlink", "flower-supernode", "flwr") if not (bindir / b).exists()]
+    return f"Flower's {', '.join(missing)} not installed beside this Python" if missing else ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_FLWR or bool(_flower_binaries()), reason=_flower_binaries() or "flwr not installed")
+def test_flower_deployment_superlink_and_supernodes_on_loopback(tmp_path):
+    """Flower's deployment engine for real: a flower-superlink, 4 flower-supernode processes and `flwr run`.
+    Client 1 sends NaNs, client 2's process dies in round 2, client 3 stops answering in round 2: both rounds
+    complete (the second after the round timeout), the NaN update is rejected by name, the model learns, and
+    every process is gone afterwards."""
+    from neuratlas.paradigms.federated.messages import deploy_local
+
+    run = small_run(**{"federated.clients": "4", "federated.rounds": "2", "federated.round_timeout": "120"})
+    code, log = deploy_local(run, 4, tmp_path, _free_port(), timeout=420,
+                             faults={1: "nan", 2: "exit@2", 3: "hang@2"})
+    assert code == 0, log[-3000:]
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist["rounds"] == [0, 1, 2] and hist["accuracy"][-1] > hist["accuracy"][0] + 0.3, hist["accuracy"]
+    assert [r[:2] for r in hist["rejected"]] == [[1, "1"], [2, "1"]], hist["rejected"]
+    assert "round 2: 2 client(s) failed or did not answer" in log, log[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_FLWR, reason="pip install 'neuratlas[federated]' (flwr)")
 def test_flower_server_and_clients_on_loopback(tmp_path):

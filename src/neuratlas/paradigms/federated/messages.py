@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -28,6 +32,7 @@ import torch
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.paradigms.federated.core import (
+    ATTACKS,
     History,
     ServerAggregator,
     Update,
@@ -83,18 +88,32 @@ def make_client_app(attack: Callable[[int, int, list[np.ndarray]], list[np.ndarr
     def train(msg: Any, context: Any) -> Any:
         run, fed, task, model, mine, client = state(context)
         r = int(msg.content["config"]["server-round"])
+        fault = str(context.node_config.get("fault", ""))
+        if fault.startswith(("exit@", "hang@")) and r >= int(fault[5:]):
+            log.warning("client %d: %s in round %d", client, "dying" if fault[0] == "e" else "not answering", r)
+            if fault[0] == "e":
+                os._exit(3)
+            time.sleep(10 * fed.round_timeout)
         set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
         logs = local_steps(task, model, run, mine, fed.local_epochs, client_seed(run.trainer.seed, r, client),
                            fed.local_mu)
         weights = get_weights(model)
         if attack is not None:
             weights = attack(client, r, weights)
+        if fault := str(context.node_config.get("fault", "")):
+            weights = node_fault(fault, r, weights)
         content = RecordDict({"arrays": ArrayRecord(numpy_ndarrays=weights),
                               "metrics": MetricRecord({"num-examples": len(mine[1]), "loss": logs["loss"]}),
                               "client": ConfigRecord({"id": str(client)})})
         return Message(content, reply_to=msg)
 
     return app
+
+
+def node_fault(fault: str, round_: int, weights: list[np.ndarray]) -> list[np.ndarray]:
+    """What a SuperNode started with ``--node-config "fault='nan'"`` (or scale, shape) sends instead of its
+    weights: the poisoned updates the fault tests check the server against."""
+    return ATTACKS[fault](weights) if fault in ATTACKS else weights
 
 
 def _update_of(reply: Any) -> Update:
@@ -130,8 +149,9 @@ def serve(grid: Any, run: RunConfig, out_dir: str | Path, min_clients: int = 1) 
     rng = np.random.default_rng(seed)
     hist.add(0, evaluate(task, model, run))
     for r in range(1, fed.rounds + 1):
-        nodes = sorted(grid.get_node_ids())
-        chosen = rng.choice(nodes, size=min(fed.per_round, len(nodes)), replace=False)
+        nodes = sorted(grid.get_node_ids())  # Python ints: node ids are uint64, which numpy would round
+        chosen = [nodes[i] for i in sorted(rng.choice(len(nodes), size=min(fed.per_round, len(nodes)),
+                                                      replace=False))]
         messages = [Message(RecordDict({"arrays": ArrayRecord(numpy_ndarrays=global_w),
                                         "config": ConfigRecord({"server-round": r})}),
                             dst_node_id=int(n), message_type=MessageType.TRAIN) for n in chosen]
@@ -175,7 +195,6 @@ class InProcessGrid:
 
     def __init__(self, client_app: Any, run: RunConfig, clients: int) -> None:
         from flwr.app import Context, RecordDict
-
         from flwr.supercore.task_identity import TaskIdentity
 
         # what a SuperLink gives the ServerApp's process: the identity its instruction messages carry
@@ -205,3 +224,113 @@ class InProcessGrid:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --- deployment: a SuperLink and SuperNodes as separate processes ---------------------------------------
+
+APP_TOML = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "neuratlas-federated"
+version = "1.0.0"
+description = "A Neuratlas federated run on Flower's deployment engine"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "neuratlas"
+
+[tool.flwr.app.components]
+serverapp = "neuratlas.paradigms.federated.app:server_app"
+clientapp = "neuratlas.paradigms.federated.app:client_app"
+
+[tool.flwr.app.config]
+run = "{}"
+out = "runs/federated"
+min-clients = 1
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the SuperLink and SuperNodes start theirs in new sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    pids = [q for p in procs for q in [p.pid, *_descendants(p.pid)]]
+    for sig in (15, 9):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + 10
+        while sig == 15 and time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    for p in procs:
+        p.wait()
+
+
+def deploy_local(run: RunConfig, clients: int, out_dir: str | Path, port: int, timeout: float = 600.0,
+                 faults: dict[int, str] | None = None) -> tuple[int, str]:
+    """Run ``run`` on Flower's deployment engine on 127.0.0.1: a ``flower-superlink``, ``clients``
+    ``flower-supernode`` processes (node config ``partition-id=K``) and ``flwr run`` of a Flower App whose
+    components are :mod:`neuratlas.paradigms.federated.app`. Every process is stopped before returning,
+    also on timeout. ``faults`` maps client -> nan | scale | shape | exit@R | hang@R. Returns (exit code of
+    ``flwr run``, its log with the server's lines)."""
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="flower-", dir=out))
+    (work / "app").mkdir()
+    (work / "app" / "pyproject.toml").write_text(APP_TOML)
+    (work / "home").mkdir()
+    (work / "home" / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
+                                               f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    env = {**os.environ, "FLWR_HOME": str(work / "home"), "OMP_NUM_THREADS": "1"}
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    bindir = Path(sys.executable).parent
+    procs: list[subprocess.Popen] = []
+    logs = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        f = open(work / f"{name}.log", "w")  # closed with the process below
+        logs.append(f)
+        procs.append(subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=work))
+        return procs[-1]
+
+    try:
+        start("superlink", [str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
+                            str(port), "--disable-runtime-dependency-installation",
+                            "--database", ":flwr-in-memory-state:"])
+        time.sleep(3)
+        for k in range(clients):
+            config = f"partition-id={k}" + (f" fault='{faults[k]}'" if faults and k in faults else "")
+            start(f"supernode{k}", [str(bindir / "flower-supernode"), "--insecure", "--superlink",
+                                    f"127.0.0.1:{port}", "--port", str(port + 1 + k), "--node-config", config])
+        time.sleep(3)
+        run_config = f"run='{json.dumps(run.to_dict())}' out='{out}' min-clients={clients}"
+        flwr = start("flwr-run", [str(bindir / "flwr"), "run", str(work / "app"), "local", "--run-config",
+                                  run_config, "--stream"])
+        try:
+            code = flwr.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = -1
+    finally:
+        _stop(procs)
+        for f in logs:
+            f.close()
+    return code, (work / "flwr-run.log").read_text()
