@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -253,6 +254,19 @@ min-clients = 1
 """
 
 
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    """Return once something listens on 127.0.0.1:``port``; a one-line error if ``proc`` exits or the time is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NeuratlasError(f"flower-superlink exited with status {proc.returncode} (see its log)")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise NeuratlasError(f"flower-superlink did not listen on 127.0.0.1:{port} within {timeout:g} s")
+
+
 def _descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (the SuperLink and SuperNodes start theirs in new sessions)."""
     children: dict[int, list[int]] = {}
@@ -316,12 +330,11 @@ def deploy_local(run: RunConfig, clients: int, out_dir: str | Path, port: int, t
         start("superlink", [str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
                             str(port), "--disable-runtime-dependency-installation",
                             "--database", ":flwr-in-memory-state:"])
-        time.sleep(3)
+        _wait_for_port(port, procs[0], 120.0)
         for k in range(clients):
             config = f"partition-id={k}" + (f" fault='{faults[k]}'" if faults and k in faults else "")
             start(f"supernode{k}", [str(bindir / "flower-supernode"), "--insecure", "--superlink",
                                     f"127.0.0.1:{port}", "--port", str(port + 1 + k), "--node-config", config])
-        time.sleep(3)
         run_config = f"run='{json.dumps(run.to_dict())}' out='{out}' min-clients={clients}"
         flwr = start("flwr-run", [str(bindir / "flwr"), "run", str(work / "app"), "local", "--run-config",
                                   run_config, "--stream"])
