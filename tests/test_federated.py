@@ -51,10 +51,18 @@ def _free_port() -> int:
 
 # The quick recipe scaled down to run in about a second: a small MLP on scikit-learn's real 8×8 digits
 # (1,438 train / 359 test images), 5 IID clients of about 290 images, all of them in each of 3 rounds
-SMALL = {"model.name": "mlp-tiny", "data.name": "digits", "data.limit_train": "none", "data.batch_size": "16",
-         "federated.clients": "5", "federated.fraction": "1.0",
-         "federated.rounds": "3", "federated.alpha": "0", "federated.centralised": "false",
-         "trainer.progress": "false"}
+SMALL = {
+    "model.name": "mlp-tiny",
+    "data.name": "digits",
+    "data.limit_train": "none",
+    "data.batch_size": "16",
+    "federated.clients": "5",
+    "federated.fraction": "1.0",
+    "federated.rounds": "3",
+    "federated.alpha": "0",
+    "federated.centralised": "false",
+    "trainer.progress": "false",
+}
 
 
 def small_run(tmp_path=None, **overrides: str):
@@ -165,8 +173,12 @@ def test_dp_fedavg_clips_client_updates():
 def test_federated_recipe_is_a_run_config():
     run = get_recipe("fedavg-fashion-quick").run_config()
     assert run.sections["federated"]["clients"] == 10 and run.optimizer.name == "sgd"
-    for bad in ({"federated.strategy": "fedsgd"}, {"federated.fraction": "0"}, {"federated.rounds": "x"},
-                {"federated.nope": "1"}):
+    for bad in (
+        {"federated.strategy": "fedsgd"},
+        {"federated.fraction": "0"},
+        {"federated.rounds": "x"},
+        {"federated.nope": "1"},
+    ):
         with pytest.raises(NeuratlasError) as e:
             federated_setup(get_recipe("fedavg-fashion-quick").run_config(bad))
         assert "\n" not in str(e.value) and next(iter(bad)).split(".")[1] in str(e.value)
@@ -199,8 +211,7 @@ def test_local_steps_use_the_run_optimizer_and_fedprox_keeps_clients_closer():
 def test_fit_federated_writes_history_every_round_and_a_checkpoint(tmp_path, capsys):
     from neuratlas.cli import main
 
-    result = fit(small_run(tmp_path, **{"federated.rounds": "2", "federated.centralised": "true"}),
-                 announce=False)
+    result = fit(small_run(tmp_path, **{"federated.rounds": "2", "federated.centralised": "true"}), announce=False)
     run_dir = tmp_path / "fed"
     hist = json.loads((run_dir / "history.json").read_text())
     assert hist["rounds"] == [1, 2] and hist["config"]["federated"]["rounds"] == "2"
@@ -233,9 +244,17 @@ def honest():
     return simulate(fed, task, model, small_run(), progress=False)
 
 
-@pytest.mark.parametrize("attack,aggregation", [("nan", "mean"), ("scale", "mean"), ("shape", "mean"),
-                                                ("scale", "median"), ("scale", "trimmed-mean"),
-                                                ("scale", "norm-clip")])
+@pytest.mark.parametrize(
+    "attack,aggregation",
+    [
+        ("nan", "mean"),
+        ("scale", "mean"),
+        ("shape", "mean"),
+        ("scale", "median"),
+        ("scale", "trimmed-mean"),
+        ("scale", "norm-clip"),
+    ],
+)
 def test_a_poisoned_client_is_rejected_by_name_and_the_model_stays_healthy(attack, aggregation, honest, caplog):
     """Client 2 of 5 sends NaNs, weights ×1e4, or the wrong shapes in every round. Screening rejects it by
     name (or, with screening's norm check off, a robust aggregator bounds it) and the global model ends
@@ -245,8 +264,15 @@ def test_a_poisoned_client_is_rejected_by_name_and_the_model_stays_healthy(attac
     run = small_run(**{"federated.aggregation": aggregation, "federated.reject_norm": screen})
     fed, task, model = federated_setup(run)
     with caplog.at_level(logging.WARNING, logger="neuratlas.paradigms.federated"):
-        hist = simulate(fed, task, model, run, progress=False, attackers={2: attack},
-                        log=logging.getLogger("neuratlas.paradigms.federated").warning)
+        hist = simulate(
+            fed,
+            task,
+            model,
+            run,
+            progress=False,
+            attackers={2: attack},
+            log=logging.getLogger("neuratlas.paradigms.federated").warning,
+        )
     assert abs(hist.accuracy[-1] - honest.accuracy[-1]) < 0.05, (hist.accuracy, honest.accuracy)
     assert hist.loss[-1] < 1.5 * honest.loss[-1] + 0.05, (hist.loss, honest.loss)
     assert hist.accuracy[-1] > 0.8
@@ -298,6 +324,20 @@ def test_message_api_round_survives_a_killed_a_silent_and_a_poisoned_client(tmp_
     assert json.loads((tmp_path / "history.json").read_text())["rounds"] == [0, 1, 2, 3]
 
 
+@pytest.mark.skipif(not HAS_FLWR, reason="pip install 'neuratlas[federated]' (flwr)")
+@pytest.mark.parametrize("user,expected", [(None, "0"), ("1", "1")])
+def test_flower_telemetry_is_off_unless_the_user_turns_it_on(user, expected):
+    code = (
+        "from neuratlas.paradigms.federated.flower import _flwr; _flwr(); "
+        "import flwr.supercore.telemetry as t; print(t.FLWR_TELEMETRY_ENABLED)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FLWR_TELEMETRY_ENABLED"}
+    if user is not None:
+        env["FLWR_TELEMETRY_ENABLED"] = user
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == expected, out.stderr[-2000:]
+
+
 def _flower_binaries() -> str:
     from pathlib import Path
 
@@ -316,8 +356,7 @@ def test_flower_deployment_superlink_and_supernodes_on_loopback(tmp_path):
     from neuratlas.paradigms.federated.messages import deploy_local
 
     run = small_run(**{"federated.clients": "4", "federated.rounds": "2", "federated.round_timeout": "120"})
-    code, log = deploy_local(run, 4, tmp_path, _free_port(), timeout=420,
-                             faults={1: "nan", 2: "exit@2", 3: "hang@2"})
+    code, log = deploy_local(run, 4, tmp_path, _free_port(), timeout=420, faults={1: "nan", 2: "exit@2", 3: "hang@2"})
     assert code == 0, log[-3000:]
     hist = json.loads((tmp_path / "history.json").read_text())
     assert hist["rounds"] == [0, 1, 2] and hist["accuracy"][-1] > hist["accuracy"][0] + 0.3, hist["accuracy"]
@@ -334,10 +373,23 @@ def test_flower_server_and_clients_on_loopback(tmp_path):
     holds every round."""
     from neuratlas.paradigms.federated.flower import launch_local
 
-    args = ["--federated.clients", "4", "--federated.rounds", "2", "--federated.fraction", "1.0",
-            "--data.limit_train", "2000", "--federated.round_timeout", "20", "--federated.alpha", "0"]
-    code, log = launch_local(args, clients=4, port=_free_port(), out_dir=tmp_path, attacks={1: "nan"},
-                             drop={2: 2}, hang={3: 2}, timeout=200)
+    args = [
+        "--federated.clients",
+        "4",
+        "--federated.rounds",
+        "2",
+        "--federated.fraction",
+        "1.0",
+        "--data.limit_train",
+        "2000",
+        "--federated.round_timeout",
+        "20",
+        "--federated.alpha",
+        "0",
+    ]
+    code, log = launch_local(
+        args, clients=4, port=_free_port(), out_dir=tmp_path, attacks={1: "nan"}, drop={2: 2}, hang={3: 2}, timeout=200
+    )
     assert code == 0, log[-2000:]
     accs = [float(line.rsplit(" ", 1)[1]) for line in log.splitlines() if "global test accuracy" in line]
     assert len(accs) == 3, log[-2000:]  # round 0 (initial weights), 1, 2
@@ -353,10 +405,30 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(tmp_path):
     batch: each rank takes half of global batch i and DDP averages the gradients."""
     from safetensors.torch import load_file
 
-    common = ["train", "mlp-digits", "--model.dropout", "0", "--data.augment", "false",
-              "--trainer.max_steps", "6", "--trainer.precision", "fp32", "--trainer.progress", "false",
-              "--trainer.loggers", "csv", "--trainer.out_dir", str(tmp_path), "--data.batch_size", "64",
-              "--trainer.eval_every", "6", "--optimizer.lr", "0.01"]
+    common = [
+        "train",
+        "mlp-digits",
+        "--model.dropout",
+        "0",
+        "--data.augment",
+        "false",
+        "--trainer.max_steps",
+        "6",
+        "--trainer.precision",
+        "fp32",
+        "--trainer.progress",
+        "false",
+        "--trainer.loggers",
+        "csv",
+        "--trainer.out_dir",
+        str(tmp_path),
+        "--data.batch_size",
+        "64",
+        "--trainer.eval_every",
+        "6",
+        "--optimizer.lr",
+        "0.01",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
     from neuratlas.config import parse_overrides
     from neuratlas.recipes import get_recipe
@@ -364,8 +436,24 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(tmp_path):
 
     overrides = parse_overrides([*common[2:], "--trainer.run_name", "one"])
     Trainer(get_recipe("mlp-digits").run_config(overrides)).fit()  # one process, in this one
-    ddp = subprocess.run([sys.executable, "-m", "neuratlas", "ddp", "--nproc", "2", "mlp-digits", *common[2:],
-                          "--trainer.run_name", "two"], env=env, capture_output=True, text=True, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neuratlas",
+            "ddp",
+            "--nproc",
+            "2",
+            "mlp-digits",
+            *common[2:],
+            "--trainer.run_name",
+            "two",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, (ddp.stdout + ddp.stderr)[-3000:]
     one = load_file(str(tmp_path / "one" / "checkpoints" / "last.safetensors"))
     two = load_file(str(tmp_path / "two" / "checkpoints" / "last.safetensors"))

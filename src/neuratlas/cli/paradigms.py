@@ -103,8 +103,10 @@ def cmd_federated(opts: FederatedOptions, parsed: Parsed) -> int:
 
     run = get_recipe(opts.recipe).run_config(parsed.overrides)
     if "federated" not in run.sections:
-        raise NeuratlasError(f"recipe {opts.recipe!r} has no federated section; federated recipes: "
-                             "fedavg-fashion-quick, fedavg-fashion-iid, fedprox-fashion-noniid")
+        raise NeuratlasError(
+            f"recipe {opts.recipe!r} has no federated section; federated recipes: "
+            "fedavg-fashion-quick, fedavg-fashion-iid, fedprox-fashion-noniid"
+        )
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     logging.getLogger("neuratlas").addHandler(handler)

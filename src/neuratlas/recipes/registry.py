@@ -27,8 +27,9 @@ class Recipe:
         return cfg.override(overrides, tuple(task_class(cfg.task).sections)) if overrides else cfg
 
 
-def register_recipe(name: str, config: dict[str, Any], description: str = "", family: str = "",
-                    tour: bool = False, target: str = "") -> Recipe:
+def register_recipe(
+    name: str, config: dict[str, Any], description: str = "", family: str = "", tour: bool = False, target: str = ""
+) -> Recipe:
     cfg = copy.deepcopy(config)
     cfg.setdefault("trainer", {}).setdefault("run_name", None)
     recipe = Recipe(name, cfg, description, family, tour, target)

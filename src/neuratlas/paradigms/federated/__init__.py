@@ -22,6 +22,22 @@ from neuratlas.paradigms.federated.core import (
 )
 from neuratlas.paradigms.federated.run import federated_setup, fit_federated
 
-__all__ = ["FederatedConfig", "History", "ServerAggregator", "Update", "aggregate", "centralised",
-           "dirichlet_split", "federated_setup", "fit_federated", "get_weights", "iid_split", "local_steps",
-           "plot_histories", "robust_aggregate", "screen_updates", "set_weights", "simulate"]
+__all__ = [
+    "FederatedConfig",
+    "History",
+    "ServerAggregator",
+    "Update",
+    "aggregate",
+    "centralised",
+    "dirichlet_split",
+    "federated_setup",
+    "fit_federated",
+    "get_weights",
+    "iid_split",
+    "local_steps",
+    "plot_histories",
+    "robust_aggregate",
+    "screen_updates",
+    "set_weights",
+    "simulate",
+]

@@ -51,8 +51,9 @@ def iid_split(n: int, clients: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(s) for s in np.array_split(perm, clients)]
 
 
-def dirichlet_split(labels: np.ndarray, clients: int, alpha: float, seed: int = 0,
-                    min_size: int = 10) -> list[np.ndarray]:
+def dirichlet_split(
+    labels: np.ndarray, clients: int, alpha: float, seed: int = 0, min_size: int = 10
+) -> list[np.ndarray]:
     """Per class, share its samples among clients in proportions drawn from Dirichlet(α·1).
 
     Redraws (as the niid-bench reference does) until every client has at least ``min_size`` samples.
@@ -73,8 +74,10 @@ def dirichlet_split(labels: np.ndarray, clients: int, alpha: float, seed: int = 
                 shards[k].extend(part.tolist())
         if min(len(s) for s in shards) >= min_size:
             return [np.sort(np.array(s, dtype=np.int64)) for s in shards]
-    raise NeuratlasError(f"could not draw a Dirichlet(α={alpha}) split with ≥ {min_size} samples per client; "
-                         "raise alpha or lower the number of clients")
+    raise NeuratlasError(
+        f"could not draw a Dirichlet(α={alpha}) split with ≥ {min_size} samples per client; "
+        "raise alpha or lower the number of clients"
+    )
 
 
 # --- what travels: weights as numpy arrays ------------------------------------------------------------
@@ -97,11 +100,12 @@ def check_shapes(model: nn.Module, weights: Weights) -> None:
     expected = [tuple(v.shape) for v in model.state_dict().values() if v.is_floating_point()]
     got = [tuple(np.shape(w)) for w in weights]
     if got != expected:
-        first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b),
-                     min(len(got), len(expected)))
-        raise NeuratlasError(f"update has {len(got)} tensors, the model {len(expected)}; first mismatch at "
-                             f"#{first}: {got[first] if first < len(got) else '-'} vs "
-                             f"{expected[first] if first < len(expected) else '-'}")
+        first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+        raise NeuratlasError(
+            f"update has {len(got)} tensors, the model {len(expected)}; first mismatch at "
+            f"#{first}: {got[first] if first < len(got) else '-'} vs "
+            f"{expected[first] if first < len(expected) else '-'}"
+        )
 
 
 def dp_noise_update(global_w: Weights, client_w: Weights, clip: float) -> tuple[Weights, float]:
@@ -214,8 +218,9 @@ def update_norm(global_w: Weights, weights: Weights) -> float:
     return math.sqrt(sum(float(((w.astype(np.float64) - g) ** 2).sum()) for w, g in zip(weights, global_w)))
 
 
-def screen_updates(global_w: Weights, updates: list[Update], reject_norm: float = 10.0,
-                   samples_limit: int = 0) -> tuple[list[Update], list[tuple[str, str]]]:
+def screen_updates(
+    global_w: Weights, updates: list[Update], reject_norm: float = 10.0, samples_limit: int = 0
+) -> tuple[list[Update], list[tuple[str, str]]]:
     """Split ``updates`` into the valid ones and (client, reason) for each rejected one.
 
     An update is rejected when it does not fit the model (count, shape, dtype), holds NaN/inf, claims no or
@@ -233,8 +238,11 @@ def screen_updates(global_w: Weights, updates: list[Update], reject_norm: float 
     if reject_norm > 0 and len(kept) >= 3:
         norms = [update_norm(global_w, u.weights) for u in kept]
         limit = reject_norm * max(float(np.median(norms)), 1e-12)
-        rejected += [(u.client, f"its change has norm {n:.3g}, more than {reject_norm:g}× the round's median")
-                     for u, n in zip(kept, norms) if n > limit]
+        rejected += [
+            (u.client, f"its change has norm {n:.3g}, more than {reject_norm:g}× the round's median")
+            for u, n in zip(kept, norms)
+            if n > limit
+        ]
         kept = [u for u, n in zip(kept, norms) if n <= limit]
     return kept, rejected
 
@@ -244,8 +252,10 @@ def aggregate(results: list[tuple[Weights, int]]) -> Weights:
     total = sum(n for _, n in results)
     if total <= 0:
         raise NeuratlasError("no samples to aggregate")
-    return [sum(w[i].astype(np.float64) * (n / total) for w, n in results).astype(results[0][0][i].dtype)
-            for i in range(len(results[0][0]))]
+    return [
+        sum(w[i].astype(np.float64) * (n / total) for w, n in results).astype(results[0][0][i].dtype)
+        for i in range(len(results[0][0]))
+    ]
 
 
 def robust_aggregate(global_w: Weights, updates: list[Update], how: str, trim: float = 0.2) -> Weights:
@@ -259,8 +269,10 @@ def robust_aggregate(global_w: Weights, updates: list[Update], how: str, trim: f
     if how == "norm-clip":
         norms = [update_norm(global_w, u.weights) for u in updates]
         bound = float(np.median(norms))
-        clipped = [([g + (w - g) * min(1.0, bound / max(n, 1e-12)) for w, g in zip(u.weights, global_w)],
-                    u.samples) for u, n in zip(updates, norms)]
+        clipped = [
+            ([g + (w - g) * min(1.0, bound / max(n, 1e-12)) for w, g in zip(u.weights, global_w)], u.samples)
+            for u, n in zip(updates, norms)
+        ]
         return aggregate(clipped)
     out = []
     for i, ref in enumerate(global_w):
@@ -269,7 +281,7 @@ def robust_aggregate(global_w: Weights, updates: list[Update], how: str, trim: f
             value = np.median(stack, axis=0)
         elif how == "trimmed-mean":
             cut = int(trim * len(updates))
-            value = np.sort(stack, axis=0)[cut:len(updates) - cut].mean(axis=0)
+            value = np.sort(stack, axis=0)[cut : len(updates) - cut].mean(axis=0)
         else:
             raise NeuratlasError(f"unknown aggregation {how!r}; choose mean, median, trimmed-mean or norm-clip")
         out.append(value.astype(ref.dtype))
@@ -286,8 +298,9 @@ class ServerAggregator:
         self.m: Weights | None = None
         self.v: Weights | None = None
 
-    def __call__(self, round_: int, global_w: Weights, updates: list[Update],
-                 samples_limit: int = 0) -> tuple[Weights, list[tuple[str, str]]]:
+    def __call__(
+        self, round_: int, global_w: Weights, updates: list[Update], samples_limit: int = 0
+    ) -> tuple[Weights, list[tuple[str, str]]]:
         fed = self.fed
         kept, rejected = screen_updates(global_w, updates, fed.reject_norm, samples_limit)
         for client, why in rejected:
@@ -307,16 +320,25 @@ class ServerAggregator:
             b1, b2 = fed.server_betas
             self.m = [b1 * m + (1 - b1) * d for m, d in zip(self.m or [0 * d for d in delta], delta)]
             self.v = [b2 * v + (1 - b2) * d * d for v, d in zip(self.v or [0 * d for d in delta], delta)]
-            new = [(g + fed.server_lr * m / (np.sqrt(v) + fed.server_tau)).astype(g.dtype)
-                   for g, m, v in zip(global_w, self.m, self.v)]
+            new = [
+                (g + fed.server_lr * m / (np.sqrt(v) + fed.server_tau)).astype(g.dtype)
+                for g, m, v in zip(global_w, self.m, self.v)
+            ]
         return new, rejected
 
 
 # --- one client's training ----------------------------------------------------------------------------
 
 
-def local_steps(task: Task, model: nn.Module, run: Any, tensors: tuple[torch.Tensor, ...], epochs: int,
-                seed: int, prox_mu: float = 0.0) -> dict[str, float]:
+def local_steps(
+    task: Task,
+    model: nn.Module,
+    run: Any,
+    tensors: tuple[torch.Tensor, ...],
+    epochs: int,
+    seed: int,
+    prox_mu: float = 0.0,
+) -> dict[str, float]:
     """Train ``model`` in place on one client's samples: ``epochs`` passes of the task's own batches
     (its augmentation included) and its own ``training_loss``, with ``run.optimizer`` built by
     ``build_optimizer``, ``run.trainer.grad_clip`` and the run's precision. Returns the mean training loss."""
@@ -395,9 +417,16 @@ ATTACKS: dict[str, Callable[[Weights], Weights]] = {
 }
 
 
-def simulate(fed: FederatedConfig, task: Task, model: nn.Module, run: Any, progress: bool = True,
-             on_round: Callable[[int, History, Weights], None] | None = None,
-             attackers: dict[int, str] | None = None, log: Callable[[str], None] | None = None) -> History:
+def simulate(
+    fed: FederatedConfig,
+    task: Task,
+    model: nn.Module,
+    run: Any,
+    progress: bool = True,
+    on_round: Callable[[int, History, Weights], None] | None = None,
+    attackers: dict[int, str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> History:
     """Run ``fed.rounds`` rounds on ``task``'s training set split among clients; the global ``model`` is
     evaluated on the test split after each. ``attackers`` maps client index -> an :data:`ATTACKS` name (the
     fault tests)."""
@@ -415,8 +444,9 @@ def simulate(fed: FederatedConfig, task: Task, model: nn.Module, run: Any, progr
         for k in chosen:
             set_weights(model, global_w)
             idx = torch.from_numpy(shards[k])
-            local_steps(task, model, run, (x[idx], y[idx]), fed.local_epochs, client_seed(seed, r, int(k)),
-                        fed.local_mu)
+            local_steps(
+                task, model, run, (x[idx], y[idx]), fed.local_epochs, client_seed(seed, r, int(k)), fed.local_mu
+            )
             w = get_weights(model)
             if attackers and int(k) in attackers:
                 w = ATTACKS[attackers[int(k)]](w)

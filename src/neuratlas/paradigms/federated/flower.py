@@ -58,8 +58,7 @@ def _flwr():
 # --- client -------------------------------------------------------------------------------------------
 
 
-def make_client(run: RunConfig, client_id: int, attack: str = "", drop_at_round: int = 0,
-                hang_at_round: int = 0):
+def make_client(run: RunConfig, client_id: int, attack: str = "", drop_at_round: int = 0, hang_at_round: int = 0):
     """A Flower NumPyClient training on shard ``client_id`` of the run's split (only that shard is kept).
     For fault-tolerance checks: ``attack`` (nan | scale | shape) sends a poisoned update instead of the
     trained weights; ``drop_at_round`` makes the process die in the middle of that round's training, as a
@@ -90,8 +89,9 @@ def make_client(run: RunConfig, client_id: int, attack: str = "", drop_at_round:
             if hang_at_round and r >= hang_at_round:
                 log.warning("client %d: not answering from round %d", client_id, r)
                 time.sleep(10 * fed.round_timeout)
-            logs = local_steps(task, model, run, mine, fed.local_epochs, client_seed(run.trainer.seed, r, client_id),
-                               fed.local_mu)
+            logs = local_steps(
+                task, model, run, mine, fed.local_epochs, client_seed(run.trainer.seed, r, client_id), fed.local_mu
+            )
             weights = get_weights(model)
             if attack:
                 weights = ATTACKS[attack](weights)
@@ -105,12 +105,14 @@ def make_client(run: RunConfig, client_id: int, attack: str = "", drop_at_round:
     return NeuratlasClient()
 
 
-def run_client(run: RunConfig, address: str, client_id: int, attack: str = "", drop_at_round: int = 0,
-               hang_at_round: int = 0) -> None:
+def run_client(
+    run: RunConfig, address: str, client_id: int, attack: str = "", drop_at_round: int = 0, hang_at_round: int = 0
+) -> None:
     flwr = _flwr()
     client = make_client(run, client_id, attack, drop_at_round, hang_at_round)
-    flwr.client.start_client(server_address=address, client=client.to_client(), insecure=True,
-                             max_retries=30, max_wait_time=60.0)
+    flwr.client.start_client(
+        server_address=address, client=client.to_client(), insecure=True, max_retries=30, max_wait_time=60.0
+    )
 
 
 # --- server -------------------------------------------------------------------------------------------
@@ -149,18 +151,23 @@ def run_server(run: RunConfig, address: str, min_clients: int, out_dir: str | Pa
                 hist.bytes_sent += sum(len(t) for t in res.parameters.tensors)
                 updates.append(Update(client, parameters_to_ndarrays(res.parameters), int(res.num_examples)))
             if failures:
-                log.warning("round %d: %d client(s) failed or did not answer in time", server_round,
-                            len(failures))
+                log.warning("round %d: %d client(s) failed or did not answer in time", server_round, len(failures))
             weights, rejected = server(server_round, state["weights"], updates, samples_limit)
             hist.rejected += [[server_round, c, why] for c, why in rejected]
             state["weights"] = weights
             return ndarrays_to_parameters(weights), {"rejected": len(rejected)}
 
     strategy = Screened(
-        fraction_fit=fed.fraction, fraction_evaluate=0.0, min_fit_clients=min(min_clients, fed.per_round),
-        min_evaluate_clients=0, min_available_clients=min_clients, evaluate_fn=evaluate_fn,
+        fraction_fit=fed.fraction,
+        fraction_evaluate=0.0,
+        min_fit_clients=min(min_clients, fed.per_round),
+        min_evaluate_clients=0,
+        min_available_clients=min_clients,
+        evaluate_fn=evaluate_fn,
         on_fit_config_fn=lambda r: {"local_epochs": fed.local_epochs, "server_round": r},
-        accept_failures=True, initial_parameters=ndarrays_to_parameters(state["weights"]))
+        accept_failures=True,
+        initial_parameters=ndarrays_to_parameters(state["weights"]),
+    )
     config = flwr.server.ServerConfig(num_rounds=fed.rounds, round_timeout=fed.round_timeout)
     flwr.server.start_server(server_address=address, strategy=strategy, config=config)
     write_json(out / "history.json", history_record(run, hist))
@@ -172,9 +179,16 @@ def run_server(run: RunConfig, address: str, min_clients: int, out_dir: str | Pa
 # --- a launcher: server and clients as separate processes on loopback ---------------------------------
 
 
-def launch_local(run_args: list[str], clients: int, port: int, out_dir: str | Path, timeout: float = 300.0,
-                 attacks: dict[int, str] | None = None, drop: dict[int, int] | None = None,
-                 hang: dict[int, int] | None = None) -> tuple[int, str]:
+def launch_local(
+    run_args: list[str],
+    clients: int,
+    port: int,
+    out_dir: str | Path,
+    timeout: float = 300.0,
+    attacks: dict[int, str] | None = None,
+    drop: dict[int, int] | None = None,
+    hang: dict[int, int] | None = None,
+) -> tuple[int, str]:
     """Start ``neuratlas federated server`` and ``clients`` client processes on 127.0.0.1:port, wait for
     the server, then stop the clients. Returns (server exit code, server log). ``run_args``: the recipe
     (``--recipe NAME``) and ``--section.key value`` overrides, given to every process alike.
@@ -187,17 +201,27 @@ def launch_local(run_args: list[str], clients: int, port: int, out_dir: str | Pa
     log_path = Path(out_dir) / "server.log"
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as server_log:
-        server = subprocess.Popen(base + ["server", "--address", address, "--min-clients", str(clients),
-                                          "--out", str(out_dir)] + run_args,
-                                  stdout=server_log, stderr=subprocess.STDOUT, env=env)
+        server = subprocess.Popen(
+            base + ["server", "--address", address, "--min-clients", str(clients), "--out", str(out_dir)] + run_args,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         procs = []
         for k in range(clients):
-            flags = [*(["--attack", attacks[k]] if attacks and k in attacks else []),
-                     *(["--drop-at-round", str(drop[k])] if drop and k in drop else []),
-                     *(["--hang-at-round", str(hang[k])] if hang and k in hang else [])]
-            procs.append(subprocess.Popen(base + ["client", "--address", address, "--id", str(k)] + flags
-                                          + run_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          env=env))
+            flags = [
+                *(["--attack", attacks[k]] if attacks and k in attacks else []),
+                *(["--drop-at-round", str(drop[k])] if drop and k in drop else []),
+                *(["--hang-at-round", str(hang[k])] if hang and k in hang else []),
+            ]
+            procs.append(
+                subprocess.Popen(
+                    base + ["client", "--address", address, "--id", str(k)] + flags + run_args,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
         try:
             code = server.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -96,16 +96,21 @@ def make_client_app(attack: Callable[[int, int, list[np.ndarray]], list[np.ndarr
                 os._exit(3)
             time.sleep(10 * fed.round_timeout)
         set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
-        logs = local_steps(task, model, run, mine, fed.local_epochs, client_seed(run.trainer.seed, r, client),
-                           fed.local_mu)
+        logs = local_steps(
+            task, model, run, mine, fed.local_epochs, client_seed(run.trainer.seed, r, client), fed.local_mu
+        )
         weights = get_weights(model)
         if attack is not None:
             weights = attack(client, r, weights)
         if fault := str(context.node_config.get("fault", "")):
             weights = node_fault(fault, r, weights)
-        content = RecordDict({"arrays": ArrayRecord(numpy_ndarrays=weights),
-                              "metrics": MetricRecord({"num-examples": len(mine[1]), "loss": logs["loss"]}),
-                              "client": ConfigRecord({"id": str(client)})})
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(numpy_ndarrays=weights),
+                "metrics": MetricRecord({"num-examples": len(mine[1]), "loss": logs["loss"]}),
+                "client": ConfigRecord({"id": str(client)}),
+            }
+        )
         return Message(content, reply_to=msg)
 
     return app
@@ -144,24 +149,31 @@ def serve(grid: Any, run: RunConfig, out_dir: str | Path, min_clients: int = 1) 
     deadline = time.monotonic() + fed.round_timeout
     while len(list(grid.get_node_ids())) < min_clients:  # bounded: the first round waits no longer either
         if time.monotonic() > deadline:
-            raise NeuratlasError(f"{len(list(grid.get_node_ids()))} of the {min_clients} clients connected "
-                                 f"within {fed.round_timeout:g} s")
+            raise NeuratlasError(
+                f"{len(list(grid.get_node_ids()))} of the {min_clients} clients connected "
+                f"within {fed.round_timeout:g} s"
+            )
         time.sleep(0.5)
     rng = np.random.default_rng(seed)
     hist.add(0, evaluate(task, model, run))
     for r in range(1, fed.rounds + 1):
         nodes = sorted(grid.get_node_ids())  # Python ints: node ids are uint64, which numpy would round
-        chosen = [nodes[i] for i in sorted(rng.choice(len(nodes), size=min(fed.per_round, len(nodes)),
-                                                      replace=False))]
-        messages = [Message(RecordDict({"arrays": ArrayRecord(numpy_ndarrays=global_w),
-                                        "config": ConfigRecord({"server-round": r})}),
-                            dst_node_id=int(n), message_type=MessageType.TRAIN) for n in chosen]
+        chosen = [nodes[i] for i in sorted(rng.choice(len(nodes), size=min(fed.per_round, len(nodes)), replace=False))]
+        messages = [
+            Message(
+                RecordDict(
+                    {"arrays": ArrayRecord(numpy_ndarrays=global_w), "config": ConfigRecord({"server-round": r})}
+                ),
+                dst_node_id=int(n),
+                message_type=MessageType.TRAIN,
+            )
+            for n in chosen
+        ]
         replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
         good = [m for m in replies if not m.has_error()]
         missing = len(messages) - len(good)
         if missing:
-            log.warning("round %d: %d client(s) failed or did not answer within %g s", r, missing,
-                        fed.round_timeout)
+            log.warning("round %d: %d client(s) failed or did not answer within %g s", r, missing, fed.round_timeout)
         updates = [_update_of(m) for m in good]
         hist.bytes_sent += sum(sum(a.nbytes for a in u.weights) for u in updates if isinstance(u.weights, list))
         global_w, rejected = server(r, global_w, updates, samples_limit=max(map(len, shards)))
@@ -183,8 +195,12 @@ def make_server_app(out_dir: str | Path = "runs/federated", min_clients: int = 1
 
     @app.main()
     def main(grid: Any, context: Any) -> None:
-        serve(grid, run_from_context(context), context.run_config.get("out", str(out_dir)),
-              int(context.run_config.get("min-clients", min_clients)))
+        serve(
+            grid,
+            run_from_context(context),
+            context.run_config.get("out", str(out_dir)),
+            int(context.run_config.get("min-clients", min_clients)),
+        )
 
     return app
 
@@ -202,8 +218,12 @@ class InProcessGrid:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
         text = json.dumps(run.to_dict())
         self.app = client_app
-        self.contexts = {k + 1: Context(run_id=1, node_id=k + 1, node_config={"partition-id": k}, state=RecordDict(),
-                                        run_config={"run": text}) for k in range(clients)}
+        self.contexts = {
+            k + 1: Context(
+                run_id=1, node_id=k + 1, node_config={"partition-id": k}, state=RecordDict(), run_config={"run": text}
+            )
+            for k in range(clients)
+        }
         self.pool = ThreadPoolExecutor(max_workers=clients)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -299,8 +319,14 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def deploy_local(run: RunConfig, clients: int, out_dir: str | Path, port: int, timeout: float = 600.0,
-                 faults: dict[int, str] | None = None) -> tuple[int, str]:
+def deploy_local(
+    run: RunConfig,
+    clients: int,
+    out_dir: str | Path,
+    port: int,
+    timeout: float = 600.0,
+    faults: dict[int, str] | None = None,
+) -> tuple[int, str]:
     """Run ``run`` on Flower's deployment engine on 127.0.0.1: a ``flower-superlink``, ``clients``
     ``flower-supernode`` processes (node config ``partition-id=K``) and ``flwr run`` of a Flower App whose
     components are :mod:`neuratlas.paradigms.federated.app`. Every process is stopped before returning,
@@ -312,11 +338,17 @@ def deploy_local(run: RunConfig, clients: int, out_dir: str | Path, port: int, t
     (work / "app").mkdir()
     (work / "app" / "pyproject.toml").write_text(APP_TOML)
     (work / "home").mkdir()
-    (work / "home" / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
-                                               f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-    env = {**os.environ, "FLWR_HOME": str(work / "home"), "OMP_NUM_THREADS": "1"}
+    (work / "home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    bindir = Path(sys.executable).parent  # the SuperLink and SuperNodes start Flower's other programs by name
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(work / "home"),
+        "OMP_NUM_THREADS": "1",
+        "PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "")]),
+    }
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    bindir = Path(sys.executable).parent
     procs: list[subprocess.Popen] = []
     logs = []
 
@@ -327,17 +359,41 @@ def deploy_local(run: RunConfig, clients: int, out_dir: str | Path, port: int, t
         return procs[-1]
 
     try:
-        start("superlink", [str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
-                            str(port), "--disable-runtime-dependency-installation",
-                            "--database", ":flwr-in-memory-state:"])
+        start(
+            "superlink",
+            [
+                str(bindir / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+                "--database",
+                ":flwr-in-memory-state:",
+            ],
+        )
         _wait_for_port(port, procs[0], 120.0)
         for k in range(clients):
             config = f"partition-id={k}" + (f" fault='{faults[k]}'" if faults and k in faults else "")
-            start(f"supernode{k}", [str(bindir / "flower-supernode"), "--insecure", "--superlink",
-                                    f"127.0.0.1:{port}", "--port", str(port + 1 + k), "--node-config", config])
+            start(
+                f"supernode{k}",
+                [
+                    str(bindir / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--port",
+                    str(port + 1 + k),
+                    "--node-config",
+                    config,
+                ],
+            )
         run_config = f"run='{json.dumps(run.to_dict())}' out='{out}' min-clients={clients}"
-        flwr = start("flwr-run", [str(bindir / "flwr"), "run", str(work / "app"), "local", "--run-config",
-                                  run_config, "--stream"])
+        flwr = start(
+            "flwr-run",
+            [str(bindir / "flwr"), "run", str(work / "app"), "local", "--run-config", run_config, "--stream"],
+        )
         try:
             code = flwr.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

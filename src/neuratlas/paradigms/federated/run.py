@@ -42,8 +42,10 @@ def federated_setup(run: RunConfig) -> tuple[FederatedConfig, Task, torch.nn.Mod
     task = build_task(run.task, run.data, run.trainer.seed, task_sections)
     data = getattr(task, "data", None)
     if getattr(task, "train_batches", None) is None or not isinstance(getattr(data, "train", None), tuple):
-        raise NeuratlasError(f"federated runs split a task's (inputs, labels) training tensors among clients; "
-                             f"task {run.task['name']!r} has none")
+        raise NeuratlasError(
+            f"federated runs split a task's (inputs, labels) training tensors among clients; "
+            f"task {run.task['name']!r} has none"
+        )
     torch.manual_seed(run.trainer.seed)
     task.device = resolve_device(run.trainer.device)
     return fed, task, model_for_task(run, task).to(task.device)
@@ -59,8 +61,10 @@ def fit_federated(run: RunConfig, resume: str | Path | None = None, announce: bo
     ``history.json`` and the global model's checkpoint (``checkpoints/last.safetensors``, which ``neuratlas
     eval`` reads) are rewritten, so a stopped run keeps the rounds it completed."""
     if resume is not None:
-        raise NeuratlasError("a federated run does not resume; start it again (its history.json and last "
-                             "checkpoint hold the rounds it completed)")
+        raise NeuratlasError(
+            "a federated run does not resume; start it again (its history.json and last "
+            "checkpoint hold the rounds it completed)"
+        )
     fed, task, model = federated_setup(run)
     tc = run.trainer
     name = tc.run_name or f"{run.model['name']}-federated-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -71,8 +75,11 @@ def fit_federated(run: RunConfig, resume: str | Path | None = None, announce: bo
     plain = run.to_dict()
     extra = {"task": run.task["name"], **task.checkpoint_extra(), "federated": plain.pop("federated")}
     if announce:
-        print(f"federated {fed.label}: {run.model['name']} on {task.describe_data()}, {fed.clients} clients, "
-              f"{fed.per_round} per round, {fed.rounds} rounds → {run_dir}", flush=True)
+        print(
+            f"federated {fed.label}: {run.model['name']} on {task.describe_data()}, {fed.clients} clients, "
+            f"{fed.per_round} per round, {fed.rounds} rounds → {run_dir}",
+            flush=True,
+        )
 
     def on_round(r: int, hist: History, weights: Weights) -> None:
         write_json(run_dir / "history.json", history_record(run, hist))
@@ -86,15 +93,19 @@ def fit_federated(run: RunConfig, resume: str | Path | None = None, announce: bo
         runs.append(centralised(fed, task, pooled, run, progress=tc.progress))
     seconds = time.perf_counter() - t0
     split = f"Dirichlet α={fed.alpha}" if fed.alpha else "IID"
-    png = plot_histories(runs, run_dir / "curves.png",
-                         f"{run.model['name']} on {run.data['name']}: {fed.clients} clients ({split}), "
-                         f"{fed.per_round}/round, {fed.local_epochs} local epoch(s)")
+    png = plot_histories(
+        runs,
+        run_dir / "curves.png",
+        f"{run.model['name']} on {run.data['name']}: {fed.clients} clients ({split}), "
+        f"{fed.per_round}/round, {fed.local_epochs} local epoch(s)",
+    )
     write_json(run_dir / "histories.json", [vars(h) for h in runs])
-    lines = [f"{'run':28s} " + " ".join(f"r{r:<5d}" for r in runs[0].rounds) + "  time",
-             *[f"{h.label:28s} " + " ".join(f"{a:.4f}" for a in h.accuracy) + f"  {h.seconds:.0f}s"
-               for h in runs],
-             f"weights uploaded: {runs[0].bytes_sent / 1e6:.1f} MB (raw data: 0 bytes)",
-             f"plot: {png}"]
+    lines = [
+        f"{'run':28s} " + " ".join(f"r{r:<5d}" for r in runs[0].rounds) + "  time",
+        *[f"{h.label:28s} " + " ".join(f"{a:.4f}" for a in h.accuracy) + f"  {h.seconds:.0f}s" for h in runs],
+        f"weights uploaded: {runs[0].bytes_sent / 1e6:.1f} MB (raw data: 0 bytes)",
+        f"plot: {png}",
+    ]
     if runs[0].rejected:
         lines.append(f"rejected updates: {len(runs[0].rejected)} (see history.json)")
     if fed.dp_clip > 0:
@@ -104,10 +115,23 @@ def fit_federated(run: RunConfig, resume: str | Path | None = None, announce: bo
     if fed.centralised:
         test["centralised_accuracy"] = runs[1].accuracy[-1]
     n_train = len(task.data.train[1])
-    result = FitResult(run_dir, fed.rounds, test=test, train_seconds=seconds, parameters=count_parameters(model),
-                       model=run.model["name"], data=f"{task.describe_data()} ({fed.clients} clients, {split})",
-                       metric="accuracy", higher_is_better=True, notes=lines,
-                       samples_per_second=n_train * fed.per_round / fed.clients * fed.local_epochs * fed.rounds
-                       / max(runs[0].seconds, 1e-9))
+    result = FitResult(
+        run_dir,
+        fed.rounds,
+        test=test,
+        train_seconds=seconds,
+        parameters=count_parameters(model),
+        model=run.model["name"],
+        data=f"{task.describe_data()} ({fed.clients} clients, {split})",
+        metric="accuracy",
+        higher_is_better=True,
+        notes=lines,
+        samples_per_second=n_train
+        * fed.per_round
+        / fed.clients
+        * fed.local_epochs
+        * fed.rounds
+        / max(runs[0].seconds, 1e-9),
+    )
     write_json(run_dir / "result.json", result.to_dict())
     return result
