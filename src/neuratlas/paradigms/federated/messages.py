@@ -370,7 +370,7 @@ def deploy_local(
                 str(port),
                 "--disable-runtime-dependency-installation",
                 "--database",
-                ":flwr-in-memory-state:",
+                str(work / "superlink.db"),
             ],
         )
         _wait_for_port(port, procs[0], 120.0)
@@ -402,4 +402,7 @@ def deploy_local(
         _stop(procs)
         for f in logs:
             f.close()
-    return code, (work / "flwr-run.log").read_text()
+    text = (work / "flwr-run.log").read_text()
+    if code == 0 and not (out / "history.json").is_file():  # `flwr run` exits 0 even when the ServerApp failed
+        code = 1
+    return code, text
