@@ -373,20 +373,8 @@ def test_flower_server_and_clients_on_loopback(tmp_path):
     holds every round."""
     from neuratlas.paradigms.federated.flower import launch_local
 
-    args = [
-        "--federated.clients",
-        "4",
-        "--federated.rounds",
-        "2",
-        "--federated.fraction",
-        "1.0",
-        "--data.limit_train",
-        "2000",
-        "--federated.round_timeout",
-        "20",
-        "--federated.alpha",
-        "0",
-    ]
+    sections = {**SMALL, "federated.clients": "4", "federated.rounds": "2", "federated.round_timeout": "30"}
+    args = [a for k, v in sections.items() for a in (f"--{k}", v)]
     code, log = launch_local(
         args, clients=4, port=_free_port(), out_dir=tmp_path, attacks={1: "nan"}, drop={2: 2}, hang={3: 2}, timeout=200
     )
