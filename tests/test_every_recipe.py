@@ -18,6 +18,7 @@ from neuratlas.cli import main
 from neuratlas.data import DATASETS
 from neuratlas.errors import NeuratlasError
 from neuratlas.models.checkpoint import read_checkpoint
+from neuratlas.paradigms import PARADIGM_SECTIONS
 from neuratlas.recipes import RECIPES, get_recipe
 from neuratlas.training.trainer import Trainer
 
@@ -31,12 +32,23 @@ def small(recipe_name: str, tmp_path, **trainer: str) -> dict[str, str]:
     recipe = get_recipe(recipe_name)
     run = recipe.run_config()
     fields = {f.name: f for f in dataclasses.fields(DATASETS.get(run.data["name"]).config_class)}
-    data = {f"data.{k}": str(min(v, run.data.get(k, fields[k].default) or v)) for k, v in SMALL_DATA.items()
-            if k in fields and isinstance(run.data.get(k, fields[k].default), (int, type(None)))}
-    return {"trainer.out_dir": str(tmp_path / "runs"), "trainer.run_name": "run", "trainer.progress": "false",
-            "trainer.loggers": "csv", "trainer.time_limit": "none", "trainer.budget_schedule": "false",
-            "trainer.eval_every": "1000000", "trainer.max_steps": "2", **data,
-            **{f"trainer.{k}": v for k, v in trainer.items()}}
+    data = {
+        f"data.{k}": str(min(v, run.data.get(k, fields[k].default) or v))
+        for k, v in SMALL_DATA.items()
+        if k in fields and isinstance(run.data.get(k, fields[k].default), (int, type(None)))
+    }
+    return {
+        "trainer.out_dir": str(tmp_path / "runs"),
+        "trainer.run_name": "run",
+        "trainer.progress": "false",
+        "trainer.loggers": "csv",
+        "trainer.time_limit": "none",
+        "trainer.budget_schedule": "false",
+        "trainer.eval_every": "1000000",
+        "trainer.max_steps": "2",
+        **data,
+        **{f"trainer.{k}": v for k, v in trainer.items()},
+    }
 
 
 def first_recipe_of_each_task() -> set[str]:
@@ -44,13 +56,14 @@ def first_recipe_of_each_task() -> set[str]:
     seen: dict[str, str] = {}
     for name in RECIPES.names():
         recipe = get_recipe(name)
-        if recipe.runner is None and recipe.family != "llm":
+        if not set(PARADIGM_SECTIONS) & set(recipe.run_config().sections) and recipe.family != "llm":
             seen.setdefault(recipe.run_config().task["name"], name)
     return set(seen.values())
 
 
 FAST = first_recipe_of_each_task()
-RUNNERS = {n for n in RECIPES.names() if get_recipe(n).runner is not None}  # federated: its own tests
+# federated runs are rounds of client training, not one Trainer.fit: test_federated.py covers them
+RUNNERS = {n for n in RECIPES.names() if set(PARADIGM_SECTIONS) & set(get_recipe(n).run_config().sections)}
 
 
 def _params(names):
@@ -105,5 +118,6 @@ def test_every_trainer_option_takes_effect_or_is_refused(name, tmp_path):
     for key, value in EFFECTIVE.items():
         changed = weights(**{key: value})
         if changed is not None:  # accepted: it must have changed the weights
-            assert any(not torch.equal(a, b) for a, b in zip(base, changed) if a.is_floating_point()), \
+            assert any(not torch.equal(a, b) for a, b in zip(base, changed) if a.is_floating_point()), (
                 f"{name}: --trainer.{key} {value} was accepted but changed nothing"
+            )

@@ -30,8 +30,18 @@ class TourRow:
 
     @classmethod
     def from_result(cls, recipe: Recipe, result: FitResult, seconds: float) -> TourRow:
-        return cls(recipe.family, recipe.name, result.model, result.data, f"test {result.metric}", result.score,
-                   result.parameters, seconds, recipe.target, str(result.run_dir / "curves.png"))
+        return cls(
+            recipe.family,
+            recipe.name,
+            result.model,
+            result.data,
+            f"test {result.metric}",
+            result.score,
+            result.parameters,
+            seconds,
+            recipe.target,
+            str(result.run_dir / "curves.png"),
+        )
 
 
 def tour_recipes(families: list[str] | None = None) -> list[Recipe]:
@@ -42,20 +52,25 @@ def tour_recipes(families: list[str] | None = None) -> list[Recipe]:
 
 
 def run_recipe(recipe: Recipe, overrides: dict[str, str]) -> TourRow:
-    if recipe.runner is not None:
-        return recipe.runner(recipe, overrides)
     t0 = time.perf_counter()
     result = fit(recipe.run_config(overrides), announce=False)
     return TourRow.from_result(recipe, result, time.perf_counter() - t0)
 
 
 def write_report(rows: list[TourRow], out_dir: Path) -> Path:
-    lines = ["# Neuratlas tour", "", f"Run on {time.strftime('%Y-%m-%d %H:%M')}; every metric is on held-out data.",
-             "", "| family | recipe | model | data (train/val/test) | metric | value | target | parameters | "
-             "wall time |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Neuratlas tour",
+        "",
+        f"Run on {time.strftime('%Y-%m-%d %H:%M')}; every metric is on held-out data.",
+        "",
+        "| family | recipe | model | data (train/val/test) | metric | value | target | parameters | wall time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.family} | {r.recipe} | {r.model} | {r.data} | {r.metric} | {r.value:.4f} | "
-                     f"{r.target} | {r.parameters:,} | {r.seconds:.0f} s |")
+        lines.append(
+            f"| {r.family} | {r.recipe} | {r.model} | {r.data} | {r.metric} | {r.value:.4f} | "
+            f"{r.target} | {r.parameters:,} | {r.seconds:.0f} s |"
+        )
     lines += ["", "## Training curves", ""]
     for r in rows:  # pictures inline, linked relative to the report so the folder can be moved or shared
         if r.curves and Path(r.curves).is_file():
@@ -77,6 +92,8 @@ def format_table(rows: list[TourRow]) -> str:
     head = f"{'family':13s} {'recipe':28s} {'data':30s} {'metric':18s} {'value':>8s} {'params':>11s} {'time':>7s}"
     out = [head, "-" * len(head)]
     for r in rows:
-        out.append(f"{r.family:13s} {r.recipe:28s} {r.data[:30]:30s} {r.metric[:18]:18s} {r.value:8.4f} "
-                   f"{r.parameters:11,d} {r.seconds:6.0f}s")
+        out.append(
+            f"{r.family:13s} {r.recipe:28s} {r.data[:30]:30s} {r.metric[:18]:18s} {r.value:8.4f} "
+            f"{r.parameters:11,d} {r.seconds:6.0f}s"
+        )
     return "\n".join(out)

@@ -148,6 +148,10 @@ def run_sections(run: RunConfig | None) -> dict[str, type | None]:
     if run is not None:
         out.update(dict.fromkeys(run.sections))
         out.update(task_class(run.task).sections)
+        if "federated" in run.sections:  # a paradigm's section, typed like the task-owned ones
+            from neuratlas.paradigms.federated.core import FederatedConfig
+
+            out["federated"] = FederatedConfig
     return out
 
 
@@ -201,14 +205,7 @@ def _recipe_help(opts: TrainOptions) -> list[str]:
 
 def cmd_train(opts: TrainOptions, parsed: Parsed) -> int:
     from neuratlas.paradigms import fit
-    from neuratlas.recipes import get_recipe
 
-    if opts.recipe and not opts.resume:
-        recipe = get_recipe(opts.recipe)
-        if recipe.runner is not None:  # not yet on the one trainer
-            row = recipe.runner(recipe, parsed.overrides)
-            print(f"done in {row.seconds:.1f}s: {row.metric} {row.value:.4f}  {row.curves}")
-            return 0
     run = _train_run(opts, parsed)
     result = fit(run, resume=opts.resume)
     metric = result.metric

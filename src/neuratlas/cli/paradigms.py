@@ -1,8 +1,9 @@
 """ddp, federated: training paradigms that are more than one process (``finetune`` is an alias of train).
 
 neuratlas finetune lite0-fashion-finetune --transfer.freeze 'stem.*' --trainer.max_steps 100
-neuratlas federated sim --fed.alpha 0.5 --fed.rounds 10
-neuratlas federated launch --clients 3 --fed.rounds 2          # Flower server + clients on loopback
+neuratlas federated sim --federated.alpha 0.5 --federated.rounds 10   # = neuratlas train fedavg-fashion-quick ...
+neuratlas federated deploy --clients 3 --federated.rounds 2  # Flower SuperLink + SuperNodes on loopback
+neuratlas federated launch --clients 3 --federated.rounds 2  # Flower gRPC server + clients on loopback
 neuratlas federated server --address 127.0.0.1:8080 --min-clients 2
 neuratlas federated client --address 127.0.0.1:8080 --id 0
 neuratlas ddp --nproc 2 mlp-fashion-quick          # = torchrun --nproc-per-node 2 -m neuratlas train
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from neuratlas.cli.options import Parsed, command, positional
-from neuratlas.config import build_config
 from neuratlas.errors import NeuratlasError
 
 
@@ -34,18 +34,22 @@ class DdpOptions:
 
 @dataclass
 class FederatedOptions:
-    """Federated learning: `sim` simulates every client in this process and compares FedAvg/FedProx;
-    `server` and `client` are Flower processes talking gRPC; `launch` starts a server and --clients clients on
-    loopback. The experiment itself is the --fed.KEY section, the same for every process."""
+    """Federated learning on a recipe's run config (model, data, optimizer, and its --federated.KEY section),
+    the same for every process: `sim` simulates every client in this process (= `neuratlas train RECIPE`);
+    `deploy` runs it on Flower's deployment engine (a SuperLink and --clients SuperNodes on loopback);
+    `server` and `client` are Flower gRPC processes; `launch` starts a server and --clients clients on
+    loopback."""
 
-    mode: Literal["sim", "server", "client", "launch"] = positional("what this process is")
-    address: str = "127.0.0.1:8080"  # host:port of the Flower server
+    mode: Literal["sim", "deploy", "server", "client", "launch"] = positional("what this process is")
+    recipe: str = "fedavg-fashion-quick"  # a federated recipe (`neuratlas list --kind recipes '*fed*'`)
+    address: str = "127.0.0.1:8080"  # host:port of the Flower server (deploy: of the SuperLink)
     min_clients: int = 2  # server: clients needed before a round starts
-    clients: int = 2  # launch: client processes to start
+    clients: int = 2  # launch, deploy: client processes to start
     id: int = 0  # client: which shard of the split this client holds
-    corrupt: bool = False  # client: send wrongly shaped updates (for testing the server's checks)
+    # client (for testing the server's checks): send a poisoned update instead of the trained weights
+    attack: Literal["", "nan", "scale", "shape"] = ""
     drop_at_round: int = 0  # client: die during this round (for testing; 0: never)
-    round_timeout: float = 120.0  # server: seconds to wait for a round
+    hang_at_round: int = 0  # client: stop answering from this round (for testing; 0: never)
     out: str = "runs/federated"  # folder for history.json and the accuracy plot
 
 
@@ -71,9 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _fed_sections(opts: FederatedOptions | None) -> dict[str, type | None]:
-    from neuratlas.paradigms.federated.core import FederatedConfig
+    from neuratlas.cli.core import _base_run, run_sections
 
-    return {"fed": FederatedConfig}
+    return run_sections(_base_run(opts.recipe if opts else FederatedOptions.recipe, None))
 
 
 def as_args(sections: dict[str, dict[str, Any]]) -> list[str]:
@@ -95,9 +99,14 @@ def cmd_ddp(opts: DdpOptions, parsed: Parsed) -> int:
 
 
 def cmd_federated(opts: FederatedOptions, parsed: Parsed) -> int:
-    from neuratlas.paradigms.federated.core import FederatedConfig
+    from neuratlas.recipes import get_recipe
 
-    cfg = build_config(FederatedConfig, parsed.sections.get("fed", {}), where="fed")
+    run = get_recipe(opts.recipe).run_config(parsed.overrides)
+    if "federated" not in run.sections:
+        raise NeuratlasError(
+            f"recipe {opts.recipe!r} has no federated section; federated recipes: "
+            "fedavg-fashion-quick, fedavg-fashion-iid, fedprox-fashion-noniid"
+        )
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     logging.getLogger("neuratlas").addHandler(handler)
@@ -106,25 +115,32 @@ def cmd_federated(opts: FederatedOptions, parsed: Parsed) -> int:
 
         torch.set_num_threads(1)  # several processes share the machine: no thread oversubscription
     out = Path(opts.out)
+    port = int(opts.address.rsplit(":", 1)[1])
     if opts.mode == "sim":
-        from neuratlas.recipes.paradigms import federated_comparison
+        from neuratlas.paradigms import fit
 
-        for line in federated_comparison(cfg, out):
+        for line in fit(run).notes:
             print(line)
+    elif opts.mode == "deploy":
+        from neuratlas.paradigms.federated.messages import deploy_local
+
+        code, text = deploy_local(run, opts.clients, out, port)
+        print("\n".join(ln for ln in text.splitlines() if ln.startswith("round ")))
+        return code
     elif opts.mode == "server":
         from neuratlas.paradigms.federated.flower import run_server
 
-        hist = run_server(cfg, opts.address, opts.min_clients, out, opts.round_timeout)
+        hist = run_server(run, opts.address, opts.min_clients, out)
         print("round accuracy: " + ", ".join(f"{r}:{a:.4f}" for r, a in zip(hist.rounds, hist.accuracy)))
     elif opts.mode == "client":
         from neuratlas.paradigms.federated.flower import run_client
 
-        run_client(cfg, opts.address, opts.id, opts.corrupt, opts.drop_at_round)
+        run_client(run, opts.address, opts.id, opts.attack, opts.drop_at_round, opts.hang_at_round)
     else:
         from neuratlas.paradigms.federated.flower import launch_local
 
-        port = int(opts.address.rsplit(":", 1)[1])
-        code, text = launch_local(as_args(parsed.sections), opts.clients, port, out)
+        args = ["--recipe", opts.recipe, *as_args(parsed.sections)]
+        code, text = launch_local(args, opts.clients, port, out)
         print("\n".join(ln for ln in text.splitlines() if "neuratlas.paradigms.federated" in ln or "round" in ln))
         return code
     return 0

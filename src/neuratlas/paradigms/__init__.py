@@ -21,6 +21,9 @@ def fit(run: RunConfig, resume: str | Path | None = None, announce: bool = True)
         return fit_federated(run, resume=resume, announce=announce)
     trainer = Trainer(run)
     if announce:
-        print(f"training {run.model['name']} on {trainer.task.describe_data()} for {trainer.total_steps} steps "
-              f"({trainer.device}, {'bf16 autocast' if trainer.dtype else 'fp32'}) → {trainer.run_dir}", flush=True)
+        print(
+            f"training {run.model['name']} on {trainer.task.describe_data()} for {trainer.total_steps} steps "
+            f"({trainer.device}, {'bf16 autocast' if trainer.dtype else 'fp32'}) → {trainer.run_dir}",
+            flush=True,
+        )
     return trainer.fit(resume=resume)

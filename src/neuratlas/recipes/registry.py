@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,20 +21,18 @@ class Recipe:
     family: str = ""  # the tour runs one recipe per family: the one marked tour=True
     tour: bool = False
     target: str = ""  # what the recipe is expected to reach, e.g. "test accuracy ≥ 0.90"
-    # Families whose training is not one Trainer.fit (GANs, federated rounds, ...) supply their own runner:
-    # runner(recipe, overrides) -> neuratlas.tour.TourRow. Default: Trainer(recipe.run_config()).fit().
-    runner: Callable[..., Any] | None = None
 
     def run_config(self, overrides: dict[str, str] | None = None) -> RunConfig:
         cfg = RunConfig.from_dict(copy.deepcopy(self.config))
         return cfg.override(overrides, tuple(task_class(cfg.task).sections)) if overrides else cfg
 
 
-def register_recipe(name: str, config: dict[str, Any], description: str = "", family: str = "",
-                    tour: bool = False, target: str = "", runner: Callable[..., Any] | None = None) -> Recipe:
+def register_recipe(
+    name: str, config: dict[str, Any], description: str = "", family: str = "", tour: bool = False, target: str = ""
+) -> Recipe:
     cfg = copy.deepcopy(config)
     cfg.setdefault("trainer", {}).setdefault("run_name", None)
-    recipe = Recipe(name, cfg, description, family, tour, target, runner)
+    recipe = Recipe(name, cfg, description, family, tour, target)
     RECIPES.add(name, lambda: recipe, family=family, description=description)
     return recipe
 

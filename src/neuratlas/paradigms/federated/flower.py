@@ -1,66 +1,80 @@
 """Federated learning for real, on Flower (``flwr``): a server process and client processes talking gRPC.
 
-The client's training is :func:`neuratlas.paradigms.federated.core.local_train`, the same code the simulation runs.
-The server runs Flower's FedAvg or FedProx with a server-side evaluation of the global model on the test set
-after every round, and rejects (with one log line) any client update whose tensor shapes do not fit the
-model, instead of crashing the round. Clients that drop out do not stop a round: Flower aggregates whatever
-arrived (``accept_failures``) once ``min_fit_clients`` were sampled, and ``round_timeout`` bounds the wait.
+A client trains with :func:`neuratlas.paradigms.federated.core.local_steps` (the task's batches and loss, the
+run's optimizer), the code the simulation runs; the server combines updates with the simulation's
+:class:`~neuratlas.paradigms.federated.core.ServerAggregator`, so every update is screened (shapes, dtypes,
+finite values, norm against the round's median) and a bad one is rejected with a log line naming its
+client, and the robust aggregators and FedAdam work the same here. The global model is evaluated on the test
+set after every round and ``history.json`` is rewritten then, so a stopped server keeps its completed rounds.
+Clients that drop out do not stop a round: Flower aggregates whatever arrived (``accept_failures``), and
+``federated.round_timeout`` bounds the wait for a client that never answers.
 
-Uses Flower's long-standing ``start_server`` / ``start_client`` entry points (gRPC bidi transport), which
-flwr 1.42 still ships (deprecated in favour of the SuperLink/SuperNode CLI, which needs a Flower app project).
+Both sides are built from the same run config (a recipe name plus overrides), so they agree on the model,
+the data split and the local training. Uses Flower's ``start_server`` / ``start_client`` entry points (gRPC
+bidi transport), which flwr 1.x ships as deprecated shims.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
 from neuratlas.paradigms.federated.core import (
-    FederatedConfig,
+    ATTACKS,
     History,
-    build_global_model,
-    check_shapes,
+    ServerAggregator,
+    Update,
+    client_seed,
     client_shards,
-    evaluate_model,
+    evaluate,
     get_weights,
-    load_federated_data,
-    local_train,
+    local_steps,
     plot_histories,
     set_weights,
+    write_json,
 )
+from neuratlas.paradigms.federated.run import federated_setup, history_record
+from neuratlas.training.config import RunConfig
 
 log = logging.getLogger("neuratlas.paradigms.federated")
 
 
 def _flwr():
+    """Flower, with its usage telemetry off unless the user turned it on (a privacy feature must not post
+    events to a third party by default)."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     return require("flwr", "the Flower deployment")
 
 
 # --- client -------------------------------------------------------------------------------------------
 
 
-def make_client(cfg: FederatedConfig, client_id: int, corrupt: bool = False, drop_at_round: int = 0):
-    """A Flower NumPyClient training on shard ``client_id`` of the configured split (only that shard is
-    kept). For fault-tolerance checks: ``corrupt`` sends wrongly shaped updates; ``drop_at_round`` makes
-    the process die in the middle of that round's training, as a crashed device would."""
+def make_client(run: RunConfig, client_id: int, attack: str = "", drop_at_round: int = 0, hang_at_round: int = 0):
+    """A Flower NumPyClient training on shard ``client_id`` of the run's split (only that shard is kept).
+    For fault-tolerance checks: ``attack`` (nan | scale | shape) sends a poisoned update instead of the
+    trained weights; ``drop_at_round`` makes the process die in the middle of that round's training, as a
+    crashed device would; ``hang_at_round`` makes it stop answering from that round on (the server's round
+    timeout must carry on without it)."""
     flwr = _flwr()
-    (x, y), _, mean, std, n_cls = load_federated_data(cfg)
-    shards = client_shards(cfg, y)
+    fed, task, model = federated_setup(run)
+    x, y = task.data.train
+    shards = client_shards(fed, y, run.trainer.seed)
     if not 0 <= client_id < len(shards):
         raise NeuratlasError(f"client id must be in [0, {len(shards)}), got {client_id}")
+    if attack and attack not in ATTACKS:
+        raise NeuratlasError(f"unknown attack {attack!r}; choose from {', '.join(ATTACKS)}")
     idx = torch.from_numpy(shards[client_id])
-    x, y = x[idx].clone(), y[idx].clone()  # this client's own data; the rest is dropped
-    model = build_global_model(cfg, x.shape[1], n_cls)
+    mine = (x[idx].clone(), y[idx].clone())  # this client's own data; the rest is dropped
+    task.data.train = mine
 
     class NeuratlasClient(flwr.client.NumPyClient):
         def get_parameters(self, config):
@@ -68,148 +82,150 @@ def make_client(cfg: FederatedConfig, client_id: int, corrupt: bool = False, dro
 
         def fit(self, parameters, config):
             set_weights(model, parameters)
-            local = cfg.local
-            local.epochs = int(config.get("local_epochs", local.epochs))
-            local.prox_mu = float(config.get("proximal_mu", local.prox_mu))
-            seed = cfg.seed * 100_003 + int(config.get("server_round", 0)) * 1009 + client_id
-            if drop_at_round and int(config.get("server_round", 0)) >= drop_at_round:
-                log.warning("client %d: dropping out in round %s", client_id, config.get("server_round"))
+            r = int(config.get("server_round", 0))
+            if drop_at_round and r >= drop_at_round:
+                log.warning("client %d: dropping out in round %d", client_id, r)
                 os._exit(3)
-            logs = local_train(model, x, y, local, mean, std, seed=seed)
+            if hang_at_round and r >= hang_at_round:
+                log.warning("client %d: not answering from round %d", client_id, r)
+                time.sleep(10 * fed.round_timeout)
+            logs = local_steps(
+                task, model, run, mine, fed.local_epochs, client_seed(run.trainer.seed, r, client_id), fed.local_mu
+            )
             weights = get_weights(model)
-            if corrupt:
-                weights = [w[..., :1] if w.ndim > 1 else w for w in weights]
-            return weights, len(x), {"loss": logs["loss"], "client": client_id}
+            if attack:
+                weights = ATTACKS[attack](weights)
+            return weights, len(idx), {"loss": logs["loss"], "client": client_id}
 
         def evaluate(self, parameters, config):
             set_weights(model, parameters)
-            m = evaluate_model(model, x, y, mean, std)
-            return m["loss"], len(x), {"accuracy": m["accuracy"]}
+            m = evaluate(task, model, run, "train")
+            return m["loss"], len(idx), {"accuracy": m["accuracy"]}
 
     return NeuratlasClient()
 
 
-def run_client(cfg: FederatedConfig, address: str, client_id: int, corrupt: bool = False,
-               drop_at_round: int = 0) -> None:
+def run_client(
+    run: RunConfig, address: str, client_id: int, attack: str = "", drop_at_round: int = 0, hang_at_round: int = 0
+) -> None:
     flwr = _flwr()
-    client = make_client(cfg, client_id, corrupt, drop_at_round)
-    flwr.client.start_client(server_address=address, client=client.to_client(), insecure=True,
-                             max_retries=30, max_wait_time=60.0)
+    client = make_client(run, client_id, attack, drop_at_round, hang_at_round)
+    flwr.client.start_client(
+        server_address=address, client=client.to_client(), insecure=True, max_retries=30, max_wait_time=60.0
+    )
 
 
 # --- server -------------------------------------------------------------------------------------------
 
 
-def _checked(base: type) -> type:
-    """A Flower strategy class that drops client updates whose shapes do not fit the model, with a log
-    line naming the client, instead of failing the aggregation."""
-    from flwr.common import parameters_to_ndarrays
-
-    class Checked(base):
-        def __init__(self, *args, reference: list[np.ndarray], **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.reference = reference
-
-        def aggregate_fit(self, server_round, results, failures):
-            kept = []
-            for proxy, res in results:
-                shapes = [a.shape for a in parameters_to_ndarrays(res.parameters)]
-                want = [a.shape for a in self.reference]
-                if shapes != want:
-                    bad = next((i for i, (a, b) in enumerate(zip(shapes, want)) if a != b), len(shapes))
-                    log.warning("round %d: rejected update from client %s: tensor #%d has shape %s, the "
-                                "model expects %s", server_round, res.metrics.get("client", proxy.cid), bad,
-                                shapes[bad] if bad < len(shapes) else "-",
-                                want[bad] if bad < len(want) else "-")
-                    failures.append((proxy, res))
-                    continue
-                kept.append((proxy, res))
-            if not kept:
-                log.warning("round %d: no valid update; the global model is unchanged", server_round)
-                return None, {}
-            return super().aggregate_fit(server_round, kept, failures)
-
-    Checked.__name__ = f"Checked{base.__name__}"
-    return Checked
-
-
-def run_server(cfg: FederatedConfig, address: str, min_clients: int, out_dir: str | Path,
-               round_timeout: float = 120.0) -> History:
-    """Serve ``cfg.rounds`` rounds; evaluates the global model on the test set after each; writes
-    ``history.json`` and ``accuracy.png`` to ``out_dir``."""
+def run_server(run: RunConfig, address: str, min_clients: int, out_dir: str | Path) -> History:
+    """Serve the run's rounds; evaluates the global model on the test set after each and rewrites
+    ``history.json`` (and at the end ``accuracy.png``) in ``out_dir``."""
     flwr = _flwr()
-    from flwr.common import ndarrays_to_parameters
-    from flwr.server.strategy import FedAvg, FedProx
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import FedAvg
 
-    _, (xt, yt), mean, std, n_cls = load_federated_data(cfg)
-    model = build_global_model(cfg, xt.shape[1], n_cls)
-    init = get_weights(model)
-    hist = History(f"flower {cfg.strategy}")
+    fed, task, model = federated_setup(run)
+    shards = client_shards(fed, task.data.train[1], run.trainer.seed)
+    samples_limit = max(map(len, shards))
+    hist = History(f"flower {fed.label}")
+    out = Path(out_dir)
+    server = ServerAggregator(fed, run.trainer.seed, log.warning)
+    state = {"weights": get_weights(model)}
 
     def evaluate_fn(server_round: int, parameters, config) -> tuple[float, dict[str, Any]]:
         set_weights(model, parameters)
-        m = evaluate_model(model, xt, yt, mean, std)
-        hist.rounds.append(server_round)
-        hist.accuracy.append(m["accuracy"])
-        hist.loss.append(m["loss"])
+        m = evaluate(task, model, run)
+        hist.add(server_round, m)
+        write_json(out / "history.json", history_record(run, hist))
         log.warning("round %d: global test accuracy %.4f", server_round, m["accuracy"])
         return m["loss"], {"accuracy": m["accuracy"]}
 
-    kwargs: dict[str, Any] = dict(
-        fraction_fit=cfg.fraction, fraction_evaluate=0.0, min_fit_clients=min(min_clients, cfg.per_round),
-        min_evaluate_clients=0, min_available_clients=min_clients, evaluate_fn=evaluate_fn,
-        on_fit_config_fn=lambda r: {"local_epochs": cfg.local_epochs, "server_round": r},
-        accept_failures=True, initial_parameters=ndarrays_to_parameters(init), reference=init)
-    if cfg.strategy == "fedprox":
-        strategy = _checked(FedProx)(proximal_mu=cfg.prox_mu, **kwargs)
-    else:
-        strategy = _checked(FedAvg)(**kwargs)
-    config = flwr.server.ServerConfig(num_rounds=cfg.rounds, round_timeout=round_timeout)
+    class Screened(FedAvg):
+        """FedAvg's sampling and bookkeeping; the aggregation is Neuratlas's screened one."""
+
+        def aggregate_fit(self, server_round, results, failures):
+            updates = []
+            for proxy, res in results:
+                client = str(res.metrics.get("client", proxy.cid))
+                hist.bytes_sent += sum(len(t) for t in res.parameters.tensors)
+                updates.append(Update(client, parameters_to_ndarrays(res.parameters), int(res.num_examples)))
+            if failures:
+                log.warning("round %d: %d client(s) failed or did not answer in time", server_round, len(failures))
+            weights, rejected = server(server_round, state["weights"], updates, samples_limit)
+            hist.rejected += [[server_round, c, why] for c, why in rejected]
+            state["weights"] = weights
+            return ndarrays_to_parameters(weights), {"rejected": len(rejected)}
+
+    strategy = Screened(
+        fraction_fit=fed.fraction,
+        fraction_evaluate=0.0,
+        min_fit_clients=min(min_clients, fed.per_round),
+        min_evaluate_clients=0,
+        min_available_clients=min_clients,
+        evaluate_fn=evaluate_fn,
+        on_fit_config_fn=lambda r: {"local_epochs": fed.local_epochs, "server_round": r},
+        accept_failures=True,
+        initial_parameters=ndarrays_to_parameters(state["weights"]),
+    )
+    config = flwr.server.ServerConfig(num_rounds=fed.rounds, round_timeout=fed.round_timeout)
     flwr.server.start_server(server_address=address, strategy=strategy, config=config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "history.json").write_text(json.dumps({"rounds": hist.rounds, "accuracy": hist.accuracy,
-                                                  "loss": hist.loss}, indent=2))
+    write_json(out / "history.json", history_record(run, hist))
     if hist.rounds:
         plot_histories([hist], out / "accuracy.png", "Flower deployment: global test accuracy")
     return hist
 
 
-def check_update(cfg: FederatedConfig, weights: list[np.ndarray]) -> None:
-    """Raise a NeuratlasError if ``weights`` do not fit the configured model (for callers outside Flower)."""
-    _, (xt, _), _, _, n_cls = load_federated_data(cfg)
-    check_shapes(build_global_model(cfg, xt.shape[1], n_cls), weights)
-
-
 # --- a launcher: server and clients as separate processes on loopback ---------------------------------
 
 
-def launch_local(cfg_args: list[str], clients: int, port: int, out_dir: str | Path,
-                 corrupt: tuple[int, ...] = (), timeout: float = 300.0, extra_clients: int = 0,
-                 drop: dict[int, int] | None = None, round_timeout: float = 120.0) -> tuple[int, str]:
+def launch_local(
+    run_args: list[str],
+    clients: int,
+    port: int,
+    out_dir: str | Path,
+    timeout: float = 300.0,
+    attacks: dict[int, str] | None = None,
+    drop: dict[int, int] | None = None,
+    hang: dict[int, int] | None = None,
+) -> tuple[int, str]:
     """Start ``neuratlas federated server`` and ``clients`` client processes on 127.0.0.1:port, wait for
-    the server, then stop the clients. Returns (server exit code, server log); ``cfg_args``: ``--fed.KEY V``.
+    the server, then stop the clients. Returns (server exit code, server log). ``run_args``: the recipe
+    (``--recipe NAME``) and ``--section.key value`` overrides, given to every process alike.
 
-    ``extra_clients`` start beyond ``clients`` (the server waits for ``clients``); ``corrupt`` lists client
-    ids that send wrongly shaped updates; ``drop`` maps client id -> the round in which it dies."""
+    For fault tests: ``attacks`` maps client id -> nan | scale | shape (a poisoned update), ``drop`` client
+    id -> the round in which its process dies, ``hang`` client id -> the round from which it never answers."""
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "neuratlas", "federated"]
     log_path = Path(out_dir) / "server.log"
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as server_log:
-        server = subprocess.Popen(base + ["server", "--address", address, "--min-clients", str(clients),
-                                          "--out", str(out_dir), "--round-timeout", str(round_timeout)] + cfg_args,
-                                  stdout=server_log, stderr=subprocess.STDOUT, env=env)
+        server = subprocess.Popen(
+            base + ["server", "--address", address, "--min-clients", str(clients), "--out", str(out_dir)] + run_args,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         procs = []
-        for k in range(clients + extra_clients):
-            flags = (["--corrupt"] if k in corrupt else []) + \
-                (["--drop-at-round", str(drop[k])] if drop and k in drop else [])
-            procs.append(subprocess.Popen(base + ["client", "--address", address, "--id", str(k)] + flags
-                                          + cfg_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          env=env))
+        for k in range(clients):
+            flags = [
+                *(["--attack", attacks[k]] if attacks and k in attacks else []),
+                *(["--drop-at-round", str(drop[k])] if drop and k in drop else []),
+                *(["--hang-at-round", str(hang[k])] if hang and k in hang else []),
+            ]
+            procs.append(
+                subprocess.Popen(
+                    base + ["client", "--address", address, "--id", str(k)] + flags + run_args,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
         try:
             code = server.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = -1
         finally:
             for p in procs + [server]:
                 if p.poll() is None:

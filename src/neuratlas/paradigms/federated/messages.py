@@ -1,0 +1,408 @@
+"""Federated learning on Flower's Message API: a ``ServerApp`` and a ``ClientApp`` built from the same run
+config, task, model, local steps (:func:`~neuratlas.paradigms.federated.core.local_steps`) and server-side
+screening and aggregation (:class:`~neuratlas.paradigms.federated.core.ServerAggregator`) as the simulation.
+
+Both apps read the whole run config from Flower's run config (key ``run``, the JSON of ``RunConfig.to_dict``)
+and a client's shard from its node config (``partition-id``), so the server and every client agree on the
+model, the split and the local training. :func:`serve` is the server's loop on a Flower ``Grid``: each round
+it samples clients, sends them the global weights as an ``ArrayRecord``, waits at most
+``federated.round_timeout`` seconds (a client that died or never answers costs one timeout, not the run),
+screens what came back by client and rewrites ``history.json``.
+
+:class:`InProcessGrid` runs ``ClientApp`` objects in threads of this process: the Message path end to end
+without Flower's Ray-based simulation engine (which needs ``ray``, not a Neuratlas dependency).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuratlas.errors import NeuratlasError
+from neuratlas.paradigms.federated.core import (
+    ATTACKS,
+    History,
+    ServerAggregator,
+    Update,
+    client_seed,
+    client_shards,
+    evaluate,
+    get_weights,
+    local_steps,
+    set_weights,
+    write_json,
+)
+from neuratlas.paradigms.federated.flower import _flwr
+from neuratlas.paradigms.federated.run import federated_setup, history_record
+from neuratlas.training.config import RunConfig
+
+log = logging.getLogger("neuratlas.paradigms.federated")
+
+
+def run_from_context(context: Any) -> RunConfig:
+    """The run config a Flower app was started with (``run`` in its run config)."""
+    text = context.run_config.get("run")
+    if not isinstance(text, str):
+        raise NeuratlasError("the Flower run config has no 'run' (the JSON of the Neuratlas run config)")
+    return RunConfig.from_dict(json.loads(text))
+
+
+def make_client_app(attack: Callable[[int, int, list[np.ndarray]], list[np.ndarray]] | None = None):
+    """A ``ClientApp`` whose ``train`` handler makes the run's local steps on shard ``partition-id`` and
+    replies with the weights, the sample count and its id. ``attack(client, round, weights)`` replaces
+    what it sends (the fault tests)."""
+    _flwr()
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+    states: dict[tuple[str, int], tuple] = {}  # one task/model/shard per (run, client) in this process
+
+    def state(context: Any) -> tuple:
+        client = int(context.node_config.get("partition-id", 0))
+        key = (context.run_config.get("run", ""), client)
+        if key not in states:
+            run = run_from_context(context)
+            fed, task, model = federated_setup(run)
+            x, y = task.data.train
+            shards = client_shards(fed, y, run.trainer.seed)
+            if not 0 <= client < len(shards):
+                raise NeuratlasError(f"partition-id must be in [0, {len(shards)}), got {client}")
+            idx = torch.from_numpy(shards[client])
+            states[key] = (run, fed, task, model, (x[idx].clone(), y[idx].clone()), client)
+        return states[key]
+
+    @app.train()
+    def train(msg: Any, context: Any) -> Any:
+        run, fed, task, model, mine, client = state(context)
+        r = int(msg.content["config"]["server-round"])
+        fault = str(context.node_config.get("fault", ""))
+        if fault.startswith(("exit@", "hang@")) and r >= int(fault[5:]):
+            log.warning("client %d: %s in round %d", client, "dying" if fault[0] == "e" else "not answering", r)
+            if fault[0] == "e":
+                os._exit(3)
+            time.sleep(10 * fed.round_timeout)
+        set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
+        logs = local_steps(
+            task, model, run, mine, fed.local_epochs, client_seed(run.trainer.seed, r, client), fed.local_mu
+        )
+        weights = get_weights(model)
+        if attack is not None:
+            weights = attack(client, r, weights)
+        if fault := str(context.node_config.get("fault", "")):
+            weights = node_fault(fault, r, weights)
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(numpy_ndarrays=weights),
+                "metrics": MetricRecord({"num-examples": len(mine[1]), "loss": logs["loss"]}),
+                "client": ConfigRecord({"id": str(client)}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+def node_fault(fault: str, round_: int, weights: list[np.ndarray]) -> list[np.ndarray]:
+    """What a SuperNode started with ``--node-config "fault='nan'"`` (or scale, shape) sends instead of its
+    weights: the poisoned updates the fault tests check the server against."""
+    return ATTACKS[fault](weights) if fault in ATTACKS else weights
+
+
+def _update_of(reply: Any) -> Update:
+    """The update in a reply; a reply that is malformed becomes an update the screening rejects by name."""
+    content = reply.content
+    client = str(content["client"]["id"]) if "client" in content else f"node {reply.metadata.src_node_id}"
+    try:
+        weights = content["arrays"].to_numpy_ndarrays()
+        samples = int(content["metrics"]["num-examples"])
+    except Exception as e:  # noqa: BLE001 - whatever a client sent, the round goes on without it
+        return Update(client, f"unreadable: {e}", 0)  # type: ignore[arg-type]
+    return Update(client, weights, samples)
+
+
+def serve(grid: Any, run: RunConfig, out_dir: str | Path, min_clients: int = 1) -> History:
+    """The server's rounds on a Flower ``Grid``; returns the history (also written to ``out_dir``)."""
+    _flwr()
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+    fed, task, model = federated_setup(run)
+    seed = run.trainer.seed
+    shards = client_shards(fed, task.data.train[1], seed)
+    out = Path(out_dir)
+    hist = History(f"flower {fed.label}")
+    server = ServerAggregator(fed, seed, log.warning)
+    global_w = get_weights(model)
+    deadline = time.monotonic() + fed.round_timeout
+    while len(list(grid.get_node_ids())) < min_clients:  # bounded: the first round waits no longer either
+        if time.monotonic() > deadline:
+            raise NeuratlasError(
+                f"{len(list(grid.get_node_ids()))} of the {min_clients} clients connected "
+                f"within {fed.round_timeout:g} s"
+            )
+        time.sleep(0.5)
+    rng = np.random.default_rng(seed)
+    hist.add(0, evaluate(task, model, run))
+    for r in range(1, fed.rounds + 1):
+        nodes = sorted(grid.get_node_ids())  # Python ints: node ids are uint64, which numpy would round
+        chosen = [nodes[i] for i in sorted(rng.choice(len(nodes), size=min(fed.per_round, len(nodes)), replace=False))]
+        messages = [
+            Message(
+                RecordDict(
+                    {"arrays": ArrayRecord(numpy_ndarrays=global_w), "config": ConfigRecord({"server-round": r})}
+                ),
+                dst_node_id=int(n),
+                message_type=MessageType.TRAIN,
+            )
+            for n in chosen
+        ]
+        replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
+        good = [m for m in replies if not m.has_error()]
+        missing = len(messages) - len(good)
+        if missing:
+            log.warning("round %d: %d client(s) failed or did not answer within %g s", r, missing, fed.round_timeout)
+        updates = [_update_of(m) for m in good]
+        hist.bytes_sent += sum(sum(a.nbytes for a in u.weights) for u in updates if isinstance(u.weights, list))
+        global_w, rejected = server(r, global_w, updates, samples_limit=max(map(len, shards)))
+        hist.rejected += [[r, c, why] for c, why in rejected]
+        set_weights(model, global_w)
+        m = evaluate(task, model, run)
+        hist.add(r, m)
+        log.warning("round %d: global test accuracy %.4f", r, m["accuracy"])
+        write_json(out / "history.json", history_record(run, hist))
+    return hist
+
+
+def make_server_app(out_dir: str | Path = "runs/federated", min_clients: int = 1):
+    """A ``ServerApp`` running :func:`serve` with the run config it is started with."""
+    _flwr()
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Any, context: Any) -> None:
+        serve(
+            grid,
+            run_from_context(context),
+            context.run_config.get("out", str(out_dir)),
+            int(context.run_config.get("min-clients", min_clients)),
+        )
+
+    return app
+
+
+class InProcessGrid:
+    """A Flower ``Grid`` for ``serve`` whose nodes are ``ClientApp`` objects called in threads of this
+    process: a reply that does not come within the timeout is missing, an exception becomes an error reply,
+    as with real SuperNodes."""
+
+    def __init__(self, client_app: Any, run: RunConfig, clients: int) -> None:
+        from flwr.app import Context, RecordDict
+        from flwr.supercore.task_identity import TaskIdentity
+
+        # what a SuperLink gives the ServerApp's process: the identity its instruction messages carry
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+        text = json.dumps(run.to_dict())
+        self.app = client_app
+        self.contexts = {
+            k + 1: Context(
+                run_id=1, node_id=k + 1, node_config={"partition-id": k}, state=RecordDict(), run_config={"run": text}
+            )
+            for k in range(clients)
+        }
+        self.pool = ThreadPoolExecutor(max_workers=clients)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> Iterable[Any]:
+        from flwr.app import Error, Message
+
+        messages = list(messages)
+        futures = {self.pool.submit(self.app, m, self.contexts[m.metadata.dst_node_id]): m for m in messages}
+        done, _ = wait(futures, timeout=timeout)
+        replies = []
+        for f in done:
+            try:
+                replies.append(f.result())
+            except Exception as e:  # noqa: BLE001 - a crashed client is an error reply, as on a SuperNode
+                replies.append(Message(Error(code=0, reason=str(e)), reply_to=futures[f]))
+        return replies
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --- deployment: a SuperLink and SuperNodes as separate processes ---------------------------------------
+
+APP_TOML = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "neuratlas-federated"
+version = "1.0.0"
+description = "A Neuratlas federated run on Flower's deployment engine"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "neuratlas"
+
+[tool.flwr.app.components]
+serverapp = "neuratlas.paradigms.federated.app:server_app"
+clientapp = "neuratlas.paradigms.federated.app:client_app"
+
+[tool.flwr.app.config]
+run = "{}"
+out = "runs/federated"
+min-clients = 1
+"""
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    """Return once something listens on 127.0.0.1:``port``; a one-line error if ``proc`` exits or the time is up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NeuratlasError(f"flower-superlink exited with status {proc.returncode} (see its log)")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise NeuratlasError(f"flower-superlink did not listen on 127.0.0.1:{port} within {timeout:g} s")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the SuperLink and SuperNodes start theirs in new sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    pids = [q for p in procs for q in [p.pid, *_descendants(p.pid)]]
+    for sig in (15, 9):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + 10
+        while sig == 15 and time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    for p in procs:
+        p.wait()
+
+
+def deploy_local(
+    run: RunConfig,
+    clients: int,
+    out_dir: str | Path,
+    port: int,
+    timeout: float = 600.0,
+    faults: dict[int, str] | None = None,
+) -> tuple[int, str]:
+    """Run ``run`` on Flower's deployment engine on 127.0.0.1: a ``flower-superlink``, ``clients``
+    ``flower-supernode`` processes (node config ``partition-id=K``) and ``flwr run`` of a Flower App whose
+    components are :mod:`neuratlas.paradigms.federated.app`. Every process is stopped before returning,
+    also on timeout. ``faults`` maps client -> nan | scale | shape | exit@R | hang@R. Returns (exit code of
+    ``flwr run``, its log with the server's lines)."""
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="flower-", dir=out))
+    (work / "app").mkdir()
+    (work / "app" / "pyproject.toml").write_text(APP_TOML)
+    (work / "home").mkdir()
+    (work / "home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    bindir = Path(sys.executable).parent  # the SuperLink and SuperNodes start Flower's other programs by name
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(work / "home"),
+        "OMP_NUM_THREADS": "1",
+        "PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "")]),
+    }
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    procs: list[subprocess.Popen] = []
+    logs = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        f = open(work / f"{name}.log", "w")  # closed with the process below
+        logs.append(f)
+        procs.append(subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=work))
+        return procs[-1]
+
+    try:
+        start(
+            "superlink",
+            [
+                str(bindir / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+                "--database",
+                str(work / "superlink.db"),
+            ],
+        )
+        _wait_for_port(port, procs[0], 120.0)
+        for k in range(clients):
+            config = f"partition-id={k}" + (f" fault='{faults[k]}'" if faults and k in faults else "")
+            start(
+                f"supernode{k}",
+                [
+                    str(bindir / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--port",
+                    str(port + 1 + k),
+                    "--node-config",
+                    config,
+                ],
+            )
+        run_config = f"run='{json.dumps(run.to_dict())}' out='{out}' min-clients={clients}"
+        flwr = start(
+            "flwr-run",
+            [str(bindir / "flwr"), "run", str(work / "app"), "local", "--run-config", run_config, "--stream"],
+        )
+        try:
+            code = flwr.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = -1
+    finally:
+        _stop(procs)
+        for f in logs:
+            f.close()
+    text = (work / "flwr-run.log").read_text()
+    if code == 0 and not (out / "history.json").is_file():  # `flwr run` exits 0 even when the ServerApp failed
+        code = 1
+    return code, text
