@@ -21,12 +21,12 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from neuratlas.bench import BENCHMARKS
-from neuratlas.bench.report import _truthy
 
 MODEL = "smollm2-135m-instruct"
 PRECISIONS = ("fp32", "bf16", "int8", "int4")
@@ -227,19 +227,29 @@ def llama_cpp_python(build: bool) -> tuple[Path | None, str]:
     return py, ""
 
 
-def bench_llm(options: dict[str, str]) -> list[str]:
+@dataclass
+class LLMBenchOptions:
+    quick: bool = False  # 32 new tokens and one perplexity window
+    threads: int | None = None  # torch threads (default: every CPU)
+    new_tokens: int | None = None  # tokens decoded per timing (default 128, or 32 with --quick)
+    ppl_windows: int | None = None  # held-out windows for perplexity (default 4, or 1 with --quick)
+    configs: list[str] = field(default_factory=list)  # e.g. neuratlas:fp32,transformers:fp32 (default: all)
+    build_llama_cpp: bool = True  # build llama-cpp-python into the cache when it is missing
+
+
+def bench_llm(options: LLMBenchOptions) -> list[str]:
     from neuratlas.weights.llama import pretrained_path
 
-    quick = _truthy(options.get("quick", "false"))
-    threads = int(options.get("threads", os.cpu_count() or 2))
-    n_new = int(options.get("new_tokens", 32 if quick else 128))
-    n_ppl = int(options.get("ppl_windows", 1 if quick else 4))
+    quick = options.quick
+    threads = options.threads or os.cpu_count() or 2
+    n_new = options.new_tokens or (32 if quick else 128)
+    n_ppl = options.ppl_windows or (1 if quick else 4)
     path = pretrained_path(MODEL)
     ids = _held_out_ids(8 * 128 + 512 * n_ppl)
     spec = {"threads": threads, "new": n_new, "ids": ids[: 8 * 128], "ppl_ids": ids[8 * 128 :][: 512 * n_ppl]}
     configs = [("neuratlas", p) for p in PRECISIONS] + [("transformers", "fp32"), ("transformers", "bf16")]
-    if options.get("configs"):  # e.g. --configs neuratlas:fp32,transformers:fp32
-        wanted = [tuple(c.split(":", 1)) for c in options["configs"].split(",")]
+    if options.configs:  # e.g. --configs neuratlas:fp32,transformers:fp32
+        wanted = [tuple(c.split(":", 1)) for c in options.configs]
         configs = [c for c in configs if c in wanted]
     results: dict[tuple[str, str], dict | str] = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -260,7 +270,7 @@ def bench_llm(options: dict[str, str]) -> list[str]:
             else ((r.stderr.strip().splitlines() or ["failed"])[-1][:160])
         )
         print(f"  measured {side} {precision}: {results[(side, precision)]}", file=sys.stderr, flush=True)
-    py, why = llama_cpp_python(_truthy(options.get("build_llama_cpp", "true")))
+    py, why = llama_cpp_python(options.build_llama_cpp)
     if py is not None:
         import tempfile
 
@@ -330,6 +340,7 @@ def _cpu_name() -> str:
 BENCHMARKS.add(
     "llm",
     bench_llm,
+    LLMBenchOptions,
     description="SmolLM2-135M (GGUF) fp32/bf16/int8/int4 vs transformers and llama.cpp: "
     "load, prefill, TTFT, decode b1/b8, RSS, perplexity, bandwidth bound",
 )
