@@ -1,15 +1,22 @@
 """Checkpoints: model weights in safetensors (with the config needed to rebuild the model in its metadata)
 plus a trainer-state file (optimizer, scheduler, step, RNG) read with ``torch.load(weights_only=True)``.
 
-Both are written atomically (temp file + rename), so an interruption never leaves a half-written
-checkpoint; loading never executes code from a file.
+A resumable checkpoint is one unit: a step folder ``checkpoints/step-NNNNNNNNN/`` (``model.safetensors`` +
+``state.pt``) written under a temporary name and renamed when both files are complete, so a kill at any
+instant leaves either the new folder or none; ``checkpoints/last.safetensors`` is a hard link to the newest
+folder's weights (for ``eval``/``predict``), and the previous folder is kept as a fallback. Runs written
+before step folders (``last.safetensors`` + ``last.state.pt``) still resume. Loading never executes code
+from a file, and a file's declared sizes are checked before anything is allocated.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,15 +65,31 @@ def _renamed_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _atomic(path: Path, write) -> None:
+    """Write through a temp file in the same folder, flushed to disk, then rename: a reader sees the old
+    file or the new one, never a part. A failed write (disk full, file-size limit) is one line naming the
+    file, and whatever was at ``path`` before is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+            _fsync(tmp)
+        except (OSError, RuntimeError, SafetensorError) as e:
+            raise NeuratlasError(f"could not write {path}: {e} (disk full or a file-size limit?); the "
+                                 "previous file there is unchanged") from None
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_weights(path: Path, model: nn.Module, run_config: dict[str, Any], extra: dict[str, Any],
@@ -91,14 +114,108 @@ def save_state(path: Path, state: dict[str, Any]) -> Path:
     return path
 
 
+STEP_DIR = re.compile(r"^step-(\d{9})$")
+WEIGHTS, STATE = "model.safetensors", "state.pt"
+KEEP = 2  # complete step folders kept: the newest, and the one before as a fallback
+
+
+def step_folders(ckpt_dir: Path) -> list[Path]:
+    """The complete step folders in ``ckpt_dir`` (renamed into place, both files present), newest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), d) for d in ckpt_dir.iterdir() if (m := STEP_DIR.match(d.name)) and d.is_dir()
+             and (d / WEIGHTS).is_file() and (d / STATE).is_file()]
+    return [d for _, d in sorted(found, reverse=True)]
+
+
+def save_checkpoint(ckpt_dir: Path, model: nn.Module, run_config: dict[str, Any], extra: dict[str, Any],
+                    step: int, state: dict[str, Any]) -> Path:
+    """Write weights and trainer state as one unit (a step folder renamed into place once both are on
+    disk), point ``last.safetensors`` at its weights and drop folders older than the previous one. Returns
+    the path of ``last.safetensors``."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step-{step:09d}"
+    if final not in step_folders(ckpt_dir):  # the same step saved again (an interrupt right after a save)
+        tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".{final.name}.", suffix=".tmp"))
+        try:
+            save_weights(tmp / WEIGHTS, model, run_config, extra, step)
+            save_state(tmp / STATE, {**state, "step": step})
+            if final.exists():  # an incomplete folder of that name (never ours: we rename complete ones)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync(ckpt_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    last = ckpt_dir / "last.safetensors"
+    _atomic(last, lambda t: _link_or_copy(final / WEIGHTS, Path(t)))
+    (ckpt_dir / "last.state.pt").unlink(missing_ok=True)  # a layout-1 state would now be stale
+    for old in step_folders(ckpt_dir)[KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_dir.glob(".step-*.tmp"):  # what a kill mid-save left behind
+        shutil.rmtree(stale, ignore_errors=True)
+    return last
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, dst)
+
+
+def resumable(path: str | Path) -> tuple[Checkpoint, dict[str, Any]]:
+    """The newest complete checkpoint under a run folder (or its ``checkpoints`` folder, or a file in it),
+    with its trainer state. A step folder that cannot be read falls back to the one before, saying so;
+    a run written before step folders resumes from ``last.safetensors`` + ``last.state.pt``."""
+    p = Path(path)
+    if p.is_file():
+        folder = p.parent
+        ckpt_dir = folder.parent if STEP_DIR.match(folder.name) else folder
+    else:
+        ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    if p.is_file() and STEP_DIR.match(p.parent.name):
+        candidates = [p.parent]
+    elif p.is_file() and p.name != "last.safetensors":
+        candidates = []  # a named file (best, a copy): resume from it alone, as before step folders
+    else:
+        candidates = step_folders(ckpt_dir)
+    problems = []
+    for folder in candidates:
+        try:
+            ckpt = read_checkpoint(folder / WEIGHTS)
+            state = load_state(folder / STATE)
+            if state.get("step") != ckpt.step:
+                raise NeuratlasError(f"{folder}: weights (step {ckpt.step}) and trainer state (step "
+                                     f"{state.get('step')}) disagree")
+        except NeuratlasError as e:
+            problems.append(str(e))
+            continue
+        for problem in problems:
+            print(f"warning: skipped a damaged checkpoint: {problem}; resuming from {folder.name}")
+        return ckpt, state
+    if problems:
+        raise NeuratlasError(f"no readable checkpoint to resume in {ckpt_dir}: {'; '.join(problems)}")
+    ckpt = read_checkpoint(p, prefer="last")  # a run written before step folders
+    state = load_state(ckpt.path.with_name(ckpt.path.name.replace(".safetensors", ".state.pt")))
+    if state.get("step") != ckpt.step:
+        raise NeuratlasError(f"{ckpt.path}: weights (step {ckpt.step}) and trainer state (step "
+                             f"{state.get('step')}) disagree; the checkpoint is inconsistent")
+    return ckpt, state
+
+
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
-    """Accept a .safetensors file or a run folder (its ``checkpoints/{prefer}`` or ``last``)."""
+    """Accept a .safetensors file or a run folder (its ``checkpoints/{prefer}``, ``last``, or newest step)."""
     p = Path(path)
     if p.is_dir():
         for name in (prefer, "last", "best"):
             for cand in (p / "checkpoints" / f"{name}.safetensors", p / f"{name}.safetensors"):
                 if cand.is_file():
                     return cand
+        for ckpt_dir in (p / "checkpoints", p):
+            if folders := step_folders(ckpt_dir):
+                return folders[0] / WEIGHTS
         raise NeuratlasError(f"{p} holds no checkpoint (looked for checkpoints/{prefer}.safetensors)")
     if not p.is_file():
         raise NeuratlasError(f"checkpoint {p} does not exist")
@@ -131,10 +248,26 @@ def read_checkpoint(path: str | Path, prefer: str = "best") -> Checkpoint:
         raise NeuratlasError(f"{p}: damaged Neuratlas metadata ({e})") from None
 
 
-def load_state(path: Path) -> dict[str, Any]:
+def load_state(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
+    """A trainer-state file, read without executing code (``weights_only``) and without inflating it past
+    ``max_bytes`` (default: 8 GiB): its zip entries' declared sizes are checked first, and compressed entries
+    (which torch never writes) are refused, so a small file cannot expand into gigabytes."""
     if not path.is_file():
         raise NeuratlasError(f"trainer state {path} is missing; cannot resume (the weights alone can be "
                              "evaluated or fine-tuned)")
+    limit = max_bytes if max_bytes is not None else 8 << 30
+    try:
+        with zipfile.ZipFile(path) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise NeuratlasError(f"trainer state {path} is unreadable (truncated or not a Neuratlas file): "
+                             f"{type(e).__name__}") from None
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
+        raise NeuratlasError(f"trainer state {path} holds compressed entries, which Neuratlas never writes; "
+                             "refused (it could inflate to any size)")
+    if (total := sum(e.file_size for e in entries)) > limit:
+        raise NeuratlasError(f"trainer state {path} declares {total / 2**30:.1f} GiB, over the limit of "
+                             f"{limit / 2**30:.1f} GiB; refused")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/foreign files

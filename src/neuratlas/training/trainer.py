@@ -27,7 +27,7 @@ from neuratlas.device import autocast, keep_freed_memory, resolve_device, resolv
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.lora import lora_layers, merged_copy
 from neuratlas.models import count_parameters, create_model
-from neuratlas.models.checkpoint import load_state, read_checkpoint, save_state, save_weights
+from neuratlas.models.checkpoint import STEP_DIR, resumable, save_checkpoint, save_weights
 from neuratlas.models.registry import MODELS
 from neuratlas.optim import build_scheduler, lr_factor
 from neuratlas.tasks import Task, build_task
@@ -155,8 +155,9 @@ class Trainer:
             return self.ckpt_dir / f"{tag}.safetensors"
         extra = {"task": self.run.task["name"], **self.task.checkpoint_extra()}
         model = merged_copy(self.eval_model) if lora_layers(self.eval_model) else self.eval_model
-        path = save_weights(self.ckpt_dir / f"{tag}.safetensors", model, self.run.to_dict(), extra, self.step)
-        if tag == "last":
+        if tag != "last":
+            path = save_weights(self.ckpt_dir / f"{tag}.safetensors", model, self.run.to_dict(), extra, self.step)
+        else:  # weights + trainer state as one unit (models/checkpoint.py)
             state = {"step": self.step, "optimizers": [o.state_dict() for o in self.optimizers],
                      "schedulers": [s.state_dict() for s in self.schedulers], "rng_cpu": torch.get_rng_state(),
                      "best": self.best if self.best is not None else float("nan")}
@@ -167,16 +168,12 @@ class Trainer:
                 state["ema_updates"] = self.ema.updates
             if torch.cuda.is_available():
                 state["rng_cuda"] = torch.cuda.get_rng_state_all()
-            save_state(self.ckpt_dir / "last.state.pt", state)
+            path = save_checkpoint(self.ckpt_dir, model, self.run.to_dict(), extra, self.step, state)
         self._call("on_save", tag, path)
         return path
 
     def resume(self, path: str | Path) -> None:
-        ckpt = read_checkpoint(path, prefer="last")
-        state = load_state(ckpt.path.with_name(ckpt.path.name.replace(".safetensors", ".state.pt")))
-        if state["step"] != ckpt.step:
-            raise NeuratlasError(f"{ckpt.path}: weights (step {ckpt.step}) and trainer state (step "
-                                 f"{state['step']}) disagree; the checkpoint is inconsistent")
+        ckpt, state = resumable(path)  # the newest complete checkpoint (one unit: weights + state)
         from safetensors.torch import load_model
 
         if self.saves_raw_weights:
@@ -211,8 +208,8 @@ class Trainer:
         self.step = state["step"]
         self.best = None if math.isnan(state["best"]) else state["best"]
         self.early_stop = dict(state.get("early_stop", self.early_stop))
-        self.run_dir = ckpt.path.parent.parent
-        self.ckpt_dir = ckpt.path.parent
+        self.ckpt_dir = ckpt.path.parent.parent if STEP_DIR.match(ckpt.path.parent.name) else ckpt.path.parent
+        self.run_dir = self.ckpt_dir.parent
 
     # --- the loop -----------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor, where: str = "") -> None:
