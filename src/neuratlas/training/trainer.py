@@ -36,6 +36,8 @@ from neuratlas.training.config import RunConfig
 from neuratlas.training.distributed import context as dist_context
 from neuratlas.training.ema import WeightAverage
 from neuratlas.training.logging import plot_curves
+from neuratlas.training.rundir import default_run_name, prepare_run_dir
+from neuratlas.training.signals import Terminated, terminate_as_interrupt
 from neuratlas.training.transfer import TransferSetup, setup_transfer
 from neuratlas.weights import load_pretrained_weights
 
@@ -122,7 +124,7 @@ class Trainer:
         self.step = 0
         self._t0 = time.perf_counter()
         self.best: float | None = None
-        name = tc.run_name or f"{run.model['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = tc.run_name or default_run_name(run.model["name"])
         self.run_dir = Path(tc.out_dir) / name
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.stop_reason = ""  # set by a callback (early stopping) or the clock: the loop ends after this step
@@ -270,12 +272,17 @@ class Trainer:
             return self.task.evaluate(model, split, self.autocast())
 
     def fit(self, resume: str | Path | None = None, crash_at: int | None = None) -> FitResult:
-        """Train to ``total_steps``; ``crash_at`` simulates a crash (for tests of exact resume)."""
+        """Train to ``total_steps``; ``crash_at`` simulates a crash (for tests of exact resume). SIGTERM
+        stops it as Ctrl-C does: a checkpoint, and the command that resumes."""
+        with terminate_as_interrupt():
+            return self._fit(resume, crash_at)
+
+    def _fit(self, resume: str | Path | None, crash_at: int | None) -> FitResult:
         tc = self.run.trainer
         if resume:
             self.resume(resume)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         main = self.dist.is_main
+        prepare_run_dir(self.run_dir, bool(resume), tc.overwrite, main)
         if main:
             (self.run_dir / "config.json").write_text(json.dumps(self.run.to_dict(), indent=2))
         result = FitResult(self.run_dir, self.step, parameters=count_parameters(self.eval_model),
@@ -303,11 +310,13 @@ class Trainer:
                     self.save("last")
                 elif tc.save_every and self.step % tc.save_every == 0:
                     self.save("last")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             self._call("close")
-            if crash_at is None:  # a real Ctrl-C: keep the work, say how to continue
-                self.save("last")
-                print(f"\ninterrupted at step {self.step}; resume with --resume {self.run_dir}")
+            if crash_at is None:  # a real Ctrl-C or SIGTERM: keep the work, say how to continue
+                self.save("last")  # (after a SIGTERM, a second one is ignored: training/signals.py)
+                why = " by SIGTERM" if isinstance(stop, Terminated) else ""
+                print(f"\ninterrupted{why} at step {self.step}; checkpoint saved; resume with: "
+                      f"neuratlas train --resume {self.run_dir}", flush=True)
             raise
         result.stopped_early = self.stop_reason
         result.train_seconds = time.perf_counter() - t0
