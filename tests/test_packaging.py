@@ -95,7 +95,7 @@ def test_require_names_the_extra(monkeypatch):
             ),
             "series",
         ),
-        ("flwr", lambda: __import__("neuratlas.federated.flower", fromlist=["x"])._flwr(), "federated"),
+        ("flwr", lambda: __import__("neuratlas.paradigms.federated.flower", fromlist=["x"])._flwr(), "federated"),
         ("nibabel", lambda: __import__("neuratlas.data.medical", fromlist=["x"]).read_volume("x.nii.gz"), "medical"),
     ],
 )

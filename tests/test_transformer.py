@@ -489,7 +489,8 @@ def test_mlm_pretraining_runs_and_fills_masks(run_overrides):
     assert result.val["loss"] < math.log(65) and 0 < result.val["masked_accuracy"] <= 1
     ckpt = read_checkpoint(result.run_dir)
     assert ckpt.extra["mask_id"] == 65
-    (line,) = TASKS.get("masked_lm").builder.predict(ckpt.build_model(), ckpt.extra, ["To be or n_t"], "", {})
+    task = TASKS.get(ckpt.extra["task"]).builder
+    (line,) = task.predict(ckpt.build_model(), ckpt.extra, ["To be or n_t"], "", task.PredictOptions())
     assert len(line) == len("To be or n_t") and "_" not in line
 
 

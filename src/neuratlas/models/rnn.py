@@ -18,6 +18,7 @@ Three heads on the same recurrent body:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -183,13 +184,13 @@ def last_valid(out: torch.Tensor, lengths: torch.Tensor | None, bidirectional: b
 # --- configs and heads -------------------------------------------------------------------------------------
 @dataclass
 class RNNConfig:
-    cell: str = "lstm"  # rnn | lstm | gru
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
     dim: int = 64  # hidden units per direction
     n_layer: int = 1
     bidirectional: bool = False
     dropout: float = 0.0  # between stacked layers, and before the head
-    impl: str = "fused"  # fused: torch.nn kernels (fast) | cells: the readable loop (same weights)
-    nonlinearity: str = "tanh"  # vanilla RNN only: tanh | relu
+    impl: Literal["fused", "cells"] = "fused"  # fused: torch.nn kernels (fast); cells: the readable loop (same weights)
+    nonlinearity: Literal["tanh", "relu"] = "tanh"  # vanilla RNN only
     forget_bias: float = 0.0  # LSTM only: added to the forget-gate bias at init (1: Jozefowicz et al. 2015)
 
     def __post_init__(self) -> None:
@@ -252,7 +253,7 @@ class ClassifierConfig(RNNConfig):
     embed_dim: int = 64
     in_features: int = 1  # vocab_size == 0: inputs are (B, T, in_features) feature vectors
     num_classes: int = 2
-    pooling: str = "last"  # last (final valid state) | mean | max over valid steps
+    pooling: Literal["last", "mean", "max"] = "last"  # last: the final valid state; mean, max: over valid steps
 
     def __post_init__(self) -> None:
         super().__post_init__()

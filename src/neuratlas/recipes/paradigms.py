@@ -54,7 +54,7 @@ _transfer_recipe("convnet-from-checkpoint", {"name": "convnet"}, {"checkpoint": 
 _MINILM_RT = {"model": {"name": "minilm-l6", "dropout": 0.1},
               "data": {"name": "rotten-tomatoes", "tokenizer": "all-MiniLM-L6-v2", "max_len": 48,
                        "batch_size": 32},
-              "task": {"name": "text_classification"},
+              "task": {"name": "text-classification"},
               "optimizer": {"name": "adamw", "lr": 2e-4, "weight_decay": 0.01},
               "schedule": {"name": "linear", "warmup_frac": 0.1},
               "trainer": {"max_steps": 150, "eval_every": 150, "grad_clip": 1.0}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from neuratlas.tasks.base import TASKS, Task, describe_splits, gather_prediction
 
 @dataclass
 class ClassificationConfig:
-    loss: str = "cross_entropy"  # cross_entropy | nll | mse | bce | focal
+    loss: Literal["cross_entropy", "nll", "mse", "bce", "focal"] = "cross_entropy"
     label_smoothing: float = 0.0
     # Test-time augmentation: score each image and its mirror image, average the logits. For data whose
     # classes are mirror-symmetric (clothes, natural photos; not digits or text).
@@ -107,13 +107,16 @@ class ImageClassification(Task):
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
         return [write_image(self.data.test[0][0], folder / "example.png")], {}
 
+    @dataclass
+    class PredictOptions:
+        invert: bool = False  # invert the images first (dark drawing on white, where the data is light on dark)
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+                options: PredictOptions) -> list[str]:
         """Classify image files (PNG/JPEG, or .npy arrays); prints the top-3 classes per file."""
         c, h, w = extra["input_shape"]
-        invert = options.get("invert", "false").lower() in ("1", "true", "yes")
-        x = torch.stack([load_image(p, c, h, w, invert) for p in inputs])
+        x = torch.stack([load_image(p, c, h, w, options.invert) for p in inputs])
         model.eval()
         with torch.no_grad():
             x = normalize(x, tuple(extra["mean"]), tuple(extra["std"]))

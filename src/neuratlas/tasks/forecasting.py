@@ -23,7 +23,7 @@ import warnings
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -123,9 +123,9 @@ class ForecastConfig:
     baselines: bool = True  # naive / seasonal naive / ARIMA / ETS on the test split, same origins
     arima_order: tuple[int, int, int] = (0, 1, 1)
     arima_seasonal_order: tuple[int, int, int] = (0, 1, 1)  # (P, D, Q) at the series' season
-    ets_trend: str = "add"  # add | mul | none
+    ets_trend: Literal["add", "mul", "none"] = "add"
     ets_damped: bool = False
-    ets_seasonal: str = "add"  # add | mul | none
+    ets_seasonal: Literal["add", "mul", "none"] = "add"
 
     def __post_init__(self) -> None:
         if self.lookback < 1 or self.horizon < 1 or self.batch_size < 1 or self.eval_stride < 1:
@@ -278,14 +278,20 @@ class Forecasting(Task):
         return ["end"], {}
 
 
+    predicts_without_inputs = True  # no origin: forecast the future, from the end of the series
+
+    @dataclass
+    class PredictOptions:
+        horizon: int | None = None  # steps to forecast (default: the model's; longer ones feed the median back)
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
-        """Forecast from each input origin ("end" = after the last value, or a period such as 1958-01);
-        option ``horizon`` (default: the model's). Writes one PNG per origin to ``out_dir``."""
-        horizon = int(options.get("horizon", extra["horizon"]))
+                options: PredictOptions) -> list[str]:
+        """Forecast from each input origin ("end" = after the last value, the default, or a period such as
+        1958-01, which shows the actual values too). Writes one PNG per origin to ``out_dir``."""
+        horizon = options.horizon or int(extra["horizon"])
         lines = []
-        for origin in inputs:
+        for origin in inputs or ["end"]:
             fc = forecast_checkpoint(model, extra, horizon, None if origin == "end" else origin)
             path = plot_forecast(fc, Path(out_dir) / f"forecast-{extra['dataset']}-{fc.origin_label}.png")
             lines += fc.table() + [f"plot: {path}"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, eval_f: torch.Ten
 
 @dataclass
 class SelfSupervisedConfig:
-    method: str = "rotation"  # rotation | simclr
+    method: Literal["rotation", "simclr"] = "rotation"
     temperature: float = 0.5  # simclr
     probe_train: int = 10000  # labelled training images the linear probe is fitted on
 

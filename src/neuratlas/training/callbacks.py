@@ -9,6 +9,7 @@ config (:func:`default_callbacks`); ``Trainer(run, callbacks=[...])`` adds a use
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,13 +71,13 @@ class MetricsLogger(Callback):
         config = trainer.run.to_dict()
         if "wandb" in self.names:
             self.wandb = _require("wandb", "Weights & Biases logging")
-            import os
-
             os.environ.setdefault("WANDB_MODE", "offline")  # never phones home unless the user set it up
             self.wandb.init(project="neuratlas", name=trainer.run_dir.name, dir=str(trainer.run_dir),
                             config=config, resume="allow", id=trainer.run_dir.name)
         if "mlflow" in self.names:
             self.mlflow = _require("mlflow", "MLflow logging")
+            # a plain folder in the run (no server, no database): MLflow 3 keeps this store behind a switch
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             self.mlflow.set_tracking_uri((trainer.run_dir / "mlruns").resolve().as_uri())
             self.mlflow.start_run(run_name=trainer.run_dir.name)
             self.mlflow.log_params({f"{s}.{k}": str(v)[:250] for s, d in config.items() for k, v in d.items()})
