@@ -189,6 +189,9 @@ class Trainer:
             self.model.load_state_dict(state["raw_weights"])
         else:
             load_model(self.model, str(ckpt.path))
+        # the learning rates this run's config asks for; an --optimizer.lr given on resume must win over the
+        # rates stored in the optimizer and schedule states
+        wanted = [[g.get("initial_lr", g["lr"]) for g in opt.param_groups] for opt in self.optimizers]
         # states written before the task hooks existed hold one optimizer and one scheduler
         opt_states = state.get("optimizers") or [state["optimizer"]]
         sched_states = state.get("schedulers") or [state["scheduler"]]
@@ -204,6 +207,11 @@ class Trainer:
                                  "with") from None
         for sched, st in zip(self.schedulers, sched_states):
             sched.load_state_dict(st)
+        for opt, sched, lrs in zip(self.optimizers, self.schedulers, wanted):
+            for i, (g, lr) in enumerate(zip(opt.param_groups, lrs)):
+                if g.get("initial_lr", lr) != lr:  # changed on resume: rescale from the schedule's position
+                    g["initial_lr"] = sched.base_lrs[i] = lr
+                    g["lr"] = lr * sched.lr_lambdas[i](sched.last_epoch)
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
