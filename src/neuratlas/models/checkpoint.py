@@ -12,11 +12,13 @@ from a file, and a file's declared sizes are checked before anything is allocate
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,35 @@ class Checkpoint:
     step: int
 
     def build_model(self) -> nn.Module:
-        """Rebuild the model from its registered name and config, then load the weights."""
+        """Rebuild the model from its registered name and config, then load the weights.
+
+        The metadata is data from the file, so it is checked against the file's own tensors before anything
+        is allocated: the model is first built on the ``meta`` device (no memory) with its construction
+        bounded (module count, parameter count), its tensors' shapes compared with the safetensors header,
+        and only a model that fits is built for real. Weights that are not finite are refused."""
         from neuratlas.models import create_model
 
-        model = create_model(self.model_name, **_renamed_options(self.model_config))
+        options = _renamed_options(self.model_config)
+        shapes = self.tensor_shapes()
+        held = sum(math.prod(s) for s in shapes.values())
+        try:
+            with _bounded_construction(self.path, max_modules=8 * len(shapes) + 512, max_numel=held):
+                with torch.device("meta"):
+                    meta = create_model(self.model_name, **options)
+        except NeuratlasError:
+            raise
+        except Exception:  # a builder that cannot run on meta: the real build below is still bounded
+            meta = None
+        if meta is not None:
+            _check_fits(self.path, self.model_name, meta, shapes, held)
+        try:
+            with _bounded_construction(self.path, max_modules=8 * len(shapes) + 512, max_numel=held):
+                model = create_model(self.model_name, **options)
+        except NeuratlasError:
+            raise
+        except Exception as e:  # the metadata is data from the file: whatever it makes a builder do is its fault
+            raise NeuratlasError(f"{self.path}: its metadata does not build {self.model_name} "
+                                 f"({type(e).__name__}: {str(e)[:200]})") from None
         try:
             missing, unexpected = load_model(model, str(self.path), strict=False)
         except (SafetensorError, RuntimeError) as e:
@@ -53,7 +80,68 @@ class Checkpoint:
         if missing or unexpected:
             raise NeuratlasError(f"{self.path}: weights do not fit {self.model_name} "
                                  f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise NeuratlasError(f"{self.path}: its weights hold NaN or infinite values ({len(bad)} tensors, "
+                                 f"e.g. {bad[0]}); the run diverged or the file is damaged")
         return model
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each tensor's shape as the safetensors header declares it (nothing is read but the header)."""
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise NeuratlasError(f"{self.path} is not a readable safetensors file: {e}") from None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@contextmanager
+def _bounded_construction(path: Path, max_modules: int, max_numel: int):
+    """Stop a model's construction as soon as it registers more modules or parameter elements than the file
+    could fill: a tiny file whose metadata declares a network of depth 10⁸ or width 10⁵ fails in
+    milliseconds, not after minutes and gigabytes."""
+    from torch.nn.modules import module as module_mod
+
+    count = {"modules": 0, "numel": 0}
+
+    def on_module(parent: nn.Module, name: str, sub: nn.Module | None) -> None:
+        count["modules"] += 1
+        if count["modules"] > max_modules:
+            raise _TooLarge(f"more than {max_modules} modules")
+
+    def on_param(parent: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        count["numel"] += param.numel() if param is not None else 0
+        if count["numel"] > 2 * max_numel + (1 << 20):  # tied weights are registered twice
+            raise _TooLarge(f"over {count['numel']:,} parameters")
+
+    handles = [module_mod.register_module_module_registration_hook(on_module),
+               module_mod.register_module_parameter_registration_hook(on_param)]
+    try:
+        yield
+    except _TooLarge as e:
+        raise NeuratlasError(f"{path}: its metadata declares a model far larger than the file's weights "
+                             f"({e}; the file holds {max_numel:,} values); refused before allocating it") from None
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _check_fits(path: Path, name: str, meta: nn.Module, shapes: dict[str, tuple[int, ...]], held: int) -> None:
+    """The meta-device model against the header: same shapes for the tensors both name, and no more values
+    than the file holds (a model needing more would be missing weights)."""
+    persistent = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    wrong = [k for k, shape in shapes.items() if k in persistent and persistent[k] != shape]
+    unknown = [k for k in shapes if k not in persistent]
+    needed = sum(p.numel() for p in meta.parameters())
+    if wrong or unknown or needed > held:
+        detail = (f"{wrong[0]} is {list(shapes[wrong[0]])} in the file, {list(persistent[wrong[0]])} in the "
+                  "model" if wrong else f"unexpected {sorted(unknown)[:5]}" if unknown else
+                  f"the model needs {needed:,} parameters, the file holds {held:,} values")
+        raise NeuratlasError(f"{path}: weights do not fit {name} ({detail}); refused before allocating it")
 
 
 def _renamed_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -241,11 +329,39 @@ def read_checkpoint(path: str | Path, prefer: str = "best") -> Checkpoint:
         raise NeuratlasError(f"{p} is a safetensors file but not a Neuratlas checkpoint (no Neuratlas "
                              "metadata); import foreign weights with the family's import function instead")
     try:
-        return Checkpoint(path=p, model_name=meta["model_name"], model_config=json.loads(meta["model_config"]),
-                          run_config=json.loads(meta["run_config"]), extra=json.loads(meta.get("extra", "{}")),
+        ckpt = Checkpoint(path=p, model_name=meta["model_name"], model_config=_json_map(meta["model_config"]),
+                          run_config=_json_map(meta["run_config"]), extra=_json_map(meta.get("extra", "{}")),
                           step=int(meta.get("step", 0)))
-    except (KeyError, json.JSONDecodeError) as e:
-        raise NeuratlasError(f"{p}: damaged Neuratlas metadata ({e})") from None
+    except (KeyError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise NeuratlasError(f"{p}: damaged Neuratlas metadata ({type(e).__name__}: {str(e)[:200]})") from None
+    if ckpt.step < 0:
+        raise NeuratlasError(f"{p}: damaged Neuratlas metadata (step {ckpt.step})")
+    return ckpt
+
+
+def _json_map(text: str) -> dict[str, Any]:
+    """A metadata entry that must be a JSON object: nesting is bounded (a 10,000-deep document is refused
+    before the parser recurses), and a list, null or number is refused."""
+    if len(text) > 1 << 20:
+        raise ValueError(f"an entry of {len(text):,} characters")
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:  # bracket depth outside strings
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    if deepest > 64:
+        raise ValueError(f"nesting {deepest} deep")
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def load_state(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
