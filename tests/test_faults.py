@@ -53,31 +53,65 @@ CHILD = textwrap.dedent("""
     sys.exit(main(sys.argv[1:]))
 """)
 
-TRAIN = ["--trainer.max_steps", "24", "--trainer.save_every", "3", "--trainer.eval_every", "8",
-         "--trainer.log_every", "1", "--trainer.precision", "fp32", "--trainer.num_threads", "1",
-         "--trainer.progress", "false", "--trainer.loggers", "csv", "--model.dropout", "0.2"]
+TRAIN = [
+    "--trainer.max_steps",
+    "24",
+    "--trainer.save_every",
+    "3",
+    "--trainer.eval_every",
+    "8",
+    "--trainer.log_every",
+    "1",
+    "--trainer.precision",
+    "fp32",
+    "--trainer.num_threads",
+    "1",
+    "--trainer.progress",
+    "false",
+    "--trainer.loggers",
+    "csv",
+    "--model.dropout",
+    "0.2",
+]
 
 
 def child(tmp_path: Path, args: list[str], pause: float = 0.0, **kw) -> subprocess.Popen:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     env = {**os.environ, "FAULT_PAUSE": str(pause), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+    return subprocess.Popen(
+        [sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw
+    )
 
 
 def start_or_resume(tmp_path: Path, run_dir: Path, pause: float) -> subprocess.Popen:
     ckpts = run_dir / "checkpoints"
     if step_folders(ckpts):
         return child(tmp_path, ["train", "--resume", str(run_dir)], pause)
-    return child(tmp_path, ["train", "mlp-digits", *TRAIN, "--trainer.out_dir", str(run_dir.parent),
-                            "--trainer.run_name", run_dir.name, "--trainer.overwrite", "true"], pause)
+    return child(
+        tmp_path,
+        [
+            "train",
+            "mlp-digits",
+            *TRAIN,
+            "--trainer.out_dir",
+            str(run_dir.parent),
+            "--trainer.run_name",
+            run_dir.name,
+            "--trainer.overwrite",
+            "true",
+        ],
+        pause,
+    )
 
 
 def metrics(run_dir: Path) -> list[tuple[str, str, str, str]]:
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [(r["step"], r["split"], r["name"], r["value"]) for r in csv.DictReader(f)
-                if r["name"] not in ("time_s", "samples_per_s")]
+        return [
+            (r["step"], r["split"], r["name"], r["value"])
+            for r in csv.DictReader(f)
+            if r["name"] not in ("time_s", "samples_per_s")
+        ]
 
 
 @pytest.mark.slow
@@ -110,8 +144,10 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path, full):
         assert p.returncode == -signal.SIGKILL, err
     # a kill aimed at an event the rest of the run no longer reaches lets it finish early
     assert p.returncode == 0 and len(kills) >= min(n_kills, 2), (kills, err)
-    a, b = load_file(str(base / "checkpoints" / "last.safetensors")), load_file(str(run / "checkpoints" /
-                                                                                 "last.safetensors"))
+    a, b = (
+        load_file(str(base / "checkpoints" / "last.safetensors")),
+        load_file(str(run / "checkpoints" / "last.safetensors")),
+    )
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), (k, kills)
@@ -122,8 +158,21 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path, full):
 
 def test_sigterm_saves_and_prints_the_resume_command(tmp_path):
     runs = tmp_path / "runs"
-    p = child(tmp_path, ["train", "mlp-digits", *TRAIN[2:], "--trainer.max_steps", "100000",
-                         "--trainer.out_dir", str(runs), "--trainer.run_name", "t"], 0.05)
+    p = child(
+        tmp_path,
+        [
+            "train",
+            "mlp-digits",
+            *TRAIN[2:],
+            "--trainer.max_steps",
+            "100000",
+            "--trainer.out_dir",
+            str(runs),
+            "--trainer.run_name",
+            "t",
+        ],
+        0.05,
+    )
     for line in p.stdout:
         if line.startswith("STEP 5"):
             p.send_signal(signal.SIGTERM)
@@ -142,8 +191,20 @@ def test_sigterm_saves_and_prints_the_resume_command(tmp_path):
 
 def test_full_disk_fails_the_save_with_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     runs = tmp_path / "runs"
-    first = child(tmp_path, ["train", "mlp-digits", *TRAIN[2:], "--trainer.max_steps", "4",
-                             "--trainer.out_dir", str(runs), "--trainer.run_name", "d"])
+    first = child(
+        tmp_path,
+        [
+            "train",
+            "mlp-digits",
+            *TRAIN[2:],
+            "--trainer.max_steps",
+            "4",
+            "--trainer.out_dir",
+            str(runs),
+            "--trainer.run_name",
+            "d",
+        ],
+    )
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     ckpts = runs / "d" / "checkpoints"
@@ -156,8 +217,7 @@ def test_full_disk_fails_the_save_with_one_line_and_keeps_the_previous_checkpoin
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    full = child(tmp_path, ["train", "--resume", str(runs / "d"), "--trainer.max_steps", "8"],
-                 preexec_fn=small_files)
+    full = child(tmp_path, ["train", "--resume", str(runs / "d"), "--trainer.max_steps", "8"], preexec_fn=small_files)
     out, err = full.communicate(timeout=120)
     assert full.returncode == 2, (out, err)
     lines = err.strip().splitlines()

@@ -43,8 +43,10 @@ def small_ckpt(tmp_path):
 
 # --- checkpoints --------------------------------------------------------------------------------------
 def test_checkpoint_is_one_unit_with_a_fallback(run_overrides):
-    run = digits(run_overrides, **{"trainer.max_steps": "12", "trainer.save_every": "4",
-                                   "trainer.eval_every": "100", "trainer.run_name": "u"})
+    run = digits(
+        run_overrides,
+        **{"trainer.max_steps": "12", "trainer.save_every": "4", "trainer.eval_every": "100", "trainer.run_name": "u"},
+    )
     t = Trainer(run)
     t.fit()
     folders = step_folders(t.ckpt_dir)
@@ -66,8 +68,12 @@ def test_checkpoint_is_one_unit_with_a_fallback(run_overrides):
 
 def test_old_layout_still_resumes(run_overrides):
     """A run written before step folders (last.safetensors + last.state.pt) resumes as it did."""
-    common = {"trainer.max_steps": "10", "trainer.save_every": "5", "trainer.eval_every": "100",
-              "trainer.precision": "fp32"}
+    common = {
+        "trainer.max_steps": "10",
+        "trainer.save_every": "5",
+        "trainer.eval_every": "100",
+        "trainer.precision": "fp32",
+    }
     a = Trainer(digits(run_overrides, **common, **{"trainer.run_name": "a"}))
     a.fit()
     d_dir = a.run_dir.parent / "d" / "checkpoints"
@@ -99,11 +105,14 @@ def test_trainer_state_bombs_are_refused(tmp_path):
     assert load_state(plain)["step"] == 1
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"in_features": 64, "hidden": [32000, 32000], "num_classes": 10}, "refused before allocating"),
-    ({"in_features": 64, "hidden": [64] * 100000, "num_classes": 10}, "refused before allocating"),
-    ({"in_features": 64, "hidden": [65], "num_classes": 10}, "do not fit"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"in_features": 64, "hidden": [32000, 32000], "num_classes": 10}, "refused before allocating"),
+        ({"in_features": 64, "hidden": [64] * 100000, "num_classes": 10}, "refused before allocating"),
+        ({"in_features": 64, "hidden": [65], "num_classes": 10}, "do not fit"),
+    ],
+)
 def test_metadata_declaring_a_larger_model_is_refused_before_allocation(small_ckpt, tmp_path, config, message):
     bomb = rewrite_metadata(small_ckpt, tmp_path / "bomb.safetensors", model_config=json.dumps(config))
     t0 = time.perf_counter()
@@ -121,11 +130,19 @@ def test_resnet_of_absurd_depth_is_refused_quickly(tmp_path):
         read_checkpoint(bomb).build_model()
 
 
-@pytest.mark.parametrize("entry, value", [
-    ("model_config", "[1, 2]"), ("model_config", "null"), ("run_config", "7"),
-    ("model_config", "[" * 10_000 + "]" * 10_000), ("extra", '{"a": ' * 5000 + "1" + "}" * 5000),
-    ("model_config", "{not json"), ("step", "-4"), ("step", "many"),
-])
+@pytest.mark.parametrize(
+    "entry, value",
+    [
+        ("model_config", "[1, 2]"),
+        ("model_config", "null"),
+        ("run_config", "7"),
+        ("model_config", "[" * 10_000 + "]" * 10_000),
+        ("extra", '{"a": ' * 5000 + "1" + "}" * 5000),
+        ("model_config", "{not json"),
+        ("step", "-4"),
+        ("step", "many"),
+    ],
+)
 def test_damaged_metadata_is_one_line(small_ckpt, tmp_path, entry, value):
     bad = rewrite_metadata(small_ckpt, tmp_path / "bad.safetensors", **{entry: value})
     with pytest.raises(NeuratlasError, match="damaged Neuratlas metadata"):
@@ -142,27 +159,47 @@ def test_non_finite_weights_are_refused(small_ckpt, tmp_path):
 
 
 # --- configs ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("key, value, message", [
-    ("trainer.max_steps", "0", "max_steps must be in"), ("trainer.max_steps", "-1", "max_steps must be in"),
-    ("trainer.epochs", "0", "epochs must be in"), ("trainer.grad_accum", "0", "grad_accum must be in"),
-    ("trainer.num_threads", "0", "num_threads must be in"), ("trainer.eval_every", "0", "eval_every"),
-    ("trainer.save_every", "-3", "save_every"), ("trainer.log_every", "0", "log_every"),
-    ("trainer.time_limit", "0", "time_limit"), ("trainer.grad_clip", "nan", "grad_clip"),
-    ("trainer.ema_decay", "1", "ema_decay"), ("trainer.seed", "-1", "seed"),
-    ("trainer.early_stop_patience", "-2", "early_stop_patience"),
-    ("optimizer.lr", "-1", "lr must be in"), ("optimizer.lr", "nan", "lr must be a finite"),
-    ("optimizer.lr", "inf", "lr must be a finite"), ("optimizer.eps", "0", "eps"),
-    ("optimizer.momentum", "1.5", "momentum"), ("optimizer.betas", "0.9,1.2", "betas"),
-    ("optimizer.weight_decay", "-0.1", "weight_decay"),
-    ("schedule.warmup_steps", "-1", "warmup_steps"), ("schedule.warmup_frac", "1", "warmup_frac"),
-    ("schedule.step_size", "0", "step_size"), ("schedule.pct_start", "0", "pct_start"),
-    ("schedule.min_lr_ratio", "2", "min_lr_ratio"), ("schedule.gamma", "0", "gamma"),
-    ("transfer.lora_rank", "-1", "lora_rank"), ("transfer.lr_decay", "0", "lr_decay"),
-    ("transfer.lora_alpha", "0", "lora_alpha"), ("transfer.unfreeze_every", "-5", "unfreeze_every"),
-    ("data.batch_size", "0", "batch size must be"), ("data.eval_batch_size", "-1", "batch size must be"),
-    ("trainer.run_name", "../escaped", "plain name"), ("trainer.run_name", "a/b", "plain name"),
-    ("trainer.run_name", "x" * 300, "at most 120"), ("trainer.run_name", "", "plain name"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("trainer.max_steps", "0", "max_steps must be in"),
+        ("trainer.max_steps", "-1", "max_steps must be in"),
+        ("trainer.epochs", "0", "epochs must be in"),
+        ("trainer.grad_accum", "0", "grad_accum must be in"),
+        ("trainer.num_threads", "0", "num_threads must be in"),
+        ("trainer.eval_every", "0", "eval_every"),
+        ("trainer.save_every", "-3", "save_every"),
+        ("trainer.log_every", "0", "log_every"),
+        ("trainer.time_limit", "0", "time_limit"),
+        ("trainer.grad_clip", "nan", "grad_clip"),
+        ("trainer.ema_decay", "1", "ema_decay"),
+        ("trainer.seed", "-1", "seed"),
+        ("trainer.early_stop_patience", "-2", "early_stop_patience"),
+        ("optimizer.lr", "-1", "lr must be in"),
+        ("optimizer.lr", "nan", "lr must be a finite"),
+        ("optimizer.lr", "inf", "lr must be a finite"),
+        ("optimizer.eps", "0", "eps"),
+        ("optimizer.momentum", "1.5", "momentum"),
+        ("optimizer.betas", "0.9,1.2", "betas"),
+        ("optimizer.weight_decay", "-0.1", "weight_decay"),
+        ("schedule.warmup_steps", "-1", "warmup_steps"),
+        ("schedule.warmup_frac", "1", "warmup_frac"),
+        ("schedule.step_size", "0", "step_size"),
+        ("schedule.pct_start", "0", "pct_start"),
+        ("schedule.min_lr_ratio", "2", "min_lr_ratio"),
+        ("schedule.gamma", "0", "gamma"),
+        ("transfer.lora_rank", "-1", "lora_rank"),
+        ("transfer.lr_decay", "0", "lr_decay"),
+        ("transfer.lora_alpha", "0", "lora_alpha"),
+        ("transfer.unfreeze_every", "-5", "unfreeze_every"),
+        ("data.batch_size", "0", "batch size must be"),
+        ("data.eval_batch_size", "-1", "batch size must be"),
+        ("trainer.run_name", "../escaped", "plain name"),
+        ("trainer.run_name", "a/b", "plain name"),
+        ("trainer.run_name", "x" * 300, "at most 120"),
+        ("trainer.run_name", "", "plain name"),
+    ],
+)
 def test_config_ranges_are_refused_by_name(run_overrides, key, value, message):
     with pytest.raises(NeuratlasError, match=message):
         run = digits(run_overrides, **{key: value})
@@ -196,8 +233,13 @@ def test_run_folders_are_never_overwritten_silently(run_overrides):
 
 
 def test_overrides_on_resume_take_effect(run_overrides):
-    over = {"trainer.max_steps": "6", "trainer.save_every": "3", "trainer.eval_every": "100",
-            "trainer.run_name": "r", "schedule.name": "constant"}
+    over = {
+        "trainer.max_steps": "6",
+        "trainer.save_every": "3",
+        "trainer.eval_every": "100",
+        "trainer.run_name": "r",
+        "schedule.name": "constant",
+    }
     t = Trainer(digits(run_overrides, **over))
     t.fit()
     r = Trainer(digits(run_overrides, **{**over, "optimizer.lr": "1e-5", "trainer.max_steps": "9"}))

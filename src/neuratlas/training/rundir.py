@@ -20,8 +20,10 @@ _ALLOWED = re.compile(r"^[\w.+@=-]+$")
 def check_run_name(name: str) -> None:
     """Raise ValueError unless ``name`` is a plain folder name."""
     if not name or name in (".", "..") or not _ALLOWED.match(name) or name.startswith("."):
-        raise ValueError(f"run_name must be a plain name (letters, digits, '_', '-', '.', '+', '@', '='; no "
-                         f"'/', no leading '.'), got {name!r}")
+        raise ValueError(
+            f"run_name must be a plain name (letters, digits, '_', '-', '.', '+', '@', '='; no "
+            f"'/', no leading '.'), got {name!r}"
+        )
     if len(name.encode()) > MAX_NAME:
         raise ValueError(f"run_name is {len(name.encode())} bytes long; at most {MAX_NAME} are allowed")
 
@@ -42,8 +44,10 @@ def prepare_run_dir(run_dir: Path, resumed: bool, overwrite: bool, main: bool = 
     it is emptied first, so no checkpoint of the old run can be taken for one of the new)."""
     if main and not resumed and run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            raise NeuratlasError(f"run folder {run_dir} already exists; continue it with --resume {run_dir}, "
-                                 "replace it with --trainer.overwrite true, or choose another "
-                                 "--trainer.run_name")
+            raise NeuratlasError(
+                f"run folder {run_dir} already exists; continue it with --resume {run_dir}, "
+                "replace it with --trainer.overwrite true, or choose another "
+                "--trainer.run_name"
+            )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
