@@ -250,3 +250,26 @@ def test_overrides_on_resume_take_effect(run_overrides):
     same = Trainer(digits(run_overrides, **over))  # without overrides nothing changes (exact resume)
     same.resume(t.run_dir)
     assert [g["lr"] for g in same.optimizer.param_groups] == [g["lr"] for g in t.optimizer.param_groups] != [1e-5]
+
+
+# --- inputs: the cache ----------------------------------------------------------------------------------
+def test_a_corrupt_cached_file_never_shadows_the_offline_copy(tmp_path, monkeypatch, capsys):
+    from neuratlas.data.images import FASHION_MNIST
+    from neuratlas.sources import cache_dir
+
+    offline = FASHION_MNIST.offline[0]()
+    if not FASHION_MNIST._complete(offline):
+        pytest.skip("the offline Fashion-MNIST copy is not installed")
+    monkeypatch.setenv("NEURATLAS_CACHE", str(tmp_path / "cache"))
+    cached = cache_dir(FASHION_MNIST.name)
+    cached.mkdir(parents=True)
+    for name in FASHION_MNIST.files:
+        shutil.copy(offline / name, cached / name)
+    assert FASHION_MNIST.locate() == (cached, f"cache {cached}")  # a good cache is used
+    bad = cached / "train-labels-idx1-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:1000])  # truncated (an interrupted copy)
+    folder, source = FASHION_MNIST.locate()
+    assert folder == offline and source.startswith("offline")
+    err = capsys.readouterr().err
+    assert str(bad) in err and "does not match its checksum" in err
+    assert not bad.exists()  # removed, so the next run does not trip over it again
