@@ -273,3 +273,17 @@ def test_a_corrupt_cached_file_never_shadows_the_offline_copy(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert str(bad) in err and "does not match its checksum" in err
     assert not bad.exists()  # removed, so the next run does not trip over it again
+
+
+def test_a_model_too_large_to_allocate_is_refused_before_allocation(run_overrides):
+    from neuratlas.models.budget import check_model_fits
+
+    t0 = time.perf_counter()
+    with pytest.raises(NeuratlasError, match="too large for this machine"):
+        Trainer(digits(run_overrides, **{"model.hidden": "[1000000000]"}))  # 64 G parameters
+    with pytest.raises(NeuratlasError, match="more than 100 modules"):
+        check_model_fits("mlp", {"in_features": 4, "hidden": [2] * 500, "num_classes": 2}, max_modules=100)
+    assert time.perf_counter() - t0 < 30
+    check_model_fits("mlp-tiny", {"in_features": 64}, memory=1 << 20)  # 4,810 parameters fit in 1 MiB
+    with pytest.raises(NeuratlasError, match="too large"):
+        check_model_fits("mlp-tiny", {"in_features": 64}, memory=1 << 14)

@@ -30,6 +30,7 @@ from torch import nn
 
 from neuratlas import __version__
 from neuratlas.errors import NeuratlasError
+from neuratlas.models.budget import TooLarge, bounded_construction
 
 FORMAT = "neuratlas"
 
@@ -95,39 +96,19 @@ class Checkpoint:
             raise NeuratlasError(f"{self.path} is not a readable safetensors file: {e}") from None
 
 
-class _TooLarge(Exception):
-    pass
-
-
 @contextmanager
 def _bounded_construction(path: Path, max_modules: int, max_numel: int):
     """Stop a model's construction as soon as it registers more modules or parameter elements than the file
     could fill: a tiny file whose metadata declares a network of depth 10⁸ or width 10⁵ fails in
-    milliseconds, not after minutes and gigabytes."""
-    from torch.nn.modules import module as module_mod
-
-    count = {"modules": 0, "numel": 0}
-
-    def on_module(parent: nn.Module, name: str, sub: nn.Module | None) -> None:
-        count["modules"] += 1
-        if count["modules"] > max_modules:
-            raise _TooLarge(f"more than {max_modules} modules")
-
-    def on_param(parent: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        count["numel"] += param.numel() if param is not None else 0
-        if count["numel"] > 2 * max_numel + (1 << 20):  # tied weights are registered twice
-            raise _TooLarge(f"over {count['numel']:,} parameters")
-
-    handles = [module_mod.register_module_module_registration_hook(on_module),
-               module_mod.register_module_parameter_registration_hook(on_param)]
+    milliseconds, not after minutes and gigabytes. Tied weights are registered twice, hence the slack."""
     try:
-        yield
-    except _TooLarge as e:
-        raise NeuratlasError(f"{path}: its metadata declares a model far larger than the file's weights "
-                             f"({e}; the file holds {max_numel:,} values); refused before allocating it") from None
-    finally:
-        for h in handles:
-            h.remove()
+        with bounded_construction(max_modules, 2 * max_numel + (1 << 20)):
+            yield
+    except TooLarge as e:
+        raise NeuratlasError(
+            f"{path}: its metadata declares a model far larger than the file's weights "
+            f"({e}; the file holds {max_numel:,} values); refused before allocating it"
+        ) from None
 
 
 def _check_fits(path: Path, name: str, meta: nn.Module, shapes: dict[str, tuple[int, ...]], held: int) -> None:

@@ -27,6 +27,7 @@ from neuratlas.device import autocast, keep_freed_memory, resolve_device, resolv
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.lora import lora_layers, merged_copy
 from neuratlas.models import count_parameters, create_model
+from neuratlas.models.budget import check_model_fits
 from neuratlas.models.checkpoint import STEP_DIR, resumable, save_checkpoint, save_weights
 from neuratlas.models.registry import MODELS
 from neuratlas.optim import build_scheduler, lr_factor
@@ -78,6 +79,7 @@ def model_for_task(run: RunConfig, task: Task) -> nn.Module:
     name = spec.pop("name")
     fields = MODELS.get(name).config_class.__dataclass_fields__
     implied = {k: v for k, v in task.model_defaults().items() if k in fields and k not in spec}
+    check_model_fits(name, {**implied, **spec})  # on the meta device: a size bomb is one line, not an OOM
     model = create_model(name, **implied, **spec)
     load_pretrained_weights(model)
     return model
