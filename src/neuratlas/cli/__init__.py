@@ -53,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command is not None:  # the one dialect: cli/options.py reads everything after the name
             return run_command(command, argv[argv.index(name) + 1:])
+        rest = argv[argv.index(name) + 1:] if sub is not None else []
+        while rest and not rest[0].startswith("-") and rest[0] in subcommands(sub):  # `data inspect`: its own
+            sub, rest = subcommands(sub)[rest[0]], rest[1:]
         if sub is not None and not sub.get_default("accepts_overrides"):  # before argparse's own checks
             valid = sorted(o for a in sub._actions for o in a.option_strings if o.startswith("--"))
-            for a in argv[argv.index(name) + 1:]:
+            for a in rest:
                 if a.startswith("--") and a.split("=", 1)[0] not in valid:
                     raise NeuratlasError(f"neuratlas {name}: unknown option {a!r}. Valid options: "
                                          f"{', '.join(valid) or 'none'}")
@@ -72,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `neuratlas ... | head`: the reader has gone; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # `neuratlas list | head`: the reader is gone, nothing left to say
+        sys.stderr = open(os.devnull, "w")  # else Python reports the closed pipe again at exit
         return 0
     except Exception as e:  # an unexpected failure: one line unless debugging is asked for
         if os.environ.get("NEURATLAS_DEBUG"):

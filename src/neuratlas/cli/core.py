@@ -92,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run a checkpoint on inputs (image files, text, forecast origins, a GAN's image count, ...)",
         plugin=lambda o: _checkpoint_task(o.checkpoint).PredictOptions,
         plugin_catalogue=_predict_catalogue,
+        sections={"data": None},  # other data for tasks that read it (a forecaster: a series it never saw)
     )
 
 
@@ -214,6 +215,9 @@ def cmd_train(opts: TrainOptions, parsed: Parsed) -> int:
     print(f"done in {result.train_seconds:.1f}s ({result.samples_per_second:,.0f} samples/s), {result.steps} steps")
     print(f"  val  {metric}: {result.val.get(metric, float('nan')):.4f}")
     print(f"  test {metric}: {result.test.get(metric, float('nan')):.4f}")
+    peers = {k.removesuffix(f"_{metric}"): v for k, v in result.test.items() if k.endswith(f"_{metric}")}
+    if peers:  # baselines scored on the same test data (forecasting: naive, seasonal naive, ETS, ARIMA)
+        print(f"  baselines' test {metric}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in peers.items()))
     if result.stopped_early:
         print(f"  stopped early: {result.stopped_early}")
     for note in result.notes:
@@ -280,7 +284,10 @@ def cmd_predict(opts: PredictArgs, parsed: Parsed) -> int:
         raise NeuratlasError(
             f"neuratlas {parsed.command.name}: give INPUTS for the {task_cls.__name__} checkpoint to read (see --help)"
         )
+    extra = ckpt.extra
+    if parsed.sections.get("data"):
+        extra = task_cls.predict_on_data(extra, ckpt.run_config["data"], parsed.sections["data"])
     Path(opts.out).mkdir(parents=True, exist_ok=True)
-    for line in task_cls.predict(ckpt.build_model(), ckpt.extra, opts.inputs, opts.out, parsed.plugin):
+    for line in task_cls.predict(ckpt.build_model(), extra, opts.inputs, opts.out, parsed.plugin):
         print(line)
     return 0

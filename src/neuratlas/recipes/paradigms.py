@@ -32,7 +32,7 @@ def _transfer_recipe(name: str, model: dict, transfer: dict, description: str, s
 
 # EfficientNet-Lite0 at 28×28 grey: the RGB stem kernels are summed for one channel and the stem runs at
 # stride 1 (``small_input``), so the ImageNet features see a 28-px image at the scale of a 56-px one.
-LITE0 = {"name": "efficientnet-lite0", "in_chans": 1, "small_input": True, "padding": "same", "bn_eps": 1e-3,
+LITE0 = {"name": "efficientnet-lite0", "small_input": True, "padding": "same", "bn_eps": 1e-3,
          "drop_path": 0.05}
 _transfer_recipe("lite0-fashion-finetune", LITE0, {"checkpoint": "imagenet-lite0", "lr_decay": 0.7},
                  "EfficientNet-Lite0 from real ImageNet weights, fine-tuned 150 steps on Fashion-MNIST "

@@ -131,6 +131,12 @@ class Task:
 
     # --- what the CLI calls on a loaded checkpoint ---------------------------------------------------
     @classmethod
+    def predict_on_data(cls, extra: dict[str, Any], trained_on: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's facts for predicting on other data named by ``--data.*`` options (a forecaster: a
+        series it never saw); tasks that cannot refuse it."""
+        raise NeuratlasError(f"{cls.__name__} checkpoints predict on their inputs; --data.* options do not apply")
+
+    @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
                 options: PredictOptions) -> list[str]:
         """Run the model on user inputs (files or text) and return lines to print."""
@@ -180,6 +186,9 @@ def write_image(image: torch.Tensor, path: Path) -> str:
 
 
 def describe_splits(name: str, data: Any) -> str:
-    """``name (train/val/test)`` sample counts of a data set with ``train``/``val``/``test`` tensor tuples."""
+    """``name (train/val/test)`` sample counts of a data set with ``train``/``val``/``test`` tensor tuples, or
+    the data set's own one-line ``summary`` (a user's files: where, classes, splits, sizes, skipped files)."""
+    if getattr(data, "summary", ""):
+        return data.summary
     n = [len(split[0]) for split in (data.train, data.val, data.test)]
     return f"{name} ({n[0]:,}/{n[1]:,}/{n[2]:,})"

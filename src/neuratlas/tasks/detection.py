@@ -326,6 +326,8 @@ class Detection(Task):
 
     def describe_data(self) -> str:
         d = self.data
+        if getattr(d, "summary", ""):  # a user's COCO files: its own one-line summary
+            return d.summary
         return (f"{self.data_spec['name']} ({len(d.tiles)} tiles, {int((d.labels >= 0).sum())} boxes / "
                 f"val strip {len(d.val[0].boxes)} / {d.test[0].name} {len(d.test[0].boxes)})")
 

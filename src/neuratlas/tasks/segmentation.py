@@ -308,12 +308,15 @@ def _load_input(path: str, extra: dict[str, Any],
                              f"volume (.nii/.nii.gz) and --slice Z")
     else:
         image = read_array(path)
-        if image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 1:
+        if image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 3:  # an RGB-trained model
+            image = np.ascontiguousarray(image[..., :3].transpose(2, 0, 1))
+        elif image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 1:
             raise NeuratlasError(f"{path}: expected a single-channel image, got {image.shape[-1]} channels "
                                  f"(shape {image.shape})")
-        if image.ndim != 2:
+        elif image.ndim != 2:
             raise NeuratlasError(f"{path}: expected a 2-D single-channel image, got shape {image.shape}")
-        image = image[None]
+        else:
+            image = image[None]
     image = (normalize_percentile(image) if extra["norm"] == "percentile"
              else image.astype(np.float32) / 255.0)
     truth = None
