@@ -87,6 +87,15 @@ class Checkpoint:
                                  f"e.g. {bad[0]}); the run diverged or the file is damaged")
         return model
 
+    @property
+    def task_name(self) -> str:
+        """The task the weights were trained for (from the metadata, checked: the file is data)."""
+        task = self.run_config.get("task")
+        name = self.extra.get("task", task.get("name") if isinstance(task, dict) else None)
+        if not isinstance(name, str) or not name:
+            raise NeuratlasError(f"{self.path}: damaged Neuratlas metadata (it names no task)")
+        return name
+
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Each tensor's shape as the safetensors header declares it (nothing is read but the header)."""
         try:
