@@ -72,8 +72,8 @@ def available_memory() -> int:
 def check_model_fits(
     name: str, options: dict[str, Any], memory: int | None = None, max_modules: int = MAX_MODULES
 ) -> None:
-    """Refuse, before allocating anything, a model whose options make it too large to train in ``memory``
-    (default: what is available now) for its weights alone. A builder that cannot run on the meta device is let through."""
+    """Refuse, before allocating anything, a model whose fp32 weights alone would not fit ``memory`` (default:
+    what is available now). A builder that cannot run on the meta device is let through."""
     from neuratlas.models.registry import create_model
 
     memory = available_memory() if memory is None else memory
