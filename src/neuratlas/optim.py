@@ -38,7 +38,7 @@ class OptimizerConfig:
     include_frozen: bool = False
 
     def __post_init__(self) -> None:
-        check_range("lr", self.lr, 0, lo_open=True)
+        check_range("lr", self.lr, 0)  # 0 is allowed: a run that must not move (a baseline, a check)
         check_range("weight_decay", self.weight_decay, 0)
         check_range("momentum", self.momentum, 0, 1, hi_open=True)
         if len(self.betas) != 2:
