@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from neuratlas.cli import main
 from neuratlas.models.checkpoint import load_state, read_checkpoint, step_folders
 
 # The child trains through neuratlas.cli.main. It announces each step, and inside each checkpoint write it
@@ -156,6 +157,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path, full):
     assert not list((run / "checkpoints").glob(".step-*"))
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_sigterm_saves_and_prints_the_resume_command(tmp_path):
     runs = tmp_path / "runs"
     p = child(
@@ -183,30 +185,15 @@ def test_sigterm_saves_and_prints_the_resume_command(tmp_path):
     assert "Traceback" not in err
     step = read_checkpoint(runs / "t", prefer="last").step
     assert step >= 5 and step_folders(runs / "t" / "checkpoints")[0].name == f"step-{step:09d}"
-    r = child(tmp_path, ["train", "--resume", str(runs / "t"), "--trainer.max_steps", str(step + 2)])
-    out, err = r.communicate(timeout=120)
-    assert r.returncode == 0, err
+    assert main(["train", "--resume", str(runs / "t"), "--trainer.max_steps", str(step + 2)]) == 0
     assert read_checkpoint(runs / "t", prefer="last").step == step + 2
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_full_disk_fails_the_save_with_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     runs = tmp_path / "runs"
-    first = child(
-        tmp_path,
-        [
-            "train",
-            "mlp-digits",
-            *TRAIN[2:],
-            "--trainer.max_steps",
-            "4",
-            "--trainer.out_dir",
-            str(runs),
-            "--trainer.run_name",
-            "d",
-        ],
-    )
-    _, err = first.communicate(timeout=120)
-    assert first.returncode == 0, err
+    argv = ["train", "mlp-digits", *TRAIN[2:], "--trainer.max_steps", "4", "--trainer.out_dir", str(runs)]
+    assert main([*argv, "--trainer.run_name", "d"]) == 0  # in this process: only the faulty run needs its own
     ckpts = runs / "d" / "checkpoints"
     before = {f.name: (f / "model.safetensors").read_bytes() for f in step_folders(ckpts)}
     state_size = (step_folders(ckpts)[0] / "state.pt").stat().st_size
@@ -227,7 +214,6 @@ def test_full_disk_fails_the_save_with_one_line_and_keeps_the_previous_checkpoin
     assert not list(ckpts.glob(".step-*"))  # the half-written folder is gone
     newest = step_folders(ckpts)[0]
     assert load_state(newest / "state.pt")["step"] == read_checkpoint(newest / "model.safetensors").step == 4
-    again = child(tmp_path, ["train", "--resume", str(runs / "d"), "--trainer.max_steps", "8"])
-    _, err = again.communicate(timeout=120)
-    assert again.returncode == 0, err  # with room again, the run continues from the kept checkpoint
+    # with room again, the run continues from the kept checkpoint
+    assert main(["train", "--resume", str(runs / "d"), "--trainer.max_steps", "8"]) == 0
     assert read_checkpoint(runs / "d", prefer="last").step == 8
