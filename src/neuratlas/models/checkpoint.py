@@ -215,6 +215,9 @@ def save_checkpoint(ckpt_dir: Path, model: nn.Module, run_config: dict[str, Any]
     final = ckpt_dir / f"step-{step:09d}"
     if final not in step_folders(ckpt_dir):  # the same step saved again (an interrupt right after a save)
         tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".{final.name}.", suffix=".tmp"))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # a folder like any other (mkdtemp makes it private)
         try:
             save_weights(tmp / WEIGHTS, model, run_config, extra, step)
             save_state(tmp / STATE, {**state, "step": step})
