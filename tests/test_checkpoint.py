@@ -86,14 +86,18 @@ def test_weights_that_do_not_fit(trained, tmp_path):
 
 
 def test_corrupt_state_file(trained, tmp_path):
-    state = trained.ckpt_dir / "last.state.pt"
-    backup = state.read_bytes()
+    from neuratlas.models.checkpoint import step_folders
+
+    states = [d / "state.pt" for d in step_folders(trained.ckpt_dir)]
+    backups = [s.read_bytes() for s in states]
     try:
-        state.write_bytes(backup[:100])
+        for state, backup in zip(states, backups):
+            state.write_bytes(backup[:100])
         with pytest.raises(NeuratlasError, match="trainer state .* unreadable"):
             Trainer(trained.run).resume(trained.run_dir)
     finally:
-        state.write_bytes(backup)
+        for state, backup in zip(states, backups):
+            state.write_bytes(backup)
 
 
 def run_cli(*args, cwd=None):

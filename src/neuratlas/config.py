@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -132,6 +133,23 @@ def unknown_key_error(key: str, valid: list[str], where: str) -> NeuratlasError:
     return NeuratlasError(f"{where}: unknown option {key!r}.{hint} Valid options: {', '.join(sorted(valid))}")
 
 
+def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False, optional: bool = False) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is a finite number in the range (``None`` passes
+    when ``optional``). Config dataclasses call it from ``__post_init__`` for each numeric option, so a bad
+    value is refused at the config boundary, before any work starts."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or (
+            hi is not None and (value >= hi if hi_open else value > hi)):
+        left = "-inf" if lo is None else str(lo)
+        right = "inf" if hi is None else str(hi)
+        allowed = f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
+        raise ValueError(f"{name} must be in {allowed}, got {value!r}")
+
+
 def build_config(cls: type, values: dict[str, Any], where: str = "") -> Any:
     """Instantiate dataclass ``cls`` from ``values``, coercing types and rejecting unknown keys."""
     hints = field_types(cls)
@@ -141,6 +159,8 @@ def build_config(cls: type, values: dict[str, Any], where: str = "") -> Any:
         if key not in names:
             raise unknown_key_error(key, names, where or cls.__name__)
         kwargs[key] = coerce(value, hints[key], f"{where or cls.__name__}.{key}")
+        if key.endswith("batch_size") and isinstance(kwargs[key], int) and kwargs[key] < 1:
+            raise NeuratlasError(f"{where or cls.__name__}.{key}: a batch size must be ≥ 1, got {kwargs[key]}")
     try:
         return cls(**kwargs)
     except TypeError as e:

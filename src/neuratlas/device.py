@@ -11,6 +11,8 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from neuratlas.errors import NeuratlasError
+
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
@@ -26,7 +28,15 @@ def cpu_has_native_bf16() -> bool:
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise NeuratlasError(f"--trainer.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NeuratlasError(f"--trainer.device {name}: this PyTorch build sees no CUDA GPU; use cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise NeuratlasError(f"--trainer.device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

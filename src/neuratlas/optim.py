@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules, chosen by name from a recipe, with their config sections.
 
-A base module (it imports no other part of Neuratlas but errors), so tasks can build their own optimizers
-with :func:`build_optimizer` and the trainer, transfer learning and federated clients share it.
+A base module (it imports no other part of Neuratlas but errors and config), so tasks can build their own
+optimizers with :func:`build_optimizer` and the trainer, transfer learning and federated clients share it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from neuratlas.config import check_range
 from neuratlas.errors import NeuratlasError
 
 
@@ -36,6 +37,17 @@ class OptimizerConfig:
     # (gradual unfreezing sets it)
     include_frozen: bool = False
 
+    def __post_init__(self) -> None:
+        check_range("lr", self.lr, 0)  # 0 is allowed: a run that must not move (a baseline, a check)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_range("momentum", self.momentum, 0, 1, hi_open=True)
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers, got {self.betas!r}")
+        for b in self.betas:
+            check_range("betas", b, 0, 1, hi_open=True)
+        check_range("muon_momentum", self.muon_momentum, 0, 1, hi_open=True)
+        check_range("eps", self.eps, 0, lo_open=True)
+
 
 @dataclass
 class ScheduleConfig:
@@ -48,6 +60,16 @@ class ScheduleConfig:
     pct_start: float = 0.25  # onecycle: fraction of steps spent rising
     div_factor: float = 25.0  # onecycle: start at lr / div_factor
     final_div_factor: float = 1e4  # onecycle: end at lr / (div_factor * final_div_factor)
+
+    def __post_init__(self) -> None:
+        check_range("warmup_steps", self.warmup_steps, 0)
+        check_range("warmup_frac", self.warmup_frac, 0, 1, hi_open=True)
+        check_range("min_lr_ratio", self.min_lr_ratio, 0, 1)
+        check_range("step_size", self.step_size, 1)
+        check_range("gamma", self.gamma, 0, lo_open=True)
+        check_range("pct_start", self.pct_start, 0, 1, lo_open=True, hi_open=True)
+        check_range("div_factor", self.div_factor, 0, lo_open=True)
+        check_range("final_div_factor", self.final_div_factor, 0, lo_open=True)
 
 
 def param_groups(params: list[nn.Parameter], weight_decay: float, decay_all: bool) -> list[dict]:

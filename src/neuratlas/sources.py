@@ -17,6 +17,7 @@ import importlib.util
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import time
@@ -53,6 +54,17 @@ def package_dir(package: str, *parts: str) -> Path | None:
     return Path(spec.submodule_search_locations[0]).joinpath(*parts)
 
 
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, so a run hashes a file once
+
+
+def _verified(path: Path, digest: str) -> bool:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256(path)
+    return _VERIFIED[key] == digest
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -83,6 +95,20 @@ class DataSource:
     def _complete(self, folder: Path | None) -> bool:
         return folder is not None and all((folder / f).is_file() for f in self.files)
 
+    def _damaged(self, folder: Path) -> list[Path]:
+        """The files in ``folder`` whose sha256 is known and differs (a truncated or corrupted copy)."""
+        return [folder / f for f, digest in self.files.items() if digest and not _verified(folder / f, digest)]
+
+    def _usable(self, folder: Path | None, where: str) -> bool:
+        """Complete and matching every known checksum; a damaged copy is reported by name and skipped."""
+        if not self._complete(folder):
+            return False
+        damaged = self._damaged(folder)
+        for path in damaged:
+            print(f"warning: {path} ({where}) does not match its checksum (truncated or corrupt); not using it",
+                  file=sys.stderr)
+        return not damaged
+
     def unpack_bundled(self, dest: Path) -> Path:
         """Unpack the bundled gzip copy into ``dest`` (each file atomically, its checksum verified)."""
         src = BUNDLED / self.name
@@ -109,11 +135,13 @@ class DataSource:
     def locate(self, download: bool | None = None) -> tuple[Path, str]:
         """Return (folder holding all files, a description of the source used)."""
         cached = cache_dir(self.name)
-        if self._complete(cached):
+        if self._usable(cached, "cache"):
             return cached, f"cache {cached}"
+        for path in self._damaged(cached) if self._complete(cached) else []:
+            path.unlink(missing_ok=True)  # never shadows a good copy again: fetched anew below
         for candidate in self.offline:
             folder = candidate()
-            if self._complete(folder):
+            if self._usable(folder, "offline copy"):
                 return folder, f"offline {folder}"
         if self.bundled:
             try:

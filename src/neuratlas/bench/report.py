@@ -151,6 +151,7 @@ def train_variant(recipe: str, overrides: dict[str, str], out_dir: Path, name: s
 
     run = get_recipe(recipe).run_config({"trainer.out_dir": str(out_dir), "trainer.run_name": name,
                                          "trainer.progress": "false", "trainer.loggers": "csv",
+                                         "trainer.overwrite": "true",  # a benchmark's own folder, re-run
                                          **overrides})
     trainer = Trainer(run)
     return trainer, trainer.fit()

@@ -260,7 +260,7 @@ def _checkpoint_task(path: str) -> type:
     from neuratlas.tasks import TASKS
 
     ckpt = read_checkpoint(path)
-    return TASKS.get(ckpt.extra.get("task", ckpt.run_config["task"]["name"])).builder
+    return TASKS.get(ckpt.task_name).builder
 
 
 def _predict_catalogue() -> dict[str, type]:
@@ -283,8 +283,13 @@ def cmd_predict(opts: PredictArgs, parsed: Parsed) -> int:
         )
     extra = ckpt.extra
     if parsed.sections.get("data"):
-        extra = task_cls.predict_on_data(extra, ckpt.run_config["data"], parsed.sections["data"])
+        extra = task_cls.predict_on_data(extra, ckpt.run_config.get("data", {}), parsed.sections["data"])
+    model = ckpt.build_model()
     Path(opts.out).mkdir(parents=True, exist_ok=True)
-    for line in task_cls.predict(ckpt.build_model(), extra, opts.inputs, opts.out, parsed.plugin):
-        print(line)
+    try:
+        for line in task_cls.predict(model, extra, opts.inputs, opts.out, parsed.plugin):
+            print(line)
+    except KeyError as e:  # the task reads what its training wrote into the metadata: the file is data
+        raise NeuratlasError(f"{ckpt.path}: damaged Neuratlas metadata (it lacks {e} that the "
+                             f"{ckpt.task_name} task needs to predict)") from None
     return 0

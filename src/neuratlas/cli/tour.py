@@ -41,7 +41,8 @@ def cmd_tour(args: TourOptions, parsed: Parsed) -> int:
     rows = []
     for i, recipe in enumerate(recipes, 1):
         print(f"[{i}/{len(recipes)}] {recipe.family}: {recipe.name} — {recipe.description}", flush=True)
-        rows.append(run_recipe(recipe, {**overrides, "trainer.run_name": recipe.name}))
+        # the tour's own folders, one per recipe: a second tour replaces the first's
+        rows.append(run_recipe(recipe, {"trainer.overwrite": "true", **overrides, "trainer.run_name": recipe.name}))
         print(f"    {rows[-1].metric} {rows[-1].value:.4f} in {rows[-1].seconds:.0f} s", flush=True)
     print()
     print(format_table(rows))

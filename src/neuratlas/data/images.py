@@ -6,6 +6,7 @@ Images are kept as uint8 tensors (N, C, H, W) — 47 MB for Fashion-MNIST — an
 from __future__ import annotations
 
 import gzip
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +39,12 @@ FASHION_MNIST = DataSource(
 def read_idx(path: Path) -> np.ndarray:
     """Read a (gzipped) IDX file: magic (0, 0, dtype, ndim), ndim big-endian sizes, then the data."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt .gz (BadGzipFile is an OSError)
+        raise NeuratlasError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); delete it and fetch "
+                             "it again") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise NeuratlasError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]

@@ -204,6 +204,7 @@ def train_judge(trainer: Trainer, dataset: str, judge_spec: dict[str, Any], epoc
                 "epochs": epochs,
                 "out_dir": str(folder.parent),
                 "run_name": folder.name,
+                "overwrite": True,  # what an interrupted judge training left is replaced
                 "progress": tc.progress,
                 "loggers": "csv",
                 "device": tc.device,

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from neuratlas.config import build_config, coerce, field_types, to_dict, unknown_key_error
+from neuratlas.config import build_config, check_range, coerce, field_types, to_dict, unknown_key_error
 from neuratlas.errors import NeuratlasError
 from neuratlas.optim import OptimizerConfig, ScheduleConfig
+from neuratlas.training.rundir import check_run_name
 
 
 @dataclass
@@ -47,6 +48,26 @@ class TrainerConfig:
     num_threads: int | None = None
     ema_decay: float = 0.0  # > 0: evaluate and save a moving average of the weights (training/ema.py)
     keep_freed_memory: bool = True  # CPU: glibc keeps freed tensors for reuse (precision.keep_freed_memory)
+    overwrite: bool = False  # replace an existing run folder of the same name (otherwise refused)
+
+    def __post_init__(self) -> None:
+        check_range("epochs", self.epochs, 0, lo_open=True)
+        check_range("max_steps", self.max_steps, 1, optional=True)
+        check_range("grad_accum", self.grad_accum, 1, 1 << 20)
+        check_range("grad_clip", self.grad_clip, 0, lo_open=True, optional=True)
+        check_range("seed", self.seed, 0, 2**63 - 1)
+        for name in ("eval_every", "save_every"):
+            check_range(name, getattr(self, name), 1, optional=True)
+        check_range("log_every", self.log_every, 1)
+        check_range("time_limit", self.time_limit, 0, lo_open=True, optional=True)
+        check_range("early_stop_patience", self.early_stop_patience, 0)
+        check_range("early_stop_min_delta", self.early_stop_min_delta, 0)
+        check_range("num_threads", self.num_threads, 1, 4096, optional=True)
+        check_range("ema_decay", self.ema_decay, 0, 1, hi_open=True)
+        if self.run_name is not None:
+            check_run_name(self.run_name)
+        if not self.out_dir.strip():
+            raise ValueError("out_dir must name a folder")
 
 
 @dataclass
@@ -65,10 +86,10 @@ class TransferConfig:
     train_head: bool = True  # keep the classifier trainable whatever was frozen
 
     def __post_init__(self) -> None:
-        if not 0 < self.lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
-        if self.unfreeze_every < 0 or self.lora_rank < 0:
-            raise ValueError("unfreeze_every and lora_rank must be ≥ 0")
+        check_range("lr_decay", self.lr_decay, 0, 1, lo_open=True)
+        check_range("unfreeze_every", self.unfreeze_every, 0)
+        check_range("lora_rank", self.lora_rank, 0, 1 << 16)
+        check_range("lora_alpha", self.lora_alpha, 0, lo_open=True)
 
     @property
     def active(self) -> bool:

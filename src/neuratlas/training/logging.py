@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import time
 from pathlib import Path
 
@@ -16,11 +17,19 @@ class RunLogger:
         self.path = run_dir / "metrics.csv"
         run_dir.mkdir(parents=True, exist_ok=True)
         rows = read_metrics(self.path) if (resume_step is not None and self.path.exists()) else []
-        rows = [r for r in rows if int(r["step"]) <= (resume_step or 0)]  # drop what the crash left past k
-        self._f = open(self.path, "w", newline="")
+        rows = [r for r in rows if _step(r) <= (resume_step or 0)]  # drop what the crash left past k
+        # the kept rows are rewritten through a temp file and a rename, so a kill during the rewrite
+        # leaves the old log, never an empty one; then the log is appended to
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._f = open(self.path, "a", newline="")
         self._w = csv.DictWriter(self._f, FIELDS)
-        self._w.writeheader()
-        self._w.writerows(rows)
         self._t0 = time.time()
         self.tb = None
         if tensorboard:
@@ -46,8 +55,16 @@ class RunLogger:
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
+    """The rows of a metrics log; a row cut short by a kill (no step, or no value) is left out."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if _step(r) >= 0 and r.get("value") not in (None, "")]
+
+
+def _step(row: dict[str, str]) -> int:
+    try:
+        return int(row.get("step") or "")
+    except ValueError:
+        return -1
 
 
 def plot_curves(csv_path: Path, out_png: Path, title: str = "") -> Path:

@@ -27,7 +27,8 @@ from neuratlas.device import autocast, keep_freed_memory, resolve_device, resolv
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.lora import lora_layers, merged_copy
 from neuratlas.models import count_parameters, create_model
-from neuratlas.models.checkpoint import load_state, read_checkpoint, save_state, save_weights
+from neuratlas.models.budget import check_model_fits
+from neuratlas.models.checkpoint import STEP_DIR, resumable, save_checkpoint, save_weights
 from neuratlas.models.registry import MODELS
 from neuratlas.optim import build_scheduler, lr_factor
 from neuratlas.tasks import Task, build_task
@@ -36,6 +37,8 @@ from neuratlas.training.config import RunConfig
 from neuratlas.training.distributed import context as dist_context
 from neuratlas.training.ema import WeightAverage
 from neuratlas.training.logging import plot_curves
+from neuratlas.training.rundir import default_run_name, prepare_run_dir
+from neuratlas.training.signals import Terminated, terminate_as_interrupt
 from neuratlas.training.transfer import TransferSetup, setup_transfer
 from neuratlas.weights import load_pretrained_weights
 
@@ -76,6 +79,7 @@ def model_for_task(run: RunConfig, task: Task) -> nn.Module:
     name = spec.pop("name")
     fields = MODELS.get(name).config_class.__dataclass_fields__
     implied = {k: v for k, v in task.model_defaults().items() if k in fields and k not in spec}
+    check_model_fits(name, {**implied, **spec})  # on the meta device: a size bomb is one line, not an OOM
     model = create_model(name, **implied, **spec)
     load_pretrained_weights(model)
     return model
@@ -122,7 +126,7 @@ class Trainer:
         self.step = 0
         self._t0 = time.perf_counter()
         self.best: float | None = None
-        name = tc.run_name or f"{run.model['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = tc.run_name or default_run_name(run.model["name"])
         self.run_dir = Path(tc.out_dir) / name
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.stop_reason = ""  # set by a callback (early stopping) or the clock: the loop ends after this step
@@ -155,8 +159,9 @@ class Trainer:
             return self.ckpt_dir / f"{tag}.safetensors"
         extra = {"task": self.run.task["name"], **self.task.checkpoint_extra()}
         model = merged_copy(self.eval_model) if lora_layers(self.eval_model) else self.eval_model
-        path = save_weights(self.ckpt_dir / f"{tag}.safetensors", model, self.run.to_dict(), extra, self.step)
-        if tag == "last":
+        if tag != "last":
+            path = save_weights(self.ckpt_dir / f"{tag}.safetensors", model, self.run.to_dict(), extra, self.step)
+        else:  # weights + trainer state as one unit (models/checkpoint.py)
             state = {"step": self.step, "optimizers": [o.state_dict() for o in self.optimizers],
                      "schedulers": [s.state_dict() for s in self.schedulers], "rng_cpu": torch.get_rng_state(),
                      "best": self.best if self.best is not None else float("nan")}
@@ -167,16 +172,12 @@ class Trainer:
                 state["ema_updates"] = self.ema.updates
             if torch.cuda.is_available():
                 state["rng_cuda"] = torch.cuda.get_rng_state_all()
-            save_state(self.ckpt_dir / "last.state.pt", state)
+            path = save_checkpoint(self.ckpt_dir, model, self.run.to_dict(), extra, self.step, state)
         self._call("on_save", tag, path)
         return path
 
     def resume(self, path: str | Path) -> None:
-        ckpt = read_checkpoint(path, prefer="last")
-        state = load_state(ckpt.path.with_name(ckpt.path.name.replace(".safetensors", ".state.pt")))
-        if state["step"] != ckpt.step:
-            raise NeuratlasError(f"{ckpt.path}: weights (step {ckpt.step}) and trainer state (step "
-                                 f"{state['step']}) disagree; the checkpoint is inconsistent")
+        ckpt, state = resumable(path)  # the newest complete checkpoint (one unit: weights + state)
         from safetensors.torch import load_model
 
         if self.saves_raw_weights:
@@ -190,6 +191,9 @@ class Trainer:
             self.model.load_state_dict(state["raw_weights"])
         else:
             load_model(self.model, str(ckpt.path))
+        # the learning rates this run's config asks for; an --optimizer.lr given on resume must win over the
+        # rates stored in the optimizer and schedule states
+        wanted = [[g.get("initial_lr", g["lr"]) for g in opt.param_groups] for opt in self.optimizers]
         # states written before the task hooks existed hold one optimizer and one scheduler
         opt_states = state.get("optimizers") or [state["optimizer"]]
         sched_states = state.get("schedulers") or [state["scheduler"]]
@@ -205,14 +209,19 @@ class Trainer:
                                  "with") from None
         for sched, st in zip(self.schedulers, sched_states):
             sched.load_state_dict(st)
+        for opt, sched, lrs in zip(self.optimizers, self.schedulers, wanted):
+            for i, (g, lr) in enumerate(zip(opt.param_groups, lrs)):
+                if g.get("initial_lr", lr) != lr:  # changed on resume: rescale from the schedule's position
+                    g["initial_lr"] = sched.base_lrs[i] = lr
+                    g["lr"] = lr * sched.lr_lambdas[i](sched.last_epoch)
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step = state["step"]
         self.best = None if math.isnan(state["best"]) else state["best"]
         self.early_stop = dict(state.get("early_stop", self.early_stop))
-        self.run_dir = ckpt.path.parent.parent
-        self.ckpt_dir = ckpt.path.parent
+        self.ckpt_dir = ckpt.path.parent.parent if STEP_DIR.match(ckpt.path.parent.name) else ckpt.path.parent
+        self.run_dir = self.ckpt_dir.parent
 
     # --- the loop -----------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor, where: str = "") -> None:
@@ -273,12 +282,17 @@ class Trainer:
             return self.task.evaluate(model, split, self.autocast())
 
     def fit(self, resume: str | Path | None = None, crash_at: int | None = None) -> FitResult:
-        """Train to ``total_steps``; ``crash_at`` simulates a crash (for tests of exact resume)."""
+        """Train to ``total_steps``; ``crash_at`` simulates a crash (for tests of exact resume). SIGTERM
+        stops it as Ctrl-C does: a checkpoint, and the command that resumes."""
+        with terminate_as_interrupt():
+            return self._fit(resume, crash_at)
+
+    def _fit(self, resume: str | Path | None, crash_at: int | None) -> FitResult:
         tc = self.run.trainer
         if resume:
             self.resume(resume)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         main = self.dist.is_main
+        prepare_run_dir(self.run_dir, bool(resume), tc.overwrite, main)
         if main:
             (self.run_dir / "config.json").write_text(json.dumps(self.run.to_dict(), indent=2))
         result = FitResult(self.run_dir, self.step, parameters=count_parameters(self.eval_model),
@@ -308,11 +322,13 @@ class Trainer:
                     self.save("last")
                 elif tc.save_every and self.step % tc.save_every == 0:
                     self.save("last")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             self._call("close")
-            if crash_at is None:  # a real Ctrl-C: keep the work, say how to continue
-                self.save("last")
-                print(f"\ninterrupted at step {self.step}; resume with --resume {self.run_dir}")
+            if crash_at is None:  # a real Ctrl-C or SIGTERM: keep the work, say how to continue
+                self.save("last")  # (after a SIGTERM, a second one is ignored: training/signals.py)
+                why = " by SIGTERM" if isinstance(stop, Terminated) else ""
+                print(f"\ninterrupted{why} at step {self.step}; checkpoint saved; resume with: "
+                      f"neuratlas train --resume {self.run_dir}", flush=True)
             raise
         result.stopped_early = self.stop_reason
         result.train_seconds = time.perf_counter() - t0
