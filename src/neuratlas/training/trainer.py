@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuratlas.device import autocast, keep_freed_memory, resolve_device, resolve_precision
+from neuratlas.device import autocast, grad_scaler, keep_freed_memory, resolve_device, resolve_precision
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.lora import lora_layers, merged_copy
 from neuratlas.models import count_parameters, create_model
@@ -98,7 +98,11 @@ class Trainer:
             model = model_for_task(run, self.task)
             self.transfer = setup_transfer(model, run)
         self.model = model
-        self.device = resolve_device(tc.device)
+        # under torchrun: join the process group first, so this process's GPU (LOCAL_RANK) is known and
+        # current before anything is moved; otherwise a no-op
+        self.dist = dist_context(tc.dist_timeout)
+        self.strategy = self.dist.strategy(tc.strategy)
+        self.device = resolve_device(tc.device, self.dist.local_rank)
         self.dtype = resolve_precision(tc.precision, self.device)
         if tc.keep_freed_memory and self.device.type == "cpu":
             keep_freed_memory()
@@ -107,10 +111,20 @@ class Trainer:
         if tc.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.task.memory_format = torch.channels_last
+        if tc.activation_checkpointing:
+            from neuratlas.training.fsdp import checkpoint_activations
+
+            checkpoint_activations(self.model)
+        if self.strategy == "fsdp":
+            from neuratlas.training.fsdp import check_supported
+
+            check_supported(self)
         self.ema = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay else None
-        self.train_model = torch.compile(self.model) if tc.compile else self.model
-        self.dist = dist_context()  # under torchrun: DDP across WORLD_SIZE processes; otherwise a no-op
-        self.train_model = self.dist.wrap(self.train_model, self.device)
+        # DDP around the model, or the model sharded in place (FSDP); compiled after wrapping
+        self.train_model = self.dist.wrap(self.model, self.device, self.strategy, self.dtype)
+        if tc.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.scaler = grad_scaler(self.device, self.dtype, sharded=self.strategy == "fsdp")  # fp16 only
         spe = self.task.steps_per_epoch // tc.grad_accum
         if spe < 1:
             raise NeuratlasError("the training set is smaller than one batch × grad_accum")
@@ -151,6 +165,10 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------------
     def save(self, tag: str = "last") -> Path:
+        if self.strategy == "fsdp":  # every process writes its shards; rank 0 the consolidated weights
+            from neuratlas.training.fsdp import save_sharded
+
+            return save_sharded(self, tag)
         if not self.dist.is_main:  # rank 0 alone writes checkpoints
             return self.ckpt_dir / f"{tag}.safetensors"
         extra = {"task": self.run.task["name"], **self.task.checkpoint_extra()}
@@ -165,6 +183,8 @@ class Trainer:
                 state["raw_weights"] = self.model.state_dict()
             if self.ema:
                 state["ema_updates"] = self.ema.updates
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
             if torch.cuda.is_available():
                 state["rng_cuda"] = torch.cuda.get_rng_state_all()
             save_state(self.ckpt_dir / "last.state.pt", state)
@@ -172,6 +192,10 @@ class Trainer:
         return path
 
     def resume(self, path: str | Path) -> None:
+        if self.strategy == "fsdp":
+            from neuratlas.training.fsdp import load_sharded
+
+            return load_sharded(self, path)
         ckpt = read_checkpoint(path, prefer="last")
         state = load_state(ckpt.path.with_name(ckpt.path.name.replace(".safetensors", ".state.pt")))
         if state["step"] != ckpt.step:
@@ -205,6 +229,8 @@ class Trainer:
                                  "with") from None
         for sched, st in zip(self.schedulers, sched_states):
             sched.load_state_dict(st)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -221,14 +247,24 @@ class Trainer:
             raise NeuratlasError(f"loss became {loss.item()} at step {self.step}{' (' + where + ')' if where else ''}"
                                  "; try a lower --optimizer.lr or --trainer.grad_clip 1.0. The last good "
                                  f"checkpoint is in {self.ckpt_dir}")
+        if self.scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+            loss = self.scaler.scale(loss)
         loss.backward()
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> dict[str, float]:
         """Clip ``params``' gradients (``trainer.grad_clip``), step ``optimizer`` and clear its gradients."""
         logs = {}
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if self.run.trainer.grad_clip:
-            logs["grad_norm"] = float(nn.utils.clip_grad_norm_(list(params), self.run.trainer.grad_clip))
-        optimizer.step()
+            norm = nn.utils.clip_grad_norm_(list(params), self.run.trainer.grad_clip)
+            logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+        if self.scaler is not None:
+            self.scaler.step(optimizer)  # skipped when a gradient overflowed; the scale then shrinks
+            self.scaler.update()
+            logs["loss_scale"] = float(self.scaler.get_scale())
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return logs
 
