@@ -89,11 +89,15 @@ def test_ddp_and_fsdp_equal_one_process_with_the_global_batch(tmp_path, recipe, 
     assert (tmp_path / "fsdp" / "checkpoints" / "last.dcp" / ".metadata").is_file()  # the shards
     if recipe == GPT[0]:
         _assert_close(_weights(tmp_path, "fsdp-resumed"), _weights(tmp_path, "fsdp"), exact=True)
-        # the consolidated checkpoint is what `eval` reads on one process
+        # the consolidated checkpoint is what `eval` reads on one process: the FSDP run's config evaluates
         from neuratlas.models.checkpoint import read_checkpoint
+        from neuratlas.training.config import RunConfig
 
-        model = read_checkpoint(tmp_path / "fsdp", prefer="last").build_model()
-        assert sum(p.numel() for p in model.parameters()) > 0
+        ckpt = read_checkpoint(tmp_path / "fsdp", prefer="last")
+        assert RunConfig.from_dict(ckpt.run_config).trainer.strategy == "fsdp"
+        val = Trainer(RunConfig.from_dict(ckpt.run_config), model=ckpt.build_model()).evaluate("val")
+        want = json.loads((tmp_path / "one" / "result.json").read_text())["val"]["loss"]
+        assert val["loss"] == pytest.approx(want, rel=1e-4)
 
 
 @pytest.mark.slow

@@ -94,6 +94,7 @@ class Trainer:
         self.task = task or build_task(run.task, run.data, tc.seed, run.sections)
         # a model handed in (eval of a checkpoint) is used as it is; one built here starts as the run says
         self.transfer = TransferSetup(run.optimizer, None, False)
+        handed_in = model is not None
         if model is None:
             model = model_for_task(run, self.task)
             self.transfer = setup_transfer(model, run)
@@ -101,7 +102,8 @@ class Trainer:
         # under torchrun: join the process group first, so this process's GPU (LOCAL_RANK) is known and
         # current before anything is moved; otherwise a no-op
         self.dist = dist_context(tc.dist_timeout)
-        self.strategy = self.dist.strategy(tc.strategy)
+        # a model handed in (a checkpoint to evaluate) runs as it is, whatever strategy trained it
+        self.strategy = self.dist.strategy("auto" if handed_in else tc.strategy)
         self.device = resolve_device(tc.device, self.dist.local_rank)
         self.dtype = resolve_precision(tc.precision, self.device)
         if tc.keep_freed_memory and self.device.type == "cpu":
