@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuratlas.bench import BENCHMARKS
+from neuratlas.bench import BENCHMARKS, run_benchmark
 from neuratlas.bench.report import (
     CLAIMS,
     ClaimResult,
@@ -35,7 +35,7 @@ def test_report_from_a_claim(tmp_path, monkeypatch):
 
     register_claim("fake-claim", "0. A claim", fake, 0)
     try:
-        lines = BENCHMARKS.get("all").builder({"quick": "true", "out": str(tmp_path), "only": "fake-claim"})
+        lines = run_benchmark("all", quick="true", out=str(tmp_path), only="fake-claim")
         report = (tmp_path / "report.md").read_text()
         assert "| 1 | 0. A claim | holds: a |" in report and "![p](fake-claim/p.png)" in report
         assert "| variant | score |" in report and any("holds: a" in line for line in lines)
@@ -60,7 +60,7 @@ def test_nanogpt_budget_schedule_never_breaks_nanogpts_lr_schedule(per_iter):
     exactly its 100 warm-up iterations (0.35 s/iteration in 50 s) once divided by zero."""
     from neuratlas.bench.races import _find_peers, nanogpt_budget_schedule
 
-    source = (_find_peers({}) / "nanogpt" / "train.py").read_text()
+    source = (_find_peers() / "nanogpt" / "train.py").read_text()
     get_lr = re.search(r"^def get_lr\(it\):\n(?:    .*\n|\n)+", source, re.M).group(0)
     schedule = nanogpt_budget_schedule(50, per_iter)
     scope = {"math": __import__("math"), "learning_rate": 1e-3, "min_lr": 1e-4, **schedule}
@@ -94,9 +94,9 @@ def test_matmul_peak_is_the_best_shape(monkeypatch):
 def test_product_ceiling_accounts_for_the_steps_flops():
     """The MFU ceiling times every matrix product of a step: their FLOPs add up to the step's 6N + attention
     count (up to the biases and norms, which are not products)."""
-    from neuratlas.bench.races import mfu_setup, product_ceiling
+    from neuratlas.bench.races import MFUOptions, mfu_setup, product_ceiling
 
-    flops_per_step, _, _, model = mfu_setup({"batch": "2", "context": "32", "precision": "fp32"})
+    flops_per_step, _, _, model = mfu_setup(MFUOptions(batch=2, context=32, precision="fp32"))
     parts = product_ceiling(model, 2 * 32, 32, torch.float32)
     assert set(parts) == {"forward", "input gradients", "weight gradients", "attention"}
     assert all(f > 0 and t > 0 for f, t in parts.values())
@@ -106,7 +106,7 @@ def test_product_ceiling_accounts_for_the_steps_flops():
 def test_minilm_race_checks_outputs_against_transformers(monkeypatch):
     pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    lines = BENCHMARKS.get("minilm").builder({"quick": "true", "sentences": "40", "batch": "16"})
+    lines = run_benchmark("minilm", quick="true", sentences="40", batch="16")
     text = "\n".join(lines)
     assert "40 Rotten Tomatoes snippets" in text
     assert "(target ≤ 1e-4: met)" in text and "(target ≥ 0.999: met)" in text
@@ -114,7 +114,7 @@ def test_minilm_race_checks_outputs_against_transformers(monkeypatch):
 
 
 def test_speed_prints_one_table_line_per_race(capsys):
-    lines = BENCHMARKS.get("speed").builder({"quick": "true", "only": "mfu", "batch": "2", "context": "32"})
+    lines = run_benchmark("speed", quick=True, only="mfu", races={"mfu": {"batch": 2, "context": 32}})
     assert lines[0].startswith("machine: ") and "bf16" in lines[0]
     rows = [ln for ln in lines if ln.startswith("| GPT 6 × 384 training step |")]
     assert len(rows) == 1 and "MFU" in rows[0] and rows[0].endswith("`neuratlas bench mfu` |")
@@ -124,7 +124,7 @@ def test_speed_prints_one_table_line_per_race(capsys):
 def test_profile_tables_of_a_recipe_step_and_of_decoding():
     from neuratlas.errors import NeuratlasError
 
-    lines = BENCHMARKS.get("profile").builder({"what": "gpt-tinyshakespeare-baby,generate", "steps": "1", "rows": "5"})
+    lines = run_benchmark("profile", what="gpt-tinyshakespeare-baby,generate", steps="1", rows="5")
     heads = [ln for ln in lines if ln.startswith("--- ")]
     assert [h.split(":")[0] for h in heads] == ["--- gpt-tinyshakespeare-baby", "--- generate"]
     assert "per training step un-profiled" in heads[0] and "per 128 generated tokens" in heads[1]
@@ -133,13 +133,13 @@ def test_profile_tables_of_a_recipe_step_and_of_decoding():
     # decoding's linear layers run as addmm (F.linear) or as baddbmm (layers/gemv.py): "auto" picks by timing
     assert "aten::addmm" in tables[1] or "aten::baddbmm" in tables[1]
     with pytest.raises(NeuratlasError, match="no-such-recipe"):
-        BENCHMARKS.get("profile").builder({"what": "no-such-recipe"})
+        run_benchmark("profile", what="no-such-recipe")
 
 
 @pytest.mark.slow
 def test_budgeted_gpt_race_runs_the_real_peer_and_rescores_it():
     """nanoGPT's own train.py (the bundled peer) against the budgeted recipe, at a 50-second budget."""
-    lines = BENCHMARKS.get("nanogpt-10min").builder({"budget": "50"})
+    lines = run_benchmark("nanogpt-10min", budget="50")
     text = "\n".join(lines)
     peer, ours = (float(v) for v in re.findall(r"val (\d\.\d+)", lines[1] + lines[2])[:2])
     assert 1.0 < ours < 4.2 and 1.0 < peer < 4.2  # both trained a little: below ln(65) = 4.17

@@ -17,7 +17,7 @@ from neuratlas.training.trainer import Trainer
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     run = get_recipe("mlp-digits").run_config({"trainer.out_dir": str(out), "trainer.progress": "false",
-                                               "trainer.tensorboard": "false", "trainer.max_steps": "40",
+                                               "trainer.loggers": "csv", "trainer.max_steps": "40",
                                                "trainer.run_name": "digits"})
     trainer = Trainer(run)
     trainer.fit()
@@ -103,7 +103,7 @@ def run_cli(*args, cwd=None):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
-    (["train", "mlp-digits", "--optimizer.lrr", "1"], "Did you mean lr"),
+    (["train", "mlp-digits", "--optimizer.lrr", "1"], "Did you mean --optimizer.lr"),
     (["train", "mlp-digits", "--model.hidden", "abc"], "expected an integer"),
     (["train", "mlp-digits", "--model.nope", "1"], "unknown option 'nope'"),
     (["eval", "/nonexistent/ckpt.safetensors"], "does not exist"),
@@ -134,7 +134,7 @@ def test_cli_eval_predict_visualize(trained, tmp_path):
 
 def test_cli_visualize_cnn(tmp_path):
     run = get_recipe("lenet5-mnist5k").run_config({"trainer.out_dir": str(tmp_path), "trainer.progress": "false",
-                                                   "trainer.tensorboard": "false", "trainer.max_steps": "5",
+                                                   "trainer.loggers": "csv", "trainer.max_steps": "5",
                                                    "trainer.run_name": "lenet"})
     Trainer(run).fit()
     r = run_cli("visualize", str(tmp_path / "lenet"))

@@ -13,11 +13,11 @@ import dataclasses
 
 import pytest
 import torch
-from neuratlas.training.checkpoint import read_checkpoint
 
 from neuratlas.cli import main
 from neuratlas.data import DATASETS
 from neuratlas.errors import NeuratlasError
+from neuratlas.models.checkpoint import read_checkpoint
 from neuratlas.recipes import RECIPES, get_recipe
 from neuratlas.training.trainer import Trainer
 
@@ -34,7 +34,7 @@ def small(recipe_name: str, tmp_path, **trainer: str) -> dict[str, str]:
     data = {f"data.{k}": str(min(v, run.data.get(k, fields[k].default) or v)) for k, v in SMALL_DATA.items()
             if k in fields and isinstance(run.data.get(k, fields[k].default), (int, type(None)))}
     return {"trainer.out_dir": str(tmp_path / "runs"), "trainer.run_name": "run", "trainer.progress": "false",
-            "trainer.tensorboard": "false", "trainer.time_limit": "none", "trainer.budget_schedule": "false",
+            "trainer.loggers": "csv", "trainer.time_limit": "none", "trainer.budget_schedule": "false",
             "trainer.eval_every": "1000000", "trainer.max_steps": "2", **data,
             **{f"trainer.{k}": v for k, v in trainer.items()}}
 

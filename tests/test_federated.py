@@ -170,7 +170,7 @@ def test_ddp_two_processes_equal_one_process_with_the_global_batch(tmp_path):
 
     common = ["train", "mlp-digits", "--model.dropout", "0", "--data.augment", "false",
               "--trainer.max_steps", "6", "--trainer.precision", "fp32", "--trainer.progress", "false",
-              "--trainer.tensorboard", "false", "--trainer.out_dir", str(tmp_path), "--data.batch_size", "64",
+              "--trainer.loggers", "csv", "--trainer.out_dir", str(tmp_path), "--data.batch_size", "64",
               "--trainer.eval_every", "6", "--optimizer.lr", "0.01"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
     from neuratlas.config import parse_overrides

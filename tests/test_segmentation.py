@@ -268,7 +268,8 @@ def test_brain_slices_with_neighbours_as_channels_train_and_predict(tmp_path):
     model = create_model("unet-resnet18-slim", in_chans=5, num_classes=len(deep.classes))
     extra = {"classes": deep.classes, "norm": "max255", "in_chans": 5, "context": 2, "dataset": "colin27-lobes"}
     lines = Segmentation.predict(model, extra, [str(folder / "ch2.nii.gz")], str(tmp_path),
-                                 {"slice": "90", "truth": str(folder / "aal.nii.gz")})
+                                 Segmentation.PredictOptions(slice=90, truth=str(folder / "aal.nii.gz")))
     assert "Dice vs truth" in lines[0] and (tmp_path / "ch2_z90_overlay.png").is_file()
     with pytest.raises(NeuratlasError, match="reads 5 neighbouring slices; give it a NIfTI volume"):
-        Segmentation.predict(model, extra, [str(tmp_path / "ch2_z90_overlay.png")], str(tmp_path), {})
+        Segmentation.predict(model, extra, [str(tmp_path / "ch2_z90_overlay.png")], str(tmp_path),
+                             Segmentation.PredictOptions())

@@ -249,7 +249,7 @@ def test_clear_errors(model):
         model(torch.randn(2, 3), torch.tensor([[BOS]]))
     extra = {"graphemes": ["<pad>", *"abc"], "phonemes": ["<pad>", "<s>", "</s>", "A"], "max_len": 4}
     with pytest.raises(NeuratlasError, match="'z' is not in the grapheme vocabulary"):
-        Seq2Seq.predict(model, extra, ["abz"], "", {})
+        Seq2Seq.predict(model, extra, ["abz"], "", Seq2Seq.PredictOptions())
 
 
 # --- real data ----------------------------------------------------------------------------------------------

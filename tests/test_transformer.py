@@ -400,7 +400,7 @@ def test_sdist_source_cache_download_and_error(tmp_path, monkeypatch):
     src.offline = []
     with pytest.raises(NeuratlasError, match="pip download --no-deps --no-binary :all: demo==1.0"):
         src.locate(download=False)
-    src.base_url = pkg.parent.as_uri()
+    src.url = lambda fname: (pkg.parent / fname).as_uri()  # stands in for the address on PyPI's index page
     folder, how = src.locate(download=True)
     assert how.startswith("downloaded") and read_tar_texts(folder / "demo-1.0.tar.gz", lambda n: True) == {
         "demo-1.0/texts/a_gut.txt": "Now is the winter of our discontent"
@@ -489,7 +489,8 @@ def test_mlm_pretraining_runs_and_fills_masks(run_overrides):
     assert result.val["loss"] < math.log(65) and 0 < result.val["masked_accuracy"] <= 1
     ckpt = read_checkpoint(result.run_dir)
     assert ckpt.extra["mask_id"] == 65
-    (line,) = TASKS.get("masked_lm").builder.predict(ckpt.build_model(), ckpt.extra, ["To be or n_t"], "", {})
+    task = TASKS.get(ckpt.extra["task"]).builder
+    (line,) = task.predict(ckpt.build_model(), ckpt.extra, ["To be or n_t"], "", task.PredictOptions())
     assert len(line) == len("To be or n_t") and "_" not in line
 
 

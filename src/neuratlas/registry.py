@@ -2,6 +2,8 @@
 
 Each entry pairs a builder with a config dataclass and the defaults of that name, so a named spec such as
 ``{"name": "resnet50", "num_classes": 10}`` is validated field by field before anything is built.
+Names are spelled with hyphens; an entry may keep older spellings as aliases (``aliases=("masked_lm",)``),
+because saved checkpoints and run configs store the name they were trained under.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Entry:
     defaults: dict[str, Any] = field(default_factory=dict)
     family: str = ""
     description: str = ""
+    aliases: tuple[str, ...] = ()  # older names that still find this entry (checkpoints store them)
 
     def config(self, **overrides: Any) -> Any:
         """The validated config of this entry with ``overrides`` applied (strings are coerced)."""
@@ -40,13 +43,16 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._aliases: dict[str, str] = {}  # old name -> registered name
 
     def add(self, name: str, builder: Callable[..., Any], config_class: type | None = None, *,
-            family: str = "", description: str = "", **defaults: Any) -> Entry:
-        if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
-        entry = Entry(name, builder, config_class, defaults, family, description)
+            family: str = "", description: str = "", aliases: tuple[str, ...] = (), **defaults: Any) -> Entry:
+        for n in (name, *aliases):
+            if n in self._entries or n in self._aliases:
+                raise ValueError(f"{self.kind} {n!r} is registered twice")
+        entry = Entry(name, builder, config_class, defaults, family, description, tuple(aliases))
         self._entries[name] = entry
+        self._aliases.update(dict.fromkeys(aliases, name))
         return entry
 
     def register(self, name: str | None = None, config_class: type | None = None, **kw: Any):
@@ -60,7 +66,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Entry:
         try:
-            return self._entries[name]
+            return self._entries[self._aliases.get(name, name)]
         except KeyError:
             close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -72,7 +78,7 @@ class Registry(Generic[T]):
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self._entries.values())

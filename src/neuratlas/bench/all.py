@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from neuratlas.bench import BENCHMARKS
-from neuratlas.bench.report import CLAIMS, _truthy, run_claim, write_report
+from neuratlas.bench.report import CLAIMS, run_claim, write_report
 
 
-def run_all(options: dict[str, str]) -> list[str]:
-    quick = _truthy(options.get("quick", "false"))
-    out = Path(options.get("out", "runs/bench"))
-    only = options.get("only", "")
+@dataclass
+class AllOptions:
+    quick: bool = False  # the short budgets: every claim in about 15 minutes on 2 cores
+    out: str = "runs/bench"  # folder for report.md and each claim's tables and plots
+    only: list[str] = field(default_factory=list)  # only these claims (comma-separated names)
+
+
+def run_all(options: AllOptions) -> list[str]:
+    quick, out = options.quick, Path(options.out)
     names = sorted(CLAIMS.names(), key=lambda n: int(CLAIMS.get(n).family))
-    if only:
-        names = [n for n in names if n in only.split(",")]
+    if options.only:
+        names = [n for n in names if n in options.only]
     results = []
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {CLAIMS.get(name).description}", flush=True)
@@ -26,4 +32,6 @@ def run_all(options: dict[str, str]) -> list[str]:
     return lines + ["", f"report: {path}"]
 
 
-BENCHMARKS.add("all", run_all, description="every claim of the article, measured; --quick fits ~15 min on 2 cores")
+BENCHMARKS.add(
+    "all", run_all, AllOptions, description="every claim of the article, measured; --quick fits ~15 min on 2 cores"
+)

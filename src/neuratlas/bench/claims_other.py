@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from neuratlas.bench import BENCHMARKS
+from neuratlas.bench import run_benchmark
 from neuratlas.bench.report import ClaimResult, budget, line_plot, register_claim, train_variant
 
 
@@ -21,7 +21,7 @@ def _table_rows(lines: list[str], first_cell: str) -> list[list[str]]:
 
 
 def vanishing_claim(quick: bool, out: Path) -> ClaimResult:
-    lines = BENCHMARKS.get("vanishing").builder({"quick": str(quick), "out": str(out)})
+    lines = run_benchmark("vanishing", quick=quick, out=str(out))
     header = next(c for c in (_table_rows(lines, "T")) if c[0] == "T")[1:]
     last = [r for r in _table_rows(lines, "") if r[0].isdigit()][-1]
     acc = {name: float(re.match(r"([\d.]+)%", cell).group(1)) / 100 for name, cell in zip(header, last[1:])}
@@ -63,7 +63,7 @@ def vit_claim(quick: bool, out: Path) -> ClaimResult:
 
 
 def ssl_claim(quick: bool, out: Path) -> ClaimResult:
-    lines = BENCHMARKS.get("ssl").builder({"quick": str(quick), "out": str(out)})
+    lines = run_benchmark("ssl", quick=quick, out=str(out))
     table = {r[0]: r for r in _table_rows(lines, "") if r[0] in ("random init", "rotation", "simclr")}
 
     def first_tuned(name: str) -> float:  # fine-tune accuracy with 1% of the labels

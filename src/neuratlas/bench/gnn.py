@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,22 +68,32 @@ def _pyg_gcn(in_features: int, num_classes: int, cached: bool):
     return PyGGCN()
 
 
-def bench_gnn(options: dict[str, str]) -> list[str]:
+@dataclass
+class GNNOptions:
+    quick: bool = False  # 3 seeds instead of 10
+    seeds: int | None = None  # training seeds per side, ≥ 2 (default: 3 with --quick, else 10)
+    epochs: int = 200
+    pyg_cached: bool = True  # PyG's GCNConv caches the normalised adjacency, as ours does
+    threads: int | None = None  # torch threads (default: torch's own choice)
+    root: str | None = None  # a folder holding Planetoid's ind.cora.* files (default: the data set's source)
+
+
+def bench_gnn(options: GNNOptions) -> list[str]:
     from neuratlas.data import load_dataset
     from neuratlas.layers.graph import Graph, as_features
     from neuratlas.models import create_model
 
-    quick = options.get("quick", "false").lower() in ("1", "true", "yes")
-    seeds = int(options.get("seeds", 3 if quick else 10))
+    quick = options.quick
+    seeds = options.seeds if options.seeds is not None else 3 if quick else 10
     if seeds < 2:
         raise NeuratlasError(f"the gnn benchmark compares means over seeds: --seeds must be ≥ 2, got {seeds}")
-    epochs = int(options.get("epochs", 200))
-    cached = options.get("pyg_cached", "true").lower() in ("1", "true", "yes")
-    if options.get("threads"):
-        torch.set_num_threads(int(options["threads"]))
+    epochs = options.epochs
+    cached = options.pyg_cached
+    if options.threads:
+        torch.set_num_threads(options.threads)
     spec = {"name": "cora"}
-    if options.get("root"):
-        spec["root"] = str(Path(options["root"]))
+    if options.root:
+        spec["root"] = str(Path(options.root))
     data = load_dataset(spec)
     require("torch_geometric", "the gnn benchmark (it races PyTorch Geometric)")
     masks = (data.train_mask, data.val_mask, data.test_mask)
@@ -136,5 +147,5 @@ def bench_gnn(options: dict[str, str]) -> list[str]:
     ]
 
 
-BENCHMARKS.add("gnn", bench_gnn, description="GCN on Cora: accuracy and speed against PyTorch Geometric "
+BENCHMARKS.add("gnn", bench_gnn, GNNOptions, description="GCN on Cora: accuracy and speed against PyTorch Geometric "
                                             "(--root DIR with ind.cora.*, --seeds N, --threads N, --quick)")

@@ -14,12 +14,12 @@ from __future__ import annotations
 import copy
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 
 from neuratlas.bench import BENCHMARKS
 from neuratlas.bench.races import race_line
-from neuratlas.bench.report import _truthy
 from neuratlas.extras import require
 
 
@@ -54,17 +54,26 @@ def _sentences_per_s(encode, batches, repeats: int) -> float:
     return sum(len(ids) for ids, _ in batches) / best
 
 
-def bench_minilm(options: dict[str, str]) -> list[str]:
+@dataclass
+class MiniLMOptions:
+    quick: bool = False  # fewer sentences, one timing instead of the best of three
+    sentences: int | None = None  # Rotten Tomatoes snippets encoded (default: 1,024 with --quick, else 4,096)
+    batch: int = 256
+    unpad: bool = True  # ours drops the padding tokens inside the encoder
+    sort: bool = False  # batch sentences of similar length together
+
+
+def bench_minilm(options: MiniLMOptions) -> list[str]:
     transformers = require("transformers", "this benchmark (it races `transformers`)")
     from neuratlas import create_model
     from neuratlas.models.bert import mean_pool
     from neuratlas.weights import PRETRAINED
 
-    quick = _truthy(options.get("quick", "false"))
-    n = int(options.get("sentences", 1024 if quick else 4096))
-    batch, repeats = int(options.get("batch", 256)), 1 if quick else 3
-    unpad = _truthy(options.get("unpad", "true"))
-    by_length = _truthy(options.get("sort", "false"))
+    quick = options.quick
+    n = options.sentences or (1024 if quick else 4096)
+    batch, repeats = options.batch, 1 if quick else 3
+    unpad = options.unpad
+    by_length = options.sort
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     folder = PRETRAINED["all-MiniLM-L6-v2"].locate()[0]
     hf = transformers.BertModel.from_pretrained(str(folder), attn_implementation="sdpa").eval()
@@ -114,5 +123,6 @@ def bench_minilm(options: dict[str, str]) -> list[str]:
     ]
 
 
-BENCHMARKS.add("minilm", bench_minilm, description="MiniLM sentence encoder (real weights) vs transformers' "
+BENCHMARKS.add("minilm", bench_minilm, MiniLMOptions,
+               description="MiniLM sentence encoder (real weights) vs transformers' "
                "BertModel: output difference, sentences/s fp32 and bf16")

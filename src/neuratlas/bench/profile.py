@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -25,7 +26,7 @@ def _recipe_step(recipe: str, out: str) -> Callable[[], object]:
     from neuratlas.training.trainer import Trainer
 
     run = get_recipe(recipe).run_config({"trainer.out_dir": out, "trainer.progress": "false",
-                                         "trainer.tensorboard": "false"})
+                                         "trainer.loggers": "csv"})
     trainer = Trainer(run)
     trainer.model.train()
     return trainer.train_step  # the trainer's own step: clipping, weight average and schedule included
@@ -43,18 +44,26 @@ def _decode_step() -> Callable[[], None]:
 
 def _target(name: str, out: str) -> tuple[Callable[[], object], str]:
     if name == "mfu":
-        from neuratlas.bench.races import mfu_setup
+        from neuratlas.bench.races import MFUOptions, mfu_setup
 
-        _, dtype, step, _ = mfu_setup({})
+        _, dtype, step, _ = mfu_setup(MFUOptions())
         return (lambda: step(dtype)), "training step"
     if name == "generate":
         return _decode_step(), "128 generated tokens"
     return _recipe_step(name, out), "training step"  # an unknown recipe: get_recipe's error names it
 
 
-def bench_profile(options: dict[str, str]) -> list[str]:
-    names = options.get("what", "gpt-tinyshakespeare-baby,mfu,generate").split(",")
-    rows, reps = int(options.get("rows", 15)), int(options.get("steps", 5))
+@dataclass
+class ProfileOptions:
+    # what to profile: a recipe's training step, mfu (the MFU race's step) or generate (KV-cached decoding)
+    what: list[str] = field(default_factory=lambda: ["gpt-tinyshakespeare-baby", "mfu", "generate"])
+    rows: int = 15  # operators listed per table
+    steps: int = 5  # profiled repetitions
+
+
+def bench_profile(options: ProfileOptions) -> list[str]:
+    names = options.what
+    rows, reps = options.rows, options.steps
     lines = []
     with tempfile.TemporaryDirectory() as out:
         for name in names:
@@ -76,5 +85,6 @@ def bench_profile(options: dict[str, str]) -> list[str]:
     return lines + [f"reproduce: neuratlas bench profile --what {','.join(names)}"]
 
 
-BENCHMARKS.add("profile", bench_profile, description="torch.profiler tables of the races' hot loops (--what "
+BENCHMARKS.add("profile", bench_profile, ProfileOptions,
+               description="torch.profiler tables of the races' hot loops (--what "
                "RECIPE|mfu|generate,… --rows N --steps N)")

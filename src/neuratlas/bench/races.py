@@ -1,4 +1,4 @@
-"""Speed races of issue 10, each peer and Neuratlas back to back in one invocation:
+"""Speed races, each peer and Neuratlas back to back in one invocation:
 
 - ``nanogpt``: nanoGPT's own ``train.py`` (bundled unchanged in ``bench/peers/nanogpt``) with its CPU "baby GPT"
   command, then Neuratlas' ``gpt-tinyshakespeare-baby`` recipe on the same data and split: val loss and wall time.
@@ -16,12 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
 from neuratlas.bench import BENCHMARKS
-from neuratlas.bench.report import _truthy
+from neuratlas.config import to_dict
 from neuratlas.errors import NeuratlasError
 
 NANOGPT_BABY = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=100", "--block_size=64",
@@ -38,12 +40,49 @@ def race_line(race: str, peer: str, ours: str, ratio: str, target: str, met: boo
     return f"{RACE} {race} | {peer} | {ours} | {ratio} | {target} | {'met' if met else 'NOT met'} | `{command}`"
 
 
+@dataclass
+class NanoGPTOptions:
+    peers: str = ""  # a folder holding nanogpt/train.py (default: $NEURATLAS_PEERS, else the bundled copy)
+    text: str = ""  # Tiny Shakespeare's input.txt (default: the bundled copy)
+
+
+@dataclass
+class NanoGPT10MinOptions(NanoGPTOptions):
+    budget: float = 600.0  # wall-clock seconds for each side
+
+
+@dataclass
+class MFUOptions:
+    quick: bool = False  # 3 timed steps instead of 10
+    batch: int = 16
+    context: int = 256
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the CPU has it natively
+
+
+@dataclass
+class FashionRaceOptions:
+    quick: bool = False  # the 60-second race only (not the 10-minute one too)
+
+
+SPEED_RACES = ["nanogpt", "nanogpt-10min", "mfu", "fashion-race", "gnn", "minilm", "transformer"]
+
+
+@dataclass
+class SpeedOptions:
+    quick: bool = False  # each race's short form, and no 10-minute GPT race
+    only: list[str] = field(default_factory=list)  # only these races (comma-separated names)
+    peers: str = ""  # a folder holding nanogpt/train.py (default: $NEURATLAS_PEERS, else the bundled copy)
+    text: str = ""  # Tiny Shakespeare's input.txt (default: the bundled copy)
+    # a single race's own options; on the command line --RACE.KEY VALUE, e.g. --mfu.batch 2
+    races: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 PEERS = Path(__file__).resolve().parent / "peers"  # nanoGPT's files, copied unchanged (MIT; see its README)
 
 
-def _find_peers(options: dict[str, str]) -> Path:
+def _find_peers(peers: str = "") -> Path:
     """The folder holding ``nanogpt/train.py``: ``--peers DIR``, ``$NEURATLAS_PEERS``, else the bundled copy."""
-    for c in (options.get("peers", ""), os.environ.get("NEURATLAS_PEERS", ""), str(PEERS)):
+    for c in (peers, os.environ.get("NEURATLAS_PEERS", ""), str(PEERS)):
         if c and (Path(c) / "nanogpt" / "train.py").is_file():
             return Path(c).resolve()
     raise NeuratlasError("nanoGPT peer not found: pass --peers DIR (a folder holding nanogpt/train.py)")
@@ -57,12 +96,12 @@ def _timed_run(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
     return time.perf_counter() - t0, r.stdout
 
 
-def _nanogpt_workdir(options: dict[str, str], prefix: str) -> tuple[Path, Path]:
+def _nanogpt_workdir(options: NanoGPTOptions, prefix: str) -> tuple[Path, Path]:
     """A scratch copy of the nanoGPT peer with Tiny Shakespeare prepared: (work folder, its data folder)."""
     from neuratlas.data.text import TINY_SHAKESPEARE
 
-    peers = _find_peers(options)
-    text = options.get("text") or str(TINY_SHAKESPEARE.locate()[0] / "input.txt")
+    peers = _find_peers(options.peers)
+    text = options.text or str(TINY_SHAKESPEARE.locate()[0] / "input.txt")
     if not Path(text).is_file():
         raise NeuratlasError(f"Tiny Shakespeare not found at {text}: pass --text FILE")
     work = Path(tempfile.mkdtemp(prefix=prefix))
@@ -76,9 +115,9 @@ def _nanogpt_workdir(options: dict[str, str], prefix: str) -> tuple[Path, Path]:
 def _rescore_nanogpt(ckpt: Path, text: Path, recipe: str = "gpt-tinyshakespeare-baby") -> tuple[float, int]:
     """nanoGPT's saved checkpoint scored by Neuratlas' evaluator on the whole val split (fp32), so both sides
     are judged by the same evaluation; returns (val loss, nanoGPT's iteration of that checkpoint)."""
+    from neuratlas.models.gpt import load_nanogpt
     from neuratlas.recipes import get_recipe
     from neuratlas.tasks import build_task
-    from neuratlas.weights import load_nanogpt
 
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     # the recipe's split and evaluator, on windows of nanoGPT's own context (each side scored at its block size)
@@ -91,7 +130,7 @@ def _rescore_nanogpt(ckpt: Path, text: Path, recipe: str = "gpt-tinyshakespeare-
     return task.evaluate(model, "val", contextlib.nullcontext())["loss"], step
 
 
-def race_nanogpt(options: dict[str, str]) -> list[str]:
+def race_nanogpt(options: NanoGPTOptions) -> list[str]:
     work, data_dir = _nanogpt_workdir(options, "nanogpt-race-")
     try:
         peer_s, peer_out = _timed_run([sys.executable, "train.py", "config/train_shakespeare_char.py",
@@ -132,10 +171,10 @@ def nanogpt_budget_schedule(budget: float, per_iter: float) -> dict[str, int]:
             "eval_interval": iters}
 
 
-def race_nanogpt_10min(options: dict[str, str]) -> list[str]:
+def race_nanogpt_10min(options: NanoGPT10MinOptions) -> list[str]:
     """Best char-level GPT in a wall-clock budget: nanoGPT's 10-minute configuration (4 × 256, block 128, batch 32)
     with as many iterations as fit the budget on this machine (probed first) vs Neuratlas' budgeted recipe."""
-    budget = float(options.get("budget", 600))
+    budget = options.budget
     work, data_dir = _nanogpt_workdir(options, "nanogpt-10min-")
     try:
         cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_10MIN]
@@ -196,7 +235,7 @@ def matmul_peak(dtype: torch.dtype, shapes: tuple[tuple[int, int, int], ...] = P
     return rates[best], best
 
 
-def mfu_setup(options: dict[str, str]):
+def mfu_setup(options: MFUOptions):
     """The MFU race's GPT 6 × 384 (batch 16 × 256 unless overridden): (FLOPs per step, the autocast dtype or
     None for fp32, ``step(dtype)`` running one training step, the model)."""
     from neuratlas import create_model
@@ -204,8 +243,8 @@ def mfu_setup(options: dict[str, str]):
     from neuratlas.models import count_parameters
 
     keep_freed_memory()  # as the trainer does
-    dtype = resolve_precision(options.get("precision", "auto"), torch.device("cpu"))
-    batch, ctx = int(options.get("batch", 16)), int(options.get("context", 256))
+    dtype = resolve_precision(options.precision, torch.device("cpu"))
+    batch, ctx = options.batch, options.context
     model = create_model("gpt-char", vocab_size=65, max_seq_len=ctx, dropout=0.0)
     opt = torch.optim.AdamW(model.parameters(), 1e-4, fused=True)
     x = torch.randint(0, 65, (batch, ctx))
@@ -266,10 +305,10 @@ def product_ceiling(model: torch.nn.Module, tokens: int, ctx: int,
     return out
 
 
-def race_mfu(options: dict[str, str]) -> list[str]:
+def race_mfu(options: MFUOptions) -> list[str]:
     flops_per_step, dtype, step, model = mfu_setup(options)
-    batch, ctx = int(options.get("batch", 16)), int(options.get("context", 256))
-    reps = 3 if _truthy(options.get("quick", "false")) else 10
+    batch, ctx = options.batch, options.context
+    reps = 3 if options.quick else 10
 
     def flops_per_second(dtype: torch.dtype | None) -> float:
         for _ in range(2):
@@ -306,18 +345,18 @@ def race_mfu(options: dict[str, str]) -> list[str]:
             "reproduce: neuratlas bench mfu"]
 
 
-def race_fashion(options: dict[str, str]) -> list[str]:
+def race_fashion(options: FashionRaceOptions) -> list[str]:
     from neuratlas.recipes import get_recipe
     from neuratlas.training.trainer import Trainer
 
     budgets = [("convnet-fashion-60s", 60.0, 0.92)]
-    if not _truthy(options.get("quick", "false")):
+    if not options.quick:
         budgets.append(("convnet-fashion-10min", 600.0, 0.94))
     lines = [f"Fashion-MNIST (55k train, 10k test), {torch.get_num_threads()} threads"]
     out = tempfile.mkdtemp(prefix="fashion-race-")
     for recipe, seconds, target in budgets:
         run = get_recipe(recipe).run_config({"trainer.out_dir": out, "trainer.progress": "false",
-                                             "trainer.tensorboard": "false"})
+                                             "trainer.loggers": "csv"})
         trainer = Trainer(run)
         t0 = time.perf_counter()
         result = trainer.fit()
@@ -334,12 +373,15 @@ def race_fashion(options: dict[str, str]) -> list[str]:
     return lines + ["reproduce: neuratlas bench fashion-race"]
 
 
-def speed(options: dict[str, str]) -> list[str]:
-    """Every race of issue 10 in one invocation; ends with one table line per race."""
-    quick = _truthy(options.get("quick", "false"))
-    names = ["nanogpt", *([] if quick else ["nanogpt-10min"]), "mfu", "fashion-race", "gnn", "minilm", "transformer"]
-    if options.get("only"):
-        names = [n for n in names if n in options["only"].split(",")]
+def speed(options: SpeedOptions) -> list[str]:
+    """Every speed race in one invocation; ends with one table line per race."""
+    quick = options.quick
+    names = [n for n in SPEED_RACES if n != "nanogpt-10min" or not quick]
+    if options.only:
+        names = [n for n in names if n in options.only]
+    unknown = sorted(set(options.races) - set(SPEED_RACES))
+    if unknown:
+        raise NeuratlasError(f"bench speed: no race {unknown[0]!r}; the races are {', '.join(SPEED_RACES)}")
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").is_file() else "unknown CPU"
     (peak32, at32), (peak16, at16) = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
@@ -347,11 +389,14 @@ def speed(options: dict[str, str]) -> list[str]:
             f"{len(PEAK_SHAPES)} shapes) fp32 {peak32 / 1e9:.0f} GFLOP/s at {at32}, bf16 {peak16 / 1e9:.0f} GFLOP/s "
             f"at {at16} (measured now)"]
     out, table = list(head), []
+    shared = {k: v for k, v in to_dict(options).items() if k not in ("only", "races") and v}
     for name in names:
-        opts = {k: v for k, v in options.items() if k != "only"}
+        entry = BENCHMARKS.get(name)
+        own = {f.name for f in fields(entry.config_class)}
+        opts = {**{k: v for k, v in shared.items() if k in own}, **options.races.get(name, {})}
         print(f"--- {name}", flush=True)
         try:
-            lines = BENCHMARKS.get(name).builder(opts) or []
+            lines = entry.builder(entry.config(**opts)) or []
         except NeuratlasError as e:
             lines = [f"  skipped: {e}"]
         for line in lines:
@@ -361,11 +406,16 @@ def speed(options: dict[str, str]) -> list[str]:
     return out + [f"| {row} |" for row in table]
 
 
-BENCHMARKS.add("speed", speed, description="every speed race of issue 10 back to back; one table line per race "
-               "(--quick skips the 10-minute GPT race; --only a,b)")
-BENCHMARKS.add("nanogpt-10min", race_nanogpt_10min, description="best char-level GPT in 10 minutes: nanoGPT's "
+BENCHMARKS.add("speed", speed, SpeedOptions,
+               description="every speed race back to back; one table line per "
+               "race (--quick skips the 10-minute GPT race; --only a,b; --RACE.KEY VALUE sets a race's option)")
+BENCHMARKS.add("nanogpt-10min", race_nanogpt_10min, NanoGPT10MinOptions,
+               description="best char-level GPT in 10 minutes: nanoGPT's "
                "10-minute configuration vs Neuratlas' budgeted recipe (--budget S)")
-BENCHMARKS.add("nanogpt", race_nanogpt, description="nanoGPT train.py vs Neuratlas, baby GPT on Tiny Shakespeare: "
+BENCHMARKS.add("nanogpt", race_nanogpt, NanoGPTOptions,
+               description="nanoGPT train.py vs Neuratlas, baby GPT on Tiny Shakespeare: "
                "val loss and wall time, same run (--peers DIR)")
-BENCHMARKS.add("mfu", race_mfu, description="GPT 6×384 training step FLOP/s vs the measured matmul peak (MFU)")
-BENCHMARKS.add("fashion-race", race_fashion, description="Fashion-MNIST accuracy within 60 s (and 10 min)")
+BENCHMARKS.add("mfu", race_mfu, MFUOptions,
+               description="GPT 6×384 training step FLOP/s vs the measured matmul peak (MFU)")
+BENCHMARKS.add("fashion-race", race_fashion, FashionRaceOptions,
+               description="Fashion-MNIST accuracy within 60 s (and 10 min)")

@@ -38,16 +38,18 @@ def register_claim(name: str, title: str, fn: Callable[[bool, Path], ClaimResult
 
     CLAIMS.add(name, fn, description=title, family=str(order))
 
-    def run_one(options: dict[str, str]) -> list[str]:
-        out = Path(options.get("out", f"runs/bench/{name}"))
-        result = run_claim(name, _truthy(options.get("quick", "false")), out)
+    def run_one(options: ClaimOptions) -> list[str]:
+        out = Path(options.out or f"runs/bench/{name}")
+        result = run_claim(name, options.quick, out)
         return [markdown_section(result, out)]
 
-    BENCHMARKS.add(name, run_one, description=title)
+    BENCHMARKS.add(name, run_one, ClaimOptions, description=title)
 
 
-def _truthy(s: str) -> bool:
-    return s.lower() in ("1", "true", "yes", "")
+@dataclass
+class ClaimOptions:
+    quick: bool = False  # the short budgets (minutes rather than hours)
+    out: str = ""  # folder for the claim's tables and plots (default: runs/bench/NAME)
 
 
 def run_claim(name: str, quick: bool, out_dir: Path) -> ClaimResult:
@@ -148,7 +150,7 @@ def train_variant(recipe: str, overrides: dict[str, str], out_dir: Path, name: s
     from neuratlas.training.trainer import Trainer
 
     run = get_recipe(recipe).run_config({"trainer.out_dir": str(out_dir), "trainer.run_name": name,
-                                         "trainer.progress": "false", "trainer.tensorboard": "false",
+                                         "trainer.progress": "false", "trainer.loggers": "csv",
                                          **overrides})
     trainer = Trainer(run)
     return trainer, trainer.fit()

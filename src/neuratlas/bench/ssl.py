@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ def pretrain(method: str, steps: int, model_name: str, seed: int, out_dir: str) 
 
     run = get_recipe(f"ssl-{method}-fashion").run_config({
         "trainer.max_steps": str(steps), "trainer.seed": str(seed), "trainer.out_dir": out_dir,
-        "trainer.progress": "false", "trainer.tensorboard": "false", "model.name": model_name})
+        "trainer.progress": "false", "trainer.loggers": "csv", "model.name": model_name})
     trainer = Trainer(run)
     trainer.model.train()
     for _ in range(steps):
@@ -68,14 +69,25 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std) -> f
     return (pred == y).float().mean().item()
 
 
-def ssl_benchmark(options: dict[str, str]) -> list[str]:
-    quick = options.get("quick", "false").lower() in ("1", "true", "yes")
-    pre_steps = int(options.get("pretrain_steps", 60 if quick else 600))
-    ft_steps = int(options.get("finetune_steps", 40 if quick else 300))
-    n_test = int(options.get("test", 2000 if quick else 10000))
-    model_name = options.get("model", "convnet")
-    seed = int(options.get("seed", 0))
-    out_dir = options.get("out", "runs/bench-ssl")
+@dataclass
+class SSLOptions:
+    quick: bool = False  # short budgets
+    pretrain_steps: int | None = None  # default: 60 with --quick, else 600
+    finetune_steps: int | None = None  # default: 40 with --quick, else 300
+    test: int | None = None  # held-out images scored (default: 2,000 with --quick, else 10,000)
+    model: str = "convnet"  # a registered CNN
+    seed: int = 0
+    out: str = "runs/bench-ssl"  # folder for the pretraining runs and plots
+
+
+def ssl_benchmark(options: SSLOptions) -> list[str]:
+    quick = options.quick
+    pre_steps = options.pretrain_steps or (60 if quick else 600)
+    ft_steps = options.finetune_steps or (40 if quick else 300)
+    n_test = options.test or (2000 if quick else 10000)
+    model_name = options.model
+    seed = options.seed
+    out_dir = options.out
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     data = load_dataset({"name": "fashion-mnist", "val_size": 5000})
@@ -113,5 +125,5 @@ def ssl_benchmark(options: dict[str, str]) -> list[str]:
     return lines
 
 
-BENCHMARKS.add("ssl", ssl_benchmark, description="self-supervised pretraining (rotation, SimCLR) vs "
+BENCHMARKS.add("ssl", ssl_benchmark, SSLOptions, description="self-supervised pretraining (rotation, SimCLR) vs "
                "random init: linear probe and fine-tune with 1/10/100% of labels")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -37,12 +38,17 @@ def _train_step(model, batch, opt, hf: bool, dtype):
     return step
 
 
-def bench_transformer(options: dict[str, str]) -> list[str]:
+@dataclass
+class TransformerOptions:
+    quick: bool = False  # batch 8 and 3 timings instead of batch 16 and 10
+
+
+def bench_transformer(options: TransformerOptions) -> list[str]:
     transformers = require("transformers", "this benchmark (it races `transformers`)")
     from neuratlas.models.gpt import GPT, GPTConfig
     from neuratlas.weights import load_hf_gpt2
 
-    quick = options.get("quick", "false").lower() in ("1", "true", "yes")
+    quick = options.quick
     reps = 3 if quick else 10
     dim, n_layer, n_head, ctx, vocab = 384, 6, 6, 256, 65
     batch = 8 if quick else 16
@@ -134,6 +140,7 @@ def bench_transformer(options: dict[str, str]) -> list[str]:
 BENCHMARKS.add(
     "transformer",
     bench_transformer,
+    TransformerOptions,
     description="GPT training/generation tokens/s vs transformers' GPT2 (same size, same run); "
     "KV-cache bytes for MHA/GQA/MQA",
 )

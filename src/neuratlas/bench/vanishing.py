@@ -19,7 +19,9 @@ One thread per run: these small sequential models are latency-bound (see recipes
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -124,18 +126,29 @@ def plot_profiles(profiles: dict[str, dict[str, np.ndarray]], length: int, path:
     return save_png(fig, path)
 
 
-def vanishing(options: dict[str, str]) -> list[str]:
-    quick = options.get("quick", "false").lower() in ("1", "true", "yes")
-    lengths = [int(v) for v in options.get("lengths", "10,30,60" if quick else "10,50,100,200").split(",")]
-    steps = int(options.get("steps", 500 if quick else 1500))
-    hidden = int(options.get("hidden", 32))
-    lr = float(options.get("lr", 1e-2))
-    batch = int(options.get("batch", 64))
-    seed = int(options.get("seed", 0))
-    out = Path(options.get("out", "runs/bench-vanishing"))
-    cells = options.get("cells", "rnn,lstm,gru" + ("" if quick else ",transformer")).split(",")
+@dataclass
+class VanishingOptions:
+    quick: bool = False  # shorter sequences and fewer steps, no Transformer
+    lengths: list[int] | None = None  # sequence lengths T (default: 10,30,60 with --quick, else 10,50,100,200)
+    steps: int | None = None  # training steps per cell and length (default: 500 with --quick, else 1,500)
+    hidden: int = 32
+    lr: float = 1e-2
+    batch: int = 64
+    seed: int = 0
+    out: str = "runs/bench-vanishing"  # folder for the plots
+    cells: list[Literal["rnn", "lstm", "gru", "transformer"]] | None = None  # default: all; no transformer with --quick
+    threads: int = 1  # torch threads while it runs
+
+
+def vanishing(options: VanishingOptions) -> list[str]:
+    quick = options.quick
+    lengths = options.lengths or ([10, 30, 60] if quick else [10, 50, 100, 200])
+    steps = options.steps or (500 if quick else 1500)
+    hidden, lr, batch, seed = options.hidden, options.lr, options.batch, options.seed
+    out = Path(options.out)
+    cells = options.cells or ["rnn", "lstm", "gru"] + ([] if quick else ["transformer"])
     threads = torch.get_num_threads()
-    torch.set_num_threads(int(options.get("threads", 1)))
+    torch.set_num_threads(options.threads)
     try:
         return _run(quick, lengths, steps, hidden, lr, batch, seed, out, cells)
     finally:
@@ -198,6 +211,6 @@ def _ks(length: int) -> list[int]:
     return [k for k in ks if k < length]
 
 
-BENCHMARKS.add("vanishing", vanishing,
+BENCHMARKS.add("vanishing", vanishing, VanishingOptions,
                description="gradient vs distance for RNN/LSTM/GRU(/Transformer), adding problem by length")
 

@@ -1,5 +1,6 @@
-"""The ``neuratlas`` command. Each module in this package adds subcommands through ``register(sub)``;
-user errors print as one ``error:`` line (exit 2), never a traceback."""
+"""The ``neuratlas`` command. Each module in this package adds subcommands through ``register(sub)``, each
+described by typed dataclasses and read by one parser (``cli/options.py``); user errors print as one
+``error:`` line (exit 2), never a traceback."""
 
 from __future__ import annotations
 
@@ -8,38 +9,65 @@ import importlib
 import os
 import pkgutil
 import sys
+import typing
 
+from neuratlas import __version__
+from neuratlas.cli.options import run as run_command
+from neuratlas.cli.options import subcommands
 from neuratlas.errors import NeuratlasError
 
 ORDER = ["core", "visualize", "tour"]  # these first in --help; the rest alphabetically
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one ``error:`` line like every other user error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="neuratlas",
         description="Neuratlas: every modern neural-network family, one registry, one trainer, one CLI.",
         epilog="Examples:\n  neuratlas list 'resnet*'\n  neuratlas train convnet-fashion-quick --optimizer.lr 3e-3\n"
                "  neuratlas eval runs/convnet-...\n  neuratlas tour",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    from neuratlas import __version__
-
     parser.add_argument("--version", action="version", version=f"neuratlas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
     for name in sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+        module = importlib.import_module(f"{__name__}.{name}")
+        if hasattr(module, "register"):  # options.py is the parser, not a command
+            module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    if extra and not getattr(args, "accepts_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    name = next((a for a in argv if not a.startswith("-")), None)
+    sub = subcommands(parser).get(name) if name else None
+    command = sub.get_default("_command") if sub else None
     try:
+        if command is not None:  # the one dialect: cli/options.py reads everything after the name
+            return run_command(command, argv[argv.index(name) + 1:])
+        rest = argv[argv.index(name) + 1:] if sub is not None else []
+        while rest and not rest[0].startswith("-") and rest[0] in subcommands(sub):  # `data inspect`: its own
+            sub, rest = subcommands(sub)[rest[0]], rest[1:]
+        if sub is not None and not sub.get_default("accepts_overrides"):  # before argparse's own checks
+            valid = sorted(o for a in sub._actions for o in a.option_strings if o.startswith("--"))
+            for a in rest:
+                if a.startswith("--") and a.split("=", 1)[0] not in valid:
+                    raise NeuratlasError(f"neuratlas {name}: unknown option {a!r}. Valid options: "
+                                         f"{', '.join(valid) or 'none'}")
+        args, extra = parser.parse_known_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        if extra and not getattr(args, "accepts_overrides", False):
+            raise NeuratlasError(f"neuratlas {name}: unexpected argument {extra[0]!r}")
         return args.func(args, extra) or 0
     except NeuratlasError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -47,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `neuratlas list | head`: the reader is gone, nothing left to say
+        sys.stderr = open(os.devnull, "w")  # else Python reports the closed pipe again at exit
+        return 0
     except Exception as e:  # an unexpected failure: one line unless debugging is asked for
         if os.environ.get("NEURATLAS_DEBUG"):
             raise

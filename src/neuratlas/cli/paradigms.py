@@ -1,106 +1,130 @@
-"""finetune, federated, ddp: training paradigms that are more than one Trainer.fit.
+"""ddp, federated: training paradigms that are more than one process (``finetune`` is an alias of train).
 
-    neuratlas finetune lite0-fashion-finetune --transfer.freeze 'stem.*' --trainer.max_steps 100
-    neuratlas federated sim --fed.alpha 0.5 --fed.rounds 10
-    neuratlas federated launch --clients 3 --fed.rounds 2          # Flower server + clients on loopback
-    neuratlas federated server --address 127.0.0.1:8080 --min-clients 2
-    neuratlas federated client --address 127.0.0.1:8080 --id 0
-    neuratlas ddp --nproc 2 mlp-fashion-quick          # = torchrun --nproc-per-node 2 -m neuratlas train
+neuratlas finetune lite0-fashion-finetune --transfer.freeze 'stem.*' --trainer.max_steps 100
+neuratlas federated sim --fed.alpha 0.5 --fed.rounds 10
+neuratlas federated launch --clients 3 --fed.rounds 2          # Flower server + clients on loopback
+neuratlas federated server --address 127.0.0.1:8080 --min-clients 2
+neuratlas federated client --address 127.0.0.1:8080 --id 0
+neuratlas ddp --nproc 2 mlp-fashion-quick          # = torchrun --nproc-per-node 2 -m neuratlas train
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-from neuratlas.config import build_config, parse_overrides
+from neuratlas.cli.options import Parsed, command, positional
+from neuratlas.config import build_config
 from neuratlas.errors import NeuratlasError
 
 
+@dataclass
+class DdpOptions:
+    """Launch `neuratlas train RECIPE [--SECTION.KEY VALUE ...]` in NPROC processes on this machine with
+    DistributedDataParallel (gloo on CPU, NCCL on GPU): the same as `torchrun --nproc-per-node NPROC -m neuratlas
+    train RECIPE ...`. --data.batch_size stays the global batch; each process takes 1/NPROC of it."""
+
+    recipe: str = positional("a registered recipe (`neuratlas list --kind recipes`)")
+    nproc: int = 2  # processes, one per device (≥ 1)
+
+
+@dataclass
+class FederatedOptions:
+    """Federated learning: `sim` simulates every client in this process and compares FedAvg/FedProx;
+    `server` and `client` are Flower processes talking gRPC; `launch` starts a server and --clients clients on
+    loopback. The experiment itself is the --fed.KEY section, the same for every process."""
+
+    mode: Literal["sim", "server", "client", "launch"] = positional("what this process is")
+    address: str = "127.0.0.1:8080"  # host:port of the Flower server
+    min_clients: int = 2  # server: clients needed before a round starts
+    clients: int = 2  # launch: client processes to start
+    id: int = 0  # client: which shard of the split this client holds
+    corrupt: bool = False  # client: send wrongly shaped updates (for testing the server's checks)
+    drop_at_round: int = 0  # client: die during this round (for testing; 0: never)
+    round_timeout: float = 120.0  # server: seconds to wait for a round
+    out: str = "runs/federated"  # folder for history.json and the accuracy plot
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="an alias of `train` (transfer is the run's --transfer.* section)",
-                       description="The same as `neuratlas train RECIPE`: every run takes --transfer.checkpoint "
-                       "RUN|imagenet-lite0, --transfer.freeze 'stem.*,stages.0.*', --transfer.lr_decay 0.5, "
-                       "--transfer.unfreeze_every 50, --transfer.lora_rank 8, beside any other --section.key "
-                       "override.")
-    p.add_argument("recipe")
-    p.set_defaults(func=cmd_finetune, accepts_overrides=True)
+    from neuratlas.cli.core import _base_run, run_sections
 
-    p = sub.add_parser("ddp", help="data-parallel training: torchrun N processes of `neuratlas train`",
-                       description="Launch `neuratlas train RECIPE [overrides]` in NPROC processes on this "
-                       "machine with DistributedDataParallel (gloo on CPU, NCCL on GPU); the same as "
-                       "`torchrun --nproc-per-node NPROC -m neuratlas train RECIPE ...`. --data.batch_size "
-                       "stays the global batch; each process takes 1/NPROC of it.")
-    p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("recipe")
-    p.set_defaults(func=cmd_ddp, accepts_overrides=True)
-
-    p = sub.add_parser("federated", help="federated learning: simulation, or Flower server/clients",
-                       description="Options of the experiment are --fed.KEY value (clients, rounds, "
-                                   "fraction, local_epochs, strategy fedavg|fedprox, prox_mu, alpha (0 = "
-                                   "IID), model, limit_train, dp_clip, dp_noise, seed).")
-    p.add_argument("mode", choices=["sim", "server", "client", "launch"])
-    p.add_argument("--address", default="127.0.0.1:8080", help="host:port of the Flower server")
-    p.add_argument("--min-clients", type=int, default=2, help="server: clients needed before a round starts")
-    p.add_argument("--clients", type=int, default=2, help="launch: client processes to start")
-    p.add_argument("--id", type=int, default=0, help="client: which shard of the split this client holds")
-    p.add_argument("--corrupt", action="store_true", help="client: send wrongly shaped updates (for testing)")
-    p.add_argument("--drop-at-round", type=int, default=0, help="client: die during this round (for testing)")
-    p.add_argument("--round-timeout", type=float, default=120.0, help="server: seconds to wait for a round")
-    p.add_argument("--out", default="runs/federated", help="folder for history.json and the accuracy plot")
-    p.set_defaults(func=cmd_federated, accepts_overrides=True)
+    command(
+        sub,
+        "ddp",
+        DdpOptions,
+        cmd_ddp,
+        help="data-parallel training: torchrun N processes of `neuratlas train`",
+        sections=lambda o: run_sections(_base_run(o.recipe, None) if o else None),
+    )
+    command(
+        sub,
+        "federated",
+        FederatedOptions,
+        cmd_federated,
+        help="federated learning: simulation, or Flower server/clients",
+        sections=_fed_sections,
+    )
 
 
-def cmd_finetune(args: argparse.Namespace, extra: list[str]) -> int:
-    from neuratlas.cli.core import cmd_train
-
-    return cmd_train(argparse.Namespace(recipe=args.recipe, resume=None, help=False), extra)
-
-
-def cmd_ddp(args: argparse.Namespace, extra: list[str]) -> int:
-    from neuratlas.training.distributed import launch
-
-    if args.nproc < 1:
-        raise NeuratlasError(f"--nproc must be ≥ 1, got {args.nproc}")
-    return launch(args.nproc, ["train", args.recipe, *extra])
-
-
-def cmd_federated(args: argparse.Namespace, extra: list[str]) -> int:
+def _fed_sections(opts: FederatedOptions | None) -> dict[str, type | None]:
     from neuratlas.paradigms.federated.core import FederatedConfig
 
-    overrides = parse_overrides(extra)
-    bad = [k for k in overrides if not k.startswith("fed.")]
-    if bad:
-        raise NeuratlasError(f"federated options are --fed.KEY value; got --{bad[0]}")
-    cfg = build_config(FederatedConfig, {k[4:]: v for k, v in overrides.items()}, where="fed")
+    return {"fed": FederatedConfig}
+
+
+def as_args(sections: dict[str, dict[str, Any]]) -> list[str]:
+    """Section values back to ``--section.key value`` arguments, for a child process."""
+    return [
+        a
+        for s, values in sections.items()
+        for k, v in values.items()
+        for a in (f"--{s}.{k}", v if isinstance(v, str) else json.dumps(v))
+    ]
+
+
+def cmd_ddp(opts: DdpOptions, parsed: Parsed) -> int:
+    from neuratlas.training.distributed import launch
+
+    if opts.nproc < 1:
+        raise NeuratlasError(f"--nproc must be ≥ 1, got {opts.nproc}")
+    return launch(opts.nproc, ["train", opts.recipe, *as_args(parsed.sections)])
+
+
+def cmd_federated(opts: FederatedOptions, parsed: Parsed) -> int:
+    from neuratlas.paradigms.federated.core import FederatedConfig
+
+    cfg = build_config(FederatedConfig, parsed.sections.get("fed", {}), where="fed")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
     logging.getLogger("neuratlas").addHandler(handler)
-    if args.mode in ("server", "client"):
+    if opts.mode in ("server", "client"):
         import torch
 
         torch.set_num_threads(1)  # several processes share the machine: no thread oversubscription
-    out = Path(args.out)
-    if args.mode == "sim":
+    out = Path(opts.out)
+    if opts.mode == "sim":
         from neuratlas.recipes.paradigms import federated_comparison
 
         for line in federated_comparison(cfg, out):
             print(line)
-    elif args.mode == "server":
+    elif opts.mode == "server":
         from neuratlas.paradigms.federated.flower import run_server
 
-        hist = run_server(cfg, args.address, args.min_clients, out, args.round_timeout)
+        hist = run_server(cfg, opts.address, opts.min_clients, out, opts.round_timeout)
         print("round accuracy: " + ", ".join(f"{r}:{a:.4f}" for r, a in zip(hist.rounds, hist.accuracy)))
-    elif args.mode == "client":
+    elif opts.mode == "client":
         from neuratlas.paradigms.federated.flower import run_client
 
-        run_client(cfg, args.address, args.id, args.corrupt, args.drop_at_round)
+        run_client(cfg, opts.address, opts.id, opts.corrupt, opts.drop_at_round)
     else:
         from neuratlas.paradigms.federated.flower import launch_local
 
-        port = int(args.address.rsplit(":", 1)[1])
-        code, text = launch_local(extra, args.clients, port, out)
+        port = int(opts.address.rsplit(":", 1)[1])
+        code, text = launch_local(as_args(parsed.sections), opts.clients, port, out)
         print("\n".join(ln for ln in text.splitlines() if "neuratlas.paradigms.federated" in ln or "round" in ln))
         return code
     return 0

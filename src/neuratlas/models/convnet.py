@@ -7,11 +7,13 @@ fully-connected classifier. Init: Kaiming-normal for ReLU convs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from neuratlas.layers import get_activation
+from neuratlas.layers.activations import Activation
 from neuratlas.layers.conv import init_conv_weights
 from neuratlas.models._vision import ImageClassifier
 from neuratlas.models.registry import register_model
@@ -25,8 +27,8 @@ class ConvNetConfig:
     convs_per_stage: int = 2
     kernel_size: int = 3
     norm: bool = True  # BatchNorm after each conv
-    act: str = "relu"
-    pool: str = "max"  # max | avg
+    act: Activation = "relu"
+    pool: Literal["max", "avg"] = "max"
     hidden: tuple[int, ...] = ()
     dropout: float = 0.2
     global_pool: bool = True  # False: flatten the last map into the FC layers (LeNet)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ class EfficientNetConfig:
     bn_eps: float = 1e-5
     # "symmetric" (PyTorch, k//2 each side) or "same" (TensorFlow SAME: stride-2 convs pad right/bottom
     # only). Imported TF-trained weights (EfficientNet-Lite0, bn_eps=1e-3) need "same".
-    padding: str = "symmetric"
+    padding: Literal["symmetric", "same"] = "symmetric"
 
     def __post_init__(self) -> None:
         if self.padding not in ("symmetric", "same"):

@@ -11,6 +11,7 @@ Layer arithmetic and parameter names follow PyTorch Geometric, so tests compare 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch import nn
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers import get_activation
+from neuratlas.layers.activations import Activation
 from neuratlas.layers.graph import Graph, SparseFeatures
 from neuratlas.models.registry import register_model
 
@@ -168,7 +170,7 @@ def gin_mlp(in_features: int, out_features: int, norm: bool) -> nn.Sequential:
 # --- the model --------------------------------------------------------------------------------------------
 @dataclass
 class GNNConfig:
-    conv: str = "gcn"  # gcn | sage | gat | gin
+    conv: Literal["gcn", "sage", "gat", "gin"] = "gcn"
     in_features: int = 1433
     num_classes: int = 7  # output width: classes, or the embedding size for link prediction
     hidden: int = 16  # per head for GAT
@@ -177,8 +179,8 @@ class GNNConfig:
     out_heads: int = 1  # GAT heads in the output layer (averaged)
     dropout: float = 0.5  # on the input of every layer
     attn_dropout: float = 0.6  # GAT attention coefficients
-    act: str = "relu"
-    readout: str = "none"  # none: one output per node | sum | mean | max: one per graph (then an MLP head)
+    act: Activation = "relu"
+    readout: Literal["none", "sum", "mean", "max"] = "none"  # none: one output per node; else one per graph + MLP
     norm: bool = True  # BatchNorm inside GIN's MLPs and the readout head
     train_eps: bool = False  # GIN: learn eps
 

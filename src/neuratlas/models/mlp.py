@@ -6,12 +6,14 @@ Init: PyTorch's default (Kaiming-uniform, a=√5) for hidden layers, which suits
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers import get_activation, get_norm
+from neuratlas.layers.activations import Activation
 from neuratlas.models.registry import register_model
 
 
@@ -20,8 +22,8 @@ class MLPConfig:
     in_features: int = 784
     hidden: tuple[int, ...] = (512, 256)
     num_classes: int = 10
-    act: str = "relu"
-    norm: str = "none"  # none | batchnorm1d | layernorm
+    act: Activation = "relu"
+    norm: Literal["none", "batchnorm1d", "layernorm"] = "none"
     dropout: float = 0.1
 
     def __post_init__(self) -> None:

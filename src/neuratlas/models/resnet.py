@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from neuratlas.layers import ConvNormAct, DropPath, get_activation
+from neuratlas.layers.activations import Activation
 from neuratlas.layers.conv import init_conv_weights
 from neuratlas.models._vision import ImageClassifier
 from neuratlas.models.registry import register_model
@@ -42,7 +43,7 @@ class ResNetConfig:
     zero_init_residual: bool = True
     drop_path: float = 0.0
     dropout: float = 0.0
-    act: str = "relu"
+    act: Activation = "relu"
 
     def __post_init__(self) -> None:
         if self.style == "imagenet" and self.depth not in IMAGENET_LAYOUTS:

@@ -13,6 +13,7 @@ state feeds a linear classification head.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ class ViTConfig:
     ffn_dim: int | None = None  # None -> 4·dim
     dropout: float = 0.0
     norm_eps: float = 1e-6
-    pool: str = "cls"  # cls: the class token's state; mean: average of the patch tokens
+    pool: Literal["cls", "mean"] = "cls"  # cls: the class token's state; mean: average of the patch tokens
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:

@@ -32,7 +32,7 @@ def _transfer_recipe(name: str, model: dict, transfer: dict, description: str, s
 
 # EfficientNet-Lite0 at 28×28 grey: the RGB stem kernels are summed for one channel and the stem runs at
 # stride 1 (``small_input``), so the ImageNet features see a 28-px image at the scale of a 56-px one.
-LITE0 = {"name": "efficientnet-lite0", "in_chans": 1, "small_input": True, "padding": "same", "bn_eps": 1e-3,
+LITE0 = {"name": "efficientnet-lite0", "small_input": True, "padding": "same", "bn_eps": 1e-3,
          "drop_path": 0.05}
 _transfer_recipe("lite0-fashion-finetune", LITE0, {"checkpoint": "imagenet-lite0", "lr_decay": 0.7},
                  "EfficientNet-Lite0 from real ImageNet weights, fine-tuned 150 steps on Fashion-MNIST "
@@ -54,7 +54,7 @@ _transfer_recipe("convnet-from-checkpoint", {"name": "convnet"}, {"checkpoint": 
 _MINILM_RT = {"model": {"name": "minilm-l6", "dropout": 0.1},
               "data": {"name": "rotten-tomatoes", "tokenizer": "all-MiniLM-L6-v2", "max_len": 48,
                        "batch_size": 32},
-              "task": {"name": "text_classification"},
+              "task": {"name": "text-classification"},
               "optimizer": {"name": "adamw", "lr": 2e-4, "weight_decay": 0.01},
               "schedule": {"name": "linear", "warmup_frac": 0.1},
               "trainer": {"max_steps": 150, "eval_every": 150, "grad_clip": 1.0}}

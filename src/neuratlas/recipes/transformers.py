@@ -17,7 +17,7 @@ def _lm(
     warmup=100,
     wd=0.1,
     eval_tokens=0,
-    task="language_modeling",
+    task="language-modeling",
     optimizer="adamw",
     **trainer,
 ):
@@ -152,7 +152,7 @@ register_recipe(
     {
         "model": {"name": "minilm-l6", "dropout": 0.1},
         "data": {"name": "rotten-tomatoes", "tokenizer": "all-MiniLM-L6-v2", "max_len": 40, "batch_size": 32},
-        "task": {"name": "text_classification"},
+        "task": {"name": "text-classification"},
         "optimizer": {"name": "adamw", "lr": 2e-4, "weight_decay": 0.01},
         "schedule": {"name": "linear", "warmup_frac": 0.1},
         "trainer": {
@@ -173,7 +173,7 @@ register_recipe(
     {
         "model": {"name": "minilm-l6", "dropout": 0.1},
         "data": {"name": "rotten-tomatoes", "tokenizer": "all-MiniLM-L6-v2", "max_len": 64, "batch_size": 32},
-        "task": {"name": "text_classification"},
+        "task": {"name": "text-classification"},
         "optimizer": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.01},
         "schedule": {"name": "linear", "warmup_frac": 0.1},
         "trainer": {"epochs": 3, "grad_clip": 1.0},
@@ -189,7 +189,7 @@ register_recipe(
         {**CHAR, "batch_size": 32, "block_size": 128},
         2000,
         lr=1e-3,
-        task="masked_lm",
+        task="masked-lm",
         eval_tokens=65536,
         eval_every=500,
     ),

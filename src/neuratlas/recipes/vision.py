@@ -41,7 +41,7 @@ register_recipe("resnet-fashion-quick",
                      data={**FMNIST, "batch_size": 256, "crop_padding": 0}),
                 "ResNet-20 (CIFAR layout), 2 epochs", family="resnet", tour=True, target="test accuracy ≥ 0.88")
 register_recipe("resnet20-fashion",
-                _run({"name": "resnet20-cifar", "in_chans": 1}, 15, lr=0.2, optimizer="sgd", wd=5e-4,
+                _run({"name": "resnet20-cifar"}, 15, lr=0.2, optimizer="sgd", wd=5e-4,
                      data={**FMNIST, "erase": 0.25}),
                 "ResNet-20 (0.27M params), SGD momentum 0.9, one-cycle, 15 epochs", family="resnet",
                 target="test accuracy ≥ 0.93")
@@ -55,8 +55,7 @@ register_recipe("mobilenet-fashion-quick",
                 "MobileNet V2 ×0.5 (inverted residuals), 2 epochs", family="mobilenet", tour=True,
                 target="test accuracy ≥ 0.86")
 register_recipe("mobilenet-v1-fashion",
-                _run({"name": "mobilenet-v1", "width_mult": 0.5, "small_input": True, "num_classes": 10,
-                      "in_chans": 1}, 10),
+                _run({"name": "mobilenet-v1", "width_mult": 0.5, "small_input": True}, 10),
                 "MobileNet V1 ×0.5 (depthwise-separable), 10 epochs", family="mobilenet",
                 target="test accuracy ≥ 0.91")
 register_recipe("efficientnet-fashion-quick",

@@ -15,6 +15,7 @@ dataclass and the values are saved in the run's config; the task reads them as `
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,6 +41,12 @@ class Task:
     device: torch.device = torch.device("cpu")  # set by the trainer
     memory_format: torch.memory_format = torch.contiguous_format  # channels_last when the trainer asks
     sections: ClassVar[dict[str, type]] = {}  # config sections this task owns: name -> dataclass
+    predicts_without_inputs: ClassVar[bool] = False  # `predict` may be given no INPUTS (a forecast, samples)
+
+    @dataclass
+    class PredictOptions:
+        """The options of ``neuratlas predict`` on this task's checkpoints (each task declares its own: they are
+        typed, listed in ``--help`` and checked like every other option)."""
 
     def __init__(self, cfg: Any, data_spec: dict[str, Any], seed: int = 0,
                  sections: dict[str, dict[str, Any]] | None = None) -> None:
@@ -124,8 +131,14 @@ class Task:
 
     # --- what the CLI calls on a loaded checkpoint ---------------------------------------------------
     @classmethod
+    def predict_on_data(cls, extra: dict[str, Any], trained_on: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's facts for predicting on other data named by ``--data.*`` options (a forecaster: a
+        series it never saw); tasks that cannot refuse it."""
+        raise NeuratlasError(f"{cls.__name__} checkpoints predict on their inputs; --data.* options do not apply")
+
+    @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+                options: PredictOptions) -> list[str]:
         """Run the model on user inputs (files or text) and return lines to print."""
         raise NotImplementedError(f"`predict` is not available for {cls.__name__}")
 
@@ -173,6 +186,9 @@ def write_image(image: torch.Tensor, path: Path) -> str:
 
 
 def describe_splits(name: str, data: Any) -> str:
-    """``name (train/val/test)`` sample counts of a data set with ``train``/``val``/``test`` tensor tuples."""
+    """``name (train/val/test)`` sample counts of a data set with ``train``/``val``/``test`` tensor tuples, or
+    the data set's own one-line ``summary`` (a user's files: where, classes, splits, sizes, skipped files)."""
+    if getattr(data, "summary", ""):
+        return data.summary
     n = [len(split[0]) for split in (data.train, data.val, data.test)]
     return f"{name} ({n[0]:,}/{n[1]:,}/{n[2]:,})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from neuratlas.tasks.base import TASKS, Task, describe_splits, gather_prediction
 
 @dataclass
 class ClassificationConfig:
-    loss: str = "cross_entropy"  # cross_entropy | nll | mse | bce | focal
+    loss: Literal["cross_entropy", "nll", "mse", "bce", "focal"] = "cross_entropy"
     label_smoothing: float = 0.0
     # Test-time augmentation: score each image and its mirror image, average the logits. For data whose
     # classes are mirror-symmetric (clothes, natural photos; not digits or text).
@@ -99,7 +99,8 @@ class ImageClassification(Task):
     def checkpoint_extra(self) -> dict[str, Any]:
         c, h, w = self.data.shape
         return {"classes": self.data.classes, "mean": list(self.data.mean), "std": list(self.data.std),
-                "input_shape": [c, h, w], "dataset": self.data_spec["name"], "tta_flip": self.cfg.tta_flip}
+                "input_shape": [c, h, w], "dataset": self.data_spec["name"], "tta_flip": self.cfg.tta_flip,
+                "resize": getattr(self.data.cfg, "resize", "squash")}
 
     def describe_data(self) -> str:
         return describe_splits(self.data_spec["name"], self.data)
@@ -107,13 +108,16 @@ class ImageClassification(Task):
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
         return [write_image(self.data.test[0][0], folder / "example.png")], {}
 
+    @dataclass
+    class PredictOptions:
+        invert: bool = False  # invert the images first (dark drawing on white, where the data is light on dark)
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+                options: PredictOptions) -> list[str]:
         """Classify image files (PNG/JPEG, or .npy arrays); prints the top-3 classes per file."""
         c, h, w = extra["input_shape"]
-        invert = options.get("invert", "false").lower() in ("1", "true", "yes")
-        x = torch.stack([load_image(p, c, h, w, invert) for p in inputs])
+        x = torch.stack([load_image(p, c, h, w, options.invert, extra.get("resize", "squash")) for p in inputs])
         model.eval()
         with torch.no_grad():
             x = normalize(x, tuple(extra["mean"]), tuple(extra["std"]))
@@ -130,23 +134,21 @@ class ImageClassification(Task):
         return lines
 
 
-def load_image(path: str, channels: int, h: int, w: int, invert: bool = False) -> torch.Tensor:
+def load_image(path: str, channels: int, h: int, w: int, invert: bool = False,
+               resize: str = "squash") -> torch.Tensor:
     """Read an image file into a uint8 (C, H, W) tensor of the model's input size."""
     p = Path(path)
     if not p.is_file():
         raise NeuratlasError(f"input {path} does not exist")
     if p.suffix == ".npy":
         arr = np.load(p, allow_pickle=False)
-    else:
+    else:  # the decoding training used: any mode (16-bit, palette, alpha), the run's resize policy
+        from neuratlas.data.image_files import ResizePolicy, decode
+
         try:
-            from PIL import Image
-        except ImportError:
-            raise NeuratlasError("reading image files needs Pillow: `pip install Pillow`") from None
-        try:
-            img = Image.open(p).convert("L" if channels == 1 else "RGB").resize((w, h))
-        except OSError as e:
+            arr = decode(p, ResizePolicy(h, w, channels, resize))
+        except Exception as e:  # Pillow raises many types for broken files
             raise NeuratlasError(f"{path} is not a readable image: {e}") from None
-        arr = np.asarray(img)
     t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.ndim == 2:
         t = t.unsqueeze(0)

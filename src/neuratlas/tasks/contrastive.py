@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import textwrap
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -37,7 +37,8 @@ KS = (1, 5, 10)
 @dataclass
 class ContrastiveConfig:
     group_positives: bool = True  # pairs whose captions describe the same group are positives (see clip_loss)
-    metric: str = "zero_shot_accuracy"  # or i2t_recall@k / t2i_recall@k, k in 1, 5, 10
+    metric: Literal["zero_shot_accuracy", "loss", "i2t_recall@1", "i2t_recall@5", "i2t_recall@10", "t2i_recall@1",
+                    "t2i_recall@5", "t2i_recall@10"] = "zero_shot_accuracy"
     retrieval_size: int = 1000  # held-out pairs used for retrieval (the first N of the split)
 
     def __post_init__(self) -> None:
@@ -172,14 +173,18 @@ class ContrastiveImageText(Task):
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
         return [write_image(self.data.test[0][0], folder / "example.png")], {}
 
+    @dataclass
+    class PredictOptions:
+        labels: list[str] = field(default_factory=list)  # class names to choose among (default: the run's classes)
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+                options: PredictOptions) -> list[str]:
         """Zero-shot classify image files among ``--labels a,b,c`` (default: the checkpoint's test names)."""
         from neuratlas.tasks.classification import load_image
 
         c, h, w = extra["input_shape"]
-        labels = [s.strip() for s in options["labels"].split(",")] if options.get("labels") else extra["classes"]
+        labels = [s.strip() for s in options.labels] or extra["classes"]
         tok = tokenizer_from_dict(extra["tokenizer"])
         texts = [t.format(name.lower()) for name in labels for t in extra["templates"]]
         ids = encode_captions(tok, texts)

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -326,42 +326,50 @@ class Detection(Task):
 
     def describe_data(self) -> str:
         d = self.data
+        if getattr(d, "summary", ""):  # a user's COCO files: its own one-line summary
+            return d.summary
         return (f"{self.data_spec['name']} ({len(d.tiles)} tiles, {int((d.labels >= 0).sum())} boxes / "
                 f"val strip {len(d.val[0].boxes)} / {d.test[0].name} {len(d.test[0].boxes)})")
 
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
         return [write_image(self.data.val[0].image[:, :256, :256], folder / "example.png")], {}
 
+    @dataclass
+    class PredictOptions:
+        score: float = 0.4  # drawing threshold
+        tile: int | None = None  # tile size in pixels (default: the run's)
+        overlap: int | None = None  # tile overlap in pixels (default: the run's)
+        truth: str | None = None  # a Pascal VOC .xml of the true boxes (one image), drawn cyan
+        precision: Literal["auto", "fp32", "bf16"] = "auto"
+        tta: bool | None = None  # the eight flips and turns, fused (default: as the run evaluated)
+        tta_scales: tuple[float, ...] | None = None  # e.g. 0.8,1,1.25 (default: as the run evaluated)
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
-        """Draw detected boxes with scores on each image (any size: tiled, never resized) → PNG.
-
-        Options: --score (drawing threshold, default 0.4), --tile, --overlap, --truth FILE.xml (drawn cyan),
-        --precision auto|fp32|bf16, --tta true|false, --tta_scales 0.8,1,1.25 (default: as the run evaluated).
-        """
-        score = float(options.get("score", 0.4))
-        if "truth" in options and len(inputs) != 1:
+                options: PredictOptions) -> list[str]:
+        """Draw detected boxes with scores on each image (any size: tiled, never resized) → PNG."""
+        score = options.score
+        if options.truth and len(inputs) != 1:
             raise NeuratlasError(f"--truth belongs to one image, but {len(inputs)} inputs were given")
-        tile = int(options.get("tile", extra["tile_size"]))
-        overlap = int(options.get("overlap", extra["tile_overlap"]))
+        tile = options.tile if options.tile is not None else int(extra["tile_size"])
+        overlap = options.overlap if options.overlap is not None else int(extra["tile_overlap"])
         in_chans = model.cfg.in_chans
-        tta = coerce(options.get("tta", extra.get("tta", False)), bool, "--tta")
-        scales = check_tta_scales(coerce(options.get("tta_scales", extra.get("tta_scales", [1.0])),
-                                         tuple[float, ...], "--tta_scales"))
+        tta = options.tta if options.tta is not None else coerce(extra.get("tta", False), bool, "--tta")
+        scales = check_tta_scales(options.tta_scales or coerce(extra.get("tta_scales", [1.0]), tuple[float, ...],
+                                                               "--tta_scales"))
         detect = partial(detect_dihedral, fuse_iou=extra.get("fuse_iou", 0.55), scales=scales) if tta else detect_tiled
         from neuratlas.device import autocast, resolve_precision
 
         device = torch.device("cpu")  # bf16 autocast where the CPU has it natively (as in training), else fp32
-        cast = autocast(device, resolve_precision(options.get("precision", "auto"), device))
+        cast = autocast(device, resolve_precision(options.precision, device))
         lines = []
         for path in inputs:
             image = read_rgb(path, in_chans)
             truth = None
-            if "truth" in options:
+            if options.truth:
                 from neuratlas.data.detection import read_voc
 
-                truth, _ = read_voc(options["truth"], image.shape[2], image.shape[1])
+                truth, _ = read_voc(options.truth, image.shape[2], image.shape[1])
             t0 = time.perf_counter()
             boxes, scores, _ = detect(model, image, *_stats(extra), tile, overlap,
                                       score, extra["nms_iou"], 1000, autocast=cast)

@@ -19,11 +19,12 @@ coverage of the outer quantile interval.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -92,6 +93,9 @@ def classical_forecasts(kind: str, y: np.ndarray, n_fit: int, starts: list[int],
     ETSModel = require("statsmodels.tsa.exponential_smoothing.ets", feature).ETSModel
     SARIMAX = require("statsmodels.tsa.statespace.sarimax", feature).SARIMAX
     seasonal = season > 1 and len(y[:n_fit]) > 2 * season
+    if kind == "arima" and seasonal and season > MAX_ARIMA_SEASON:
+        raise NeuratlasError(f"seasonal ARIMA at period {season} has a state of {season}+ values: too slow to "
+                             f"fit; it is skipped above period {MAX_ARIMA_SEASON}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter from statsmodels' optimisers
         if kind == "arima":
@@ -105,32 +109,56 @@ def classical_forecasts(kind: str, y: np.ndarray, n_fit: int, starts: list[int],
                     damped_trend=cfg.ets_damped and cfg.ets_trend != "none",
                     seasonal=cfg.ets_seasonal if seasonal and cfg.ets_seasonal != "none" else None,
                     seasonal_periods=season if seasonal and cfg.ets_seasonal != "none" else None)
+        if seasonal and season > MAX_ESTIMATED_SEASON:
+            # long seasons (336 half-hours): estimating every initial seasonal state is hundreds of free
+            # parameters; the heuristic start (a decomposition of the first cycles) leaves only the smoothing ones
+            spec["initialization_method"] = "heuristic"
         params = ETSModel(y[:n_fit], **spec).fit(disp=False).params
         full = ETSModel(y, **spec).smooth(params)
         return np.stack([full.predict(start=t, end=t + horizon - 1, dynamic=0) for t in starts])
 
 
+MAX_ARIMA_SEASON = 52  # seasonal ARIMA above this period is skipped (its state grows with the period)
+MAX_ESTIMATED_SEASON = 24  # ETS above this period starts from heuristic seasonal states
+
+
+def auto_horizon(seasons: tuple[int, ...]) -> int:
+    """One cycle of the shortest season (a day of half-hours, a year of months), or 10 steps without one."""
+    cycles = [m for m in seasons if m > 1]
+    return min(cycles) if cycles else 10
+
+
+def auto_lookback(season: int, horizon: int, n_fit: int, min_windows: int = 16) -> int:
+    """Three cycles of the season the model repeats (two, one, when the fitting part is short), so each
+    window shows how the season changes from cycle to cycle; without a season, four horizons."""
+    unit = season if season > 1 else horizon
+    for k in ((3, 2, 1) if season > 1 else (4, 3, 2, 1)):
+        if n_fit - k * unit - horizon + 1 >= min_windows:
+            return k * unit
+    return unit
+
+
 # --- the task ----------------------------------------------------------------------------------------------------
 @dataclass
 class ForecastConfig:
-    lookback: int = 24  # input window length
-    horizon: int = 12  # steps forecast from each origin
+    lookback: int | None = 24  # input window length; None -> from the series' season (auto_lookback)
+    horizon: int | None = 12  # steps forecast from each origin; None -> the shortest season (auto_horizon)
     val_len: int | None = None  # last training steps held out for validation; None -> horizon
     log: bool = True  # model log(y) for positive series (multiplicative seasonality becomes additive)
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)  # pinball loss; () -> point forecast with MSE
     batch_size: int = 16
-    eval_stride: int = 1  # step between rolling origins
+    eval_stride: int | None = 1  # step between rolling origins; None -> spaced to at most 200 origins
     baselines: bool = True  # naive / seasonal naive / ARIMA / ETS on the test split, same origins
     arima_order: tuple[int, int, int] = (0, 1, 1)
     arima_seasonal_order: tuple[int, int, int] = (0, 1, 1)  # (P, D, Q) at the series' season
-    ets_trend: str = "add"  # add | mul | none
+    ets_trend: Literal["add", "mul", "none"] = "add"
     ets_damped: bool = False
-    ets_seasonal: str = "add"  # add | mul | none
+    ets_seasonal: Literal["add", "mul", "none"] = "add"
 
     def __post_init__(self) -> None:
-        if self.lookback < 1 or self.horizon < 1 or self.batch_size < 1 or self.eval_stride < 1:
+        if min(self.lookback or 1, self.horizon or 1, self.batch_size, self.eval_stride or 1) < 1:
             raise ValueError("lookback, horizon, batch_size and eval_stride must be positive")
-        if self.val_len is not None and self.val_len < self.horizon:
+        if self.val_len is not None and self.horizon is not None and self.val_len < self.horizon:
             raise ValueError(f"val_len ({self.val_len}) must hold at least one horizon ({self.horizon})")
         for name in ("ets_trend", "ets_seasonal"):
             if getattr(self, name) not in ("add", "mul", "none"):
@@ -146,7 +174,16 @@ class Forecasting(Task):
         super().__init__(cfg, data_spec, seed)
         self.series: Series = load_dataset(data_spec)
         s = self.series
-        self.val_len = cfg.val_len or cfg.horizon
+        if not isinstance(s, Series):
+            raise NeuratlasError(f"forecasting needs a series data set (csv-series, airpassengers, ...), not "
+                                 f"{data_spec['name']!r}")
+        horizon = cfg.horizon or auto_horizon(s.seasons or (s.season,))
+        val_len = cfg.val_len or horizon
+        if val_len < horizon:
+            raise NeuratlasError(f"val_len ({val_len}) must hold at least one horizon ({horizon})")
+        lookback = cfg.lookback or auto_lookback(s.season, horizon, s.n_train - val_len)
+        self.cfg = cfg = replace(cfg, horizon=horizon, lookback=lookback)
+        self.val_len = val_len
         self.n_fit = s.n_train - self.val_len  # what the model and its scaler are fitted on
         self.log = cfg.log and s.positive
         if self.n_fit - cfg.lookback - cfg.horizon + 1 < 1:
@@ -173,7 +210,9 @@ class Forecasting(Task):
 
     def split_origins(self, split: str) -> tuple[list[int], int]:
         """(origins, length of the history whose seasonal-naive MAE scales MASE) for a split."""
-        s, h, stride = self.series, self.cfg.horizon, self.cfg.eval_stride
+        s, h = self.series, self.cfg.horizon
+        # unset: every origin up to 200, else evenly spaced ones (the ETS baseline forecasts from each)
+        stride = self.cfg.eval_stride or max(1, -(-(len(s.values) - s.n_train - h + 1) // 200))
         if split == "val":
             return origins(self.n_fit, s.n_train, h)[::stride], self.n_fit
         if split == "test":
@@ -185,7 +224,7 @@ class Forecasting(Task):
     # --- Task contract ---------------------------------------------------------------------------------------
     def model_defaults(self) -> dict[str, Any]:
         return {"in_features": 1, "horizon": self.cfg.horizon, "lookback": self.cfg.lookback,
-                "quantiles": tuple(self.cfg.quantiles)}
+                "quantiles": tuple(self.cfg.quantiles), "season": self.series.season}
 
     def _check_model(self, model: nn.Module) -> None:
         cfg = getattr(model, "config", None)
@@ -248,6 +287,8 @@ class Forecasting(Task):
         if m > 1:
             out["seasonal_naive"] = naive_forecasts(y, starts, h, m)
         for kind in ("arima", "ets"):
+            if kind == "arima" and m > MAX_ARIMA_SEASON:
+                continue  # see MAX_ARIMA_SEASON
             out[kind] = classical_forecasts(kind, y, n_hist, starts, h, m, self.cfg)
         return out
 
@@ -268,26 +309,45 @@ class Forecasting(Task):
         s = self.series
         return {"dataset": s.name, "periods": s.periods, "values": s.values.tolist(), "n_train": s.n_train,
                 "season": s.season, "log": self.log, "scale": self.scale, "lookback": self.cfg.lookback,
-                "horizon": self.cfg.horizon, "quantiles": list(self.cfg.quantiles), "unit": s.unit}
+                "horizon": self.cfg.horizon, "quantiles": list(self.cfg.quantiles), "unit": s.unit,
+                "freq": s.freq, "seasons": list(s.seasons or (s.season,)), "log_asked": self.cfg.log}
 
     def describe_data(self) -> str:
         s = self.series
-        return f"{s.name} ({self.n_fit}/{self.val_len}/{len(s.test)})"
+        seasons = "/".join(map(str, s.seasons or (s.season,)))
+        return (f"{s.name} ({self.n_fit}/{self.val_len}/{len(s.test)}{f', step {s.freq}' if s.freq else ''}, "
+                f"seasons {seasons}, lookback {self.cfg.lookback}, horizon {self.cfg.horizon})")
 
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
         return ["end"], {}
 
 
+    predicts_without_inputs = True  # no origin: forecast the future, from the end of the series
+
+    @dataclass
+    class PredictOptions:
+        horizon: int | None = None  # steps to forecast (default: the model's; longer ones feed the median back)
+
+    @classmethod
+    def predict_on_data(cls, extra: dict[str, Any], trained_on: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """A series the model never saw, from ``--data.path new.csv`` (and ``--data.target``, ``--data.time_column``,
+        ... as for the csv-series data set; a model trained on a CSV reads a file laid out like its own)."""
+        spec = dict(trained_on) if trained_on.get("name") == "csv-series" else {"name": "csv-series"}
+        spec.pop("test_len", None), spec.pop("test_start", None)
+        spec.update(data)
+        spec["test_len"] = 1  # nothing is held out: the forecast starts after the last value
+        return with_new_series(extra, load_dataset(spec))
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
-        """Forecast from each input origin ("end" = after the last value, or a period such as 1958-01);
-        option ``horizon`` (default: the model's). Writes one PNG per origin to ``out_dir``."""
-        horizon = int(options.get("horizon", extra["horizon"]))
+                options: PredictOptions) -> list[str]:
+        """Forecast from each input origin ("end" = after the last value, the default, or a period such as
+        1958-01, which shows the actual values too). Writes one PNG per origin to ``out_dir``."""
+        horizon = options.horizon or int(extra["horizon"])
         lines = []
-        for origin in inputs:
+        for origin in inputs or ["end"]:
             fc = forecast_checkpoint(model, extra, horizon, None if origin == "end" else origin)
-            path = plot_forecast(fc, Path(out_dir) / f"forecast-{extra['dataset']}-{fc.origin_label}.png")
+            path = plot_forecast(fc, Path(out_dir) / forecast_png_name(fc))
             lines += fc.table() + [f"plot: {path}"]
         return lines
 
@@ -342,7 +402,9 @@ def forecast_checkpoint(model: nn.Module, extra: dict[str, Any], horizon: int,
                              f"({periods[0]} .. {periods[-1]})")
     L, q = extra["lookback"], list(extra["quantiles"])
     if t0 < L:
-        raise NeuratlasError(f"the origin needs {L} earlier values; the first possible origin is {periods[L]}")
+        first = f"the first possible origin is {periods[L]}" if L < len(periods) else \
+            f"the series has only {len(periods)}"
+        raise NeuratlasError(f"{extra['dataset']}: a forecast needs {L} earlier values; {first}")
     z = (np.log(values[:t0]) if extra["log"] else values[:t0]) / extra["scale"]
     mid = int(np.argmin([abs(v - 0.5) for v in q])) if q else 0
     blocks = []
@@ -358,24 +420,46 @@ def forecast_checkpoint(model: nn.Module, extra: dict[str, Any], horizon: int,
     out = np.exp(out) if extra["log"] else out
     if t0 < len(values):
         future = periods[t0:t0 + horizon]
-        future += _continue_periods(periods, horizon - len(future))
+        future += _continue_periods(periods, horizon - len(future), extra.get("freq", ""))
         actual = values[t0:t0 + horizon]
     else:
-        future, actual = _continue_periods(periods, horizon), None
+        future, actual = _continue_periods(periods, horizon, extra.get("freq", "")), None
     two = len(q) > 1
     return Forecast(extra["dataset"], extra.get("unit", ""), periods[:t0], values[:t0], future, out[:, mid],
                     out[:, 0] if two else None, out[:, -1] if two else None, (q[0], q[-1]) if two else None,
                     actual, periods[t0] if t0 < len(periods) else f"after-{periods[-1]}")
 
 
-def _continue_periods(periods: list[str], n: int) -> list[str]:
-    from neuratlas.data.timeseries import Series
-
-    return Series("", np.zeros(1), periods, 1, 0, "").next_periods(n) if n > 0 else []
+def _continue_periods(periods: list[str], n: int, freq: str = "") -> list[str]:
+    return Series("", np.zeros(1), periods, 1, 0, "", freq=freq).next_periods(n) if n > 0 else []
 
 
-def plot_forecast(fc: Forecast, path: Path, history: int = 72) -> Path:
-    """History, forecast median, interval (and actuals when known) in one PNG."""
+def with_new_series(extra: dict[str, Any], series: Series) -> dict[str, Any]:
+    """A forecasting checkpoint's facts with another series in place of its own, for forecasting a series
+    the model never saw: the log transform applies when the model was trained with it and the new series is
+    positive; the scale is the new series' own spread (models that normalise per window ignore it)."""
+    trained = int(extra.get("season", 1))
+    if trained > 1 and trained not in (series.seasons or (series.season,)):
+        print(f"warning: the model was trained to repeat a season of {trained} steps; {series.name}'s seasons "
+              f"are {'/'.join(map(str, series.seasons))} (train on this kind of series for a better forecast)",
+              file=sys.stderr)
+    log = bool(extra.get("log_asked", extra["log"])) and extra["log"] and series.positive
+    z = np.log(series.values) if log else series.values
+    return {**extra, "dataset": series.name, "periods": series.periods, "values": series.values.tolist(),
+            "n_train": len(series.values), "log": log, "scale": float(np.std(z)) or 1.0, "unit": series.unit,
+            "freq": series.freq}
+
+
+def forecast_png_name(fc: Forecast) -> str:
+    """forecast-DATASET-ORIGIN.png, with a time of day written without spaces or colons (2000-08-27T2330)."""
+    label = fc.origin_label.replace(" ", "T").replace(":", "")
+    return f"forecast-{fc.dataset}-{label}.png"
+
+
+def plot_forecast(fc: Forecast, path: Path, history: int | None = None) -> Path:
+    """History (default: 72 steps or three forecast lengths), forecast median, interval (and actuals when
+    known) in one PNG."""
+    history = history or max(72, 3 * len(fc.periods))
     n = len(fc.history)
     start = max(0, n - history)
     xs_hist = np.arange(start, n)

@@ -35,7 +35,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from neuratlas.config import build_config
 from neuratlas.data import load_dataset
 from neuratlas.data.images import ImageSplits
 from neuratlas.data.loaders import TensorBatches, seeded_generator
@@ -206,7 +205,7 @@ def train_judge(trainer: Trainer, dataset: str, judge_spec: dict[str, Any], epoc
                 "out_dir": str(folder.parent),
                 "run_name": folder.name,
                 "progress": tc.progress,
-                "tensorboard": False,
+                "loggers": "csv",
                 "device": tc.device,
                 "precision": tc.precision,
                 "num_threads": tc.num_threads,
@@ -330,6 +329,7 @@ class GANTask(Task):
     higher_is_better = False
     sections = {"gan": GANOptions}
     gan: GANOptions
+    PredictOptions = SampleOptions
 
     def __init__(
         self,
@@ -554,14 +554,16 @@ class GANTask(Task):
     def describe_data(self) -> str:
         return describe_splits(self.data_spec["name"], self.data)
 
+    def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return ["4"], {"seed": "1"}
+
     # --- sampling: what `neuratlas predict RUN N` does -------------------------------------------------------
     @classmethod
     def predict(
-        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: dict[str, str]
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, opts: SampleOptions
     ) -> list[str]:
         """Draw N images (the one input) from the generator into ``OUT/samples.png``; ``--seed S`` picks the
         noise, ``--score true`` titles each image with the class the judge sees in it."""
-        opts = build_config(SampleOptions, options, where="predict (gan)")
         if len(inputs) != 1 or not inputs[0].isdigit() or int(inputs[0]) < 1:
             raise NeuratlasError(
                 f"predict on a GAN run takes one input, the number of images to draw (e.g. "

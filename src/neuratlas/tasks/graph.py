@@ -45,6 +45,9 @@ class NodeClassification(Task):
         if not isinstance(self.data, NodeData):
             raise NeuratlasError(f"node-classification needs a graph data set such as cora, not "
                                  f"{data_spec['name']!r}")
+        if not self.data.classes or not bool(self.data.train_mask.any()):
+            raise NeuratlasError(f"{self.data.source}: no labelled training nodes; node classification needs "
+                                 "a nodes file with a label column (graph-csv)")
         self._on: torch.device | None = None
 
     def _placed(self) -> NodeData:

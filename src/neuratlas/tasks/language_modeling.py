@@ -131,22 +131,30 @@ class LanguageModeling(Task):
         prompt = self.data.tokenizer.decode(self.data.val[:16].tolist())
         return [prompt], {"max_new_tokens": "8"}
 
+    @dataclass
+    class PredictOptions:
+        max_new_tokens: int = 200
+        temperature: float = 0.8  # 0: greedy
+        top_k: int | None = None  # sample among the k most likely tokens only
+        top_p: float | None = None  # sample among the most likely tokens whose probabilities sum to p
+        seed: int = 0
+
     @classmethod
     def predict(
-        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: dict[str, str]
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
     ) -> list[str]:
-        """Continue each prompt; options: max_new_tokens, temperature, top_k, top_p, seed."""
+        """Continue each prompt."""
         tok = tokenizer_from_dict(extra["tokenizer"])
-        g = torch.Generator().manual_seed(int(options.get("seed", 0)))
+        g = torch.Generator().manual_seed(options.seed)
         lines = []
         for prompt in inputs:
             ids = torch.tensor([tok.encode(prompt)])
             out = model.generate(
                 ids,
-                int(options.get("max_new_tokens", 200)),
-                temperature=float(options.get("temperature", 0.8)),
-                top_k=int(options["top_k"]) if "top_k" in options else None,
-                top_p=float(options["top_p"]) if "top_p" in options else None,
+                options.max_new_tokens,
+                temperature=options.temperature,
+                top_k=options.top_k,
+                top_p=options.top_p,
                 stop_tokens=[tok.eot_id] if tok.eot_id is not None else (),
                 generator=g,
             )
@@ -155,8 +163,9 @@ class LanguageModeling(Task):
 
 
 TASKS.add(
-    "language_modeling",
+    "language-modeling",
     LanguageModeling,
     LMConfig,
+    aliases=("language_modeling",),  # the name runs were saved under before names took hyphens
     description="next-token prediction; val loss (nats/token), perplexity, bits per character",
 )

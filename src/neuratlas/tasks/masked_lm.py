@@ -100,9 +100,13 @@ class MaskedLM(LanguageModeling):
         text = self.data.tokenizer.decode(self.data.val[:24].tolist())
         return [text[:10] + "_" + text[11:]], {}
 
+    @dataclass
+    class PredictOptions:
+        """Filling in masked characters takes no options."""
+
     @classmethod
     def predict(
-        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: dict[str, str]
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
     ) -> list[str]:
         """Fill in '_' characters (char-level) of each input with the model's most likely tokens."""
         from neuratlas.text.tokenizers import tokenizer_from_dict
@@ -128,9 +132,10 @@ class MaskedLM(LanguageModeling):
 
 
 TASKS.add(
-    "masked_lm",
+    "masked-lm",
     MaskedLM,
     MLMConfig,
+    aliases=("masked_lm",),  # the name runs were saved under before names took hyphens
     description="BERT pretraining: 15% of tokens masked (80/10/10); masked-token loss and accuracy",
 )
 

@@ -256,14 +256,19 @@ class Segmentation(Task):
         nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(image.transpose(1, 2, 0)), np.eye(4)), path)
         return [str(path)], {"slice": str(image.shape[0] // 2)}
 
+    @dataclass
+    class PredictOptions:
+        slice: int | None = None  # the axial slice of a NIfTI volume (default: the middle one)
+        truth: str | None = None  # the true class map of the (one) input, shown and scored beside the prediction
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+                options: PredictOptions) -> list[str]:
         """Segment 2-D images (TIFF/PNG/.npy) or an axial slice of a NIfTI volume (--slice Z) and write an
         overlay PNG: image, truth (with --truth FILE) and prediction side by side."""
         lines = []
         classes = extra["classes"]
-        if "truth" in options and len(inputs) != 1:
+        if options.truth and len(inputs) != 1:
             raise NeuratlasError(f"--truth belongs to one image, but {len(inputs)} inputs were given")
         for path in inputs:
             image, truth = _load_input(path, extra, options)
@@ -280,20 +285,21 @@ class Segmentation(Task):
                 dice, _ = dice_from_counts(dice_iou_counts(torch.from_numpy(pred), torch.from_numpy(truth),
                                                            len(classes)))
                 line += f"; Dice vs truth {float(dice[1:].nanmean()):.3f}"
-            stem = Path(path).name.split(".")[0] + (f"_z{options['slice']}" if "slice" in options else "")
+            stem = Path(path).name.split(".")[0] + (f"_z{options.slice}" if options.slice is not None else "")
             out = save_overlay(image, truth, pred, classes, Path(out_dir) / f"{stem}_overlay.png")
             lines.append(f"{line} → {out}")
         return lines
 
 
-def _load_input(path: str, extra: dict[str, Any], options: dict[str, str]) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_input(path: str, extra: dict[str, Any],
+                options: Segmentation.PredictOptions) -> tuple[np.ndarray, np.ndarray | None]:
     """A raw input and optional truth -> (normalised float32 image (C, H, W): one channel, or a slice with its
     neighbours for a model trained with ``context``; class map or None)."""
     volume = path.endswith((".nii", ".nii.gz"))
     context = int(extra.get("context", 0))
     if volume:
         vol = read_volume(path)
-        z = int(options.get("slice", vol.shape[2] // 2))
+        z = options.slice if options.slice is not None else vol.shape[2] // 2
         if not 0 <= z < vol.shape[2]:
             raise NeuratlasError(f"{path}: --slice {z} is outside the volume's {vol.shape[2]} axial slices")
         image = slice_stack(vol, z, context)
@@ -302,20 +308,23 @@ def _load_input(path: str, extra: dict[str, Any], options: dict[str, str]) -> tu
                              f"volume (.nii/.nii.gz) and --slice Z")
     else:
         image = read_array(path)
-        if image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 1:
+        if image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 3:  # an RGB-trained model
+            image = np.ascontiguousarray(image[..., :3].transpose(2, 0, 1))
+        elif image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 1:
             raise NeuratlasError(f"{path}: expected a single-channel image, got {image.shape[-1]} channels "
                                  f"(shape {image.shape})")
-        if image.ndim != 2:
+        elif image.ndim != 2:
             raise NeuratlasError(f"{path}: expected a 2-D single-channel image, got shape {image.shape}")
-        image = image[None]
+        else:
+            image = image[None]
     image = (normalize_percentile(image) if extra["norm"] == "percentile"
              else image.astype(np.float32) / 255.0)
     truth = None
-    if "truth" in options:
-        t = read_volume(options["truth"]) if volume else read_array(options["truth"])
+    if options.truth:
+        t = read_volume(options.truth) if volume else read_array(options.truth)
         if volume:
             t = axial_slice(merge_aal(t) if extra.get("dataset") == "colin27-lobes" else t, z)
-        check_pair(image[context], t, options["truth"])
+        check_pair(image[context], t, options.truth)
         if extra.get("instances"):
             from neuratlas.data.medical import boundary_classes
 

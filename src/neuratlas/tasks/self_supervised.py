@@ -16,7 +16,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, eval_f: torch.Ten
 
 @dataclass
 class SelfSupervisedConfig:
-    method: str = "rotation"  # rotation | simclr
+    method: Literal["rotation", "simclr"] = "rotation"
     temperature: float = 0.5  # simclr
     probe_train: int = 10000  # labelled training images the linear probe is fitted on
 
@@ -155,6 +155,10 @@ class SelfSupervised(Task):
         self.data: ImageSplits = load_dataset(data_spec)
         # labels are dropped: pretraining sees images only
         self.train_batches = TensorBatches((self.data.train[0],), self.data.cfg.batch_size, seed=seed)
+        # an unlabelled folder has one pseudo-class: no probe to fit, the held-out pretext score is the metric
+        self.labelled = len(self.data.classes) > 1
+        if not self.labelled:
+            self.metric = "rotation_accuracy" if cfg.method == "rotation" else "pair_accuracy"
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self.data.mean, self.data.std).to(self.device, memory_format=self.memory_format)
@@ -189,12 +193,13 @@ class SelfSupervised(Task):
 
     def evaluate(self, model: nn.Module, split: str, autocast: AbstractContextManager) -> dict[str, float]:
         xs, ys = {"val": self.data.val, "test": self.data.test, "train": self.data.train}[split]
-        n = min(self.cfg.probe_train, len(self.data.train[0]))
-        tx, ty = self.data.train[0][:n], self.data.train[1][:n]
-        f_train = embed(model, tx, self.prepare, autocast=autocast).cpu()
-        f_eval = embed(model, xs, self.prepare, autocast=autocast).cpu()
-        acc = linear_probe(f_train, ty, f_eval, ys, len(self.data.classes))
-        out = {"probe_accuracy": acc}
+        out = {}
+        if self.labelled:
+            n = min(self.cfg.probe_train, len(self.data.train[0]))
+            tx, ty = self.data.train[0][:n], self.data.train[1][:n]
+            f_train = embed(model, tx, self.prepare, autocast=autocast).cpu()
+            f_eval = embed(model, xs, self.prepare, autocast=autocast).cpu()
+            out["probe_accuracy"] = linear_probe(f_train, ty, f_eval, ys, len(self.data.classes))
         if self.cfg.method == "rotation":  # the pretext accuracy, on the held-out images
             g = torch.Generator().manual_seed(1234)
             xr, k = rotate_batch(xs[:2000], g)
@@ -204,6 +209,15 @@ class SelfSupervised(Task):
                 pred = model(self.prepare(xr)).argmax(-1).cpu()
                 out["rotation_accuracy"] = (pred == k).float().mean().item()
                 model.train(was)
+        elif not self.labelled:  # SimCLR's pretext: each held-out view finds its partner among 2N - 1
+            g = torch.Generator().manual_seed(1234)
+            x = xs[:1000]
+            with torch.no_grad(), autocast:
+                was = model.training
+                model.eval()
+                z = model(self.prepare(torch.cat([simclr_view(x, g), simclr_view(x, g)]))).float()
+                model.train(was)
+            out["pair_accuracy"] = nt_xent(*z.chunk(2), temperature=self.cfg.temperature)[1]
         return out
 
     @classmethod
@@ -236,6 +250,8 @@ class SelfSupervised(Task):
 
     def describe_data(self) -> str:
         n = [len(s[0]) for s in (self.data.train, self.data.val, self.data.test)]
+        if getattr(self.data, "summary", ""):
+            return self.data.summary
         return f"{self.data_spec['name']} unlabelled ({n[0]:,}/{n[1]:,}/{n[2]:,})"
 
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:

@@ -256,14 +256,16 @@ class Seq2Seq(Task):
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
         return [self.data.test.words[0]], {"beam": "2"}
 
+    @dataclass
+    class PredictOptions:
+        beam: int = 4  # beam width (1: greedy)
+        nbest: int = 1  # pronunciations printed per word, best first, with their log-probabilities
+
     @classmethod
     def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+                options: PredictOptions) -> list[str]:
         """Pronounce the words given on the command line: ``neuratlas predict CKPT hello world --beam 4``."""
-        try:
-            beam, nbest = int(options.get("beam", "4")), int(options.get("nbest", "1"))
-        except ValueError:
-            raise NeuratlasError("--beam and --nbest take whole numbers, e.g. --beam 4 --nbest 2") from None
+        beam, nbest = options.beam, options.nbest
         if not 1 <= nbest <= beam:
             raise NeuratlasError(f"--nbest must be between 1 and --beam ({beam}), got {nbest}")
         words = [w.lower() for w in inputs]

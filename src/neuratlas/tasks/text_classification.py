@@ -79,7 +79,7 @@ class TextClassification(Task):
 
     @classmethod
     def predict(
-        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: dict[str, str]
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: Task.PredictOptions
     ) -> list[str]:
         """Classify each input text; prints the probability of every class."""
         tok = tokenizer_from_dict(extra["tokenizer"])
@@ -94,8 +94,9 @@ class TextClassification(Task):
 
 
 TASKS.add(
-    "text_classification",
+    "text-classification",
     TextClassification,
     TextClassificationConfig,
+    aliases=("text_classification",),  # the name runs were saved under before names took hyphens
     description="text classification (BERT fine-tuning): cross-entropy, accuracy on held-out texts",
 )

@@ -9,12 +9,14 @@ config (:func:`default_callbacks`); ``Trainer(run, callbacks=[...])`` adds a use
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 from neuratlas.training.logging import RunLogger
 
 if TYPE_CHECKING:
@@ -69,14 +71,14 @@ class MetricsLogger(Callback):
         self.csv = RunLogger(trainer.run_dir, "tensorboard" in self.names, resume_step=resumed)
         config = trainer.run.to_dict()
         if "wandb" in self.names:
-            self.wandb = _require("wandb", "Weights & Biases logging")
-            import os
-
+            self.wandb = require("wandb", "Weights & Biases logging")
             os.environ.setdefault("WANDB_MODE", "offline")  # never phones home unless the user set it up
             self.wandb.init(project="neuratlas", name=trainer.run_dir.name, dir=str(trainer.run_dir),
                             config=config, resume="allow", id=trainer.run_dir.name)
         if "mlflow" in self.names:
-            self.mlflow = _require("mlflow", "MLflow logging")
+            self.mlflow = require("mlflow", "MLflow logging")
+            # a plain folder in the run (no server, no database): MLflow 3 keeps this store behind a switch
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             self.mlflow.set_tracking_uri((trainer.run_dir / "mlruns").resolve().as_uri())
             self.mlflow.start_run(run_name=trainer.run_dir.name)
             self.mlflow.log_params({f"{s}.{k}": str(v)[:250] for s, d in config.items() for k, v in d.items()})
@@ -178,12 +180,3 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
     if tc.early_stop_patience:
         out.append(EarlyStopping(tc.early_stop_patience, tc.early_stop_min_delta))
     return out
-
-
-def _require(module: str, what: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise NeuratlasError(f"{what} needs the {module} package: pip install {module}") from None

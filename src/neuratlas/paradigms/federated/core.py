@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -170,7 +171,7 @@ class FederatedConfig:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
-    strategy: str = "fedavg"  # fedavg | fedprox
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
     prox_mu: float = 0.01
     alpha: float = 0.0  # Dirichlet α of the non-IID split; 0 = IID
     limit_train: int = 0  # use only the first N training images (quick runs)
