@@ -23,18 +23,66 @@ from neuratlas.recipes import get_recipe
 from neuratlas.training.trainer import Trainer
 
 WORKER = str(Path(__file__).with_name("distributed_worker.py"))
-QUIET = ["--trainer.progress", "false", "--trainer.tensorboard", "false", "--trainer.precision", "fp32",
-         "--trainer.time_limit", "null"]
+QUIET = [
+    "--trainer.progress",
+    "false",
+    "--trainer.tensorboard",
+    "false",
+    "--trainer.precision",
+    "fp32",
+    "--trainer.time_limit",
+    "null",
+]
 # no batch statistics (BatchNorm) and no dropout: a rank's half batch then gives exactly its share of the
 # global batch's gradient
-CNN = ("convnet-fashion-quick", ["--data.limit_train", "512", "--data.batch_size", "64", "--data.augment", "false",
-                                 "--model.channels", "8,16", "--model.norm", "false", "--model.dropout", "0",
-                                 "--trainer.channels_last", "false", "--data.eval_batch_size", "2000",
-                                 "--trainer.max_steps", "4", "--trainer.eval_every", "4"])
-GPT = ("gpt-shakespeare-char-quick", ["--model.n_layer", "2", "--model.dim", "32", "--model.n_head", "2",
-                                      "--data.batch_size", "8", "--data.block_size", "32",
-                                      "--task.eval_tokens", "2048", "--trainer.max_steps", "6",
-                                      "--trainer.eval_every", "3", "--schedule.warmup_steps", "2"])
+CNN = (
+    "convnet-fashion-quick",
+    [
+        "--data.limit_train",
+        "512",
+        "--data.batch_size",
+        "64",
+        "--data.augment",
+        "false",
+        "--model.channels",
+        "8,16",
+        "--model.norm",
+        "false",
+        "--model.dropout",
+        "0",
+        "--trainer.channels_last",
+        "false",
+        "--data.eval_batch_size",
+        "2000",
+        "--trainer.max_steps",
+        "4",
+        "--trainer.eval_every",
+        "4",
+    ],
+)
+GPT = (
+    "gpt-shakespeare-char-quick",
+    [
+        "--model.n_layer",
+        "2",
+        "--model.dim",
+        "32",
+        "--model.n_head",
+        "2",
+        "--data.batch_size",
+        "8",
+        "--data.block_size",
+        "32",
+        "--task.eval_tokens",
+        "2048",
+        "--trainer.max_steps",
+        "6",
+        "--trainer.eval_every",
+        "3",
+        "--schedule.warmup_steps",
+        "2",
+    ],
+)
 
 
 def _free_port() -> int:
@@ -77,12 +125,16 @@ def test_ddp_and_fsdp_equal_one_process_with_the_global_batch(tmp_path, recipe, 
     common = [*QUIET, *args, "--trainer.out_dir", str(tmp_path)]
     torch.set_num_threads(1)
     Trainer(get_recipe(recipe).run_config(parse_overrides([*common, "--trainer.run_name", "one"]))).fit()
-    jobs = [{"args": ["--trainer.strategy", "ddp", "--trainer.run_name", "ddp"]},
-            {"args": ["--trainer.strategy", "fsdp", "--trainer.run_name", "fsdp"]}]
+    jobs = [
+        {"args": ["--trainer.strategy", "ddp", "--trainer.run_name", "ddp"]},
+        {"args": ["--trainer.strategy", "fsdp", "--trainer.run_name", "fsdp"]},
+    ]
     if recipe == GPT[0]:  # dies at step 4 after the step-3 checkpoint, resumes from the shards
         jobs.append({"args": ["--trainer.strategy", "fsdp", "--trainer.run_name", "fsdp-resumed"], "crash_at": 4})
-    _torchrun(["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port())],
-              {"recipe": recipe, "args": common, "jobs": jobs})
+    _torchrun(
+        ["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port())],
+        {"recipe": recipe, "args": common, "jobs": jobs},
+    )
     one = _weights(tmp_path, "one")
     _assert_close(_weights(tmp_path, "ddp"), one)
     _assert_close(_weights(tmp_path, "fsdp"), one)
@@ -103,16 +155,53 @@ def test_ddp_and_fsdp_equal_one_process_with_the_global_batch(tmp_path, recipe, 
 @pytest.mark.slow
 def test_two_nodes_on_loopback_equal_one_process(tmp_path):
     """Multi-node: 2 "nodes" of 1 process each meet through torchrun's c10d rendezvous on 127.0.0.1."""
-    recipe, args = "mlp-digits", [*QUIET, "--trainer.out_dir", str(tmp_path), "--trainer.max_steps", "5",
-                                  "--trainer.eval_every", "5", "--model.dropout", "0", "--data.augment", "false"]
+    recipe, args = (
+        "mlp-digits",
+        [
+            *QUIET,
+            "--trainer.out_dir",
+            str(tmp_path),
+            "--trainer.max_steps",
+            "5",
+            "--trainer.eval_every",
+            "5",
+            "--model.dropout",
+            "0",
+            "--data.augment",
+            "false",
+        ],
+    )
     torch.set_num_threads(1)
     Trainer(get_recipe(recipe).run_config(parse_overrides([*args, "--trainer.run_name", "one"]))).fit()
     port, spec = _free_port(), {"recipe": recipe, "args": args, "jobs": [{"args": ["--trainer.run_name", "nodes"]}]}
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank",
-                               str(i), "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-                               f"127.0.0.1:{port}", "--rdzv-id", "loopback", WORKER, json.dumps(spec)],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(i),
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "loopback",
+                WORKER,
+                json.dumps(spec),
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         logs = [node.communicate(timeout=300)[0] for node in nodes]
     finally:
@@ -148,11 +237,27 @@ def _descendant_with_rank(root: int, rank: int) -> int | None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
 def test_a_killed_rank_fails_the_job_with_one_line_naming_it(tmp_path):
-    cmd = [sys.executable, "-m", "neuratlas", "ddp", "--nproc", "2", "mlp-digits", *QUIET, "--trainer.out_dir",
-           str(tmp_path), "--trainer.max_steps", "1000000", "--trainer.eval_every", "1000000",
-           "--trainer.dist_timeout", "60"]
-    proc = subprocess.Popen(cmd, env={**_env(), "MASTER_PORT": str(_free_port())}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "neuratlas",
+        "ddp",
+        "--nproc",
+        "2",
+        "mlp-digits",
+        *QUIET,
+        "--trainer.out_dir",
+        str(tmp_path),
+        "--trainer.max_steps",
+        "1000000",
+        "--trainer.eval_every",
+        "1000000",
+        "--trainer.dist_timeout",
+        "60",
+    ]
+    proc = subprocess.Popen(
+        cmd, env={**_env(), "MASTER_PORT": str(_free_port())}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 240
         while not list(tmp_path.glob("*/config.json")):  # rank 0 is in the training loop
@@ -165,8 +270,10 @@ def test_a_killed_rank_fails_the_job_with_one_line_naming_it(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 2, err[-3000:]  # the CLI's code for an error it explains in one line
-    assert err.strip().splitlines()[-1] == ("error: rank 1 of 2 was killed by SIGKILL; the other processes were "
-                                            "stopped (its log is above; `neuratlas train mlp-digits` failed)")
+    assert err.strip().splitlines()[-1] == (
+        "error: rank 1 of 2 was killed by SIGKILL; the other processes were "
+        "stopped (its log is above; `neuratlas train mlp-digits` failed)"
+    )
 
 
 def test_strategies_need_the_right_number_of_processes(run_overrides):
@@ -178,8 +285,14 @@ def test_strategies_need_the_right_number_of_processes(run_overrides):
 def test_fp16_scales_the_loss_and_resumes_exactly(run_overrides):
     """fp16 autocast with a gradient scaler (CPU autocast has fp16): the scale is logged and travels in the
     trainer state, so a crashed run resumes bit-exactly."""
-    common = {**run_overrides, "trainer.max_steps": "12", "trainer.save_every": "5", "trainer.eval_every": "100",
-              "trainer.precision": "fp16", "trainer.log_every": "1"}
+    common = {
+        **run_overrides,
+        "trainer.max_steps": "12",
+        "trainer.save_every": "5",
+        "trainer.eval_every": "100",
+        "trainer.precision": "fp16",
+        "trainer.log_every": "1",
+    }
     runs = {name: get_recipe("mlp-digits").run_config({**common, "trainer.run_name": name}) for name in "ab"}
     a = Trainer(runs["a"])
     assert a.scaler is not None and a.dtype == torch.float16
@@ -203,11 +316,14 @@ def test_activation_checkpointing_gives_the_same_gradients(run_overrides):
     grads, calls = [], []
     for ckpt in ("false", "true"):
         torch.manual_seed(0)
-        trainer = Trainer(get_recipe(GPT[0]).run_config({**over, "trainer.activation_checkpointing": ckpt,
-                                                         "trainer.precision": "fp32"}))
+        trainer = Trainer(
+            get_recipe(GPT[0]).run_config(
+                {**over, "trainer.activation_checkpointing": ckpt, "trainer.precision": "fp32"}
+            )
+        )
         inner = next(next(blocks(trainer.model)).children())
         count = [0]
-        inner.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        inner.register_forward_hook(lambda *_, c=count: c.__setitem__(0, c[0] + 1))
         loss, _ = trainer.task.training_loss(trainer.train_model, trainer.task.train_batch(0))
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters()})

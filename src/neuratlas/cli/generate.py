@@ -23,18 +23,21 @@ class GenerateOptions:
     temperature: float = 0.8  # 0: greedy
     top_k: int | None = None  # sample among the k most likely tokens only
     top_p: float | None = None  # sample among the most likely tokens whose probabilities sum to p
-    stop: list[str] = repeatable("stop when this text appears (repeatable); the tokenizer's end-of-text token "
-                                 "always stops")
+    stop: list[str] = repeatable(
+        "stop when this text appears (repeatable); the tokenizer's end-of-text token always stops"
+    )
     seed: int = 0
     no_cache: bool = False  # recompute the whole context every token (slow; a check of the cache)
     # bf16 weights and KV cache: half the bytes read per token (pays where bf16 kernels are fast, e.g. GPUs
     # and AMX CPUs; without AMX the fp32 fast path is quicker)
     bf16: bool = False
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    command(sub, "generate", GenerateOptions, cmd_generate,
-            help="generate text from a GPT checkpoint, streaming tokens")
+    command(
+        sub, "generate", GenerateOptions, cmd_generate, help="generate text from a GPT checkpoint, streaming tokens"
+    )
 
 
 def cmd_generate(args: GenerateOptions, parsed: Parsed) -> int:
@@ -46,17 +49,19 @@ def cmd_generate(args: GenerateOptions, parsed: Parsed) -> int:
         raise NeuratlasError(f"{ckpt.path} has no tokenizer: it is not a language-model checkpoint")
     model = ckpt.build_model()
     if not hasattr(model, "stream"):
-        raise NeuratlasError(
-            f"{ckpt.model_name} cannot generate text (it is not a decoder-only language model)"
-        )
+        raise NeuratlasError(f"{ckpt.model_name} cannot generate text (it is not a decoder-only language model)")
+    from neuratlas.device import resolve_device
+
+    device = resolve_device(args.device)
+    model = model.to(device)
     if args.bf16:
         model = model.to(torch.bfloat16)
     if args.max_new_tokens < 1:
         raise NeuratlasError("--max-new-tokens must be ≥ 1")
     tok = tokenizer_from_dict(ckpt.extra["tokenizer"])
-    ids = torch.tensor([tok.encode(args.prompt)])
+    ids = torch.tensor([tok.encode(args.prompt)], device=device)
     stop_ids = [tok.eot_id] if tok.eot_id is not None else []
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator(device=device).manual_seed(args.seed)  # draws on the device the logits are on
     out = sys.stdout
     out.write(args.prompt)
     new: list[int] = []

@@ -24,6 +24,9 @@ def fit(run: RunConfig, resume: str | Path | None = None, announce: bool = True)
         how = f"{str(trainer.dtype).removeprefix('torch.')} autocast" if trainer.dtype else "fp32"
         if trainer.dist.enabled:
             how += f", {trainer.strategy} × {trainer.dist.world} processes"
-        print(f"training {run.model['name']} on {trainer.task.describe_data()} for {trainer.total_steps} steps "
-              f"({trainer.device}, {how}) → {trainer.run_dir}", flush=True)
+        print(
+            f"training {run.model['name']} on {trainer.task.describe_data()} for {trainer.total_steps} steps "
+            f"({trainer.device}, {how}) → {trainer.run_dir}",
+            flush=True,
+        )
     return trainer.fit(resume=resume)

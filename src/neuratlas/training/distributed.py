@@ -49,10 +49,11 @@ class DistContext:
         if isinstance(batch, torch.Tensor):
             n = batch.shape[0]
             if n % self.world:
-                raise NeuratlasError(f"the global batch ({n}) must be divisible by the {self.world} "
-                                     "processes; change --data.batch_size")
+                raise NeuratlasError(
+                    f"the global batch ({n}) must be divisible by the {self.world} processes; change --data.batch_size"
+                )
             k = n // self.world
-            return batch[self.rank * k:(self.rank + 1) * k]
+            return batch[self.rank * k : (self.rank + 1) * k]
         if isinstance(batch, (tuple, list)):
             return type(batch)(self.shard(b) for b in batch)
         if isinstance(batch, dict):
@@ -66,14 +67,17 @@ class DistContext:
         if name == "single" and self.enabled:
             raise NeuratlasError(f"--trainer.strategy single in a job of {self.world} processes; use ddp or fsdp")
         if name in ("ddp", "fsdp") and not self.enabled:
-            raise NeuratlasError(f"--trainer.strategy {name} needs several processes: launch with "
-                                 "`torchrun --nproc-per-node N -m neuratlas train ...` or `neuratlas ddp --nproc N`")
+            raise NeuratlasError(
+                f"--trainer.strategy {name} needs several processes: launch with "
+                "`torchrun --nproc-per-node N -m neuratlas train ...` or `neuratlas ddp --nproc N`"
+            )
         if name not in ("single", "ddp", "fsdp"):
             raise NeuratlasError(f"unknown --trainer.strategy {name!r}; choose auto, single, ddp or fsdp")
         return name
 
-    def wrap(self, model: nn.Module, device: torch.device, strategy: str = "ddp",
-             dtype: torch.dtype | None = None) -> nn.Module:
+    def wrap(
+        self, model: nn.Module, device: torch.device, strategy: str = "ddp", dtype: torch.dtype | None = None
+    ) -> nn.Module:
         """The module the training step calls: DDP around ``model``, or ``model`` itself sharded in place
         (FSDP); ``torch.compile`` comes after this, so it sees the wrapper's communication."""
         if not self.enabled or strategy == "single":
@@ -140,15 +144,26 @@ def launch(nproc: int, argv: list[str]) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     port = os.environ.get("MASTER_PORT", "29511")
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="neuratlas", rdzv_backend="static",
-                          rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={"rank": 0}, max_restarts=0,
-                          monitor_interval=0.5)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id="neuratlas",
+        rdzv_backend="static",
+        rdzv_endpoint=f"127.0.0.1:{port}",
+        rdzv_configs={"rank": 0},
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
     try:
         elastic_launch(config, sys.executable)("-m", "neuratlas", *argv)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
-        how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
-               else f"exited with code {failure.exitcode}")
-        raise NeuratlasError(f"rank {rank} of {nproc} {how}; the other processes were stopped "
-                             f"(its log is above; `neuratlas {' '.join(argv[:2])}` failed)") from None
+        how = (
+            f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+        )
+        raise NeuratlasError(
+            f"rank {rank} of {nproc} {how}; the other processes were stopped "
+            f"(its log is above; `neuratlas {' '.join(argv[:2])}` failed)"
+        ) from None
     return 0

@@ -59,8 +59,10 @@ def checkpoint_activations(model: nn.Module) -> int:
 
     found = list(blocks(model))
     if not found:
-        raise NeuratlasError(f"--trainer.activation_checkpointing: {type(model).__name__} has no repeated "
-                             "blocks (an nn.ModuleList of layers) to checkpoint")
+        raise NeuratlasError(
+            f"--trainer.activation_checkpointing: {type(model).__name__} has no repeated "
+            "blocks (an nn.ModuleList of layers) to checkpoint"
+        )
     for block in found:
         forward = block.forward
 
@@ -80,11 +82,14 @@ def check_supported(trainer: Trainer) -> None:
 
     task = type(trainer.task)
     if task.train_step is not Task.train_step or task.on_fit_end is not Task.on_fit_end:
-        raise NeuratlasError(f"--trainer.strategy fsdp: the {trainer.run.task['name']} task has its own "
-                             "training step or end-of-run work on the full model; train it with ddp")
+        raise NeuratlasError(
+            f"--trainer.strategy fsdp: the {trainer.run.task['name']} task has its own "
+            "training step or end-of-run work on the full model; train it with ddp"
+        )
     if trainer.run.trainer.ema_decay or trainer.transfer.lora:
-        raise NeuratlasError("--trainer.strategy fsdp does not combine with trainer.ema_decay or "
-                             "transfer.lora_rank; use ddp")
+        raise NeuratlasError(
+            "--trainer.strategy fsdp does not combine with trainer.ema_decay or transfer.lora_rank; use ddp"
+        )
 
 
 def full_model(trainer: Trainer) -> nn.Module | None:
@@ -106,8 +111,10 @@ def full_model(trainer: Trainer) -> nn.Module | None:
 def _sharded_state(trainer: Trainer) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    return {"model": get_model_state_dict(trainer.model),
-            "optimizers": [get_optimizer_state_dict(trainer.model, o) for o in trainer.optimizers]}
+    return {
+        "model": get_model_state_dict(trainer.model),
+        "optimizers": [get_optimizer_state_dict(trainer.model, o) for o in trainer.optimizers],
+    }
 
 
 def save_sharded(trainer: Trainer, tag: str) -> Path:
@@ -136,9 +143,15 @@ def save_sharded(trainer: Trainer, tag: str) -> Path:
     if trainer.dist.is_main:
         shutil.rmtree(shards, ignore_errors=True)
         tmp.rename(shards)
-        state = {"step": trainer.step, "optimizers": [], "schedulers": [s.state_dict() for s in trainer.schedulers],
-                 "rng_cpu": torch.get_rng_state(), "sharded": True, "early_stop": dict(trainer.early_stop),
-                 "best": trainer.best if trainer.best is not None else float("nan")}
+        state = {
+            "step": trainer.step,
+            "optimizers": [],
+            "schedulers": [s.state_dict() for s in trainer.schedulers],
+            "rng_cpu": torch.get_rng_state(),
+            "sharded": True,
+            "early_stop": dict(trainer.early_stop),
+            "best": trainer.best if trainer.best is not None else float("nan"),
+        }
         if trainer.scaler is not None:
             state["scaler"] = trainer.scaler.state_dict()
         if torch.cuda.is_available():
@@ -160,11 +173,15 @@ def load_sharded(trainer: Trainer, path: str | Path) -> None:
     shards = ckpt.path.parent / "last.dcp"
     state = load_state(ckpt.path.with_name("last.state.pt"))
     if not state.get("sharded") or not shards.is_dir():
-        raise NeuratlasError(f"{ckpt.path.parent}: no sharded checkpoint (last.dcp/) to resume with "
-                             "--trainer.strategy fsdp; resume it with the strategy it was trained with")
+        raise NeuratlasError(
+            f"{ckpt.path.parent}: no sharded checkpoint (last.dcp/) to resume with "
+            "--trainer.strategy fsdp; resume it with the strategy it was trained with"
+        )
     if state["step"] != ckpt.step:
-        raise NeuratlasError(f"{ckpt.path}: weights (step {ckpt.step}) and trainer state (step "
-                             f"{state['step']}) disagree; the checkpoint is inconsistent")
+        raise NeuratlasError(
+            f"{ckpt.path}: weights (step {ckpt.step}) and trainer state (step "
+            f"{state['step']}) disagree; the checkpoint is inconsistent"
+        )
     sharded = _sharded_state(trainer)
     dcp.load(sharded, checkpoint_id=str(shards))
     set_model_state_dict(trainer.model, sharded["model"])
