@@ -26,8 +26,8 @@ WORKER = str(Path(__file__).with_name("distributed_worker.py"))
 QUIET = [
     "--trainer.progress",
     "false",
-    "--trainer.tensorboard",
-    "false",
+    "--trainer.loggers",
+    "csv",
     "--trainer.precision",
     "fp32",
     "--trainer.time_limit",

@@ -132,7 +132,8 @@ def save_sharded(trainer: Trainer, tag: str) -> Path:
         save_weights(path, model, trainer.run.to_dict(), extra, trainer.step)
     if tag != "last":
         trainer.dist.barrier()
-        trainer._call("on_save", tag, path)
+        if trainer.dist.is_main:  # as in a one-process run: callbacks hear of a save once
+            trainer._call("on_save", tag, path)
         return path
     shards, tmp = trainer.ckpt_dir / "last.dcp", trainer.ckpt_dir / "last.dcp.tmp"
     if trainer.dist.is_main:
@@ -158,7 +159,8 @@ def save_sharded(trainer: Trainer, tag: str) -> Path:
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         save_state(trainer.ckpt_dir / "last.state.pt", state)
     trainer.dist.barrier()
-    trainer._call("on_save", tag, path)
+    if trainer.dist.is_main:
+        trainer._call("on_save", tag, path)
     return path
 
 
