@@ -28,7 +28,7 @@ ORDER: list[set[str]] = [
     {"training"},
     {"paradigms"},
     {"recipes"},
-    {"bench", "export", "tour", "visualize"},
+    {"bench", "export", "tour", "visualize", "api"},
     {"cli", "__main__"},
 ]
 RANK = {unit: i for i, units in enumerate(ORDER) for unit in units}

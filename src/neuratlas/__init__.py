@@ -6,10 +6,12 @@ from typing import Any  # noqa: E402
 
 from torch import nn  # noqa: E402
 
+from neuratlas.api import load_model, predict, train  # noqa: E402
 from neuratlas.errors import NeuratlasError  # noqa: E402
+from neuratlas.export import export_model  # noqa: E402
 from neuratlas.models import create_model as _build  # noqa: E402
 from neuratlas.models import list_models  # noqa: E402
-from neuratlas.weights import load_pretrained_weights  # noqa: E402
+from neuratlas.weights import load_llm, load_pretrained_weights  # noqa: E402  (also registers the LLM names)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
@@ -23,4 +25,5 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     load_pretrained_weights(model)
     return model
 
-__all__ = ["NeuratlasError", "__version__", "create_model", "list_models"]
+__all__ = ["NeuratlasError", "__version__", "create_model", "export_model", "list_models", "load_llm", "load_model",
+           "predict", "train"]

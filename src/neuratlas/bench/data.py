@@ -24,6 +24,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -161,10 +162,15 @@ def training_images_per_second(steps: int = 20) -> float:
         return steps * trainer.task.batch_size / (time.perf_counter() - t0)
 
 
-def bench_data(options: dict[str, str]) -> list[str]:
-    n = int(options.get("n", 10000))
-    epochs = max(2, int(options.get("epochs", 3)))
-    workers = int(options.get("workers", 2))
+@dataclass
+class DataBenchOptions:
+    n: int = 10000  # image files written (half PNG, half JPEG) from Fashion-MNIST
+    epochs: int = 3  # epochs read by each side (at least 2: the first and the steady state)
+    workers: int = 2  # the baseline DataLoader's worker processes
+
+
+def bench_data(options: DataBenchOptions) -> list[str]:
+    n, epochs, workers = options.n, max(2, options.epochs), options.workers
     lines = [
         f"CPU: {cpu_name()} ({os.cpu_count()} cores); {n:,} Fashion-MNIST images as files (half PNG, half "
         f"JPEG), decoded to {SIZE}×{SIZE} grey, batches of {BATCH}, {epochs} epochs"
@@ -231,6 +237,7 @@ def bench_data(options: dict[str, str]) -> list[str]:
 BENCHMARKS.add(
     "data",
     bench_data,
+    DataBenchOptions,
     description="an image folder (10,000 files) read by image-folder vs PIL in a "
     "DataLoader with 2 workers: first epoch, later epochs, loader vs training speed",
 )

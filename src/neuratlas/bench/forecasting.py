@@ -11,6 +11,7 @@ recipe's figure is the mean over ``--seeds`` seeds (each seed also shown).
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +30,23 @@ def taylor_csv(folder: Path) -> Path:
     return path
 
 
-def bench_forecasting(options: dict[str, str]) -> list[str]:
+@dataclass
+class ForecastingBenchOptions:
+    seeds: int = 3  # seeds of the default recipe per series (its mean and each seed are shown)
+    quick: bool = False  # fewer steps and one seed
+    only: list[str] = field(default_factory=list)  # only these series (comma-separated names)
+    threads: int = 1
+
+
+def bench_forecasting(options: ForecastingBenchOptions) -> list[str]:
     import torch
 
     from neuratlas.recipes import get_recipe
     from neuratlas.sources import package_dir
     from neuratlas.training.trainer import Trainer
 
-    seeds = int(options.get("seeds", 3))
-    quick = options.get("quick", "false").lower() in ("1", "true", "yes")
-    only = set(options["only"].split(",")) if options.get("only") else None
+    seeds, quick = options.seeds, options.quick
+    only = set(options.only) or None
     tmp = Path(tempfile.mkdtemp(prefix="neuratlas-forecast-"))
     co2 = package_dir("statsmodels", "datasets", "co2", "co2.csv")
     rows = [
@@ -50,7 +58,7 @@ def bench_forecasting(options: dict[str, str]) -> list[str]:
     ]
     if co2 is not None and co2.is_file():
         rows.append(("CSV: statsmodels co2.csv (weekly)", "forecast-csv", {"data.path": str(co2)}))
-    torch.set_num_threads(int(options.get("threads", 1)))
+    torch.set_num_threads(options.threads)
     lines = [
         "| series | seasons | default recipe MASE (seeds) | naive | seasonal naive | ETS | ARIMA |",
         "|---|---|---|---|---|---|---|",
@@ -92,6 +100,7 @@ def bench_forecasting(options: dict[str, str]) -> list[str]:
 BENCHMARKS.add(
     "forecasting",
     bench_forecasting,
+    ForecastingBenchOptions,
     description="the default forecaster vs naive / seasonal naive / ETS / ARIMA (MASE, same origins) on "
     "AirPassengers, CO2, sunspots, half-hourly electricity and two CSVs (--seeds N, --quick, "
     "--only a,b)",

@@ -40,11 +40,15 @@ def build_mask(
 ) -> torch.Tensor | None:
     """Combine causal and key-padding masks into one boolean mask broadcastable to (B, H, T, S), or None.
 
-    ``key_padding_mask`` is (B, S) with ``True`` (or 1) on real tokens and ``False`` on padding.
+    ``key_padding_mask`` is (B, S) with ``True`` (or 1) on real tokens and ``False`` on padding, or a full
+    (B, 1, T, S) boolean mask (a left-padded decoder batch, see ``GPT.forward``).
     """
     mask = None
     if causal and not (t == 1):  # a single new query sees every cached key: no mask needed
         mask = causal_mask(t, s, device)[None, None]
+    if key_padding_mask is not None and key_padding_mask.ndim == 4:  # a full (B, 1, T, S) mask, used as given
+        kpm = key_padding_mask.to(torch.bool)
+        return kpm if mask is None else mask & kpm
     if key_padding_mask is not None:
         if key_padding_mask.shape[-1] != s:
             raise NeuratlasError(
@@ -198,13 +202,14 @@ class RotaryEmbedding(nn.Module):
     position. The cos/sin tables are buffers (not saved in checkpoints) and grow on demand.
     """
 
-    def __init__(self, head_dim: int, max_seq_len: int = 2048, base: float = 10000.0) -> None:
+    def __init__(self, head_dim: int, max_seq_len: int = 2048, base: float = 10000.0,
+                 scaling: dict | None = None) -> None:
         super().__init__()
         if head_dim % 2:
             raise NeuratlasError(f"rotary embeddings need an even head dimension, got {head_dim}")
         self.head_dim, self.base = head_dim, base
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", scale_rope_frequencies(inv_freq, scaling), persistent=False)
         self._build(max_seq_len)
 
     def _build(self, n: int) -> None:
@@ -213,14 +218,45 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q (B, H, T, D) and k (B, H_kv, T, D) whose first token sits at position ``start``."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q (B, H, T, D) and k (B, H_kv, T, D) whose first token sits at position ``start``, or
+        whose tokens sit at ``positions`` (B, T) when rows differ (a left-padded batch)."""
         t = q.shape[-2]
-        if start + t > self.cos.shape[0]:
-            self._build(max(start + t, 2 * self.cos.shape[0]))
-        cos = self.cos[start : start + t].to(q.dtype)
-        sin = self.sin[start : start + t].to(q.dtype)
+        end = start + t if positions is None else int(positions.max()) + 1
+        if end > self.cos.shape[0]:
+            self._build(max(end, 2 * self.cos.shape[0]))
+        if positions is None:
+            cos, sin = self.cos[start : start + t], self.sin[start : start + t]
+        else:
+            cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B, 1, T, D)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+def scale_rope_frequencies(inv_freq: torch.Tensor, scaling: dict | None) -> torch.Tensor:
+    """The rotary frequencies of a context-extended model: ``linear`` divides every frequency by
+    ``factor`` (positions interpolated); ``llama3`` divides only the low frequencies (wavelengths longer
+    than ``original_max_position_embeddings / low_freq_factor``), keeps the high ones and blends between
+    (Llama 3.1's scheme, as ``transformers`` computes it)."""
+    if not scaling:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "default":
+        return inv_freq
+    factor = float(scaling.get("factor", 1.0))
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        return torch.where(medium, blended, scaled)
+    raise NeuratlasError(f"rope scaling {kind!r} is not supported (supported: linear, llama3)")
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -332,6 +368,8 @@ class MultiHeadAttention(nn.Module):
         n_kv_head: int | None = None,
         *,
         bias: bool = True,
+        qkv_bias: bool | None = None,
+        head_dim: int | None = None,
         dropout: float = 0.0,
         cross: bool = False,
         gqa: str = "sdpa",
@@ -339,19 +377,20 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         n_kv_head = n_kv_head or n_head
-        if dim % n_head:
+        if head_dim is None and dim % n_head:
             raise NeuratlasError(f"dim {dim} is not divisible by n_head {n_head}")
         if n_head % n_kv_head:
             raise NeuratlasError(f"n_head {n_head} is not divisible by n_kv_head {n_kv_head}")
-        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, dim // n_head
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim or dim // n_head
         self.cross, self.dropout, self.gqa, self.cpu_bf16 = cross, dropout, gqa, cpu_bf16
-        kv_dim = 2 * n_kv_head * self.head_dim
+        q_dim, kv_dim = n_head * self.head_dim, 2 * n_kv_head * self.head_dim
+        in_bias = bias if qkv_bias is None else qkv_bias
         if cross:
-            self.q = nn.Linear(dim, dim, bias=bias)
-            self.kv = nn.Linear(dim, kv_dim, bias=bias)
+            self.q = nn.Linear(dim, q_dim, bias=in_bias)
+            self.kv = nn.Linear(dim, kv_dim, bias=in_bias)
         else:
-            self.qkv = nn.Linear(dim, dim + kv_dim, bias=bias)
-        self.proj = nn.Linear(dim, dim, bias=bias)
+            self.qkv = nn.Linear(dim, q_dim + kv_dim, bias=in_bias)
+        self.proj = nn.Linear(q_dim, dim, bias=bias)
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         b, t, _ = x.shape
@@ -368,8 +407,10 @@ class MultiHeadAttention(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         packing: Packing | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). ``key_padding_mask`` (B, S) marks real keys (of x, or of memory).
+        ``positions`` (B, T): per-row rotary positions (left-padded batches).
 
         With ``packing`` (bidirectional self-attention only), x is the (N, C) packed real tokens and so is
         the result: projections run on real tokens only, attention on the padded layout.
@@ -394,7 +435,7 @@ class MultiHeadAttention(nn.Module):
             qkv = self.qkv(x)
             if packing is not None:
                 qkv, key_padding_mask = packing.pad(qkv), packing.mask
-            q, k, v = qkv.split((c, hd, hd), dim=-1)
+            q, k, v = qkv.split((self.n_head * self.head_dim, hd, hd), dim=-1)
             q, k, v = (
                 self._heads(q, self.n_head),
                 self._heads(k, self.n_kv_head),
@@ -402,7 +443,7 @@ class MultiHeadAttention(nn.Module):
             )
             start = cache.length if cache is not None else 0
             if rope is not None:
-                q, k = rope(q, k, start)
+                q, k = rope(q, k, start, positions)
             if cache is not None:
                 k, v = cache.update(layer, k, v)
         mask = None
@@ -421,5 +462,5 @@ class MultiHeadAttention(nn.Module):
             gqa=self.gqa,
             cpu_bf16=self.cpu_bf16,
         )
-        y = y.transpose(1, 2).reshape(b, t, c)
+        y = y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)
         return self.proj(packing.pack(y) if packing is not None else y)

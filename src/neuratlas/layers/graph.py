@@ -37,7 +37,7 @@ class Graph:
         ei = self.edge_index
         if ei.ndim != 2 or ei.shape[0] != 2:
             raise NeuratlasError(f"edge_index must be shaped (2, num_edges), got {tuple(ei.shape)}")
-        if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= self.num_nodes):
+        if ei.numel() and not torch.compiler.is_exporting() and (int(ei.min()) < 0 or int(ei.max()) >= self.num_nodes):
             raise NeuratlasError(f"edge_index refers to nodes outside 0..{self.num_nodes - 1}")
         self.edge_index = ei.long()
 

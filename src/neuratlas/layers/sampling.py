@@ -27,3 +27,13 @@ def sample(
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make the tokens in ``seen`` (B, S) less likely: their positive logits divided by ``penalty``, their
+    negative ones multiplied (CTRL's repetition penalty, Keskar et al. 2019; the form ``transformers`` uses)."""
+    if penalty <= 0:
+        raise ValueError(f"repetition penalty must be positive, got {penalty}")
+    score = logits.gather(-1, seen)
+    score = torch.where(score < 0, score * penalty, score / penalty)
+    return logits.scatter(-1, seen, score)

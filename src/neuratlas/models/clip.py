@@ -91,7 +91,7 @@ class TextEncoder(nn.Module):
         h = self.transformer(self.embed(ids))
         # Causal attention: the last real token (end-of-text) has seen the whole caption and no padding.
         last = ((ids != self.pad_id).sum(1) - 1).clamp(min=0)
-        return h[torch.arange(len(ids), device=ids.device), last]
+        return h[torch.arange(ids.shape[0], device=ids.device), last]
 
 
 class CLIP(nn.Module):
@@ -132,7 +132,7 @@ class CLIP(nn.Module):
         if ids.shape[1] > self.cfg.context_length:
             raise NeuratlasError(f"captions of {ids.shape[1]} tokens exceed context_length "
                                  f"{self.cfg.context_length}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
+        if ids.numel() and not torch.compiler.is_exporting() and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
             raise NeuratlasError(f"token ids must lie in [0, {self.cfg.vocab_size}); use the tokenizer saved with "
                                  "the checkpoint")
         return F.normalize(self.text_proj(self.text(ids)).float(), dim=-1)

@@ -313,12 +313,17 @@ class Detector(nn.Module):
 
     # --- inference ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def detect(self, out: DetectionOutput, score_thresh: float = 0.05, nms_iou: float = 0.5,
-               max_dets: int = 300, pre_nms: int = 1000) -> list[tuple[torch.Tensor, ...]]:
-        """Per image (boxes (D, 4), scores (D,), labels (D,)) after score threshold, top-k and class-wise NMS."""
+    def scores(self, out: DetectionOutput) -> torch.Tensor:
+        """(B, N, K) detection scores of every location and class, before thresholds and NMS."""
         probs = out.logits.float().sigmoid()
         if out.centerness is not None:  # FCOS and ATSS rank by sqrt(class prob × centre-ness)
             probs = (probs * out.centerness.float().sigmoid()[..., None]).sqrt()
+        return probs
+
+    def detect(self, out: DetectionOutput, score_thresh: float = 0.05, nms_iou: float = 0.5,
+               max_dets: int = 300, pre_nms: int = 1000) -> list[tuple[torch.Tensor, ...]]:
+        """Per image (boxes (D, 4), scores (D,), labels (D,)) after score threshold, top-k and class-wise NMS."""
+        probs = self.scores(out)
         results = []
         k = self.cfg.num_classes
         for i in range(probs.shape[0]):

@@ -87,9 +87,22 @@ class GCNConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features))
 
     def forward(self, x: torch.Tensor, graph: Graph) -> torch.Tensor:
-        a, a_t = graph.gcn_adjacency()
         h = linear(self.lin, x).float()  # sparse products run in fp32
+        if torch.compiler.is_exporting():  # sparse tensors do not export: the same sum as edge messages
+            return gcn_propagate(h, graph.edge_index, graph.num_nodes) + self.bias
+        a, a_t = graph.gcn_adjacency()
         return _SparseMM.apply(a, a_t, h) + self.bias
+
+
+def gcn_propagate(h: torch.Tensor, edge_index: torch.Tensor, n: int) -> torch.Tensor:
+    """D^-1/2 (A+I) D^-1/2 h summed edge by edge (no sparse tensors, so it exports to ONNX): existing
+    self-loops weigh 0 and one loop per node is added, as :meth:`Graph.gcn_adjacency` builds it."""
+    src, dst = edge_index[0], edge_index[1]
+    loop = torch.arange(n, device=h.device)
+    w = torch.cat([(src != dst).to(h.dtype), h.new_ones(n)])
+    src, dst = torch.cat([src, loop]), torch.cat([dst, loop])
+    dinv = h.new_zeros(n).index_add_(0, dst, w).pow(-0.5)
+    return scatter_sum(h[src] * (dinv[src] * w * dinv[dst])[:, None], dst, n)
 
 
 class SAGEConv(nn.Module):

@@ -18,7 +18,7 @@ from torch import nn
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.attention import KVCache
 from neuratlas.layers.gemv import fast_decoding
-from neuratlas.layers.sampling import sample
+from neuratlas.layers.sampling import penalize_repetition, sample
 from neuratlas.models.registry import register_model
 from neuratlas.models.transformer import PRESETS, Embeddings, Transformer, TransformerConfig, init_weights
 
@@ -33,24 +33,48 @@ class GPTConfig(TransformerConfig):
 class GPT(nn.Module):
     Config = GPTConfig
 
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: GPTConfig, init: bool = True) -> None:
+        """``init=False`` skips the GPT-2 initialisation (weights about to be loaded from a checkpoint)."""
         super().__init__()
         self.cfg = cfg
         self.embed = Embeddings(cfg)
         self.transformer = Transformer(cfg, causal=True)
         self.head = nn.Linear(cfg.dim, cfg.padded_vocab_size, bias=False)
-        init_weights(self, cfg)
+        if init:
+            init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.tok.weight
 
     def forward(
-        self, ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
+        self,
+        ids: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, vocab_size), or (B, 1, vocab_size) for the last position only."""
+        """ids (B, T) -> logits (B, T, vocab_size), or (B, 1, vocab_size) for the last position only.
+
+        ``mask`` (B, S), True on real tokens, covers the cached tokens and these T (S = cache length + T):
+        a left-padded batch of prompts of different lengths. Each row's rotary positions then count its real
+        tokens only and no token attends to padding, so every row's logits are those it has alone.
+        """
         if ids.ndim != 2:
             raise NeuratlasError(f"GPT expects token ids of shape (batch, time), got {tuple(ids.shape)}")
         start = cache.length if cache is not None else 0
-        x = self.transformer(self.embed(ids, start), cache=cache)
+        keys, positions = None, None
+        if mask is not None:
+            b, t = ids.shape
+            if tuple(mask.shape) != (b, start + t):
+                raise NeuratlasError(f"mask of shape {tuple(mask.shape)} does not cover ({b}, {start + t}) tokens")
+            if self.cfg.positions != "rope":
+                raise NeuratlasError("padded batches need rotary positions (positions='rope')")
+            mask = mask.to(torch.bool)
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
+            # a padding query sees itself only: a row with no visible key would make NaNs that reach the cache
+            key_at = torch.arange(start + t, device=ids.device)
+            own = key_at[None] == key_at[start:, None]
+            keys = mask[:, None, None, :] | own
+        x = self.transformer(self.embed(ids, start), cache=cache, key_padding_mask=keys, positions=positions)
         if last_only:
             x = x[:, -1:]
         return self.head(x)[..., : self.cfg.vocab_size]  # drop the padding rows of the vocabulary
@@ -74,6 +98,8 @@ class GPT(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         fast_layout: bool | Literal["auto"] = "auto",
+        mask: torch.Tensor | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[torch.Tensor]:
         """Yield the next token of every sequence, (B,), one step at a time.
 
@@ -83,35 +109,50 @@ class GPT(nn.Module):
         ``fast_layout``: on CPU, run the linear layers as parallel matrix-vector products with each weight
         in the layout its kernel reads fastest while streaming (:func:`~neuratlas.layers.gemv.fast_decoding`);
         ``"auto"`` does so where it measures faster on this machine.
+        ``mask`` (B, T): True on the real tokens of left-padded prompts (see :meth:`forward`).
+        ``repetition_penalty`` > 1 divides the positive logits (multiplies the negative ones) of every token
+        already in the sequence (Keskar et al. 2019, as ``transformers`` applies it).
         """
         if ids.ndim == 1:
             ids = ids[None]
         if ids.shape[1] == 0:
             raise NeuratlasError("generation needs a prompt of at least one token")
+        if mask is not None and tuple(mask.shape) != tuple(ids.shape):
+            raise NeuratlasError(f"mask of shape {tuple(mask.shape)} does not match the prompt's {tuple(ids.shape)}")
         was_training = self.training
         self.eval()
         ctx = self.cfg.max_seq_len
         stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=ids.device)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         seq = ids[:, -ctx:]
+        real = (mask if mask is not None else torch.ones_like(ids, dtype=torch.bool)).to(torch.bool)[:, -ctx:]
         cache, pending = None, seq
         with fast_decoding(self, fast_layout):
             try:
-                for _ in range(max_new_tokens):
+                for step in range(max_new_tokens):
                     if use_cache:
-                        if cache is None or cache.length + pending.shape[1] > ctx:
+                        if cache is None or cache.length + pending.shape[1] > cache.max_len:
                             keep = seq[:, -ctx:] if cache is None else seq[:, -(ctx // 2) :]
-                            cache = self.transformer.new_cache(seq.shape[0], ctx)
+                            # sized for what is left to generate, not the whole context: SmolLM2's 8192
+                            # positions at batch 32 would be 3 GB of zeros for a 24-token answer
+                            size = min(ctx, keep.shape[1] + max_new_tokens - step)
+                            cache = self.transformer.new_cache(seq.shape[0], size)
                             pending = keep
-                        logits = self(pending, cache=cache, last_only=True)[:, -1]
+                        m = real[:, -(cache.length + pending.shape[1]) :] if mask is not None else None
+                        logits = self(pending, cache=cache, last_only=True, mask=m)[:, -1]
                     else:
-                        logits = self(seq[:, -ctx:], last_only=True)[:, -1]
-                    nxt = sample(logits.float(), temperature, top_k, top_p, generator)
+                        m = real if mask is not None else None
+                        logits = self(seq, last_only=True, mask=m)[:, -1]
+                    logits = logits.float()
+                    if repetition_penalty != 1.0:
+                        logits = penalize_repetition(logits, torch.where(real, seq, seq[:, -1:]), repetition_penalty)
+                    nxt = sample(logits, temperature, top_k, top_p, generator)
                     if len(stop):
                         nxt = torch.where(done, stop[0], nxt)
                         done |= torch.isin(nxt, stop)
                     yield nxt
                     seq = torch.cat([seq, nxt[:, None]], dim=1)[:, -ctx:]
+                    real = torch.cat([real, torch.ones_like(real[:, :1])], dim=1)[:, -ctx:]
                     pending = nxt[:, None]
                     if len(stop) and bool(done.all()):
                         break

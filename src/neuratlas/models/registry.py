@@ -18,6 +18,10 @@ def register_model(name: str, model_class: type[nn.Module], description: str = "
     Every model class carries its config dataclass as ``Config``; the family is the defining module's name.
     """
     family = model_class.__module__.rsplit(".", 1)[-1]
+    if "save_pretrained" not in vars(model_class):  # one implementation for every family
+        from neuratlas.models.pretrained import save_pretrained
+
+        model_class.save_pretrained = save_pretrained
     return MODELS.add(name, model_class, model_class.Config, family=family, description=description,
                       **defaults)
 

@@ -104,7 +104,8 @@ class Recurrent(nn.Module):
                                  f"got {tuple(x.shape)}")
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device="cpu", dtype=torch.long)
-            if lengths.shape != (x.shape[0],) or lengths.min() < 1 or lengths.max() > x.shape[1]:
+            if not torch.compiler.is_exporting() and (lengths.shape != (x.shape[0],) or lengths.min() < 1
+                                                      or lengths.max() > x.shape[1]):
                 raise NeuratlasError(f"lengths must hold one value in 1..{x.shape[1]} per sequence, got "
                                      f"{lengths.tolist()}")
         if self.impl == "fused":
@@ -114,6 +115,9 @@ class Recurrent(nn.Module):
     def _fused(self, x, lengths, state):
         if lengths is None:
             return self.rnn(x, state)
+        if torch.compiler.is_exporting():
+            raise NeuratlasError("operator aten::_pack_padded_sequence (variable-length batches through a "
+                                 "bidirectional RNN) does not trace; left-to-right RNNs export without it")
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, state = self.rnn(packed, state)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
@@ -369,7 +373,12 @@ class RNNClassifier(nn.Module):
             if lengths is None:
                 lengths = (x != 0).sum(1).clamp(min=1).cpu()
             x = self.embed(x)
-        out, _ = self.rnn(x, lengths)
+        if torch.compiler.is_exporting() and not self.cfg.bidirectional:
+            # a left-to-right RNN's output at step t never sees later (padding) steps, so the unpacked run read
+            # at each sequence's own steps equals the packed one, and packing (no ONNX op) stays out of the graph
+            out, _ = self.rnn(x)
+        else:
+            out, _ = self.rnn(x, lengths)
         if self.cfg.pooling == "last":
             summary = last_valid(out, lengths, self.cfg.bidirectional)
         else:

@@ -47,9 +47,12 @@ class TransformerConfig:
     norm_eps: float = 1e-5
     positions: Positions = "learned"
     rope_base: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # Llama 3's {"rope_type": "llama3", ...} or {"rope_type": "linear"}
     ffn: FFN = "gelu"  # gelu is exact erf-GELU (BERT); gelu_tanh is GPT-2's tanh approximation
     ffn_dim: int | None = None  # None -> 4·dim, or 8/3·dim rounded up to a multiple of 64 for swiglu
     bias: bool = True
+    qkv_bias: bool | None = None  # bias on the Q/K/V projection only (Qwen2); None: the same as bias
+    head_dim: int | None = None  # per-head width; None: dim // n_head (some checkpoints use another)
     tie_embeddings: bool = True  # output projection shares the token embedding matrix
     dropout: float = 0.0
     attn_dropout: float | None = None  # on the attention probabilities; None: the same as dropout
@@ -67,25 +70,25 @@ class TransformerConfig:
             self.n_kv_head = self.n_head
         if min(self.vocab_size, self.max_seq_len, self.dim, self.n_layer, self.n_head, self.n_kv_head) <= 0:
             raise ValueError("vocab_size, max_seq_len, dim, n_layer, n_head and n_kv_head must be positive")
-        if self.dim % self.n_head:
-            raise ValueError(f"dim {self.dim} must be divisible by n_head {self.n_head}")
+        if self.head_dim is None:
+            if self.dim % self.n_head:
+                raise ValueError(f"dim {self.dim} must be divisible by n_head {self.n_head} (or give head_dim)")
+            self.head_dim = self.dim // self.n_head
+        if self.head_dim <= 0:
+            raise ValueError(f"head_dim must be positive, got {self.head_dim}")
         if self.n_head % self.n_kv_head:
             raise ValueError(
                 f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head} "
                 "(n_kv_head = n_head: MHA, 1: MQA, between: GQA)"
             )
         if self.positions == "rope" and self.head_dim % 2:
-            raise ValueError(f"rope needs an even head dimension; dim/n_head = {self.head_dim}")
+            raise ValueError(f"rope needs an even head dimension, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= (self.attn_dropout or 0.0) < 1.0:
             raise ValueError(f"dropout and attn_dropout must be in [0, 1), got {self.dropout}, {self.attn_dropout}")
         if self.ffn_dim is None:
             self.ffn_dim = 4 * self.dim if self.ffn != "swiglu" else 64 * math.ceil(8 * self.dim / 3 / 64)
         if self.pad_vocab_multiple < 1:
             raise ValueError("pad_vocab_multiple must be ≥ 1")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
 
     @property
     def padded_vocab_size(self) -> int:
@@ -182,6 +185,8 @@ class Block(nn.Module):
             cfg.n_head,
             cfg.n_kv_head,
             bias=cfg.bias,
+            qkv_bias=cfg.qkv_bias,
+            head_dim=cfg.head_dim,
             dropout=attn_dropout,
             gqa=cfg.gqa_impl,
             cpu_bf16=cfg.cpu_attention,
@@ -194,6 +199,8 @@ class Block(nn.Module):
                 cfg.n_head,
                 cfg.n_kv_head,
                 bias=cfg.bias,
+                qkv_bias=cfg.qkv_bias,
+                head_dim=cfg.head_dim,
                 dropout=attn_dropout,
                 cross=True,
                 gqa=cfg.gqa_impl,
@@ -221,8 +228,10 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         packing: Packing | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, C), or the (N, C) real tokens of a padded batch when ``packing`` is given."""
+        """x (B, T, C), or the (N, C) real tokens of a padded batch when ``packing`` is given.
+        ``positions`` (B, T): each token's rotary position where rows differ (left-padded batches)."""
         x = self._sublayer(
             x,
             self.norm1,
@@ -234,6 +243,7 @@ class Block(nn.Module):
                 cache=cache,
                 layer=layer,
                 packing=packing,
+                positions=positions,
             ),
         )
         if self.cross_attn is not None:
@@ -300,7 +310,9 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, cross_attention) for _ in range(cfg.n_layer))
         self.norm = make_norm(cfg) if cfg.pre_norm else nn.Identity()
         self.rope = (
-            RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_base) if cfg.positions == "rope" else None
+            RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_base, cfg.rope_scaling)
+            if cfg.positions == "rope"
+            else None
         )
 
     def forward(
@@ -311,14 +323,16 @@ class Transformer(nn.Module):
         memory: torch.Tensor | None = None,
         memory_padding_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, C) embedded inputs -> (B, T, C). With a cache, ``cache.length`` advances by T.
 
         An encoder given a ``key_padding_mask`` (and ``cfg.unpad``) runs on the real tokens only; its output
-        is zero at padded positions.
+        is zero at padded positions. ``positions`` (B, T) gives per-row rotary positions (left padding).
         """
         packing = None
-        if self.cfg.unpad and key_padding_mask is not None and not self.causal and cache is None and memory is None:
+        unpad = self.cfg.unpad and key_padding_mask is not None and not self.causal and cache is None and memory is None
+        if unpad and not torch.compiler.is_exporting():  # (packing's data-dependent size does not trace)
             packing = Packing(key_padding_mask)
             x = packing.pack(x)
         for i, block in enumerate(self.blocks):
@@ -332,11 +346,16 @@ class Transformer(nn.Module):
                 cache=cache,
                 layer=i,
                 packing=packing,
+                positions=positions,
             )
         if cache is not None:
             cache.advance(x.shape[1])
         x = self.norm(x)
-        return packing.pad(x) if packing is not None else x
+        if packing is not None:
+            return packing.pad(x)
+        if unpad:  # exported: the padded run, zero at the padding like the packed one
+            return x.masked_fill(~key_padding_mask.to(torch.bool)[..., None], 0.0)
+        return x
 
     def new_cache(
         self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None

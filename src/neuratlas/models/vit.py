@@ -85,7 +85,7 @@ class ViT(nn.Module):
             raise NeuratlasError(f"ViT expects images shaped (batch, {c}, {s}, {s}), got {tuple(x.shape)}; set "
                                  "img_size/in_chans to match the data")
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, dim): one token per patch
-        x = torch.cat([self.cls_token.expand(len(x), -1, -1).to(x.dtype), x], 1)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], 1)
         x = self.drop(x + self.pos_embed.to(x.dtype))
         return self.encoder(x)
 

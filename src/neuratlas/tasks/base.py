@@ -114,6 +114,9 @@ class Task:
         and ``predict`` alike): what a task needs from the trainer beyond a model (a judge network that
         scores samples, trained once with ``type(trainer)``) is made here."""
 
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Called when training starts (after a resume has restored its state), before the first step."""
+
     def on_fit_end(self, trainer: Trainer, result: Any) -> None:
         """Called once training has finished and the test split is scored (e.g. to draw a picture)."""
 

@@ -210,7 +210,11 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
         return BPETokenizer(tok) if kind == "bpe" else HFTokenizer(tok)
     if kind == "gpt2":
         return GPT2Tokenizer()
-    raise NeuratlasError(f"unknown tokenizer kind {kind!r} in checkpoint (expected char, bpe, hf or gpt2)")
+    if kind == "chat":  # a pretrained LLM's tokenizer with its chat template (text/chat.py)
+        from neuratlas.text.chat import ChatTokenizer
+
+        return ChatTokenizer.from_dict(d)
+    raise NeuratlasError(f"unknown tokenizer kind {kind!r} in checkpoint (expected char, bpe, hf, gpt2 or chat)")
 
 
 def build_tokenizer(

@@ -325,6 +325,8 @@ class Trainer:
         t0, steps0 = time.perf_counter(), self.step
         self._t0, self._val_step = t0, -1
         self.model.train()
+        if main:
+            self.task.on_fit_start(self)
         self._call("on_fit_start")
         # a budgeted schedule trains until the clock runs out; max_steps/epochs only set the schedule's grid
         by_time = bool(tc.budget_schedule and tc.time_limit)

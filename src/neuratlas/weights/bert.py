@@ -7,12 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from neuratlas.errors import NeuratlasError
 from neuratlas.models.bert import BERT, BERTConfig
 from neuratlas.sources import DataSource, package_dir
-from neuratlas.weights.hf import read_hf_state_dict
+from neuratlas.weights.hf import KeyMap, hf_to_ours, read_hf_state_dict
 
 # Real pretrained encoders (config.json, weights, tokenizer.json): offline package, then Hugging Face.
 PRETRAINED: dict[str, DataSource] = {
@@ -60,6 +58,38 @@ def bert_config(hf: dict, **overrides) -> BERTConfig:
     )
 
 
+def bert_key_map(cfg: BERTConfig, pooler: bool, mlm: bool, classifier: bool = False) -> list[KeyMap]:
+    """Our BERT's tensors in a Hugging Face ``BertModel`` state dict (``cls.*``: the MLM head of
+    ``BertForMaskedLM``; ``classifier.*``: ``BertForSequenceClassification``'s head, on the pooled vector)."""
+    maps = [KeyMap("embed.tok.weight", ("embeddings.word_embeddings.weight",), rows=cfg.vocab_size),
+            KeyMap("embed.pos.weight", ("embeddings.position_embeddings.weight",)),
+            KeyMap("embed.seg.weight", ("embeddings.token_type_embeddings.weight",)),
+            KeyMap("embed.norm.weight", ("embeddings.LayerNorm.weight",)),
+            KeyMap("embed.norm.bias", ("embeddings.LayerNorm.bias",))]
+    for i in range(cfg.n_layer):
+        p, q = f"encoder.layer.{i}.", f"encoder.blocks.{i}."
+        for kind in ("weight", "bias"):
+            maps += [KeyMap(q + f"attn.qkv.{kind}", tuple(p + f"attention.self.{n}.{kind}"
+                                                          for n in ("query", "key", "value"))),
+                     KeyMap(q + f"attn.proj.{kind}", (p + f"attention.output.dense.{kind}",)),
+                     KeyMap(q + f"norm1.{kind}", (p + f"attention.output.LayerNorm.{kind}",)),
+                     KeyMap(q + f"ffn.fc1.{kind}", (p + f"intermediate.dense.{kind}",)),
+                     KeyMap(q + f"ffn.fc2.{kind}", (p + f"output.dense.{kind}",)),
+                     KeyMap(q + f"norm2.{kind}", (p + f"output.LayerNorm.{kind}",))]
+    for kind in ("weight", "bias"):
+        if pooler:
+            maps.append(KeyMap(f"pooler.{kind}", (f"pooler.dense.{kind}",)))
+        if mlm:
+            c = "cls.predictions.transform."
+            maps += [KeyMap(f"mlm_transform.0.{kind}", (c + f"dense.{kind}",)),
+                     KeyMap(f"mlm_transform.2.{kind}", (c + f"LayerNorm.{kind}",))]
+        if classifier:
+            maps.append(KeyMap(f"classifier.1.{kind}", (f"classifier.{kind}",)))
+    if mlm:
+        maps.append(KeyMap("mlm_decoder.bias", ("cls.predictions.bias",), rows=cfg.vocab_size))
+    return maps
+
+
 def load_bert_weights(model: BERT, folder: str | Path) -> None:
     """Copy a Hugging Face BertModel's weights (embeddings, encoder, pooler; MLM head if present) into
     ``model``, checking that the architectures agree. A classification head stays freshly initialised."""
@@ -75,44 +105,14 @@ def load_bert_weights(model: BERT, folder: str | Path) -> None:
                 "the model config; build the model with bert_config(...) or matching options"
             )
     sd = {k.removeprefix("bert."): v for k, v in sd.items()}
-    v, pv = cfg.vocab_size, cfg.padded_vocab_size
-    tok = torch.zeros(pv, cfg.dim)
-    tok[:v] = sd["embeddings.word_embeddings.weight"]
-    new = {
-        "embed.tok.weight": tok,
-        "embed.pos.weight": sd["embeddings.position_embeddings.weight"],
-        "embed.seg.weight": sd["embeddings.token_type_embeddings.weight"],
-        "embed.norm.weight": sd["embeddings.LayerNorm.weight"],
-        "embed.norm.bias": sd["embeddings.LayerNorm.bias"],
-    }
-    for i in range(cfg.n_layer):
-        p, q = f"encoder.layer.{i}.", f"encoder.blocks.{i}."
-        for kind in ("weight", "bias"):
-            new[q + f"attn.qkv.{kind}"] = torch.cat(
-                [sd[p + f"attention.self.{n}.{kind}"] for n in ("query", "key", "value")]
-            )
-            new[q + f"attn.proj.{kind}"] = sd[p + f"attention.output.dense.{kind}"]
-            new[q + f"norm1.{kind}"] = sd[p + f"attention.output.LayerNorm.{kind}"]
-            new[q + f"ffn.fc1.{kind}"] = sd[p + f"intermediate.dense.{kind}"]
-            new[q + f"ffn.fc2.{kind}"] = sd[p + f"output.dense.{kind}"]
-            new[q + f"norm2.{kind}"] = sd[p + f"output.LayerNorm.{kind}"]
-    if model.pooler is not None and "pooler.dense.weight" in sd:
-        new["pooler.weight"], new["pooler.bias"] = sd["pooler.dense.weight"], sd["pooler.dense.bias"]
-    if not cfg.num_classes and "cls.predictions.transform.dense.weight" in sd:
-        c = "cls.predictions."
-        new.update(
-            {
-                "mlm_transform.0.weight": sd[c + "transform.dense.weight"],
-                "mlm_transform.0.bias": sd[c + "transform.dense.bias"],
-                "mlm_transform.2.weight": sd[c + "transform.LayerNorm.weight"],
-                "mlm_transform.2.bias": sd[c + "transform.LayerNorm.bias"],
-            }
-        )
-        bias = torch.zeros(pv)
-        bias[:v] = sd[c + "bias"]
-        new["mlm_decoder.bias"] = bias
+    maps = bert_key_map(cfg, pooler=model.pooler is not None and "pooler.dense.weight" in sd,
+                        mlm=not cfg.num_classes and "cls.predictions.transform.dense.weight" in sd)
+    try:
+        new = hf_to_ours(maps, sd, {k: v.shape for k, v in model.state_dict().items()})
+    except KeyError as e:
+        raise NeuratlasError(f"{folder}: BERT weights do not map (missing {e})") from None
     if cfg.tie_embeddings and not cfg.num_classes:
-        new["mlm_decoder.weight"] = tok
+        new["mlm_decoder.weight"] = new["embed.tok.weight"]
     missing, unexpected = model.load_state_dict(new, strict=False)
     if unexpected:
         raise NeuratlasError(f"{folder}: BERT weights do not map (unexpected {unexpected[:4]})")

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from neuratlas.errors import NeuratlasError
 from neuratlas.models.gpt import GPT, GPTConfig
-from neuratlas.weights.hf import read_hf_state_dict
+from neuratlas.weights.hf import KeyMap, hf_to_ours, read_hf_state_dict
 
 
 def gpt2_config(hf: dict, **overrides) -> GPTConfig:
@@ -44,6 +42,20 @@ GPT2_BLOCK_NAMES = {
 }
 
 
+def gpt2_key_map(cfg: GPTConfig) -> list[KeyMap]:
+    """Our GPT's tensors in a GPT-2 ``transformer.*`` state dict (the LM head is tied to ``wte``)."""
+    maps = [KeyMap("embed.tok.weight", ("wte.weight",), rows=cfg.vocab_size),
+            KeyMap("embed.pos.weight", ("wpe.weight",)),
+            KeyMap("transformer.norm.weight", ("ln_f.weight",)),
+            KeyMap("transformer.norm.bias", ("ln_f.bias",))]
+    for i in range(cfg.n_layer):
+        for src, dst in GPT2_BLOCK_NAMES.items():
+            maps.append(KeyMap(f"transformer.blocks.{i}.{dst}.weight", (f"h.{i}.{src}.weight",),
+                               transpose=not src.startswith("ln")))  # Conv1D is (in, out)
+            maps.append(KeyMap(f"transformer.blocks.{i}.{dst}.bias", (f"h.{i}.{src}.bias",)))
+    return maps
+
+
 def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
     """Build a Neuratlas GPT from a Hugging Face GPT-2 folder (config.json + weights)."""
     hf, sd = read_hf_state_dict(folder)
@@ -53,22 +65,15 @@ def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
     model = GPT(cfg)
     model.model_name, model.config = "gpt2-small", cfg
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-    v, pv = cfg.vocab_size, cfg.padded_vocab_size
-    wte = torch.zeros(pv, cfg.dim)
-    wte[:v] = sd["wte.weight"]
-    new = {
-        "embed.tok.weight": wte,
-        "embed.pos.weight": sd["wpe.weight"],
-        "transformer.norm.weight": sd["ln_f.weight"],
-        "transformer.norm.bias": sd["ln_f.bias"],
-    }
-    for i in range(cfg.n_layer):
-        for src, dst in GPT2_BLOCK_NAMES.items():
-            w, b = sd[f"h.{i}.{src}.weight"], sd[f"h.{i}.{src}.bias"]
-            new[f"transformer.blocks.{i}.{dst}.weight"] = w if src.startswith("ln") else w.t()  # Conv1D is (in, out)
-            new[f"transformer.blocks.{i}.{dst}.bias"] = b
-    new["head.weight"] = wte
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    try:
+        new = hf_to_ours(gpt2_key_map(cfg), sd, shapes)
+    except KeyError as e:
+        raise NeuratlasError(f"{folder}: GPT-2 weights do not map (missing {e})") from None
+    new["head.weight"] = new["embed.tok.weight"]
     missing, unexpected = model.load_state_dict(new, strict=False)
     if missing or unexpected:
-        raise NeuratlasError(f"{folder}: GPT-2 weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})")
+        raise NeuratlasError(
+            f"{folder}: GPT-2 weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})"
+        )
     return model
