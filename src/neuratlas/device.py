@@ -25,29 +25,58 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in ("amx_bf16", "avx512_bf16", " bf16"))
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto`` is CUDA, then Apple's MPS, then the CPU. ``local_rank`` (a data-parallel process's index on
+    its machine) picks that process's GPU when the name gives none: ``cuda`` → ``cuda:LOCAL_RANK``, so every
+    process of a torchrun job lands on its own GPU before anything is moved."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise NeuratlasError(f"--trainer.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NeuratlasError(f"--trainer.device {name}: this PyTorch build sees no CUDA GPU; use cpu or auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise NeuratlasError(f"--trainer.device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NeuratlasError(f"--trainer.device {name}: this PyTorch build sees no CUDA GPU; use cpu or auto")
+        if device.index is None:
+            device = torch.device("cuda", local_rank or 0)
+        if device.index >= torch.cuda.device_count():
+            raise NeuratlasError(f"--trainer.device {name}: there are {torch.cuda.device_count()} CUDA devices")
     return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None means plain fp32)."""
+    """The autocast dtype for ``precision`` on ``device`` (None means plain fp32). ``auto``: bf16 where the
+    hardware multiplies it natively; on a CUDA GPU without bf16 (before Ampere), fp16 with a gradient scaler
+    (:func:`grad_scaler`); fp32 otherwise."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_native_bf16() else None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    return None
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None, sharded: bool = False) -> torch.amp.GradScaler | None:
+    """fp16's loss scaler (fp16 gradients underflow without it); None for every other precision. Sharded
+    (FSDP) training needs the scaler that agrees across processes on whether a step overflowed (each process
+    sees only its shard of the gradients)."""
+    if dtype != torch.float16:
+        return None
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -208,6 +209,8 @@ def cmd_train(opts: TrainOptions, parsed: Parsed) -> int:
 
     run = _train_run(opts, parsed)
     result = fit(run, resume=opts.resume)
+    if os.environ.get("RANK", "0") != "0":  # one of several processes (torchrun): rank 0 reports
+        return 0
     metric = result.metric
     print(f"done in {result.train_seconds:.1f}s ({result.samples_per_second:,.0f} samples/s), {result.steps} steps")
     print(f"  val  {metric}: {result.val.get(metric, float('nan')):.4f}")

@@ -20,10 +20,13 @@ def fit(run: RunConfig, resume: str | Path | None = None, announce: bool = True)
 
         return fit_federated(run, resume=resume, announce=announce)
     trainer = Trainer(run)
-    if announce:
+    if announce and trainer.dist.is_main:
+        how = f"{str(trainer.dtype).removeprefix('torch.')} autocast" if trainer.dtype else "fp32"
+        if trainer.dist.enabled:
+            how += f", {trainer.strategy} × {trainer.dist.world} processes"
         print(
             f"training {run.model['name']} on {trainer.task.describe_data()} for {trainer.total_steps} steps "
-            f"({trainer.device}, {'bf16 autocast' if trainer.dtype else 'fp32'}) → {trainer.run_dir}",
+            f"({trainer.device}, {how}) → {trainer.run_dir}",
             flush=True,
         )
     return trainer.fit(resume=resume)

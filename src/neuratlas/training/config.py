@@ -22,7 +22,8 @@ class TrainerConfig:
     max_steps: int | None = None  # overrides epochs when set
     grad_accum: int = 1
     grad_clip: float | None = None  # max global grad norm
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the CPU/GPU has native bf16
+    # auto: bf16 autocast where the CPU/GPU has native bf16, fp16 (with a gradient scaler) on older GPUs
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile the model for training
     channels_last: bool = False
     seed: int = 0
@@ -36,7 +37,11 @@ class TrainerConfig:
     # (max_steps/epochs then only set the schedule's grid: warmup_steps of max_steps is that fraction of
     # the budget). Resume is then not bit-exact, being time-dependent.
     budget_schedule: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    # several processes (torchrun): auto = ddp; fsdp shards parameters, gradients and optimizer state
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
+    dist_timeout: float = 600.0  # seconds a collective waits for a lost process before the job fails
     out_dir: str = "runs"
     run_name: str | None = None
     progress: bool = True

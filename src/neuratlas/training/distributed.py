@@ -9,14 +9,17 @@ wraps the model in DDP. The sampler is the simplest exact one: every rank draws 
 per-rank batch B/N take exactly the step one process takes with batch B (DDP averages the gradients).
 Rank 0 alone logs, shows progress and writes checkpoints.
 
-Models that do not fit one device need sharded data parallelism instead: ``torch.distributed.fsdp``
-(``fully_shard(model)`` per block, then the same loop); see docs/paradigms.md.
+``--trainer.strategy fsdp`` shards parameters, gradients and optimizer state instead (FSDP2, ``fully_shard``
+per block; training/fsdp.py): the same sampler, the same averaged gradients, so the same steps.
+Multi-node is the same command under ``torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -46,23 +49,53 @@ class DistContext:
         if isinstance(batch, torch.Tensor):
             n = batch.shape[0]
             if n % self.world:
-                raise NeuratlasError(f"the global batch ({n}) must be divisible by the {self.world} "
-                                     "processes; change --data.batch_size")
+                raise NeuratlasError(
+                    f"the global batch ({n}) must be divisible by the {self.world} processes; change --data.batch_size"
+                )
             k = n // self.world
-            return batch[self.rank * k:(self.rank + 1) * k]
+            return batch[self.rank * k : (self.rank + 1) * k]
         if isinstance(batch, (tuple, list)):
             return type(batch)(self.shard(b) for b in batch)
         if isinstance(batch, dict):
             return {key: self.shard(v) for key, v in batch.items()}
         return batch
 
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        if not self.enabled:
+    def strategy(self, name: str) -> str:
+        """``auto``: ``ddp`` under torchrun, ``single`` otherwise; ``ddp``/``fsdp`` need several processes."""
+        if name == "auto":
+            return "ddp" if self.enabled else "single"
+        if name == "single" and self.enabled:
+            raise NeuratlasError(f"--trainer.strategy single in a job of {self.world} processes; use ddp or fsdp")
+        if name in ("ddp", "fsdp") and not self.enabled:
+            raise NeuratlasError(
+                f"--trainer.strategy {name} needs several processes: launch with "
+                "`torchrun --nproc-per-node N -m neuratlas train ...` or `neuratlas ddp --nproc N`"
+            )
+        if name not in ("single", "ddp", "fsdp"):
+            raise NeuratlasError(f"unknown --trainer.strategy {name!r}; choose auto, single, ddp or fsdp")
+        return name
+
+    def wrap(
+        self, model: nn.Module, device: torch.device, strategy: str = "ddp", dtype: torch.dtype | None = None
+    ) -> nn.Module:
+        """The module the training step calls: DDP around ``model``, or ``model`` itself sharded in place
+        (FSDP); ``torch.compile`` comes after this, so it sees the wrapper's communication."""
+        if not self.enabled or strategy == "single":
             return model
+        if strategy == "fsdp":
+            from neuratlas.training.fsdp import shard_model
+
+            return shard_model(model, dtype)
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [device.index or 0] if device.type == "cuda" else None
+        ids = [device] if device.type == "cuda" else None  # the process's own GPU, never cuda:0 for all
         return DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
 
 
 class NullLogger:
@@ -78,8 +111,10 @@ class NullLogger:
 _CONTEXT: DistContext | None = None
 
 
-def context() -> DistContext:
-    """The process group of this run, joined once (gloo on CPU, NCCL when CUDA is there)."""
+def context(timeout: float = 600.0) -> DistContext:
+    """The process group of this run, joined once (gloo for CPU tensors, NCCL for CUDA ones), and this
+    process's GPU (``LOCAL_RANK``) made current before anything is moved. A collective that waits longer than
+    ``timeout`` seconds for a lost process fails instead of hanging."""
     global _CONTEXT
     if _CONTEXT is not None:
         return _CONTEXT
@@ -89,21 +124,46 @@ def context() -> DistContext:
         return _CONTEXT
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    _CONTEXT = DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(_CONTEXT.local_rank)
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    _CONTEXT = DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
     return _CONTEXT
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``neuratlas ARGV`` in ``nproc`` processes with torchrun's launcher on this machine (loopback)."""
-    import subprocess
-    import sys
+    """Run ``neuratlas ARGV`` in ``nproc`` processes with torchrun's launcher on this machine (loopback).
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-           "127.0.0.1", "--master-port", os.environ.get("MASTER_PORT", "29511"), "-m", "neuratlas", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.call(cmd, env=env)
+    A process that dies (killed, out of memory, an error) stops the job: the launcher ends the others and
+    this raises one error line naming the first rank that failed."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    port = os.environ.get("MASTER_PORT", "29511")
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id="neuratlas",
+        rdzv_backend="static",
+        rdzv_endpoint=f"127.0.0.1:{port}",
+        rdzv_configs={"rank": 0},
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "neuratlas", *argv)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        how = (
+            f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+        )
+        raise NeuratlasError(
+            f"rank {rank} of {nproc} {how}; the other processes were stopped "
+            f"(its log is above; `neuratlas {' '.join(argv[:2])}` failed)"
+        ) from None
+    return 0

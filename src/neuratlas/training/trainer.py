@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuratlas.device import autocast, keep_freed_memory, resolve_device, resolve_precision
+from neuratlas.device import autocast, grad_scaler, keep_freed_memory, resolve_device, resolve_precision
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.lora import lora_layers, merged_copy
 from neuratlas.models import count_parameters, create_model
@@ -98,11 +98,17 @@ class Trainer:
         self.task = task or build_task(run.task, run.data, tc.seed, run.sections)
         # a model handed in (eval of a checkpoint) is used as it is; one built here starts as the run says
         self.transfer = TransferSetup(run.optimizer, None, False)
+        handed_in = model is not None
         if model is None:
             model = model_for_task(run, self.task)
             self.transfer = setup_transfer(model, run)
         self.model = model
-        self.device = resolve_device(tc.device)
+        # under torchrun: join the process group first, so this process's GPU (LOCAL_RANK) is known and
+        # current before anything is moved; otherwise a no-op
+        self.dist = dist_context(tc.dist_timeout)
+        # a model handed in (a checkpoint to evaluate) runs as it is, whatever strategy trained it
+        self.strategy = self.dist.strategy("auto" if handed_in else tc.strategy)
+        self.device = resolve_device(tc.device, self.dist.local_rank)
         self.dtype = resolve_precision(tc.precision, self.device)
         if tc.keep_freed_memory and self.device.type == "cpu":
             keep_freed_memory()
@@ -111,10 +117,20 @@ class Trainer:
         if tc.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.task.memory_format = torch.channels_last
+        if tc.activation_checkpointing:
+            from neuratlas.training.fsdp import checkpoint_activations
+
+            checkpoint_activations(self.model)
+        if self.strategy == "fsdp":
+            from neuratlas.training.fsdp import check_supported
+
+            check_supported(self)
         self.ema = WeightAverage(self.model, tc.ema_decay) if tc.ema_decay else None
-        self.train_model = torch.compile(self.model) if tc.compile else self.model
-        self.dist = dist_context()  # under torchrun: DDP across WORLD_SIZE processes; otherwise a no-op
-        self.train_model = self.dist.wrap(self.train_model, self.device)
+        # DDP around the model, or the model sharded in place (FSDP); compiled after wrapping
+        self.train_model = self.dist.wrap(self.model, self.device, self.strategy, self.dtype)
+        if tc.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.scaler = grad_scaler(self.device, self.dtype, sharded=self.strategy == "fsdp")  # fp16 only
         spe = self.task.steps_per_epoch // tc.grad_accum
         if spe < 1:
             raise NeuratlasError("the training set is smaller than one batch × grad_accum")
@@ -155,6 +171,10 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------------
     def save(self, tag: str = "last") -> Path:
+        if self.strategy == "fsdp":  # every process writes its shards; rank 0 the consolidated weights
+            from neuratlas.training.fsdp import save_sharded
+
+            return save_sharded(self, tag)
         if not self.dist.is_main:  # rank 0 alone writes checkpoints
             return self.ckpt_dir / f"{tag}.safetensors"
         extra = {"task": self.run.task["name"], **self.task.checkpoint_extra()}
@@ -170,6 +190,8 @@ class Trainer:
                 state["raw_weights"] = self.model.state_dict()
             if self.ema:
                 state["ema_updates"] = self.ema.updates
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
             if torch.cuda.is_available():
                 state["rng_cuda"] = torch.cuda.get_rng_state_all()
             path = save_checkpoint(self.ckpt_dir, model, self.run.to_dict(), extra, self.step, state)
@@ -177,6 +199,10 @@ class Trainer:
         return path
 
     def resume(self, path: str | Path) -> None:
+        if self.strategy == "fsdp":
+            from neuratlas.training.fsdp import load_sharded
+
+            return load_sharded(self, path)
         ckpt, state = resumable(path)  # the newest complete checkpoint (one unit: weights + state)
         from safetensors.torch import load_model
 
@@ -214,6 +240,8 @@ class Trainer:
                 if g.get("initial_lr", lr) != lr:  # changed on resume: rescale from the schedule's position
                     g["initial_lr"] = sched.base_lrs[i] = lr
                     g["lr"] = lr * sched.lr_lambdas[i](sched.last_epoch)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -230,14 +258,24 @@ class Trainer:
             raise NeuratlasError(f"loss became {loss.item()} at step {self.step}{' (' + where + ')' if where else ''}"
                                  "; try a lower --optimizer.lr or --trainer.grad_clip 1.0. The last good "
                                  f"checkpoint is in {self.ckpt_dir}")
+        if self.scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+            loss = self.scaler.scale(loss)
         loss.backward()
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> dict[str, float]:
         """Clip ``params``' gradients (``trainer.grad_clip``), step ``optimizer`` and clear its gradients."""
         logs = {}
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         if self.run.trainer.grad_clip:
-            logs["grad_norm"] = float(nn.utils.clip_grad_norm_(list(params), self.run.trainer.grad_clip))
-        optimizer.step()
+            norm = nn.utils.clip_grad_norm_(list(params), self.run.trainer.grad_clip)
+            logs["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+        if self.scaler is not None:
+            self.scaler.step(optimizer)  # skipped when a gradient overflowed; the scale then shrinks
+            self.scaler.update()
+            logs["loss_scale"] = float(self.scaler.get_scale())
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return logs
 
