@@ -110,13 +110,12 @@ def test_print_config_and_config_round_trip(tmp_path, capsys):
 
 def test_flat_options_of_any_command_round_trip(tmp_path, capsys):
     """Hyphens and underscores are one key; a repeatable option keeps commas; lists and nested sections."""
-    argv = ["generate", "run", "--max-new-tokens", "5", "--top_k", "3", "--stop", "a, b", "--stop", "c", "--bf16"]
+    argv = ["tour", "--families", "mlp,gan", "--out", "x", "--trainer.max-steps", "5"]
     assert main([*argv, "--print-config", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["max_new_tokens"] == 5 and printed["top_k"] == 3 and printed["bf16"] is True
-    assert printed["stop"] == ["a, b", "c"] and printed["checkpoint"] == "run"
-    (tmp_path / "gen.json").write_text(json.dumps(printed))
-    assert main(["generate", "--config", str(tmp_path / "gen.json"), "--print-config", "json"]) == 0
+    assert printed["families"] == ["mlp", "gan"] and printed["trainer"]["max_steps"] == 5
+    (tmp_path / "tour.json").write_text(json.dumps(printed))
+    assert main(["tour", "--config", str(tmp_path / "tour.json"), "--print-config", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == printed
     assert main(["bench", "speed", "--only", "mfu", "--mfu.batch", "2", "--print-config", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)

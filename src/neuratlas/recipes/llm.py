@@ -22,7 +22,7 @@ _SMOLLM2: dict[str, Any] = {
         "n_train": 2000,
         "n_val": 200,
     },
-    "task": {"name": "chat_sft", "eval_answers": 100},
+    "task": {"name": "chat-sft", "eval_answers": 100},
     "optimizer": {"name": "adamw", "lr": 2e-3, "weight_decay": 0.0},
     "schedule": {"name": "linear", "warmup_frac": 0.1},
     "trainer": {"max_steps": 60, "eval_every": 60, "grad_clip": 1.0},

@@ -193,8 +193,9 @@ class checkpointed:
 
 
 TASKS.add(
-    "chat_sft",
+    "chat-sft",
     ChatSFT,
     ChatSFTConfig,
     description="chat fine-tuning: loss on assistant tokens; held-out answer loss and exact match",
+    aliases=("chat_sft",),
 )
