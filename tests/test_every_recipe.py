@@ -70,7 +70,11 @@ def _params(names):
     return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in names]
 
 
-@pytest.mark.parametrize("name", _params(sorted(set(RECIPES.names()) - RUNNERS)))
+# The pretrained LLM's fine-tune (135M parameters: minutes a step here) is covered by tests/test_llm.py.
+LLM = {n for n in RECIPES.names() if get_recipe(n).family == "llm"}
+
+
+@pytest.mark.parametrize("name", _params(sorted(set(RECIPES.names()) - RUNNERS - LLM)))
 def test_recipe_trains_resumes_evaluates_and_predicts(name, tmp_path, capsys):
     recipe = get_recipe(name)
     overrides = small(name, tmp_path, max_steps="3", save_every="1")

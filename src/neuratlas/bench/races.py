@@ -115,9 +115,9 @@ def _nanogpt_workdir(options: NanoGPTOptions, prefix: str) -> tuple[Path, Path]:
 def _rescore_nanogpt(ckpt: Path, text: Path, recipe: str = "gpt-tinyshakespeare-baby") -> tuple[float, int]:
     """nanoGPT's saved checkpoint scored by Neuratlas' evaluator on the whole val split (fp32), so both sides
     are judged by the same evaluation; returns (val loss, nanoGPT's iteration of that checkpoint)."""
-    from neuratlas.models.gpt import load_nanogpt
     from neuratlas.recipes import get_recipe
     from neuratlas.tasks import build_task
+    from neuratlas.weights import load_nanogpt
 
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     # the recipe's split and evaluator, on windows of nanoGPT's own context (each side scored at its block size)
