@@ -10,6 +10,7 @@ one line; none is accepted and ignored.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -66,8 +67,12 @@ FAST = first_recipe_of_each_task()
 RUNNERS = {n for n in RECIPES.names() if set(PARADIGM_SECTIONS) & set(get_recipe(n).run_config().sections)}
 
 
+FULL = os.environ.get("NEURATLAS_FULL_TESTS") == "1"
+BOUNDED = pytest.mark.skipif(not FULL, reason="bounded form: one recipe per task; NEURATLAS_FULL_TESTS=1 runs all")
+
+
 def _params(names):
-    return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in names]
+    return [pytest.param(n, marks=() if n in FAST else (pytest.mark.slow, BOUNDED)) for n in names]
 
 
 # The pretrained LLM's fine-tune (135M parameters: minutes a step here) is covered by tests/test_llm.py.
