@@ -1,7 +1,7 @@
 """Every registered recipe goes through the whole life of a run on its real data, shrunk to a few steps:
 train 2 steps (checkpoints written), resume to step 3 exactly where it stopped, `neuratlas eval` the run,
 `neuratlas predict` on inputs made from its held-out data. One recipe per task runs in the default suite; the
-rest are marked slow (CI runs them too).
+rest are marked slow and run in full with NEURATLAS_FULL_TESTS=1.
 
 Trainer options are checked per task as well: each either changes what the run computes or is refused with
 one line; none is accepted and ignored.
