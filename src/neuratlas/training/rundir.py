@@ -19,7 +19,7 @@ _ALLOWED = re.compile(r"^[\w.+@=-]+$")
 
 def check_run_name(name: str) -> None:
     """Raise ValueError unless ``name`` is a plain folder name."""
-    if not name or name in (".", "..") or not _ALLOWED.match(name) or name.startswith("."):
+    if not name or name in (".", "..") or not _ALLOWED.match(name) or name.startswith("."):  # escape attempt
         raise ValueError(
             f"run_name must be a plain name (letters, digits, '_', '-', '.', '+', '@', '='; no "
             f"'/', no leading '.'), got {name!r}"
