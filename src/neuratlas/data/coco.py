@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from neuratlas.data.detection import DetectionImage, TreeData, TreeDataConfig, crop_boxes, tile_origins
+from neuratlas.data.guards import open_image
 from neuratlas.data.image_files import ResizePolicy, channel_stats, decode, list_bad, need_file, warn, why_unreadable
 from neuratlas.data.inspect import DataReport, boxes_sheet, register_inspector
 from neuratlas.data.registry import register_dataset
@@ -130,9 +131,7 @@ def load_coco(cfg: CocoConfig) -> CocoData:
             bad.append((path, "missing (named in " + ann_path.name + ")"))
             continue
         try:
-            from PIL import Image
-
-            with Image.open(path) as pil:
+            with open_image(path) as pil:
                 width, height = pil.size
             image = torch.from_numpy(decode(path, ResizePolicy(height, width, 3, "squash")))
         except Exception as e:  # Pillow raises many types for broken files

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from neuratlas.data.guards import TooLarge, load_npy, named, open_image
 from neuratlas.data.registry import register_dataset
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.boxes import box_area
@@ -56,15 +57,17 @@ def read_rgb(path: str | Path, channels: int = 3) -> torch.Tensor:
     if not p.is_file():
         raise NeuratlasError(f"image {p} does not exist")
     if p.suffix.lower() == ".npy":
-        arr = np.load(p, allow_pickle=False)
+        arr = load_npy(p)
     else:
         try:
-            from PIL import Image
+            import PIL  # noqa: F401 (a clear line when Pillow is missing)
         except ImportError:
             raise NeuratlasError("reading images needs Pillow: `pip install Pillow`") from None
         try:
-            with Image.open(p) as img:
+            with open_image(p) as img:
                 arr = np.asarray(img.convert("RGB") if img.mode in ("P", "RGBA", "CMYK", "YCbCr") else img)
+        except TooLarge as e:
+            raise named(p, e) from None
         except OSError as e:
             raise NeuratlasError(f"{p} is not a readable image: {e}") from None
     if arr.ndim == 2:

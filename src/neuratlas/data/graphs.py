@@ -11,6 +11,7 @@ admits only the handful of classes those files need, so a tampered file cannot r
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import sys
@@ -57,17 +58,58 @@ def planetoid_source(name: str) -> DataSource:
                      f"~/.cache/neuratlas/planetoid-{name}/ (or set NEURATLAS_PLANETOID_DIR, or --data.root)")
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """The only classes a Planetoid pickle may name (Python 2 module names included)."""
+# A Planetoid file's arrays are small (PubMed's densest, allx, is 18,717 × 500); a pickle declaring more
+# elements than this, or than a sixteenth of the memory available, is refused before it is allocated.
+MAX_ARRAY_ELEMENTS = 1 << 28
+MAX_NESTING = 32  # Planetoid pickles nest two deep (a dict of neighbour lists)
+
+
+def _array_cap() -> int:
+    from neuratlas.models.budget import available_memory
+
+    return min(MAX_ARRAY_ELEMENTS, available_memory() // 16)
+
+
+def _check_array_size(shape: Any, dtype: Any = "f8") -> None:
+    """What a pickle asks numpy to allocate (``_reconstruct``, ``ndarray(shape)``), checked first."""
+    try:
+        dims = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+        itemsize = max(1, np.dtype(dtype).itemsize) if not isinstance(dtype, bytes) else 1
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"an array of shape {shape!r}: {e}") from None
+    if any(d < 0 for d in dims) or math.prod(dims) * itemsize > 8 * _array_cap():
+        raise _Bomb(f"it asks for an array of shape {dims}, larger than any Planetoid array")
+
+
+class _Bomb(Exception):
+    """A pickle that would expand past the bounds (named with the file by :func:`restricted_load`)."""
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    _check_array_size(shape, dtype)
+    return _multiarray()._reconstruct(np.ndarray, shape, dtype)
+
+
+def _ndarray(shape: Any, dtype: Any = float, *args: Any, **kwargs: Any) -> np.ndarray:
+    _check_array_size(shape, dtype)
+    return np.ndarray(shape, dtype, *args, **kwargs)
+
+
+def _multiarray() -> Any:
     try:
         from numpy._core import multiarray  # numpy >= 2
     except ImportError:
         from numpy.core import multiarray
+    return multiarray
 
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The only callables a Planetoid pickle may name (Python 2 module names included); numpy's array
+    constructors are wrapped so that a declared shape is checked before numpy allocates it."""
     allowed: dict[tuple[str, str], Any] = {
-        ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): _ndarray,
         ("numpy", "dtype"): np.dtype,
         ("collections", "defaultdict"): __import__("collections").defaultdict,
         ("__builtin__", "list"): list,
@@ -96,13 +138,71 @@ class RestrictedUnpickler(pickle.Unpickler):
                              "arrays, so this file is not a genuine Planetoid file")
 
 
-def restricted_load(data: bytes) -> Any:
+def expanded_size(obj: Any, max_elements: int, max_array: int) -> int:
+    """The number of elements ``obj`` holds once every shared reference is counted where it is used (what
+    iterating it, or ``np.asarray`` on it, would create), stopping as soon as it passes ``max_elements``.
+
+    A pickle can reference one list many times (its memo), so 1 KB of ``[[[...] * 40] * 40] * ...`` unpickles
+    in microseconds yet expands to 40¹² elements; each object's size is computed once (by identity), so this
+    costs time in the number of distinct objects. Cycles and numpy arrays of Python objects are refused, and
+    arrays (a sparse matrix by its dense shape, which the reader densifies) are bounded by ``max_array``."""
+    sizes: dict[int, int] = {}
+    keep: list[Any] = []  # the objects measured stay alive, so their ids are not reused during the walk
+
+    def measure(x: Any, depth: int) -> int:
+        if id(x) in sizes:
+            if sizes[id(x)] < 0:
+                raise _Bomb("it holds a list that contains itself")
+            return sizes[id(x)]
+        if depth > MAX_NESTING:
+            raise _Bomb(f"it nests more than {MAX_NESTING} deep")
+        if isinstance(x, np.ndarray):
+            if x.dtype.hasobject:
+                raise _Bomb("it holds a numpy array of Python objects")
+            n = x.size
+            if n > max_array:
+                raise _Bomb(f"it holds an array of {n:,} elements")
+            return n
+        if hasattr(x, "toarray") and hasattr(x, "shape"):  # a CSR matrix: densified by the reader
+            n = math.prod(int(d) for d in x.shape)
+            if n > max_array:
+                raise _Bomb(f"it holds a sparse matrix of shape {tuple(x.shape)} ({n:,} elements dense)")
+            return n + sum(measure(getattr(x, a, None), depth + 1) for a in ("data", "indices", "indptr"))
+        if isinstance(x, dict):
+            children: Any = [c for kv in x.items() for c in kv]
+        elif isinstance(x, (list, tuple)):
+            children = x
+        else:
+            return 1
+        sizes[id(x)] = -1
+        keep.append(x)
+        total = len(children)
+        for c in children:
+            total += measure(c, depth + 1)
+            if total > max_elements:
+                raise _Bomb(f"it expands to more than {max_elements:,} elements (shared references repeated)")
+        sizes[id(x)] = total
+        return total
+
+    return measure(obj, 0)
+
+
+def restricted_load(data: bytes, path: Path | str = "Planetoid file") -> Any:
+    """Unpickle a Planetoid file without running code from it and without letting it expand: only the
+    expected classes, array shapes checked before numpy allocates them, and the loaded object measured with
+    every shared reference counted (:func:`expanded_size`): a Planetoid file stores each element once, so
+    it may hold about one element per byte of the file, not more."""
     try:
-        return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except NeuratlasError:
-        raise
+        obj = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        expanded_size(obj, max_elements=len(data) + 1024, max_array=_array_cap())
+        return obj
+    except NeuratlasError as e:
+        raise NeuratlasError(f"{path}: {e}") from None
+    except _Bomb as e:
+        raise NeuratlasError(f"{path}: not a genuine Planetoid file: {e}; refused before expanding it") from None
     except Exception as e:
-        raise NeuratlasError(f"not a readable Planetoid pickle ({type(e).__name__}: {e})") from None
+        raise NeuratlasError(f"{path}: not a readable Planetoid pickle ({type(e).__name__}: {str(e)[:200]})"
+                             ) from None
 
 
 def _dense(obj: Any) -> np.ndarray:
@@ -128,7 +228,16 @@ class NodeData:
 
 
 def read_planetoid(folder: Path, name: str = "cora") -> NodeData:
-    """Read ind.{name}.* the way the GCN paper did: test rows reordered, the public 140/500/1000 split."""
+    """Read ind.{name}.* the way the GCN paper did: test rows reordered, the public 140/500/1000 split.
+    Files that unpickle but do not fit together (wrong types or shapes) are one line naming the folder."""
+    try:
+        return _read_planetoid(folder, name)
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError, OverflowError) as e:
+        raise NeuratlasError(f"{folder}: the ind.{name}.* files do not form a Planetoid data set "
+                             f"({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _read_planetoid(folder: Path, name: str) -> NodeData:
     objs = {}
     for part in PLANETOID_PARTS:
         path = folder / f"ind.{name}.{part}"
@@ -138,7 +247,7 @@ def read_planetoid(folder: Path, name: str = "cora") -> NodeData:
         if part == "test.index":
             objs[part] = np.array([int(v) for v in path.read_text().split()])
         else:
-            objs[part] = restricted_load(path.read_bytes())
+            objs[part] = restricted_load(path.read_bytes(), path)
     x, tx, allx = (_dense(objs[k]).astype(np.float32) for k in ("x", "tx", "allx"))
     y, ty, ally = (np.asarray(objs[k]) for k in ("y", "ty", "ally"))
     test_index = objs["test.index"]

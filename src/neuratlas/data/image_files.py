@@ -30,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 
+from neuratlas.data.guards import TooLarge, open_image
 from neuratlas.errors import NeuratlasError
 from neuratlas.sources import cache_dir
 
@@ -165,9 +166,7 @@ def fit(img, policy: ResizePolicy):
 def decode(path, policy: ResizePolicy) -> np.ndarray:
     """One image file (a path or a binary file object) -> uint8 (C, H, W) under ``policy``; raises
     ValueError/OSError for a bad file."""
-    from PIL import Image
-
-    with Image.open(path) as img:
+    with open_image(path) as img:
         if img.format == "JPEG" and policy.mode != "pad":  # DCT scaling: decode at ≥ the needed size only
             img.draft(img.mode, (policy.width, policy.height))
         img.load()  # a truncated file fails here (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
@@ -191,8 +190,6 @@ def probe_file(item: tuple[str | bytes, int | None, str]) -> tuple[str | None, l
     size; grey stays grey), so that in the common case nothing is left to do once the policy is known."""
     import io
 
-    from PIL import Image
-
     path, size, resize = item
     try:
         data = path if isinstance(path, bytes) else Path(path).read_bytes()
@@ -200,7 +197,7 @@ def probe_file(item: tuple[str | bytes, int | None, str]) -> tuple[str | None, l
         return None, [0, 0, "", f"unreadable ({e.strerror or e})"], None, None
     h = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(io.BytesIO(data)) as img:
             w, hh, mode = img.size[0], img.size[1], img.mode
             if w * hh > SMALL_AREA:
                 return h, [w, hh, mode, ""], None, None
@@ -239,9 +236,7 @@ def read_label_map(path: Path) -> tuple[np.ndarray, str]:
     """A mask file -> (int64 (H, W) values, its Pillow mode). Palette PNGs give their palette indices (the
     class ids labelling tools write); RGB masks give packed colours R·65536 + G·256 + B, mapped to classes by
     the caller."""
-    from PIL import Image
-
-    with Image.open(path) as img:
+    with open_image(path) as img:
         img.load()
         mode = img.mode
         if mode in ("RGB", "RGBA"):
@@ -299,6 +294,8 @@ def why_unreadable(e: Exception) -> str:
 
     if isinstance(e, UnidentifiedImageError):
         return "not an image Pillow can read"
+    if isinstance(e, TooLarge):
+        return str(e)
     return f"not a readable image ({type(e).__name__}: {e})"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neuratlas.data.guards import TooLarge, load_npy, named, open_image
 from neuratlas.data.registry import register_dataset
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
@@ -63,11 +64,11 @@ def read_array(path: str | Path) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             return np.asarray(require("tifffile", "reading TIFF").imread(p))
         if suffix == ".npy":
-            return np.load(p, allow_pickle=False)
-        from PIL import Image
-
-        with Image.open(p) as img:
+            return load_npy(p)
+        with open_image(p) as img:
             return np.asarray(img)
+    except TooLarge as e:
+        raise named(p, e) from None
     except NeuratlasError:
         raise
     except Exception as e:  # tifffile/PIL raise many types for broken files

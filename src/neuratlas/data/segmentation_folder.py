@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from neuratlas.data.guards import open_image
 from neuratlas.data.image_files import (
     GREY_MODES,
     ResizePolicy,
@@ -108,7 +109,7 @@ def _open(source: Path | bytes):
 def _read_pair(image: Path | bytes, mask: Path | bytes, cfg: SegmentationFolderConfig, channels: int):
     from PIL import Image
 
-    with Image.open(_open(image)) as im:
+    with open_image(_open(image)) as im:
         w, h = im.size
     m, mode = read_label_map(_open(mask))
     if m.shape != (h, w):
@@ -146,14 +147,12 @@ def build_segmentation(
 ) -> SegmentationData:
     """Pairs (image source, mask source, image name, mask name) per split ("all": to be carved) -> the data.
     Sources are paths or bytes; names are what problems are reported under."""
-    from PIL import Image
-
     every = [p for pairs in groups.values() for p in pairs]
     if cfg.channels is None:
         modes = []
         for img, *_ in every:
             try:
-                with Image.open(_open(img)) as im:
+                with open_image(_open(img)) as im:
                     modes.append(im.mode)
             except Exception:  # reported when the pair is read
                 pass

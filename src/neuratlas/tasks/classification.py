@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from neuratlas.data import load_dataset
+from neuratlas.data.guards import TooLarge, load_npy, named
 from neuratlas.data.images import ImageSplits
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize, random_crop, random_erase, random_hflip
@@ -141,12 +142,14 @@ def load_image(path: str, channels: int, h: int, w: int, invert: bool = False,
     if not p.is_file():
         raise NeuratlasError(f"input {path} does not exist")
     if p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False)
+        arr = load_npy(p)
     else:  # the decoding training used: any mode (16-bit, palette, alpha), the run's resize policy
         from neuratlas.data.image_files import ResizePolicy, decode
 
         try:
             arr = decode(p, ResizePolicy(h, w, channels, resize))
+        except TooLarge as e:
+            raise named(path, e) from None
         except Exception as e:  # Pillow raises many types for broken files
             raise NeuratlasError(f"{path} is not a readable image: {e}") from None
     t = torch.from_numpy(np.ascontiguousarray(arr))
