@@ -8,6 +8,7 @@ import shutil
 import time
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -287,3 +288,169 @@ def test_a_model_too_large_to_allocate_is_refused_before_allocation(run_override
     check_model_fits("mlp-tiny", {"in_features": 64}, memory=1 << 20)  # 4,810 parameters fit in 1 MiB
     with pytest.raises(NeuratlasError, match="too large"):
         check_model_fits("mlp-tiny", {"in_features": 64}, memory=1 << 14)
+
+
+# --- inputs: images, arrays and pickles that declare more than they hold ----------------------------------
+def png_header(path, width: int, height: int):
+    """A PNG whose header claims ``width`` × ``height`` RGB pixels, with (almost) no pixel data: what a
+    decompression bomb looks like to a reader that trusts the header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1000)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def bmp_header(path, width: int, height: int):
+    """A 24-bit BMP header claiming ``width`` × ``height`` pixels, followed by no pixels."""
+    import struct
+
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    path.write_bytes(b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info)
+    return path
+
+
+def pickle_bomb(levels: int = 12, width: int = 40) -> bytes:
+    """A protocol-2 pickle of nested lists, each level ``width`` memo references to the level below: about
+    1 KB that unpickles instantly and expands to width ** levels elements when iterated."""
+    out = bytearray(b"\x80\x02]q\x00(" + b"N" * width + b"e")
+    for i in range(1, levels):
+        out += b"]q" + bytes([i]) + b"(" + (b"h" + bytes([i - 1])) * width + b"e"
+    return bytes(out + b".")
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A trained mlp-digits run (2 steps): what `predict` and `eval` are given."""
+    out = tmp_path_factory.mktemp("runs")
+    run = get_recipe("mlp-digits").run_config({"trainer.out_dir": str(out), "trainer.progress": "false",
+                                               "trainer.loggers": "csv", "trainer.max_steps": "2",
+                                               "trainer.run_name": "r"})
+    Trainer(run).fit()
+    return out / "r"
+
+
+def one_error_line(argv, capsys) -> str:
+    from neuratlas.cli import main
+
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, (code, err)
+    assert "Traceback" not in err and "unexpected" not in err and "Decompression" not in err, err
+    return err
+
+
+def test_huge_images_are_refused_from_their_header(digits_run, tmp_path, capsys):
+    import warnings
+
+    from neuratlas.data.guards import TooLarge, check_pixels, open_image
+
+    big = png_header(tmp_path / "big.png", 20_000, 20_000)  # 400 MP: over Pillow's own error threshold too
+    mid = bmp_header(tmp_path / "mid.bmp", 12_000, 12_000)  # 144 MP: only Pillow's warning, our refusal
+    assert big.stat().st_size < 2000 and mid.stat().st_size < 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail the test
+        for path in (big, mid):
+            with pytest.raises(TooLarge, match="refused before decoding"), open_image(path):
+                pass
+    with pytest.raises(TooLarge, match="memory available"):
+        check_pixels(4000, 3000, "RGB", memory=100 << 20)  # 12 MP fits the pixel limit, not 100 MiB
+    check_pixels(4000, 3000, "RGB", memory=1 << 30)
+    for path in (big, mid):
+        err = one_error_line(["predict", digits_run, path, "--out", tmp_path / "out"], capsys)
+        assert str(path) in err and "refused before decoding" in err
+    # in an image folder: listed as unusable with the reason, and with on_bad=error it stops, naming it
+    from neuratlas.cli import main
+
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "folder" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "folder" / c / f"{i}.png")
+    png_header(tmp_path / "folder" / "a" / "bomb.png", 20_000, 20_000)
+    bmp_header(tmp_path / "folder" / "b" / "bomb.bmp", 12_000, 12_000)
+    common = ["data", "inspect", "--data.name", "image-folder", "--data.root", tmp_path / "folder", "--sheet", ""]
+    assert main([str(a) for a in common]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "Decompression" not in out + err
+    assert sum("bomb" in line and "refused before decoding" in line for line in out.splitlines()) == 2, out
+    err = one_error_line([*common, "--data.on_bad", "error"], capsys)
+    assert "bomb" in err and "refused before decoding" in err
+
+
+def test_npy_files_of_objects_or_forged_shapes_are_one_line(digits_run, tmp_path, capsys):
+    from neuratlas.data.guards import load_npy
+
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    forged = tmp_path / "forged.npy"
+    with open(forged, "wb") as f:  # a header declaring 4 TB of floats, then 256 bytes
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+        f.write(b"\0" * 256)
+    with pytest.raises(NeuratlasError, match="holds Python objects"):
+        load_npy(objects)
+    with pytest.raises(NeuratlasError, match="declares shape"):
+        load_npy(forged)
+    np.save(tmp_path / "ok.npy", np.ones((8, 8), np.float32))
+    assert load_npy(tmp_path / "ok.npy").sum() == 64
+    for path, message in ((objects, "holds Python objects"), (forged, "declares shape")):
+        err = one_error_line(["predict", digits_run, path, "--out", tmp_path / "out"], capsys)
+        assert str(path) in err and message in err
+
+
+def test_planetoid_pickle_bombs_are_refused(tmp_path):
+    import gzip
+    import pickle
+    from pathlib import Path
+
+    from neuratlas.data.graphs import read_planetoid, restricted_load
+
+    bomb = pickle_bomb()
+    assert len(bomb) < 1100 and len(pickle.loads(bomb)) == 40  # 40 ** 12 elements once iterated
+    t0 = time.perf_counter()
+    with pytest.raises(NeuratlasError, match=r"ind\.cora\.graph: not a genuine Planetoid file: it expands"):
+        restricted_load(bomb, "ind.cora.graph")
+    assert time.perf_counter() - t0 < 5  # measured, not expanded (the bound is generous for a shared CPU)
+    cycle = b"\x80\x02]q\x00h\x00a."  # a list containing itself
+    huge = b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x40\x85R."  # ndarray((2**30,)): 8 GiB if allocated
+    rebuilt = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\x00\x00\x40\x85"
+               b"C\x01b\x87R.")  # numpy's own constructor, asked for 2**30 elements
+    for data, message in ((cycle, "contains itself"), (huge, "asks for an array"), (rebuilt, "asks for an array")):
+        with pytest.raises(NeuratlasError, match=message):
+            restricted_load(data, "ind.cora.x")
+    objects = pickle.dumps(np.array([[1], None], dtype=object), protocol=2)
+    with pytest.raises(NeuratlasError, match="Python objects|refusing to unpickle"):
+        restricted_load(objects, "ind.cora.y")
+    # the genuine files still read, and a bomb among them stops the data set with one line naming it
+    bundled = Path(__file__).parents[1] / "src/neuratlas/data/bundled/planetoid-cora"
+    folder = tmp_path / "cora"
+    folder.mkdir()
+    for f in bundled.glob("ind.cora.*.gz"):
+        (folder / f.stem).write_bytes(gzip.decompress(f.read_bytes()))
+    assert read_planetoid(folder).x.shape == (2708, 1433)
+    (folder / "ind.cora.graph").write_bytes(bomb)
+    with pytest.raises(NeuratlasError, match=str(folder / "ind.cora.graph")):
+        read_planetoid(folder)
+    (folder / "ind.cora.graph").write_bytes(pickle.dumps([1, 2, 3], protocol=2))  # unpickles, wrong type
+    with pytest.raises(NeuratlasError, match="do not form a Planetoid data set"):
+        read_planetoid(folder)
+
+
+def test_all_nan_checkpoint_is_refused_by_predict_and_eval(digits_run, tmp_path, capsys):
+    ckpt = digits_run / "checkpoints" / "last.safetensors"
+    tensors = {k: torch.full_like(v, float("nan")) for k, v in load_file(str(ckpt)).items()}
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta = f.metadata()
+    nan = tmp_path / "nan.safetensors"
+    save_file(tensors, str(nan), metadata=meta)
+    digit = tmp_path / "digit.npy"
+    np.save(digit, np.zeros((8, 8), np.float32))
+    for argv in (["predict", nan, digit, "--out", tmp_path / "out"], ["eval", nan]):
+        err = one_error_line(argv, capsys)
+        assert str(nan) in err and "NaN or infinite" in err

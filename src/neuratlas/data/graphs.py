@@ -77,7 +77,8 @@ def _check_array_size(shape: Any, dtype: Any = "f8") -> None:
         itemsize = max(1, np.dtype(dtype).itemsize) if not isinstance(dtype, bytes) else 1
     except (TypeError, ValueError) as e:
         raise ValueError(f"an array of shape {shape!r}: {e}") from None
-    if any(d < 0 for d in dims) or math.prod(dims) * itemsize > 8 * _array_cap():
+    cap = _array_cap()
+    if any(d < 0 for d in dims) or math.prod(dims) > cap or math.prod(dims) * itemsize > 8 * cap:
         raise _Bomb(f"it asks for an array of shape {dims}, larger than any Planetoid array")
 
 
