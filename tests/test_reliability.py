@@ -126,9 +126,13 @@ def test_resnet_of_absurd_depth_is_refused_quickly(tmp_path):
     model = create_model("resnet18", num_classes=10, width=8)
     path = save_weights(tmp_path / "r.safetensors", model, {}, {}, 0)
     cfg = read_checkpoint(path).model_config
-    bomb = rewrite_metadata(path, tmp_path / "deep.safetensors", model_config=json.dumps({**cfg, "depth": 600_000_000}))
-    with pytest.raises(NeuratlasError):
-        read_checkpoint(bomb).build_model()
+    for style, depth, message in (("imagenet", 600_000_000, "depth must be one of"),
+                                  ("cifar", 600_000_002, "refused before allocating")):
+        bomb = rewrite_metadata(path, tmp_path / "deep.safetensors",
+                                model_config=json.dumps({**cfg, "depth": depth, "style": style}))
+        with pytest.raises(NeuratlasError, match=message) as e:
+            read_checkpoint(bomb).build_model()
+        assert str(e.value).startswith(f"{bomb}: ")  # the file is what is wrong: it is named
 
 
 @pytest.mark.parametrize(

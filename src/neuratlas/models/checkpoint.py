@@ -60,8 +60,8 @@ class Checkpoint:
             with _bounded_construction(self.path, max_modules=8 * len(shapes) + 512, max_numel=held):
                 with torch.device("meta"):
                     meta = create_model(self.model_name, **options)
-        except NeuratlasError:
-            raise
+        except NeuratlasError as e:  # the config's own validation: the file is what is wrong, so name it
+            raise self._named(e) from None
         except Exception:  # a builder that cannot run on meta: the real build below is still bounded
             meta = None
         if meta is not None:
@@ -69,8 +69,8 @@ class Checkpoint:
         try:
             with _bounded_construction(self.path, max_modules=8 * len(shapes) + 512, max_numel=held):
                 model = create_model(self.model_name, **options)
-        except NeuratlasError:
-            raise
+        except NeuratlasError as e:
+            raise self._named(e) from None
         except Exception as e:  # the metadata is data from the file: whatever it makes a builder do is its fault
             raise NeuratlasError(f"{self.path}: its metadata does not build {self.model_name} "
                                  f"({type(e).__name__}: {str(e)[:200]})") from None
@@ -86,6 +86,11 @@ class Checkpoint:
             raise NeuratlasError(f"{self.path}: its weights hold NaN or infinite values ({len(bad)} tensors, "
                                  f"e.g. {bad[0]}); the run diverged or the file is damaged")
         return model
+
+    def _named(self, e: NeuratlasError) -> NeuratlasError:
+        """An error about the metadata's model config, with the checkpoint's path in front (once)."""
+        return e if str(self.path) in str(e) else NeuratlasError(f"{self.path}: its metadata does not build "
+                                                                  f"{self.model_name}: {e}")
 
     @property
     def task_name(self) -> str:
