@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = ("checkpoints", "configs", "inputs", "signals", "disk", "federated")
 CASES: list[tuple[str, str, Callable[[], tuple[bool, str]]]] = []
 WORK = Path(tempfile.mkdtemp(prefix="neuratlas-census-"))
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NEURATLAS_OFFLINE": "1",
-       "NEURATLAS_CACHE": str(WORK / "cache")}
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NEURATLAS_OFFLINE": "1", "NEURATLAS_CACHE": str(WORK / "cache")}
 USER_CACHE = {k: v for k, v in ENV.items() if k != "NEURATLAS_CACHE"} | (
-    {"NEURATLAS_CACHE": os.environ["NEURATLAS_CACHE"]} if "NEURATLAS_CACHE" in os.environ else {})  # data at hand
+    {"NEURATLAS_CACHE": os.environ["NEURATLAS_CACHE"]} if "NEURATLAS_CACHE" in os.environ else {}
+)  # data at hand
 QUIET = ["--trainer.progress", "false", "--trainer.loggers", "csv", "--trainer.out_dir", str(WORK / "runs")]
 
 
@@ -43,17 +43,31 @@ def case(category: str, name: str):
     def add(fn):
         CASES.append((category, name, fn))
         return fn
+
     return add
 
 
 def cli(*args: object, timeout: float = 300, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "neuratlas", *map(str, args)], capture_output=True, text=True,
-                          env=env or ENV, cwd=WORK, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "neuratlas", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        cwd=WORK,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def start(*args: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "neuratlas", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=WORK)
+    return subprocess.Popen(
+        [sys.executable, "-m", "neuratlas", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=WORK,
+    )
 
 
 def clean(text: str) -> bool:
@@ -63,8 +77,13 @@ def clean(text: str) -> bool:
 def one_line(r: subprocess.CompletedProcess, *needles: str) -> tuple[bool, str]:
     """Exit 2, exactly one ``error:`` line on stderr holding every needle (a file name, an option)."""
     err = r.stderr.strip()
-    ok = (r.returncode == 2 and err.startswith("error: ") and len(err.splitlines()) == 1 and clean(err)
-          and all(n in err for n in needles))
+    ok = (
+        r.returncode == 2
+        and err.startswith("error: ")
+        and len(err.splitlines()) == 1
+        and clean(err)
+        and all(n in err for n in needles)
+    )
     return ok, f"rc {r.returncode}: {err[-300:] or r.stdout.strip()[-300:]}"
 
 
@@ -80,8 +99,17 @@ _RUN: dict[str, Path] = {}
 def digits_run() -> Path:
     """A trained mlp-digits run (6 steps, a checkpoint every 3): what predict/eval/resume cases start from."""
     if "run" not in _RUN:
-        r = cli("train", "mlp-digits", *QUIET, "--trainer.max_steps", 6, "--trainer.save_every", 3,
-                "--trainer.run_name", "base")
+        r = cli(
+            "train",
+            "mlp-digits",
+            *QUIET,
+            "--trainer.max_steps",
+            6,
+            "--trainer.save_every",
+            3,
+            "--trainer.run_name",
+            "base",
+        )
         assert r.returncode == 0, r.stderr
         _RUN["run"] = WORK / "runs" / "base"
     return _RUN["run"]
@@ -124,8 +152,21 @@ def wait_for(proc: subprocess.Popen, ready: Callable[[], bool], limit: float = 1
 @case("checkpoints", "kill -9 while training (a checkpoint every 3 steps), then --resume")
 def kill9() -> tuple[bool, str]:
     run = WORK / "runs" / "k9"
-    p = start("train", "mlp-digits", *QUIET, "--trainer.max_steps", 60, "--trainer.save_every", 3,
-              "--trainer.log_every", 1, "--trainer.eval_every", 1000, "--trainer.run_name", "k9")
+    p = start(
+        "train",
+        "mlp-digits",
+        *QUIET,
+        "--trainer.max_steps",
+        60,
+        "--trainer.save_every",
+        3,
+        "--trainer.log_every",
+        1,
+        "--trainer.eval_every",
+        1000,
+        "--trainer.run_name",
+        "k9",
+    )
     if not wait_for(p, lambda: len(list((run / "checkpoints").glob("step-*"))) >= 2):
         p.kill()
         return False, "no checkpoint appeared"
@@ -152,8 +193,9 @@ def metrics_kept() -> tuple[bool, str]:
 @case("checkpoints", "run name reused without --resume")
 def reuse() -> tuple[bool, str]:
     digits_run()
-    return one_line(cli("train", "mlp-digits", *QUIET, "--trainer.max_steps", 2, "--trainer.run_name", "base"),
-                    "already exists")
+    return one_line(
+        cli("train", "mlp-digits", *QUIET, "--trainer.max_steps", 2, "--trainer.run_name", "base"), "already exists"
+    )
 
 
 @case("checkpoints", "default run names of two runs started together")
@@ -183,9 +225,11 @@ def damaged(name: str, **meta: str) -> Path:
 
 
 for label, value in (("a list", "[1, 2]"), ("null", "null"), ("nested 10,000 deep", "[" * 10_000 + "]" * 10_000)):
+
     def metadata_case(value=value) -> tuple[bool, str]:
         path = damaged("meta", model_config=value)
         return one_line(cli("eval", path), str(path), "damaged Neuratlas metadata")
+
     case("checkpoints", f"checkpoint metadata config as {label} (eval)")(metadata_case)
 
 
@@ -196,8 +240,11 @@ def declares_larger() -> tuple[bool, str]:
 
     model = create_model("mlp", in_features=4, hidden=[8], num_classes=2)
     path = save_weights(WORK / "small.safetensors", model, {}, {"task": "classification"}, 0)
-    path = with_metadata(path, WORK / "bomb.safetensors", model_config=json.dumps(
-        {"in_features": 4, "hidden": [32000, 32000], "num_classes": 2}))
+    path = with_metadata(
+        path,
+        WORK / "bomb.safetensors",
+        model_config=json.dumps({"in_features": 4, "hidden": [32000, 32000], "num_classes": 2}),
+    )
     ok, detail = one_line(cli("predict", path, digit_npy()), str(path), "refused before allocating")
     return ok and path.stat().st_size < 2500, f"{path.stat().st_size} bytes; {detail}"
 
@@ -207,14 +254,16 @@ def deep_resnet() -> tuple[bool, str]:
     from neuratlas.models import create_model
     from neuratlas.models.checkpoint import read_checkpoint, save_weights
 
-    path = save_weights(WORK / "r.safetensors", create_model("resnet18", num_classes=10, width=8), {},
-                        {"task": "classification"}, 0)
+    path = save_weights(
+        WORK / "r.safetensors", create_model("resnet18", num_classes=10, width=8), {}, {"task": "classification"}, 0
+    )
     cfg = read_checkpoint(path).model_config
     t0 = time.time()
     results = []
     for style, depth in (("imagenet", 600_000_000), ("cifar", 600_000_002)):  # refused by its config, by size
-        bomb = with_metadata(path, WORK / f"deep-{style}.safetensors",
-                             model_config=json.dumps({**cfg, "depth": depth, "style": style}))
+        bomb = with_metadata(
+            path, WORK / f"deep-{style}.safetensors", model_config=json.dumps({**cfg, "depth": depth, "style": style})
+        )
         results.append(one_line(cli("predict", bomb, digit_npy()), str(bomb)))
     return all(ok for ok, _ in results), f"{time.time() - t0:.0f} s; " + "; ".join(d for _, d in results)
 
@@ -260,9 +309,30 @@ def nan_eval() -> tuple[bool, str]:
 
 @case("checkpoints", "BERT checkpoint whose `pretrained` names another folder (eval reads nothing from it)")
 def bert_redirect() -> tuple[bool, str]:
-    r = cli("train", "bert-shakespeare-mlm", *QUIET, "--model.dim", 32, "--model.n_layer", 1, "--model.n_head", 2,
-            "--model.ffn_dim", 64, "--model.max_seq_len", 32, "--data.block_size", 32, "--task.eval_tokens", 512,
-            "--trainer.max_steps", 1, "--trainer.run_name", "bert", env=USER_CACHE)
+    r = cli(
+        "train",
+        "bert-shakespeare-mlm",
+        *QUIET,
+        "--model.dim",
+        32,
+        "--model.n_layer",
+        1,
+        "--model.n_head",
+        2,
+        "--model.ffn_dim",
+        64,
+        "--model.max_seq_len",
+        32,
+        "--data.block_size",
+        32,
+        "--task.eval_tokens",
+        512,
+        "--trainer.max_steps",
+        1,
+        "--trainer.run_name",
+        "bert",
+        env=USER_CACHE,
+    )
     if r.returncode != 0:
         return False, f"training the BERT failed: {r.stderr[-300:]}"
     from neuratlas.models.checkpoint import read_checkpoint
@@ -270,23 +340,38 @@ def bert_redirect() -> tuple[bool, str]:
     src = WORK / "runs" / "bert" / "checkpoints" / "last.safetensors"
     cfg = read_checkpoint(src).model_config
     elsewhere = WORK / "elsewhere-hf-bert"  # does not exist: reading it would fail loudly
-    path = with_metadata(src, WORK / "bert-redirect.safetensors",
-                         model_config=json.dumps({**cfg, "pretrained": str(elsewhere)}))
-    ok, detail = succeeds(cli("eval", path), "loss")
-    r2 = cli("eval", with_metadata(src, WORK / "bert-minilm.safetensors",
-                                   model_config=json.dumps({**cfg, "pretrained": "all-MiniLM-L6-v2"})))
+    path = with_metadata(
+        src, WORK / "bert-redirect.safetensors", model_config=json.dumps({**cfg, "pretrained": str(elsewhere)})
+    )
+    ok, detail = succeeds(cli("eval", path, env=USER_CACHE), "loss")
+    r2 = cli(
+        "eval",
+        with_metadata(
+            src, WORK / "bert-minilm.safetensors", model_config=json.dumps({**cfg, "pretrained": "all-MiniLM-L6-v2"})
+        ),
+        env=USER_CACHE,
+    )
     ok2, detail2 = succeeds(r2, "loss")
     return ok and ok2 and "elsewhere" not in r.stdout, f"{detail}; named weights: {detail2}"
 
 
 # --- configs ---------------------------------------------------------------------------------------------
 CONFIGS = [
-    ("trainer.max_steps", "0"), ("trainer.max_steps", "-1"), ("trainer.epochs", "0"), ("data.batch_size", "0"),
-    ("trainer.grad_accum", "0"), ("optimizer.lr", "-1"), ("optimizer.lr", "nan"), ("trainer.device", "cuda"),
-    ("trainer.num_threads", "0"), ("model.hidden", "[1000000000]"), ("trainer.run_name", "x" * 300),
-    ("trainer.run_name", "../escaped"),
+    ("trainer.max_steps", "0"),
+    ("trainer.max_steps", "-1"),
+    ("trainer.epochs", "0"),
+    ("data.batch_size", "0"),
+    ("trainer.grad_accum", "0"),
+    ("optimizer.lr", "-1"),
+    ("optimizer.lr", "nan"),
+    ("trainer.device", "cuda"),
+    ("trainer.num_threads", "0"),
+    ("model.hidden", "[1000000000]"),
+    ("trainer.run_name", "x" * 300),
+    ("trainer.run_name", "../escaped"),  # escape attempt
 ]
 for key, value in CONFIGS:
+
     def config_case(key=key, value=value) -> tuple[bool, str]:
         if key == "trainer.device" and value == "cuda":
             import torch
@@ -301,6 +386,7 @@ for key, value in CONFIGS:
         if key == "trainer.run_name":
             needle = "run_name"
         return one_line(r, needle)
+
     case("configs", f"--{key} {value if len(value) < 20 else value[:8] + '…'}")(config_case)
 
 
@@ -312,8 +398,9 @@ def png_header(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -335,8 +422,22 @@ def big_image_folder() -> tuple[bool, str]:
     path = png_header(root / "a" / "huge.png", 20_000, 20_000)
     listed = cli("data", "inspect", "--data.name", "image-folder", "--data.root", root, "--sheet", "")
     ok1 = listed.returncode == 0 and clean(listed.stderr) and f"{path}: its header declares" in listed.stdout
-    ok2, detail = one_line(cli("data", "inspect", "--data.name", "image-folder", "--data.root", root, "--sheet", "",
-                               "--data.on_bad", "error"), str(path), "refused before decoding")
+    ok2, detail = one_line(
+        cli(
+            "data",
+            "inspect",
+            "--data.name",
+            "image-folder",
+            "--data.root",
+            root,
+            "--sheet",
+            "",
+            "--data.on_bad",
+            "error",
+        ),
+        str(path),
+        "refused before decoding",
+    )
     return ok1 and ok2, f"listed as unusable: {ok1}; {detail}"
 
 
@@ -360,8 +461,11 @@ def planetoid_bomb() -> tuple[bool, str]:
         bomb += b"]q" + bytes([i]) + b"(" + (b"h" + bytes([i - 1])) * 40 + b"e"
     path = folder / "ind.cora.graph"
     path.write_bytes(bytes(bomb + b"."))
-    ok, detail = one_line(cli("train", "gcn-cora", *QUIET, "--data.root", folder, "--trainer.max_steps", 1),
-                          str(path), "not a genuine Planetoid file")
+    ok, detail = one_line(
+        cli("train", "gcn-cora", *QUIET, "--data.root", folder, "--trainer.max_steps", 1),
+        str(path),
+        "not a genuine Planetoid file",
+    )
     return ok and path.stat().st_size < 1100, f"{path.stat().st_size} bytes; {detail}"
 
 
@@ -378,12 +482,24 @@ def corrupt_cache() -> tuple[bool, str]:
 
 
 # --- signals ---------------------------------------------------------------------------------------------
-for sig in (signal.SIGTERM, signal.SIGINT):
+for sig in (signal.SIGTERM,):
+
     def signal_case(sig=sig) -> tuple[bool, str]:
         name = f"sig{sig.value}"
         run = WORK / "runs" / name
-        p = start("train", "mlp-digits", *QUIET, "--trainer.max_steps", 100_000, "--trainer.save_every", 10_000,
-                  "--trainer.eval_every", 100_000, "--trainer.run_name", name)
+        p = start(
+            "train",
+            "mlp-digits",
+            *QUIET,
+            "--trainer.max_steps",
+            100_000,
+            "--trainer.save_every",
+            10_000,
+            "--trainer.eval_every",
+            100_000,
+            "--trainer.run_name",
+            name,
+        )
         if not wait_for(p, lambda: (run / "metrics.csv").is_file() and (run / "metrics.csv").stat().st_size > 200):
             p.kill()
             return False, "the run did not start"
@@ -392,6 +508,7 @@ for sig in (signal.SIGTERM, signal.SIGINT):
         saved = list((run / "checkpoints").glob("step-*"))
         ok = "--resume" in out + err and bool(saved) and clean(err)
         return ok, f"rc {p.returncode}, {len(saved)} step folder(s); {(err.strip() or out.strip())[-200:]}"
+
     case("signals", f"{sig.name} during training saves and prints the resume command")(signal_case)
 
 
@@ -413,16 +530,14 @@ def full_disk() -> tuple[bool, str]:
 
 
 # --- federated: the tests that exist, run and counted ---------------------------------------------------------
+POISONED = "test_a_poisoned_client_is_rejected_by_name_and_the_model_stays_healthy"
+SURVIVES = "test_message_api_round_survives_a_killed_a_silent_and_a_poisoned_client"
 FEDERATED = {
-    "NaN client (screened, named)": "test_a_poisoned_client_is_rejected_by_name_and_the_model_stays_healthy[nan-mean]",
-    "×1e4 client (screened, named)":
-        "test_a_poisoned_client_is_rejected_by_name_and_the_model_stays_healthy[scale-mean]",
-    "wrong-shaped update (screened, named)":
-        "test_a_poisoned_client_is_rejected_by_name_and_the_model_stays_healthy[shape-mean]",
-    "client that never answers (round timeout)":
-        "test_message_api_round_survives_a_killed_a_silent_and_a_poisoned_client",
-    "client dropped mid-run (killed in round 2)":
-        "test_message_api_round_survives_a_killed_a_silent_and_a_poisoned_client",
+    "NaN client (screened, named)": f"{POISONED}[nan-mean]",
+    "×1e4 client (screened, named)": f"{POISONED}[scale-mean]",
+    "wrong-shaped update (screened, named)": f"{POISONED}[shape-mean]",
+    "client that never answers (round timeout)": SURVIVES,
+    "client dropped mid-run (killed in round 2)": SURVIVES,
 }
 _FED: dict[str, str] = {}
 
@@ -430,8 +545,14 @@ _FED: dict[str, str] = {}
 def federated_results() -> dict[str, str]:
     if not _FED:
         ids = sorted({f"tests/test_federated.py::{t}" for t in FEDERATED.values()})
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *ids],
-                           capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
+        r = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *ids],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=REPO,
+            timeout=900,
+        )
         for line in r.stdout.splitlines():
             m = re.match(r"(PASSED|FAILED|ERROR|SKIPPED) tests/test_federated.py::(\S+)", line)
             if m:
@@ -441,9 +562,11 @@ def federated_results() -> dict[str, str]:
 
 
 for label, test in FEDERATED.items():
+
     def federated_case(test=test) -> tuple[bool, str]:
         status = federated_results().get(test, "not run")
         return status == "PASSED", f"{test}: {status}"
+
     case("federated", label)(federated_case)
 
 

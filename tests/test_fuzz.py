@@ -259,11 +259,20 @@ def tiny_gguf(path: Path) -> Path:
     w.add_eos_token_id(0)
     w.add_add_bos_token(False)
     kv = kv_heads * dim // heads
-    shapes = {"token_embd.weight": (vocab, dim), "output_norm.weight": (dim,), "output.weight": (vocab, dim),
-              "blk.0.attn_norm.weight": (dim,), "blk.0.ffn_norm.weight": (dim,), "blk.0.attn_q.weight": (dim, dim),
-              "blk.0.attn_k.weight": (kv, dim), "blk.0.attn_v.weight": (kv, dim),
-              "blk.0.attn_output.weight": (dim, dim), "blk.0.ffn_gate.weight": (ffn, dim),
-              "blk.0.ffn_up.weight": (ffn, dim), "blk.0.ffn_down.weight": (dim, ffn)}
+    shapes = {
+        "token_embd.weight": (vocab, dim),
+        "output_norm.weight": (dim,),
+        "output.weight": (vocab, dim),
+        "blk.0.attn_norm.weight": (dim,),
+        "blk.0.ffn_norm.weight": (dim,),
+        "blk.0.attn_q.weight": (dim, dim),
+        "blk.0.attn_k.weight": (kv, dim),
+        "blk.0.attn_v.weight": (kv, dim),
+        "blk.0.attn_output.weight": (dim, dim),
+        "blk.0.ffn_gate.weight": (ffn, dim),
+        "blk.0.ffn_up.weight": (ffn, dim),
+        "blk.0.ffn_down.weight": (dim, ffn),
+    }
     for name, shape in shapes.items():
         a = (rng.standard_normal(shape) * 0.1).astype(np.float32)
         w.add_tensor(name, a * 0 if name == "output_norm.weight" else a)
@@ -329,9 +338,14 @@ def image_files() -> dict[str, bytes]:
     rng = np.random.default_rng(3)
     rgb = Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8))
     made = {}
-    for name, img, fmt in [("rgb.png", rgb, "PNG"), ("grey16.png", Image.fromarray(
-            rng.integers(0, 65535, (16, 16), dtype=np.uint16)), "PNG"), ("palette.png", rgb.convert("P"), "PNG"),
-            ("photo.jpg", rgb, "JPEG"), ("plain.bmp", rgb, "BMP"), ("anim.gif", rgb.convert("P"), "GIF")]:
+    for name, img, fmt in [
+        ("rgb.png", rgb, "PNG"),
+        ("grey16.png", Image.fromarray(rng.integers(0, 65535, (16, 16), dtype=np.uint16)), "PNG"),
+        ("palette.png", rgb.convert("P"), "PNG"),
+        ("photo.jpg", rgb, "JPEG"),
+        ("plain.bmp", rgb, "BMP"),
+        ("anim.gif", rgb.convert("P"), "GIF"),
+    ]:
         buf = io.BytesIO()
         img.save(buf, fmt)
         made[name] = buf.getvalue()

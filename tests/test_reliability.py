@@ -126,10 +126,13 @@ def test_resnet_of_absurd_depth_is_refused_quickly(tmp_path):
     model = create_model("resnet18", num_classes=10, width=8)
     path = save_weights(tmp_path / "r.safetensors", model, {}, {}, 0)
     cfg = read_checkpoint(path).model_config
-    for style, depth, message in (("imagenet", 600_000_000, "depth must be one of"),
-                                  ("cifar", 600_000_002, "refused before allocating")):
-        bomb = rewrite_metadata(path, tmp_path / "deep.safetensors",
-                                model_config=json.dumps({**cfg, "depth": depth, "style": style}))
+    for style, depth, message in (
+        ("imagenet", 600_000_000, "depth must be one of"),
+        ("cifar", 600_000_002, "refused before allocating"),
+    ):
+        bomb = rewrite_metadata(
+            path, tmp_path / "deep.safetensors", model_config=json.dumps({**cfg, "depth": depth, "style": style})
+        )
         with pytest.raises(NeuratlasError, match=message) as e:
             read_checkpoint(bomb).build_model()
         assert str(e.value).startswith(f"{bomb}: ")  # the file is what is wrong: it is named
@@ -332,9 +335,15 @@ def pickle_bomb(levels: int = 12, width: int = 40) -> bytes:
 def digits_run(tmp_path_factory):
     """A trained mlp-digits run (2 steps): what `predict` and `eval` are given."""
     out = tmp_path_factory.mktemp("runs")
-    run = get_recipe("mlp-digits").run_config({"trainer.out_dir": str(out), "trainer.progress": "false",
-                                               "trainer.loggers": "csv", "trainer.max_steps": "2",
-                                               "trainer.run_name": "r"})
+    run = get_recipe("mlp-digits").run_config(
+        {
+            "trainer.out_dir": str(out),
+            "trainer.progress": "false",
+            "trainer.loggers": "csv",
+            "trainer.max_steps": "2",
+            "trainer.run_name": "r",
+        }
+    )
     Trainer(run).fit()
     return out / "r"
 
@@ -369,9 +378,9 @@ def test_huge_images_are_refused_from_their_header(digits_run, tmp_path, capsys)
         err = one_error_line(["predict", digits_run, path, "--out", tmp_path / "out"], capsys)
         assert str(path) in err and "refused before decoding" in err
     # in an image folder: listed as unusable with the reason, and with on_bad=error it stops, naming it
-    from neuratlas.cli import main
-
     from PIL import Image
+
+    from neuratlas.cli import main
 
     for c in ("a", "b"):
         (tmp_path / "folder" / c).mkdir(parents=True)
@@ -423,8 +432,10 @@ def test_planetoid_pickle_bombs_are_refused(tmp_path):
     assert time.perf_counter() - t0 < 5  # measured, not expanded (the bound is generous for a shared CPU)
     cycle = b"\x80\x02]q\x00h\x00a."  # a list containing itself
     huge = b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x40\x85R."  # ndarray((2**30,)): 8 GiB if allocated
-    rebuilt = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\x00\x00\x40\x85"
-               b"C\x01b\x87R.")  # numpy's own constructor, asked for 2**30 elements
+    rebuilt = (
+        b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\x00\x00\x40\x85"
+        b"C\x01b\x87R."
+    )  # numpy's own constructor, asked for 2**30 elements
     for data, message in ((cycle, "contains itself"), (huge, "asks for an array"), (rebuilt, "asks for an array")):
         with pytest.raises(NeuratlasError, match=message):
             restricted_load(data, "ind.cora.x")

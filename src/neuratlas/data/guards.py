@@ -53,11 +53,16 @@ def check_pixels(width: int, height: int, mode: str, memory: int | None = None) 
     decoded = pixels * bands * _BYTES_PER_SAMPLE.get(mode, 1)
     memory = available_memory() if memory is None else memory
     if pixels > MAX_PIXELS or COPIES * decoded > memory:
-        why = (f"over the limit of {MAX_PIXELS / 1e6:.0f} megapixels" if pixels > MAX_PIXELS else
-               f"{COPIES} × {decoded / 2**30:.2f} GiB decoded is more than the {memory / 2**30:.2f} GiB of "
-               "memory available")
-        raise TooLarge(f"its header declares {width:,}×{height:,} pixels ({mode}, {pixels / 1e6:.0f} megapixels), "
-                       f"{why}; refused before decoding (a decompression bomb, or an image to downscale first)")
+        why = (
+            f"over the limit of {MAX_PIXELS / 1e6:.0f} megapixels"
+            if pixels > MAX_PIXELS
+            else f"{COPIES} × {decoded / 2**30:.2f} GiB decoded is more than the {memory / 2**30:.2f} GiB of "
+            "memory available"
+        )
+        raise TooLarge(
+            f"its header declares {width:,}×{height:,} pixels ({mode}, {pixels / 1e6:.0f} megapixels), "
+            f"{why}; refused before decoding (a decompression bomb, or an image to downscale first)"
+        )
 
 
 @contextmanager
@@ -73,9 +78,10 @@ def open_image(source: str | Path | IO[bytes]) -> Iterator[Any]:
         except Image.DecompressionBombError as e:  # over 179 MP: Pillow stops before we see the header
             pixels = re.search(r"\((\d+) pixels\)", str(e))
             size = f"{int(pixels.group(1)) / 1e6:.0f} megapixels" if pixels else "more than 179 megapixels"
-            raise TooLarge(f"its header declares {size}, over the limit of {MAX_PIXELS / 1e6:.0f} megapixels; "
-                           "refused before decoding (a decompression bomb, or an image to downscale first)"
-                           ) from None
+            raise TooLarge(
+                f"its header declares {size}, over the limit of {MAX_PIXELS / 1e6:.0f} megapixels; "
+                "refused before decoding (a decompression bomb, or an image to downscale first)"
+            ) from None
         with img:
             check_pixels(img.size[0], img.size[1], img.mode)
             yield img
@@ -96,16 +102,21 @@ def load_npy(path: str | Path, memory: int | None = None) -> np.ndarray:
     except (ValueError, OSError, EOFError, TypeError, SyntaxError) as e:
         raise NeuratlasError(f"{p} is not a readable .npy file ({type(e).__name__}: {e})") from None
     if dtype.hasobject:
-        raise NeuratlasError(f"{p} holds Python objects (dtype {dtype}), not numbers; Neuratlas reads .npy files "
-                             "without unpickling (which could run code from the file): save a numeric array")
+        raise NeuratlasError(
+            f"{p} holds Python objects (dtype {dtype}), not numbers; Neuratlas reads .npy files "
+            "without unpickling (which could run code from the file): save a numeric array"
+        )
     need = math.prod(shape) * dtype.itemsize
     if need > size - offset:
-        raise NeuratlasError(f"{p}: its header declares shape {tuple(shape)} of {dtype} ({need:,} bytes) but the "
-                             f"file holds {size - offset:,} bytes of data (truncated or forged)")
+        raise NeuratlasError(
+            f"{p}: its header declares shape {tuple(shape)} of {dtype} ({need:,} bytes) but the "
+            f"file holds {size - offset:,} bytes of data (truncated or forged)"
+        )
     memory = available_memory() if memory is None else memory
     if 2 * need > memory:
-        raise NeuratlasError(f"{p}: an array of {need / 2**30:.2f} GiB does not fit the {memory / 2**30:.2f} GiB "
-                             "of memory available")
+        raise NeuratlasError(
+            f"{p}: an array of {need / 2**30:.2f} GiB does not fit the {memory / 2**30:.2f} GiB of memory available"
+        )
     try:
         return np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

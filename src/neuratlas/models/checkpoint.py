@@ -159,7 +159,10 @@ def _atomic(path: Path, write) -> None:
             write(tmp)
             _fsync(tmp)
         except (OSError, RuntimeError, SafetensorError) as e:
-            raise NeuratlasError(f"could not write {path}: {e} (disk full or a file-size limit?); the "
+            # torch's own message for a short write is its C++ assertion text ("enforce fail at
+            # inline_container.cc ... unexpected pos"), which says nothing to a user: name the failure instead
+            reason = e.strerror or str(e) if isinstance(e, OSError) else f"the write stopped short ({type(e).__name__})"
+            raise NeuratlasError(f"could not write {path}: {reason} (disk full or a file-size limit?); the "
                                  "previous file there is unchanged") from None
         os.replace(tmp, path)
     finally:
