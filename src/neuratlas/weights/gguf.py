@@ -307,6 +307,8 @@ class GGUFModel:
     }
 
     def hf_name(self, name: str) -> str:
+        if "." not in name:  # a damaged name (every GGUF tensor is STEM.weight or STEM.bias)
+            raise NeuratlasError(f"{self.path}: tensor {name!r} has no place in a {self.arch} model")
         stem, kind = name.rsplit(".", 1)
         if stem in self.NAMES:
             return f"{self.NAMES[stem]}.{kind}"
