@@ -34,7 +34,8 @@ from neuratlas.paradigms.federated import (
     set_weights,
     simulate,
 )
-from neuratlas.paradigms.federated.core import ATTACKS, check_shapes, dp_noise_update
+from neuratlas.paradigms.federated.core import ATTACKS, check_shapes
+from neuratlas.paradigms.federated.privacy import clip_update
 from neuratlas.recipes import get_recipe
 
 HAS_FLWR = importlib.util.find_spec("flwr") is not None
@@ -163,10 +164,10 @@ def test_set_weights_rejects_wrong_shapes():
 def test_dp_fedavg_clips_client_updates():
     g = [np.zeros((3, 4), np.float32), np.zeros(2, np.float32)]
     c = [np.full((3, 4), 2.0, np.float32), np.full(2, 2.0, np.float32)]
-    clipped, norm = dp_noise_update(g, c, clip=1.0)
+    clipped, norm = clip_update(g, c, clip=1.0)
     assert norm == pytest.approx(2.0 * np.sqrt(14))
     assert np.sqrt(sum((w.astype(np.float64) ** 2).sum() for w in clipped)) == pytest.approx(1.0, rel=1e-5)
-    same, _ = dp_noise_update(g, c, clip=100.0)  # within the bound: unchanged
+    same, _ = clip_update(g, c, clip=100.0)  # within the bound: unchanged
     np.testing.assert_allclose(same[0], c[0])
 
 
