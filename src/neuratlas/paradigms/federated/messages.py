@@ -502,6 +502,8 @@ def deploy_local(
         "PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "")]),
     }
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if env.get("PYTHONPATH"):  # the processes start in the app's folder: a relative entry would point elsewhere
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     procs: list[subprocess.Popen] = []
     logs = []
 
