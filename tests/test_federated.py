@@ -34,7 +34,8 @@ from neuratlas.paradigms.federated import (
     set_weights,
     simulate,
 )
-from neuratlas.paradigms.federated.core import ATTACKS, check_shapes, dp_noise_update
+from neuratlas.paradigms.federated.core import ATTACKS, check_shapes
+from neuratlas.paradigms.federated.privacy import clip_update
 from neuratlas.recipes import get_recipe
 
 HAS_FLWR = importlib.util.find_spec("flwr") is not None
@@ -163,11 +164,137 @@ def test_set_weights_rejects_wrong_shapes():
 def test_dp_fedavg_clips_client_updates():
     g = [np.zeros((3, 4), np.float32), np.zeros(2, np.float32)]
     c = [np.full((3, 4), 2.0, np.float32), np.full(2, 2.0, np.float32)]
-    clipped, norm = dp_noise_update(g, c, clip=1.0)
+    clipped, norm = clip_update(g, c, clip=1.0)
     assert norm == pytest.approx(2.0 * np.sqrt(14))
     assert np.sqrt(sum((w.astype(np.float64) ** 2).sum() for w in clipped)) == pytest.approx(1.0, rel=1e-5)
-    same, _ = dp_noise_update(g, c, clip=100.0)  # within the bound: unchanged
+    same, _ = clip_update(g, c, clip=100.0)  # within the bound: unchanged
     np.testing.assert_allclose(same[0], c[0])
+
+
+def test_our_clipping_is_flowers_fixedclipping():
+    """Clients clip with ``clip_update``; Flower's ``fixedclipping_mod`` clips with
+    ``compute_clip_model_update``: the same weights out."""
+    pytest.importorskip("flwr")
+    from flwr.supercore.differential_privacy import compute_clip_model_update
+
+    rng = np.random.default_rng(0)
+    g = [rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=7).astype(np.float32)]
+    c = [a + rng.normal(size=a.shape).astype(np.float32) for a in g]
+    for clip in (0.5, 100.0):
+        theirs = [a.copy() for a in c]
+        compute_clip_model_update(theirs, g, clip)
+        for a, b in zip(clip_update(g, c, clip)[0], theirs):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_rdp_accountant_reproduces_published_values():
+    """The sampled Gaussian mechanism's RDP at integer orders, against the values TensorFlow Privacy's
+    ``rdp_accountant_test.py`` checks (q=0.1, z=2, 10 steps, α=5: 0.07737; q=0.01, z=2.5, 50 steps, α = 5,
+    50, 100: 0.00218075, 0.023846, 167.416307); without subsampling (q=1) it is α·steps/(2z²)."""
+    from neuratlas.paradigms.federated.privacy import rdp
+
+    assert rdp(0.1, 2.0, 10, [5])[0] == pytest.approx(0.07737, abs=1e-5)
+    assert rdp(0.01, 2.5, 50, [5, 50, 100]) == pytest.approx([0.00218075, 0.023846, 167.416307], abs=1e-5)
+    assert rdp(1.0, 1.3, 7, [2, 9, 40]) == pytest.approx([a * 7 / (2 * 1.3**2) for a in (2, 9, 40)])
+    assert rdp(0.0, 1.0, 10, [2]) == [0.0]
+
+
+@pytest.mark.parametrize("noise,rounds", [(1.0, 1), (1.0, 10), (2.0, 30), (0.8, 5)])
+def test_rdp_epsilon_bounds_the_exact_gaussian_epsilon_tightly(noise, rounds):
+    """With every client in every round the mechanism is a Gaussian with μ = √rounds/z, whose exact
+    δ(ε) has a closed form (Balle and Wang 2018): the accountant's ε must hold (δ(ε) ≤ δ) and be
+    within 15% of the exact one."""
+    from neuratlas.paradigms.federated.privacy import epsilon_spent, gaussian_delta
+
+    delta, mu = 1e-5, np.sqrt(rounds) / noise
+    eps = epsilon_spent(1.0, noise, rounds, delta)
+    assert gaussian_delta(eps, mu) <= delta
+    lo, hi = 0.0, eps  # bisection for the exact ε
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gaussian_delta(mid, mu) > delta else (lo, mid)
+    assert eps <= 1.15 * hi, (eps, hi)
+
+
+def test_privacy_budget_grows_with_rounds_and_falls_with_noise_and_sampling():
+    fed = FederatedConfig(clients=10, fraction=0.5, dp_clip=1.0, dp_noise=1.0)
+    eps = [fed.epsilon(r) for r in (1, 5, 30)]
+    assert 0 < eps[0] < eps[1] < eps[2]
+    assert FederatedConfig(clients=10, fraction=0.5, dp_clip=1.0, dp_noise=2.0).epsilon(30) < eps[2]
+    assert FederatedConfig(clients=10, fraction=0.2, dp_clip=1.0, dp_noise=1.0).epsilon(30) < eps[2]
+    assert FederatedConfig(dp_clip=1.0).epsilon(3) == float("inf")  # clipping alone promises nothing
+    assert FederatedConfig().epsilon(3) is None
+
+
+def test_dp_mean_has_a_fixed_denominator_and_uniform_weights():
+    """Two of the four sampled clients answer, with very different sample counts: the change is the sum of
+    their clipped changes over 4, so neither can move the model by more than clip/4."""
+    fed = FederatedConfig(dp_clip=1.0, reject_norm=0)
+    g = [np.zeros(4, np.float32)]
+    ups = [Update("a", [np.array([3.0, 0, 0, 0], np.float32)], 1000), Update("b", [np.full(4, 0.25, np.float32)], 1)]
+    new, _ = ServerAggregator(fed)(1, g, ups, sampled=4)
+    np.testing.assert_allclose(new[0], (np.array([1.0, 0, 0, 0]) + 0.25) / 4, rtol=1e-6)
+
+
+def test_dp_run_reports_the_budget_every_round_and_clients_clip(tmp_path, caplog):
+    """A DP run (simulation) writes ε at δ per round to history.json and prints it; with noise 0 the global
+    model moves by at most the clip per round (each client's change is clipped before the mean)."""
+    over = {"federated.dp_clip": "0.5", "federated.dp_noise": "0.7", "federated.fraction": "0.6"}
+    with caplog.at_level(logging.WARNING, logger="neuratlas.paradigms.federated"):
+        result = fit(small_run(tmp_path, **over), announce=False)
+    hist = json.loads((tmp_path / "fed" / "history.json").read_text())
+    fed = FederatedConfig(clients=5, fraction=0.6, dp_clip=0.5, dp_noise=0.7)
+    assert hist["delta"] == 1e-5 and hist["epsilon"] == pytest.approx([fed.epsilon(r) for r in (1, 2, 3)])
+    assert hist["epsilon"][0] < hist["epsilon"][2] and result.test["epsilon"] == pytest.approx(hist["epsilon"][-1])
+    assert "round 3: global test accuracy" in caplog.text and "privacy spent ε = " in caplog.text
+    run = small_run(**{"federated.dp_clip": "0.5", "federated.rounds": "2"})
+    fed, task, model = federated_setup(run)
+    seen = [get_weights(model)]
+    simulate(fed, task, model, run, progress=False, on_round=lambda r, h, w: seen.append(w))
+    for before, after in zip(seen, seen[1:]):
+        moved = np.sqrt(sum(((a.astype(np.float64) - b) ** 2).sum() for a, b in zip(after, before)))
+        assert 0.3 < moved <= 0.5 + 1e-5
+
+
+@pytest.mark.parametrize(
+    "over,words",
+    [
+        ({"federated.secure_aggregation": "true", "federated.aggregation": "median"}, "needs every client's own"),
+        ({"federated.secure_aggregation": "true", "federated.fraction": "0.2"}, "at least 2 clients per round"),
+        ({"federated.dp_noise": "1"}, "dp_noise needs dp_clip > 0"),
+        ({"federated.dp_clip": "1", "federated.aggregation": "trimmed-mean"}, "mean of clipped updates"),
+        ({"federated.dp_clip": "1", "federated.dp_delta": "0"}, "dp_delta must be in (0, 1)"),
+    ],
+)
+def test_privacy_options_that_cannot_apply_are_refused_in_one_line(over, words):
+    with pytest.raises(NeuratlasError) as e:
+        small_run(**over).section("federated", FederatedConfig)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+# two Message-API runs of 3 ClientApps in threads: 3.8 s at load average 0.1, 47 s at 10-15 (2 cores)
+@pytest.mark.skipif(not HAS_FLWR, reason="pip install 'neuratlas[federated]' (flwr)")
+def test_secure_aggregation_gives_fedavgs_model_within_quantisation(tmp_path):
+    """SecAgg+ (Flower's secaggplus_mod and SecAggPlusWorkflow) on the Message API with 3 ClientApps: the
+    server unmasks only the weighted mean, which equals plain FedAvg's to Flower's quantisation step
+    (16/2²² ≈ 3.8·10⁻⁶) after round 1; after round 2 the models score the same."""
+    from neuratlas.paradigms.federated.messages import InProcessGrid, make_client_app, serve
+
+    out = {}
+    for secure in ("false", "true"):
+        run = small_run(**{"federated.clients": "3", "federated.rounds": "2", "federated.secure_aggregation": secure})
+        grid = InProcessGrid(make_client_app(), run, clients=3)
+        weights: dict[int, list] = {}
+        try:
+            hist = serve(grid, run, tmp_path / secure, on_round=lambda r, h, w, seen=weights: seen.__setitem__(r, w))
+        finally:
+            grid.close()
+        out[secure] = (weights, hist)
+    (plain, h0), (secure, h1) = out["false"], out["true"]
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(plain[1], secure[1]))
+    assert 0 < diff < 1e-5, diff  # masked and quantised, not a copy of the plain path
+    assert h1.accuracy[-1] == pytest.approx(h0.accuracy[-1], abs=0.02) and h1.accuracy[-1] > 0.8
+    assert h1.bytes_sent > 0 and h1.rejected == []
 
 
 def test_federated_recipe_is_a_run_config():
@@ -362,6 +489,31 @@ def test_flower_deployment_superlink_and_supernodes_on_loopback(tmp_path):
     assert hist["rounds"] == [0, 1, 2] and hist["accuracy"][-1] > hist["accuracy"][0] + 0.3, hist["accuracy"]
     assert [r[:2] for r in hist["rejected"]] == [[1, "1"], [2, "1"]], hist["rejected"]
     assert "round 2: 2 client(s) failed or did not answer" in log, log[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_FLWR or bool(_flower_binaries()), reason=_flower_binaries() or "flwr not installed")
+def test_secure_aggregation_with_dp_on_the_deployment_engine(tmp_path):
+    """SecAgg+ with DP on Flower's deployment engine: a flower-superlink, 3 flower-supernode processes whose
+    ClientApps run secaggplus_mod, and the ServerApp's SecAggPlusWorkflow; the round completes, the model
+    learns from the unmasked mean of clipped updates, and ε is reported."""
+    from neuratlas.paradigms.federated.messages import deploy_local
+
+    over = {
+        "federated.clients": "3",
+        "federated.rounds": "1",
+        "federated.round_timeout": "180",
+        "federated.secure_aggregation": "true",
+        "federated.dp_clip": "5",
+        "federated.dp_noise": "0.01",
+    }
+    code, log = deploy_local(small_run(**over), 3, tmp_path, _free_port(), timeout=540)
+    assert code == 0, log[-3000:]
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist["rounds"] == [0, 1] and hist["accuracy"][1] > hist["accuracy"][0] + 0.3, hist["accuracy"]
+    expected = FederatedConfig(clients=3, fraction=1.0, dp_clip=5, dp_noise=0.01).epsilon(1)
+    assert hist["epsilon"][1] == pytest.approx(expected)
+    assert "privacy spent ε" in log and hist["bytes_sent"] > 0
 
 
 @pytest.mark.slow

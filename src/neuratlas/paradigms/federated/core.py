@@ -37,6 +37,7 @@ from neuratlas.data.loaders import TensorBatches
 from neuratlas.device import autocast, resolve_precision
 from neuratlas.errors import NeuratlasError
 from neuratlas.optim import build_optimizer
+from neuratlas.paradigms.federated.privacy import add_noise, clip_update, epsilon_spent
 from neuratlas.plotting import pyplot, save_png
 from neuratlas.tasks import Task
 
@@ -108,14 +109,6 @@ def check_shapes(model: nn.Module, weights: Weights) -> None:
         )
 
 
-def dp_noise_update(global_w: Weights, client_w: Weights, clip: float) -> tuple[Weights, float]:
-    """Clip a client's update (client - global) to L2 norm ``clip`` (DP-FedAvg, McMahan et al. 2018)."""
-    delta = [c - g for c, g in zip(client_w, global_w)]
-    norm = math.sqrt(sum(float((d.astype(np.float64) ** 2).sum()) for d in delta))
-    scale = min(1.0, clip / max(norm, 1e-12))
-    return [g + d * scale for g, d in zip(global_w, delta)], norm
-
-
 # --- the federated section of a run ---------------------------------------------------------------
 
 
@@ -142,8 +135,15 @@ class FederatedConfig:
     # (with 3 or more updates; 0 turns the check off)
     reject_norm: float = 10.0
     alpha: float = 0.0  # Dirichlet α of the non-IID split; 0 = IID
-    dp_clip: float = 0.0  # > 0: DP-FedAvg, clip each client's update to this L2 norm
-    dp_noise: float = 0.0  # noise multiplier z: Gaussian std z·clip/m added to the averaged update
+    # DP-FedAvg (privacy.py): each client clips its change to L2 norm dp_clip (> 0 turns DP on), the server
+    # averages the sampled clients' changes with uniform weights and adds N(0, (dp_noise·dp_clip/m)²); the
+    # (ε, dp_delta) spent so far is reported every round
+    dp_clip: float = 0.0
+    dp_noise: float = 0.0  # noise multiplier z (0: clipping only, no privacy guarantee: ε = ∞)
+    dp_delta: float = 1e-5  # the δ at which ε is reported
+    # SecAgg+ (Flower's secaggplus_mod / SecAggPlusWorkflow): the server learns only the sum of the
+    # sampled clients' weights, never one client's; runs on Flower's Message API
+    secure_aggregation: bool = False
     round_timeout: float = 120.0  # deployment: seconds a round waits for its clients
     centralised: bool = True  # also train the centralised comparison (same model, data and sample budget)
 
@@ -158,6 +158,25 @@ class FederatedConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number ≥ 0, got {value}")
+        if not 0 < self.dp_delta < 1:
+            raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
+        if self.dp_noise > 0 and self.dp_clip <= 0:
+            raise ValueError("dp_noise needs dp_clip > 0: the noise is calibrated to the clipping norm")
+        if self.dp_clip > 0 and self.aggregation != "mean":
+            raise ValueError(
+                f"dp_clip cannot apply with aggregation {self.aggregation!r}: the noise is calibrated to the "
+                "mean of clipped updates (one client moves it by at most dp_clip / m)"
+            )
+        if self.secure_aggregation:
+            if self.aggregation != "mean":
+                raise ValueError(
+                    f"secure_aggregation cannot apply with aggregation {self.aggregation!r}: the server sees only "
+                    "the sum of the updates, and a robust aggregator needs every client's own update"
+                )
+            if self.per_round < 2:
+                raise ValueError(
+                    f"secure_aggregation needs at least 2 clients per round (fraction × clients = {self.per_round})"
+                )
         if self.round_timeout <= 0:
             raise ValueError(f"round_timeout must be > 0 seconds, got {self.round_timeout}")
 
@@ -172,7 +191,20 @@ class FederatedConfig:
     @property
     def label(self) -> str:
         robust = "" if self.aggregation == "mean" else f" {self.aggregation}"
-        return f"{self.strategy}{robust}{' non-IID α=' + str(self.alpha) if self.alpha else ' IID'}"
+        dp = f" DP C={self.dp_clip:g} z={self.dp_noise:g}" if self.dp_clip > 0 else ""
+        sa = " SecAgg+" if self.secure_aggregation else ""
+        return f"{self.strategy}{robust}{dp}{sa}{' non-IID α=' + str(self.alpha) if self.alpha else ' IID'}"
+
+    @property
+    def sampling_rate(self) -> float:
+        """The fraction of clients a round samples: the q of the privacy accounting."""
+        return min(self.per_round, self.clients) / self.clients
+
+    def epsilon(self, rounds: int) -> float | None:
+        """ε at ``dp_delta`` spent after ``rounds`` rounds (``inf`` with clipping but no noise), or None without DP."""
+        if self.dp_clip <= 0:
+            return None
+        return epsilon_spent(self.sampling_rate, self.dp_noise, rounds, self.dp_delta)
 
 
 def client_shards(fed: FederatedConfig, labels: torch.Tensor, seed: int = 0) -> list[np.ndarray]:
@@ -299,8 +331,15 @@ class ServerAggregator:
         self.v: Weights | None = None
 
     def __call__(
-        self, round_: int, global_w: Weights, updates: list[Update], samples_limit: int = 0
+        self,
+        round_: int,
+        global_w: Weights,
+        updates: list[Update],
+        samples_limit: int = 0,
+        sampled: int | None = None,
     ) -> tuple[Weights, list[tuple[str, str]]]:
+        """``sampled``: how many clients the round asked (the DP mean's fixed denominator; default: the
+        number of updates)."""
         fed = self.fed
         kept, rejected = screen_updates(global_w, updates, fed.reject_norm, samples_limit)
         for client, why in rejected:
@@ -308,13 +347,24 @@ class ServerAggregator:
         if not kept:
             self.log(f"round {round_}: no valid update; the global model is unchanged")
             return global_w, rejected
-        if fed.dp_clip > 0:  # DP-FedAvg: every update's change bounded before it is averaged
-            kept = [Update(u.client, dp_noise_update(global_w, u.weights, fed.dp_clip)[0], u.samples) for u in kept]
+        if fed.dp_clip > 0:
+            # clients clip their own change; clipping again here costs nothing for those that did and holds
+            # the bound for one that did not. Uniform weights and the fixed denominator `sampled` keep one
+            # client's influence on the mean at most dp_clip / sampled, the sensitivity the noise is made for
+            m = max(sampled or len(kept), len(kept))
+            clipped = [clip_update(global_w, u.weights, fed.dp_clip)[0] for u in kept]
+            mean = aggregate([(w, 1) for w in clipped])
+            new = [(g + (w.astype(np.float64) - g) * (len(kept) / m)).astype(g.dtype) for g, w in zip(global_w, mean)]
+            return self.server_step(round_, global_w, new, m), rejected
         new = robust_aggregate(global_w, kept, fed.aggregation, fed.trim)
-        if fed.dp_noise > 0 and fed.dp_clip > 0:  # central Gaussian mechanism on the averaged update
-            sigma = fed.dp_noise * fed.dp_clip / len(kept)
-            gen = np.random.default_rng(self.seed * 7 + round_)
-            new = [w + gen.normal(0, sigma, w.shape).astype(w.dtype) for w in new]
+        return self.server_step(round_, global_w, new, len(kept)), rejected
+
+    def server_step(self, round_: int, global_w: Weights, new: Weights, sampled: int) -> Weights:
+        """After the combination of the round's updates (here, or under secure aggregation by Flower's
+        SecAgg+ unmasking): DP's Gaussian noise on the mean, then the strategy's server step."""
+        fed = self.fed
+        if fed.dp_noise > 0 and fed.dp_clip > 0:  # the Gaussian mechanism on the mean of clipped changes
+            new = add_noise(new, fed.dp_noise, fed.dp_clip, sampled, self.seed * 7 + round_)
         if fed.strategy == "fedadam":  # the mean change is a pseudo-gradient for a server-side Adam
             delta = [n.astype(np.float64) - g for n, g in zip(new, global_w)]
             b1, b2 = fed.server_betas
@@ -324,7 +374,7 @@ class ServerAggregator:
                 (g + fed.server_lr * m / (np.sqrt(v) + fed.server_tau)).astype(g.dtype)
                 for g, m, v in zip(global_w, self.m, self.v)
             ]
-        return new, rejected
+        return new
 
 
 # --- one client's training ----------------------------------------------------------------------------
@@ -388,11 +438,27 @@ class History:
     seconds: float = 0.0
     bytes_sent: int = 0  # weights uploaded by clients (what travels instead of data)
     rejected: list[list[Any]] = field(default_factory=list)  # [round, client, reason] per rejected update
+    # DP runs: the ε spent after each round (null in JSON where it is infinite: clipping without noise)
+    epsilon: list[float | None] = field(default_factory=list)
+    delta: float | None = None
 
-    def add(self, round_: int, metrics: dict[str, float]) -> None:
+    def add(self, round_: int, metrics: dict[str, float], fed: FederatedConfig | None = None) -> None:
+        """Record a round's test metrics and, with DP, the privacy spent once ``round_`` rounds are done."""
         self.rounds.append(round_)
         self.accuracy.append(metrics["accuracy"])
         self.loss.append(metrics["loss"])
+        eps = fed.epsilon(round_) if fed is not None else None
+        if eps is not None:
+            self.delta = fed.dp_delta
+            self.epsilon.append(eps if math.isfinite(eps) else None)
+
+    def round_line(self) -> str:
+        """The last round in one line: test accuracy and, with DP, the privacy spent so far."""
+        line = f"round {self.rounds[-1]}: global test accuracy {self.accuracy[-1]:.4f}"
+        if self.delta is not None:
+            eps = self.epsilon[-1]
+            line += f", privacy spent ε = {'∞ (no noise)' if eps is None else f'{eps:.3g}'} at δ = {self.delta:g}"
+        return line
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -448,14 +514,18 @@ def simulate(
                 task, model, run, (x[idx], y[idx]), fed.local_epochs, client_seed(seed, r, int(k)), fed.local_mu
             )
             w = get_weights(model)
+            if fed.dp_clip > 0:  # the client bounds its own change before it leaves (privacy.py)
+                w = clip_update(global_w, w, fed.dp_clip)[0]
             if attackers and int(k) in attackers:
                 w = ATTACKS[attackers[int(k)]](w)
             hist.bytes_sent += sum(a.nbytes for a in w)
             updates.append(Update(str(int(k)), w, len(idx)))
-        global_w, rejected = server(r, global_w, updates, samples_limit=max(map(len, shards)))
+        global_w, rejected = server(r, global_w, updates, samples_limit=max(map(len, shards)), sampled=len(chosen))
         hist.rejected += [[r, c, why] for c, why in rejected]
         set_weights(model, global_w)
-        hist.add(r, evaluate(task, model, run))
+        hist.add(r, evaluate(task, model, run), fed)
+        if fed.dp_clip > 0 and log:
+            log(hist.round_line())
         if on_round:  # e.g. to write the history and checkpoint the global weights
             on_round(r, hist, global_w)
     hist.seconds = time.perf_counter() - t0

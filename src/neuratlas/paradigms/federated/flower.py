@@ -42,6 +42,7 @@ from neuratlas.paradigms.federated.core import (
     set_weights,
     write_json,
 )
+from neuratlas.paradigms.federated.privacy import clip_update
 from neuratlas.paradigms.federated.run import federated_setup, history_record
 from neuratlas.training.config import RunConfig
 
@@ -93,6 +94,8 @@ def make_client(run: RunConfig, client_id: int, attack: str = "", drop_at_round:
                 task, model, run, mine, fed.local_epochs, client_seed(run.trainer.seed, r, client_id), fed.local_mu
             )
             weights = get_weights(model)
+            if fed.dp_clip > 0:  # the change is bounded before it leaves the client (privacy.py)
+                weights = clip_update(parameters, weights, fed.dp_clip)[0]
             if attack:
                 weights = ATTACKS[attack](weights)
             return weights, len(idx), {"loss": logs["loss"], "client": client_id}
@@ -126,6 +129,11 @@ def run_server(run: RunConfig, address: str, min_clients: int, out_dir: str | Pa
     from flwr.server.strategy import FedAvg
 
     fed, task, model = federated_setup(run)
+    if fed.secure_aggregation:
+        raise NeuratlasError(
+            "secure_aggregation runs on Flower's Message API (neuratlas federated deploy, or neuratlas train); "
+            "the legacy gRPC server has no SecAgg+"
+        )
     shards = client_shards(fed, task.data.train[1], run.trainer.seed)
     samples_limit = max(map(len, shards))
     hist = History(f"flower {fed.label}")
@@ -136,9 +144,9 @@ def run_server(run: RunConfig, address: str, min_clients: int, out_dir: str | Pa
     def evaluate_fn(server_round: int, parameters, config) -> tuple[float, dict[str, Any]]:
         set_weights(model, parameters)
         m = evaluate(task, model, run)
-        hist.add(server_round, m)
+        hist.add(server_round, m, fed)
         write_json(out / "history.json", history_record(run, hist))
-        log.warning("round %d: global test accuracy %.4f", server_round, m["accuracy"])
+        log.warning("%s", hist.round_line())
         return m["loss"], {"accuracy": m["accuracy"]}
 
     class Screened(FedAvg):

@@ -15,6 +15,7 @@ without Flower's Ray-based simulation engine (which needs ``ray``, not a Neuratl
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -41,11 +42,13 @@ from neuratlas.paradigms.federated.core import (
     client_shards,
     evaluate,
     get_weights,
+    invalid_update,
     local_steps,
     set_weights,
     write_json,
 )
 from neuratlas.paradigms.federated.flower import _flwr
+from neuratlas.paradigms.federated.privacy import clip_update
 from neuratlas.paradigms.federated.run import federated_setup, history_record
 from neuratlas.training.config import RunConfig
 
@@ -60,15 +63,30 @@ def run_from_context(context: Any) -> RunConfig:
     return RunConfig.from_dict(json.loads(text))
 
 
+def secagg_when_asked(msg: Any, context: Any, call_next: Callable[[Any, Any], Any]) -> Any:
+    """Flower's ``secaggplus_mod`` for the messages of a SecAgg+ round (they carry its config record), the
+    plain handler for the others: one ClientApp serves runs with and without secure aggregation."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
 def make_client_app(attack: Callable[[int, int, list[np.ndarray]], list[np.ndarray]] | None = None):
-    """A ``ClientApp`` whose ``train`` handler makes the run's local steps on shard ``partition-id`` and
-    replies with the weights, the sample count and its id. ``attack(client, round, weights)`` replaces
-    what it sends (the fault tests)."""
+    """A ``ClientApp`` whose ``train`` handler makes the run's local steps on shard ``partition-id``, clips
+    its change when the run has DP (``federated.dp_clip``), and replies with the weights, the sample count
+    and its id. Under SecAgg+ (:func:`secagg_when_asked`) the round's message is Flower's legacy fit
+    instruction, and the reply a fit result that ``secaggplus_mod`` masks before it leaves.
+    ``attack(client, round, weights)`` replaces what it sends (the fault tests)."""
     _flwr()
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
 
-    app = ClientApp()
+    app = ClientApp(mods=[secagg_when_asked])
     states: dict[tuple[str, int], tuple] = {}  # one task/model/shard per (run, client) in this process
 
     def state(context: Any) -> tuple:
@@ -82,28 +100,41 @@ def make_client_app(attack: Callable[[int, int, list[np.ndarray]], list[np.ndarr
             if not 0 <= client < len(shards):
                 raise NeuratlasError(f"partition-id must be in [0, {len(shards)}), got {client}")
             idx = torch.from_numpy(shards[client])
-            states[key] = (run, fed, task, model, (x[idx].clone(), y[idx].clone()), client)
+            mine = (x[idx].clone(), y[idx].clone())
+            task.data.train = mine  # this client's own data; the rest is dropped
+            states[key] = (run, fed, task, model, mine, client)
         return states[key]
 
     @app.train()
     def train(msg: Any, context: Any) -> Any:
         run, fed, task, model, mine, client = state(context)
-        r = int(msg.content["config"]["server-round"])
+        legacy = "fitins.parameters" in msg.content.array_records  # a SecAgg+ round
+        if legacy:
+            fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+            r, received = int(fitins.config["server-round"]), parameters_to_ndarrays(fitins.parameters)
+        else:
+            r, received = int(msg.content["config"]["server-round"]), msg.content["arrays"].to_numpy_ndarrays()
         fault = str(context.node_config.get("fault", ""))
         if fault.startswith(("exit@", "hang@")) and r >= int(fault[5:]):
             log.warning("client %d: %s in round %d", client, "dying" if fault[0] == "e" else "not answering", r)
             if fault[0] == "e":
                 os._exit(3)
             time.sleep(10 * fed.round_timeout)
-        set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
+        set_weights(model, received)
         logs = local_steps(
             task, model, run, mine, fed.local_epochs, client_seed(run.trainer.seed, r, client), fed.local_mu
         )
         weights = get_weights(model)
+        if fed.dp_clip > 0:  # the change is bounded before it leaves the client (privacy.py)
+            weights = clip_update(received, weights, fed.dp_clip)[0]
         if attack is not None:
             weights = attack(client, r, weights)
         if fault := str(context.node_config.get("fault", "")):
             weights = node_fault(fault, r, weights)
+        if legacy:  # SecAgg+ weighs by the sample count; DP's mean is uniform (weight 1 per client)
+            samples = 1 if fed.dp_clip > 0 else len(mine[1])
+            res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), samples, {"loss": logs["loss"]})
+            return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)
         content = RecordDict(
             {
                 "arrays": ArrayRecord(numpy_ndarrays=weights),
@@ -134,8 +165,95 @@ def _update_of(reply: Any) -> Update:
     return Update(client, weights, samples)
 
 
-def serve(grid: Any, run: RunConfig, out_dir: str | Path, min_clients: int = 1) -> History:
-    """The server's rounds on a Flower ``Grid``; returns the history (also written to ``out_dir``)."""
+def _payload_bytes(message: Any) -> int:
+    """Bytes a reply carries: its arrays' buffers and the bytes, strings and numbers of its config and metric
+    records (SecAgg+'s keys, shares and masked vectors included)."""
+    content, total = message.content, 0
+    for record in content.array_records.values():
+        total += sum(len(a.data) for a in record.values())
+    for record in [*content.config_records.values(), *content.metric_records.values()]:
+        for value in record.values():
+            for v in value if isinstance(value, list) else [value]:
+                total += len(v) if isinstance(v, (bytes, str)) else 8
+    return total
+
+
+class _CountingGrid:
+    """A ``Grid`` that counts the bytes of the replies it passes on (what clients upload under SecAgg+)."""
+
+    def __init__(self, grid: Any) -> None:
+        self.grid, self.bytes = grid, 0
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> Iterable[Any]:
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self.bytes += sum(_payload_bytes(m) for m in replies if not m.has_error())
+        return replies
+
+
+def secure_round(
+    grid: Any, round_: int, nodes: list[int], global_w: list[np.ndarray], fed: Any, max_weight: float
+) -> tuple[list[np.ndarray] | None, int, int]:
+    """One round under SecAgg+ (Flower's ``SecAggPlusWorkflow``): the clients in ``nodes`` train, mask
+    their quantised weights × sample count, and the server unmasks only their weighted mean. Returns (that
+    mean or None when the protocol stopped, how many clients it covers, bytes the clients uploaded).
+
+    Quantisation: values are clipped to ±8 and mapped to 2²² levels (Flower's defaults), so the mean is
+    exact to about 4·10⁻⁶ per weight; a client's weight (its sample count / ``max_weight``) is quantised
+    the same way."""
+    from flwr.app import ConfigRecord, Context, RecordDict
+    from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.server import ServerConfig
+    from flwr.server.client_manager import SimpleClientManager
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+    class Node:  # what the workflow needs of a client proxy
+        def __init__(self, node_id: int) -> None:
+            self.node_id, self.cid = node_id, str(node_id)
+
+    class OneRound:  # the two strategy calls the workflow makes: which clients, and the unmasked mean
+        result: tuple[list[np.ndarray] | None, int] = (None, 0)
+
+        def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list:
+            return [(Node(n), FitIns(parameters, {"server-round": server_round})) for n in nodes]
+
+        def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[None, dict]:
+            if results:  # dequantised in float64; the model's dtypes where the count matches
+                mean = parameters_to_ndarrays(results[0][1].parameters)
+                if len(mean) == len(global_w):
+                    mean = [m.astype(g.dtype) for m, g in zip(mean, global_w)]
+                self.result = (mean, len(results))
+            return None, {}
+
+    strategy = OneRound()
+    base = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    context = LegacyContext(base, ServerConfig(num_rounds=1), strategy, SimpleClientManager())  # type: ignore[arg-type]
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: round_})
+    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        ndarrays_to_parameters(global_w), keep_input=True
+    )
+    counting = _CountingGrid(grid)
+    # every sampled client holds a share of each key and 2/3 of them rebuild it: a third may drop out
+    workflow = SecAggPlusWorkflow(1.0, 2 / 3, max_weight=max_weight, timeout=fed.round_timeout)
+    workflow(counting, context)  # type: ignore[arg-type]
+    mean, count = strategy.result
+    return mean, count, counting.bytes
+
+
+def serve(
+    grid: Any,
+    run: RunConfig,
+    out_dir: str | Path,
+    min_clients: int = 1,
+    on_round: Callable[[int, History, list[np.ndarray]], None] | None = None,
+) -> History:
+    """The server's rounds on a Flower ``Grid``; returns the history (also written to ``out_dir``).
+    ``on_round(round, history, weights)`` runs after each round's evaluation."""
     _flwr()
     from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
@@ -155,7 +273,7 @@ def serve(grid: Any, run: RunConfig, out_dir: str | Path, min_clients: int = 1) 
             )
         time.sleep(0.5)
     rng = np.random.default_rng(seed)
-    hist.add(0, evaluate(task, model, run))
+    hist.add(0, evaluate(task, model, run), fed)
     for r in range(1, fed.rounds + 1):
         nodes = sorted(grid.get_node_ids())  # Python ints: node ids are uint64, which numpy would round
         chosen = [nodes[i] for i in sorted(rng.choice(len(nodes), size=min(fed.per_round, len(nodes)), replace=False))]
@@ -169,21 +287,52 @@ def serve(grid: Any, run: RunConfig, out_dir: str | Path, min_clients: int = 1) 
             )
             for n in chosen
         ]
-        replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
-        good = [m for m in replies if not m.has_error()]
-        missing = len(messages) - len(good)
-        if missing:
-            log.warning("round %d: %d client(s) failed or did not answer within %g s", r, missing, fed.round_timeout)
-        updates = [_update_of(m) for m in good]
-        hist.bytes_sent += sum(sum(a.nbytes for a in u.weights) for u in updates if isinstance(u.weights, list))
-        global_w, rejected = server(r, global_w, updates, samples_limit=max(map(len, shards)))
-        hist.rejected += [[r, c, why] for c, why in rejected]
+        if fed.secure_aggregation:
+            global_w = _secure_step(grid, r, chosen, global_w, fed, server, hist, max(map(len, shards)))
+        else:
+            replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
+            good = [m for m in replies if not m.has_error()]
+            missing, timeout = len(messages) - len(good), fed.round_timeout
+            if missing:
+                log.warning("round %d: %d client(s) failed or did not answer within %g s", r, missing, timeout)
+            updates = [_update_of(m) for m in good]
+            hist.bytes_sent += sum(sum(a.nbytes for a in u.weights) for u in updates if isinstance(u.weights, list))
+            global_w, rejected = server(r, global_w, updates, samples_limit=max(map(len, shards)), sampled=len(chosen))
+            hist.rejected += [[r, c, why] for c, why in rejected]
         set_weights(model, global_w)
-        m = evaluate(task, model, run)
-        hist.add(r, m)
-        log.warning("round %d: global test accuracy %.4f", r, m["accuracy"])
+        hist.add(r, evaluate(task, model, run), fed)
+        log.warning("%s", hist.round_line())
         write_json(out / "history.json", history_record(run, hist))
+        if on_round:
+            on_round(r, hist, global_w)
     return hist
+
+
+def _secure_step(
+    grid: Any,
+    r: int,
+    chosen: list[int],
+    global_w: list[np.ndarray],
+    fed: Any,
+    server: ServerAggregator,
+    hist: History,
+    max_weight: int,
+) -> list[np.ndarray]:
+    """A SecAgg+ round, then the server's step on the unmasked mean. Screening by client cannot apply (no
+    single update is ever seen); the mean itself is checked like an update."""
+    mean, count, sent = secure_round(grid, r, chosen, global_w, fed, 1.0 if fed.dp_clip > 0 else max_weight)
+    hist.bytes_sent += sent
+    if count < len(chosen):
+        missing, timeout = len(chosen) - count, fed.round_timeout
+        log.warning("round %d: %d client(s) failed or did not answer within %g s", r, missing, timeout)
+    why = "no client completed the protocol" if mean is None else invalid_update(global_w, mean)
+    if why:
+        log.warning("round %d: secure aggregation gave no usable mean (%s); the global model is unchanged", r, why)
+        return global_w
+    if fed.dp_clip > 0:  # DP's fixed denominator: clients that dropped out count as a zero change
+        share = count / len(chosen)
+        mean = [(g + (w.astype(np.float64) - g) * share).astype(g.dtype) for g, w in zip(global_w, mean)]
+    return server.server_step(r, global_w, mean, len(chosen))
 
 
 def make_server_app(out_dir: str | Path = "runs/federated", min_clients: int = 1):
@@ -233,7 +382,11 @@ class InProcessGrid:
         from flwr.app import Error, Message
 
         messages = list(messages)
-        futures = {self.pool.submit(self.app, m, self.contexts[m.metadata.dst_node_id]): m for m in messages}
+        # each node gets its own copy, as over a wire: SecAgg+ sends one content object to every node, and a
+        # client's mod edits what it receives
+        futures = {
+            self.pool.submit(self.app, copy.deepcopy(m), self.contexts[m.metadata.dst_node_id]): m for m in messages
+        }
         done, _ = wait(futures, timeout=timeout)
         replies = []
         for f in done:
@@ -349,6 +502,8 @@ def deploy_local(
         "PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "")]),
     }
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if env.get("PYTHONPATH"):  # the processes start in the app's folder: a relative entry would point elsewhere
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     procs: list[subprocess.Popen] = []
     logs = []
 

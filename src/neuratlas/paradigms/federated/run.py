@@ -21,6 +21,7 @@ from neuratlas.paradigms.federated.core import (
     Weights,
     centralised,
     plot_histories,
+    set_weights,
     simulate,
     write_json,
 )
@@ -55,6 +56,23 @@ def history_record(run: RunConfig, hist: History) -> dict[str, Any]:
     return {"config": run.to_dict(), **vars(hist)}
 
 
+def _secure_simulation(
+    run: RunConfig, fed: FederatedConfig, run_dir: Path, on_round: Any, model: torch.nn.Module
+) -> History:
+    """SecAgg+ needs Flower's protocol: the run's ClientApps in threads of this process (``InProcessGrid``)
+    with the Message API server loop, the same local training and sampling as the simulation."""
+    from neuratlas.paradigms.federated.messages import InProcessGrid, make_client_app, serve
+
+    grid = InProcessGrid(make_client_app(), run, fed.clients)
+    t0 = time.perf_counter()
+    try:
+        hist = serve(grid, run, run_dir, fed.clients, on_round=on_round)
+    finally:
+        grid.close()
+    hist.seconds = time.perf_counter() - t0
+    return hist
+
+
 def fit_federated(run: RunConfig, resume: str | Path | None = None, announce: bool = True) -> FitResult:
     """Simulate the run's federated rounds (and, unless ``federated.centralised`` is false, train the
     same model centrally on the pooled data with the same sample budget, for comparison). After every round
@@ -82,11 +100,15 @@ def fit_federated(run: RunConfig, resume: str | Path | None = None, announce: bo
         )
 
     def on_round(r: int, hist: History, weights: Weights) -> None:
+        set_weights(model, weights)  # the simulation trains `model` itself; the Message loop its own copy
         write_json(run_dir / "history.json", history_record(run, hist))
         save_weights(run_dir / "checkpoints" / "last.safetensors", model, plain, extra, r)
 
     t0 = time.perf_counter()
-    runs = [simulate(fed, task, model, run, progress=tc.progress, on_round=on_round, log=log.warning)]
+    if fed.secure_aggregation:
+        runs = [_secure_simulation(run, fed, run_dir, on_round, model)]
+    else:
+        runs = [simulate(fed, task, model, run, progress=tc.progress, on_round=on_round, log=log.warning)]
     if fed.centralised:
         pooled = model_for_task(run, task).to(task.device)
         pooled.load_state_dict(init)
@@ -109,9 +131,17 @@ def fit_federated(run: RunConfig, resume: str | Path | None = None, announce: bo
     if runs[0].rejected:
         lines.append(f"rejected updates: {len(runs[0].rejected)} (see history.json)")
     if fed.dp_clip > 0:
-        lines.append(f"DP-FedAvg: update clip {fed.dp_clip}, noise multiplier {fed.dp_noise}")
+        eps = fed.epsilon(fed.rounds)
+        lines.append(
+            f"DP-FedAvg: update clip {fed.dp_clip:g}, noise multiplier {fed.dp_noise:g}, sampling rate "
+            f"{fed.sampling_rate:g}: ε = {eps:.3g} at δ = {fed.dp_delta:g} after {fed.rounds} rounds"
+        )
+    if fed.secure_aggregation:
+        lines.append("SecAgg+: the server saw only the masked sum of each round's updates")
     (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
     test = {"accuracy": runs[0].accuracy[-1], "loss": runs[0].loss[-1]}
+    if fed.dp_clip > 0:
+        test["epsilon"] = fed.epsilon(fed.rounds)
     if fed.centralised:
         test["centralised_accuracy"] = runs[1].accuracy[-1]
     n_train = len(task.data.train[1])
