@@ -60,6 +60,21 @@ def test_attention_equals_formula(h_kv, gqa):
     torch.testing.assert_close(reference_attention(q[:1, :1], k[:1, :1], v[:1, :1]), s.softmax(-1) @ v[:1, :1])
 
 
+@pytest.mark.parametrize("h_kv", [6, 2, 1])  # MHA, GQA, MQA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_query_decoding_attention_equals_formula(h_kv, dtype):
+    # a decoding step: one query per sequence against a strided slice of a longer cache, as KVCache returns it
+    q = torch.randn(3, 6, 1, 16, dtype=dtype)
+    k, v = (torch.randn(3, h_kv, 20, 16, dtype=dtype)[:, :, :13] for _ in range(2))
+    ref = reference_attention(q.float(), k.float(), v.float())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for kw in ({}, {"causal": True}, {"scale": 0.3}):
+        want = ref if "scale" not in kw else reference_attention(q.float(), k.float(), v.float(), scale=0.3)
+        got = attention(q, k, v, **kw)
+        assert got.shape == (3, 6, 1, 16) and got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+
+
 def test_cross_attention_and_cached_causal_alignment():
     q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
     torch.testing.assert_close(attention(q, k, v), reference_attention(q, k, v), atol=1e-5, rtol=1e-5)
@@ -223,8 +238,10 @@ def test_fast_decoding_auto_keeps_the_plans_only_where_they_measure_faster(monke
         with fast_decoding(model, "auto"):
             assert not any("forward" in vars(m) for m in model.modules() if type(m) is nn.Linear)
         ids = torch.randint(0, 50, (1, 5))
-        assert model.generate(ids, 20, temperature=0).tolist() == \
-            model.generate(ids, 20, temperature=0, fast_layout=False).tolist()
+        assert (
+            model.generate(ids, 20, temperature=0).tolist()
+            == model.generate(ids, 20, temperature=0, fast_layout=False).tolist()
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -583,8 +600,16 @@ def test_nanogpt_checkpoint_imports_with_equal_logits(tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     # nanoGPT's train.py writes exactly this dict (a torch.compile'd model prefixes "_orig_mod.")
     sd = {"_orig_mod." + k: v for k, v in peer.state_dict().items()}
-    torch.save({"model": sd, "model_args": args, "iter_num": 7, "best_val_loss": torch.tensor(1.0),
-                "config": {"dataset": "shakespeare_char"}}, tmp_path / "ckpt.pt")
+    torch.save(
+        {
+            "model": sd,
+            "model_args": args,
+            "iter_num": 7,
+            "best_val_loss": torch.tensor(1.0),
+            "config": {"dataset": "shakespeare_char"},
+        },
+        tmp_path / "ckpt.pt",
+    )
     ours = load_nanogpt(tmp_path / "ckpt.pt").eval()
     ids = torch.randint(0, 65, (3, 32))
     with torch.no_grad():
@@ -599,8 +624,9 @@ def test_nanogpt_checkpoint_imports_with_equal_logits(tmp_path):
 def test_unpadded_encoder_equals_padded_on_real_tokens(pre_norm):
     """unpad runs norms/projections/FFN on real tokens only: the same outputs and gradients there."""
     torch.manual_seed(0)
-    kw = dict(vocab_size=50, dim=32, n_layer=2, n_head=4, dropout=0.0,
-              norm="pre_layernorm" if pre_norm else "post_layernorm")
+    kw = dict(
+        vocab_size=50, dim=32, n_layer=2, n_head=4, dropout=0.0, norm="pre_layernorm" if pre_norm else "post_layernorm"
+    )
     packed = create_model("bert-mini", **kw, unpad=True)
     padded = create_model("bert-mini", **kw, unpad=False)
     padded.load_state_dict(packed.state_dict())
@@ -630,14 +656,22 @@ def test_bf16_attention_runs_its_kernel_in_fp32_on_cpu():
         low = attention(q, k, v, causal=True, cpu_bf16="flash")
     assert up.dtype == low.dtype == torch.bfloat16
     # fp32 kernel: only the final rounding to bf16 separates it from the exact result
-    assert (up.float() - want).abs().max() <= 2 ** -8 * want.abs().max()
+    assert (up.float() - want).abs().max() <= 2**-8 * want.abs().max()
     torch.testing.assert_close(low.float(), want, atol=5e-2, rtol=5e-2)
 
 
-@pytest.mark.parametrize("causal,t,s,h_kv,padded", [(True, 24, 24, 4, False), (False, 24, 24, 4, False),
-                                                     (True, 5, 24, 4, False), (True, 1, 24, 4, False),
-                                                     (True, 24, 24, 2, False), (False, 24, 24, 4, True),
-                                                     (True, 24, 24, 4, True)])
+@pytest.mark.parametrize(
+    "causal,t,s,h_kv,padded",
+    [
+        (True, 24, 24, 4, False),
+        (False, 24, 24, 4, False),
+        (True, 5, 24, 4, False),
+        (True, 1, 24, 4, False),
+        (True, 24, 24, 2, False),
+        (False, 24, 24, 4, True),
+        (True, 24, 24, 4, True),
+    ],
+)
 def test_bf16_math_attention_matches_the_formula_with_gradients(causal, t, s, h_kv, padded, monkeypatch):
     torch.manual_seed(0)
     q = torch.randn(2, 4, t, 16).to(torch.bfloat16).requires_grad_()
@@ -669,8 +703,6 @@ def test_checkpoints_with_the_old_attention_switch_still_load():
 
     assert _renamed_options({"dim": 8, "attn_fp32_on_cpu": True}) == {"dim": 8, "cpu_attention": "flash_fp32"}
     assert _renamed_options({"attn_fp32_on_cpu": False}) == {"cpu_attention": "flash"}
-
-
 
 
 # --- dropout with a cheap CPU mask ---------------------------------------------------------------------
