@@ -21,8 +21,10 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
+# the lint rules and the one format (`ruff format src tests` writes it)
 lint: setup
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

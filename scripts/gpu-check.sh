@@ -75,7 +75,7 @@ fi
 # generation and export from the GPU-trained GPT
 EXTRA=()
 if [ -f "$OUT/$GPT-gpu-bf16/checkpoints/last.safetensors" ]; then
-  if "$PY" -m neuratlas generate "$OUT/$GPT-gpu-bf16" --prompt "ROMEO:" --max-new-tokens 200 --seed 0 \
+  if "$PY" -m neuratlas generate "$OUT/$GPT-gpu-bf16" --prompt "ROMEO:" --max_new_tokens 200 --seed 0 --device cuda \
       >"$OUT/generated.txt" 2>>"$LOG"; then
     EXTRA+=("generation: $(wc -c <"$OUT/generated.txt") characters in $OUT/generated.txt")
   else

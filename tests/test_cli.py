@@ -2,11 +2,13 @@
 
 Subcommands are discovered from the parser, so a new one is covered by these tests without editing them."""
 
+import dataclasses
 import json
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 from neuratlas import __version__
 from neuratlas.cli import build_parser, main
@@ -26,18 +28,107 @@ def _error_line(capsys) -> str:
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_subcommand_refuses_an_unknown_option(name, capsys):
+    """One line naming the option and listing the valid ones: the command's own (read from its dataclass)
+    and the common ones."""
+    cmd = subcommands(build_parser())[name].get_default("_command")
+    assert cmd is not None, f"{name} is not read by cli/options.py"  # no second dialect
     assert main([name, "--no-such-option", "1"]) == 2
     line = _error_line(capsys)
-    assert "no" in line and "such" in line and "Valid options: " in line and "--" in line.split("Valid options: ")[1]
+    assert "no_such_option" in line.replace("-", "_") and "Valid options: " in line
+    valid = line.split("Valid options: ")[1]
+    assert "--config" in valid and "--print-config" in valid
+    own = [f.name for f in dataclasses.fields(cmd.options) if not f.metadata.get("positional")]
+    assert all(f"--{k}" in valid for k in own), (own, valid)
 
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_subcommand_has_help(name, capsys):
-    try:
-        code = main([name, "--help"])
-    except SystemExit as e:  # argparse's own help (a command that has not adopted cli/options.py)
-        code = e.code
-    assert code == 0 and "usage:" in capsys.readouterr().out
+    assert main([name, "--help"]) == 0 and "usage:" in capsys.readouterr().out
+
+
+# What each command needs before --print-config (its required positionals; RUN: a trained checkpoint).
+PRINT_ARGS = {
+    "train": ["mlp-digits"],
+    "finetune": ["mlp-digits"],
+    "ddp": ["mlp-digits"],
+    "federated": ["sim"],
+    "eval": ["RUN"],
+    "predict": ["RUN"],
+    "forecast": ["RUN"],
+    "sample": ["RUN"],
+    "visualize": ["RUN"],
+    "export": ["RUN", "--format", "pt2"],
+    "bench": ["mfu"],
+    "generate": ["smollm2-135m-instruct", "--prompt", "a, b", "--prompt", "c", "--device", "cpu"],
+    "chat": ["smollm2-135m-instruct", "--max-new-tokens", "7", "--quantize", "int8"],
+    "data": ["fetch", "cora", "tinyshakespeare"],
+}
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_subcommand_prints_its_config_and_reads_it_back(name, digits_run, tmp_path, capsys):
+    """--print-config prints the resolved options (nothing runs); --config reads them back to the same."""
+    args = [str(digits_run) if a == "RUN" else a for a in PRINT_ARGS.get(name, [])]
+    assert main([name, *args, "--print-config", "json"]) == 0, capsys.readouterr().err
+    printed = json.loads(capsys.readouterr().out)
+    assert printed and isinstance(printed, dict)
+    (tmp_path / "c.json").write_text(json.dumps(printed))
+    assert main([name, "--config", str(tmp_path / "c.json"), "--print-config", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed
+
+
+def test_generate_chat_data_export_options_are_typed(capsys):
+    """The commands that had flags of their own read the same typed options (old hyphenated spellings are
+    the same keys); choices are checked and listed."""
+    assert main(["generate", "m", "--max-new-tokens", "5", "--top-p", "0.9", "--stop", "a, b", "--stop", "c",
+                 "--bf16", "--print-config", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["max_new_tokens"] == 5 and printed["top_p"] == 0.9 and printed["bf16"] is True
+    assert printed["stop"] == ["a, b", "c"] and printed["device"] == "auto" and printed["prompt"] == []
+    assert main(["generate", "m", "--quantize", "int3"]) == 2
+    assert "--quantize" in _error_line(capsys)
+    assert main(["generate", "m", "--quantize", "int8", "--bf16"]) == 2
+    assert "exclude each other" in _error_line(capsys)
+    assert main(["generate", "m", "--max_new_tokens", "0"]) == 2
+    assert "≥ 1" in _error_line(capsys)
+    assert main(["chat", "m", "--max-new-token", "3"]) == 2
+    assert "Did you mean --max_new_tokens" in _error_line(capsys)
+    assert main(["generate", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--quantize {int8,int4}|none" in out and "--device STR" in out and "cuda, then mps, then cpu" in out
+    assert main(["export", "x", "--format", "tflite"]) == 2
+    assert "not one of onnx, pt2, hf" in _error_line(capsys)
+    assert main(["data", "fetch"]) == 2
+    assert "needs NAME|all" in _error_line(capsys)
+    assert main(["data", "lsit"]) == 2
+    assert "not one of list, fetch, inspect" in _error_line(capsys)
+
+
+INFERENCE = ["predict", "forecast", "sample", "generate", "chat", "visualize", "eval"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a build without CUDA")
+@pytest.mark.parametrize("name", INFERENCE)
+def test_device_cuda_without_cuda_is_one_line(name, digits_run, capsys):
+    """Checked before the model is loaded: the option as given, and what to use instead."""
+    assert main([name, str(digits_run), "--device", "cuda"]) == 2
+    line = _error_line(capsys)
+    assert "--device cuda: this PyTorch build sees no CUDA GPU; use cpu or auto" in line
+    assert main([name, str(digits_run), "--device", "tpu9"]) == 2
+    assert "--device: 'tpu9' is not a device" in _error_line(capsys)
+
+
+def test_device_auto_is_cuda_then_mps_then_cpu(monkeypatch):
+    import neuratlas.device as device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "mps_available", lambda: False)
+    assert device.resolve_device("auto", option="--device") == torch.device("cpu")
+    monkeypatch.setattr(device, "mps_available", lambda: True)
+    assert device.resolve_device("auto", option="--device") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device.resolve_device("auto", option="--device") == torch.device("cuda", 0)
 
 
 def test_version(capsys):
@@ -184,8 +275,12 @@ def test_eval_and_predict_take_typed_options(digits_run, tmp_path, capsys):
     assert "--trainer.*" in _error_line(capsys)
     image = tmp_path / "digit.npy"
     np.save(image, np.zeros((1, 8, 8), dtype=np.uint8))
-    assert main(["predict", str(digits_run), str(image), "--invert", "--out", str(tmp_path)]) == 0
+    assert main(["predict", str(digits_run), str(image), "--invert", "--out", str(tmp_path), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith(f"{image}: ")
+    assert main(["eval", str(digits_run), "--split", "val", "--device", "cpu"]) == 0
+    assert "  val  " in capsys.readouterr().out
+    assert main(["eval", str(digits_run), "--device", "cpu", "--trainer.device", "cuda"]) == 2
+    assert "disagree" in _error_line(capsys)
     assert main(["predict", str(digits_run), str(image), "--invrt"]) == 2
     line = _error_line(capsys)
     assert "Did you mean --invert" in line and "--max_new_tokens" not in line  # this task's options only

@@ -349,7 +349,7 @@ def test_cli_export_checks_on_the_validation_batch_and_refuses_bad_input(digits_
     assert cli(capsys, "export", str(digits_run), "--format", "pt2", "--out", out, "--force")[0] == 0
     assert {p.name for p in Path(out).iterdir()} == {"model.pt2", "export.json"}  # replaced whole
     errors.append(cli(capsys, "export", str(digits_run), "--format", "tflite"))
-    assert errors[-1][0] == 2 and "unsupported export format 'tflite'" in errors[-1][2]
+    assert errors[-1][0] == 2 and "--format: 'tflite' is not one of onnx, pt2, hf" in errors[-1][2]
     empty = tmp_path / "empty-run"
     empty.mkdir()
     errors.append(cli(capsys, "export", str(empty), "--format", "pt2"))

@@ -738,21 +738,16 @@ def test_every_format_is_listed_with_a_description(capsys):
         assert "--data." in line  # the description says which option points at the files
 
 
-def test_inspect_plugs_into_a_data_command_group(tmp_path, fashion, capsys):
-    """``add_inspect`` gives the same command as ``neuratlas data inspect`` under a ``data`` group."""
-    import argparse
-
-    from neuratlas.cli.inspect_cmd import add_inspect
-
+def test_inspect_reads_the_data_section_and_its_own_sheet_option(tmp_path, fashion, capsys):
+    """``neuratlas data inspect`` takes --data.KEY and --sheet in any order; other actions refuse them."""
     write_folder(tmp_path / "f", fashion, per_class=5, mixed=False)
-    parser = argparse.ArgumentParser()
-    data = parser.add_subparsers().add_parser("data").add_subparsers()
-    add_inspect(data)
-    args, extra = parser.parse_known_args(
-        ["data", "inspect", "--sheet", "", "--data.name", "image-folder", "--data.root", str(tmp_path / "f")]
-    )
-    assert args.func(args, extra) == 0
+    argv = ["data", "inspect", "--sheet", "", "--data.name", "image-folder", "--data.root", str(tmp_path / "f")]
+    assert main(argv) == 0
     assert "3 classes" in capsys.readouterr().out
+    assert main(["data", "list", "--data.name", "image-folder"]) == 2
+    assert "unknown option '--data.name'" in capsys.readouterr().err
+    assert main(["data", "list", "--sheet", "x.png"]) == 2
+    assert "--sheet is an option of data inspect" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # ~30 s: one step of each

@@ -467,6 +467,8 @@ def test_lm_run_checkpoint_tokenizer_and_generate_cli(tmp_path, run_overrides):
                     "20",
                     "--temperature",
                     "0",
+                    "--device",
+                    "cpu",
                 ]
             )
             == 0

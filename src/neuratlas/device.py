@@ -29,23 +29,29 @@ def mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+DEVICE_HELP = "auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps"
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None, option: str = "--trainer.device") -> torch.device:
     """``auto`` is CUDA, then Apple's MPS, then the CPU. ``local_rank`` (a data-parallel process's index on
     its machine) picks that process's GPU when the name gives none: ``cuda`` → ``cuda:LOCAL_RANK``, so every
-    process of a torchrun job lands on its own GPU before anything is moved."""
+    process of a torchrun job lands on its own GPU before anything is moved. ``option`` is how the user gave
+    the name (``--device`` for the inference commands): a device this machine lacks is one line naming it."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise NeuratlasError(f"--trainer.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise NeuratlasError(f"{option}: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise NeuratlasError(f"--trainer.device {name}: this PyTorch build sees no CUDA GPU; use cpu or auto")
+            raise NeuratlasError(f"{option} {name}: this PyTorch build sees no CUDA GPU; use cpu or auto")
         if device.index is None:
             device = torch.device("cuda", local_rank or 0)
         if device.index >= torch.cuda.device_count():
-            raise NeuratlasError(f"--trainer.device {name}: there are {torch.cuda.device_count()} CUDA devices")
+            raise NeuratlasError(f"{option} {name}: there are {torch.cuda.device_count()} CUDA devices")
+    elif device.type == "mps" and not mps_available():
+        raise NeuratlasError(f"{option} {name}: Apple's MPS is not available here; use cpu or auto")
     return device
 
 

@@ -52,23 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     command = sub.get_default("_command") if sub else None
     try:
         if command is not None:  # the one dialect: cli/options.py reads everything after the name
-            return run_command(command, argv[argv.index(name) + 1:])
-        rest = argv[argv.index(name) + 1:] if sub is not None else []
-        while rest and not rest[0].startswith("-") and rest[0] in subcommands(sub):  # `data inspect`: its own
-            sub, rest = subcommands(sub)[rest[0]], rest[1:]
-        if sub is not None and not sub.get_default("accepts_overrides"):  # before argparse's own checks
-            valid = sorted(o for a in sub._actions for o in a.option_strings if o.startswith("--"))
-            for a in rest:
-                if a.startswith("--") and a.split("=", 1)[0] not in valid:
-                    raise NeuratlasError(f"neuratlas {name}: unknown option {a!r}. Valid options: "
-                                         f"{', '.join(valid) or 'none'}")
-        args, extra = parser.parse_known_args(argv)
-        if not getattr(args, "func", None):
-            parser.print_help()
-            return 0
-        if extra and not getattr(args, "accepts_overrides", False):
-            raise NeuratlasError(f"neuratlas {name}: unexpected argument {extra[0]!r}")
-        return args.func(args, extra) or 0
+            return run_command(command, argv[argv.index(name) + 1 :])
+        parser.parse_args(argv)  # no command: --version, --help, or a one-line error
+        parser.print_help()
+        return 0
     except NeuratlasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,29 +8,39 @@ model's context, the oldest turns are dropped (the system message stays).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from dataclasses import dataclass
 
-from neuratlas.cli.generate import add_sampling_args, load_llm_for_cli, stream_text
+from neuratlas.cli.generate import SamplingOptions, load_llm_for_cli, stream_text
+from neuratlas.cli.options import Parsed, command, positional
 from neuratlas.errors import NeuratlasError
 
 
+@dataclass
+class ChatOptions(SamplingOptions):
+    """An interactive conversation with a pretrained instruct model: a registered name (smollm2-135m-instruct),
+    a Hugging Face folder or a GGUF file. Type a message and Enter; /reset starts over; Ctrl-D (end of input)
+    or /exit leaves. Greedy unless --temperature is given."""
+
+    model: str = positional("LLM name, Hugging Face folder or .gguf file")
+    max_new_tokens: int = 512  # tokens to generate at most per answer (≥ 1)
+    system: str | None = None  # system message (default: the template's own, if any)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    command(
+        sub,
         "chat",
+        ChatOptions,
+        cmd_chat,
         help="chat with an instruct LLM (e.g. smollm2-135m-instruct): history, streaming, /reset, Ctrl-D",
-        description="An interactive conversation with a pretrained instruct model: a registered name "
-        "(smollm2-135m-instruct), a Hugging Face folder or a GGUF file. Type a message and Enter; /reset starts "
-        "over; Ctrl-D (end of input) or /exit leaves. Greedy unless --temperature is given.",
     )
-    p.add_argument("model", metavar="MODEL", help="LLM name, Hugging Face folder or .gguf file")
-    p.add_argument("--system", default=None, help="system message (default: the template's own, if any)")
-    add_sampling_args(p, max_new_tokens=512)
-    p.set_defaults(func=cmd_chat)
 
 
-def cmd_chat(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_chat(args: ChatOptions, parsed: Parsed) -> int:
     if args.temperature is None:
-        args.temperature = 0.0
+        args = dataclasses.replace(args, temperature=0.0)
     model = load_llm_for_cli(args)
     tok = model.tokenizer
     if not tok.chat_template:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from neuratlas.cli.options import Parsed, command, positional
+from neuratlas.cli.options import Parsed, command, device_option, positional
 from neuratlas.errors import NeuratlasError
 
 if TYPE_CHECKING:
@@ -42,6 +42,9 @@ class EvalOptions:
 
     checkpoint: str = positional("a run folder or a .safetensors checkpoint")
     split: list[Literal["val", "test", "train"]] = field(default_factory=lambda: ["val", "test"])
+    # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps: where the model runs; the same as
+    # --trainer.device (default: the run's own)
+    device: str | None = None
 
 
 @dataclass
@@ -55,6 +58,7 @@ class PredictArgs:
         "what the task reads (image files, texts, words, forecast origins)", default_factory=list
     )
     out: str = "predictions"  # folder for the pictures the task writes
+    device: str = device_option()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -237,14 +241,22 @@ def _eval_sections(opts: EvalOptions | None) -> dict[str, type | None]:
 
 
 def cmd_eval(opts: EvalOptions, parsed: Parsed) -> int:
+    from neuratlas.device import resolve_device
     from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.training.config import RunConfig
     from neuratlas.training.trainer import Trainer
 
+    if opts.device is not None:
+        resolve_device(opts.device, option="--device")  # a device this machine lacks: named as given
     ckpt = read_checkpoint(opts.checkpoint)
     run = RunConfig.from_dict(ckpt.run_config)
     owned = tuple(_checkpoint_task(opts.checkpoint).sections)
-    run = run.override(parsed.overrides, owned) if parsed.overrides else run
+    overrides = parsed.overrides
+    if opts.device is not None:
+        given = overrides.setdefault("trainer.device", opts.device)
+        if given != opts.device:
+            raise NeuratlasError(f"neuratlas eval: --device {opts.device} and --trainer.device {given} disagree")
+    run = run.override(overrides, owned) if overrides else run
     trainer = Trainer(run, model=ckpt.build_model())
     trainer.step = ckpt.step  # what the task writes while evaluating (a GAN's picture) is of that step and run
     if ckpt.path.parent.name == "checkpoints":
@@ -273,9 +285,11 @@ def _predict_catalogue() -> dict[str, type]:
 
 
 def cmd_predict(opts: PredictArgs, parsed: Parsed) -> int:
+    from neuratlas.device import resolve_device
     from neuratlas.models.checkpoint import read_checkpoint
     from neuratlas.tasks.base import Task
 
+    device = resolve_device(opts.device, option="--device")
     ckpt = read_checkpoint(opts.checkpoint)
     task_cls = _checkpoint_task(opts.checkpoint)
     if task_cls.predict.__func__ is Task.predict.__func__:
@@ -287,7 +301,7 @@ def cmd_predict(opts: PredictArgs, parsed: Parsed) -> int:
     extra = ckpt.extra
     if parsed.sections.get("data"):
         extra = task_cls.predict_on_data(extra, ckpt.run_config.get("data", {}), parsed.sections["data"])
-    model = ckpt.build_model()
+    model = ckpt.build_model().to(device)
     Path(opts.out).mkdir(parents=True, exist_ok=True)
     try:
         for line in task_cls.predict(model, extra, opts.inputs, opts.out, parsed.plugin):

@@ -6,9 +6,46 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from typing import Literal
 
-from neuratlas.cli.inspect_cmd import add_inspect
+from neuratlas.cli.inspect_cmd import cmd_inspect
+from neuratlas.cli.options import Parsed, command, positional
+from neuratlas.errors import NeuratlasError
 from neuratlas.sources import DataSource
+
+
+@dataclass
+class DataOptions:
+    """Data sets. `neuratlas data list` shows where each data set's files were found (nothing is downloaded);
+    `neuratlas data fetch NAME|all` finds or downloads them into the cache (~/.cache/neuratlas or
+    $NEURATLAS_CACHE; NEURATLAS_OFFLINE=1 forbids downloads); `neuratlas data inspect --data.name NAME
+    --data.KEY VALUE ...` loads a data set as training would (e.g. --data.name image-folder --data.root PATH),
+    prints what was found and what could not be used, and writes a contact sheet (--sheet)."""
+
+    action: Literal["list", "fetch", "inspect"] = positional("what to do")
+    names: list[str] = positional("fetch: data set names (see `neuratlas data list`), or all", default_factory=list)
+    sheet: str | None = None  # inspect: contact-sheet path (default: inspect-NAME.png here; '' for none)
+
+    def __post_init__(self) -> None:
+        if self.action == "fetch" and not self.names:
+            raise ValueError("data fetch needs NAME|all (see `neuratlas data list`)")
+        if self.action != "fetch" and self.names:
+            raise ValueError(f"data {self.action} takes no NAME, got {self.names[0]!r}")
+        if self.action != "inspect" and self.sheet is not None:
+            raise ValueError(f"--sheet is an option of data inspect, not of data {self.action}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    command(
+        sub,
+        "data",
+        DataOptions,
+        cmd_data,
+        help="data sets: where their files are, fetching them into the cache, what one holds",
+        # inspect reads the data spec as --data.KEY (checked by the data set's config when it is loaded)
+        sections=lambda o: {"data": None} if o is None or o.action == "inspect" else {},
+    )
 
 
 def sources() -> dict[str, list[DataSource]]:
@@ -19,37 +56,19 @@ def sources() -> dict[str, list[DataSource]]:
     return dict(sorted({**catalog(), "efficientnet-lite0": [LITE0]}.items(), key=lambda kv: kv[0].lower()))
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "data",
-        help="data sets: where their files are, and fetching them into the cache",
-        description="`neuratlas data list` shows where each data set's files were found; "
-        "`neuratlas data fetch NAME|all` finds or downloads them into the cache "
-        "(~/.cache/neuratlas or $NEURATLAS_CACHE; NEURATLAS_OFFLINE=1 forbids downloads).",
-    )
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    fetch = actions.add_parser("fetch", help="find or download data sets into the cache")
-    fetch.add_argument("names", nargs="+", metavar="NAME|all", help="data set names (see `neuratlas data list`)")
-    fetch.set_defaults(func=cmd_fetch)
-    lst = actions.add_parser("list", help="every data set and where its files are (nothing is downloaded)")
-    lst.set_defaults(func=cmd_list)
-    add_inspect(actions)
+def cmd_data(opts: DataOptions, parsed: Parsed) -> int:
+    if opts.action == "fetch":
+        return cmd_fetch(opts.names)
+    if opts.action == "list":
+        return cmd_list()
+    return cmd_inspect(parsed.sections.get("data", {}), opts.sheet)
 
 
-def _no_options(action: str, extra: list[str]) -> None:
-    from neuratlas.errors import NeuratlasError
-
-    if extra:
-        raise NeuratlasError(f"neuratlas data {action}: unknown option {extra[0]!r}; it takes none")
-
-
-def cmd_fetch(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_fetch(names: list[str]) -> int:
     from neuratlas.data.catalog import ALL, fetch
-    from neuratlas.errors import NeuratlasError
 
-    _no_options("fetch", extra)
     entries = sources()
-    names = list(entries) if ALL in args.names else args.names
+    names = list(entries) if ALL in names else names
     unknown = [n for n in names if n not in entries]
     if unknown:
         raise NeuratlasError(f"unknown data set {unknown[0]!r}; choose from: {', '.join(entries)}, or {ALL}")
@@ -69,11 +88,9 @@ def cmd_fetch(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_list() -> int:
     from neuratlas.data.catalog import fetch
-    from neuratlas.errors import NeuratlasError
 
-    _no_options("list", extra)
     entries = sources()
     for name in entries:
         try:

@@ -64,6 +64,13 @@ def repeatable(help: str = "") -> Any:
     return field(default_factory=list, metadata={"repeat": True, "help": help})
 
 
+def device_option() -> Any:
+    """``--device``, the same on every inference command: where the model runs and its inputs go."""
+    from neuratlas.device import DEVICE_HELP
+
+    return field(default="auto", metadata={"help": DEVICE_HELP})
+
+
 def positional(
     help: str = "", *, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING
 ) -> Any:

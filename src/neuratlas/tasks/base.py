@@ -32,6 +32,13 @@ if TYPE_CHECKING:  # the trainer sits above tasks: named for type hints only
 TASKS: Registry = Registry("task")
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights are (``neuratlas predict --device`` moved them there): a task's ``predict``
+    builds its inputs on the CPU and sends them here."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 class Task:
     Config: ClassVar[type]
     metric: ClassVar[str] = "loss"  # the headline held-out metric (tour tables, best checkpoint)

@@ -18,7 +18,7 @@ from torch import nn
 from neuratlas.data import load_dataset
 from neuratlas.data.chat import IGNORE, ChatSplits, answer_value, pad_batch
 from neuratlas.data.loaders import seeded_generator
-from neuratlas.tasks.base import TASKS, Task
+from neuratlas.tasks.base import TASKS, Task, model_device
 
 
 @dataclass
@@ -135,7 +135,7 @@ class ChatSFT(Task):
         for text in inputs:
             messages = ([{"role": "system", "content": options.system}] if options.system else []) + \
                 [{"role": "user", "content": text}]
-            ids = torch.tensor([tok.encode_chat(messages)])
+            ids = torch.tensor([tok.encode_chat(messages)], device=model_device(model))
             with torch.no_grad():
                 row = model.generate(ids, options.max_new_tokens, temperature=0, stop_tokens=tok.stop_ids)[0]
             new = row[ids.shape[1]:].tolist()

@@ -18,7 +18,7 @@ from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize, random_crop, random_erase, random_hflip
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.losses import LOSSES, classification_loss
-from neuratlas.tasks.base import TASKS, Task, describe_splits, gather_predictions, write_image
+from neuratlas.tasks.base import TASKS, Task, describe_splits, gather_predictions, model_device, write_image
 
 
 @dataclass
@@ -119,13 +119,14 @@ class ImageClassification(Task):
         """Classify image files (PNG/JPEG, or .npy arrays); prints the top-3 classes per file."""
         c, h, w = extra["input_shape"]
         x = torch.stack([load_image(p, c, h, w, options.invert, extra.get("resize", "squash")) for p in inputs])
+        x = x.to(model_device(model))
         model.eval()
         with torch.no_grad():
             x = normalize(x, tuple(extra["mean"]), tuple(extra["std"]))
             logits = model(x)
             if extra.get("tta_flip"):
                 logits = (logits + model(x.flip(-1))) / 2
-            probs = logits.softmax(-1)
+            probs = logits.softmax(-1).float().cpu()
         lines = []
         for path, p in zip(inputs, probs):
             top = p.topk(min(3, len(p)))

@@ -28,7 +28,7 @@ from neuratlas.data.transforms import normalize, random_crop, random_hflip
 from neuratlas.errors import NeuratlasError
 from neuratlas.models.clip import clip_loss
 from neuratlas.plotting import panel_grid, save_png
-from neuratlas.tasks.base import TASKS, Task, describe_splits, write_image
+from neuratlas.tasks.base import TASKS, Task, describe_splits, model_device, write_image
 from neuratlas.text.tokenizers import tokenizer_from_dict
 
 KS = (1, 5, 10)
@@ -190,12 +190,13 @@ class ContrastiveImageText(Task):
         ids = encode_captions(tok, texts)
         if ids.shape[1] > model.cfg.context_length:
             raise NeuratlasError(f"a label is too long for this model's context of {model.cfg.context_length}")
-        x = torch.stack([load_image(p, c, h, w) for p in inputs])
+        device = model_device(model)
+        x = torch.stack([load_image(p, c, h, w) for p in inputs]).to(device)
         model.eval()
         with torch.no_grad():
-            txt = model.encode_text(ids).view(len(labels), len(extra["templates"]), -1).mean(1)
+            txt = model.encode_text(ids.to(device)).view(len(labels), len(extra["templates"]), -1).mean(1)
             probs = model.similarity(model.encode_image(normalize(x, tuple(extra["mean"]), tuple(extra["std"]))),
-                                     nn.functional.normalize(txt, dim=-1)).softmax(-1)
+                                     nn.functional.normalize(txt, dim=-1)).softmax(-1).float().cpu()
         lines = []
         for path, p in zip(inputs, probs):
             top = p.topk(min(3, len(p)))

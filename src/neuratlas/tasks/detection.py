@@ -45,7 +45,7 @@ from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.boxes import batched_nms, box_iou, clip_boxes, weighted_box_fusion
-from neuratlas.tasks.base import TASKS, Task, write_image
+from neuratlas.tasks.base import TASKS, Task, model_device, write_image
 
 Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes (D, 4), scores (D,), labels (D,)
 
@@ -360,7 +360,7 @@ class Detection(Task):
         detect = partial(detect_dihedral, fuse_iou=extra.get("fuse_iou", 0.55), scales=scales) if tta else detect_tiled
         from neuratlas.device import autocast, resolve_precision
 
-        device = torch.device("cpu")  # bf16 autocast where the CPU has it natively (as in training), else fp32
+        device = model_device(model)  # bf16 autocast where the device has it natively (as in training), else fp32
         cast = autocast(device, resolve_precision(options.precision, device))
         lines = []
         for path in inputs:

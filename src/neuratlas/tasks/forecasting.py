@@ -37,7 +37,7 @@ from neuratlas.data.timeseries import Series
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
 from neuratlas.plotting import pyplot, save_png
-from neuratlas.tasks.base import TASKS, Task
+from neuratlas.tasks.base import TASKS, Task, model_device
 
 
 # --- metrics -------------------------------------------------------------------------------------------------
@@ -412,8 +412,8 @@ def forecast_checkpoint(model: nn.Module, extra: dict[str, Any], horizon: int,
     with torch.no_grad():
         while sum(len(b) for b in blocks) < horizon:
             level = z[-1]
-            x = torch.tensor(z[-L:] - level, dtype=torch.float32).view(1, L, 1)
-            out = np.sort(model(x)[0].float().numpy(), axis=-1) + level  # (H, Q), quantiles uncrossed
+            x = torch.tensor(z[-L:] - level, dtype=torch.float32, device=model_device(model)).view(1, L, 1)
+            out = np.sort(model(x)[0].float().cpu().numpy(), axis=-1) + level  # (H, Q), quantiles uncrossed
             blocks.append(out)
             z = np.concatenate([z, out[:, mid]])
     out = np.concatenate(blocks)[:horizon] * extra["scale"]

@@ -21,7 +21,7 @@ from neuratlas.data.graphs import EdgeSplit, MoleculeData, NodeData, smiles_grap
 from neuratlas.data.loaders import seeded_generator
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.graph import as_features, batch_graphs
-from neuratlas.tasks.base import TASKS, Task
+from neuratlas.tasks.base import TASKS, Task, model_device
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -102,8 +102,9 @@ class NodeClassification(Task):
         """Classify nodes of the run's graph by id: ``neuratlas predict RUN 0 17 2500``."""
         d = load_dataset(extra["data"])
         nodes = node_ids(inputs, d.graph.num_nodes)
+        dev = model_device(model)
         with torch.no_grad():
-            probs = model(as_features(d.x), d.graph).float()[nodes].softmax(-1)
+            probs = model(as_features(d.x.to(dev)), d.graph.to(dev)).float()[nodes].softmax(-1).cpu()
         return [f"node {n}: {extra['classes'][int(p.argmax())]} {float(p.max()):.1%}" for n, p in zip(nodes, probs)]
 
 
@@ -189,8 +190,9 @@ class GraphClassification(Task):
                 options: dict[str, str]) -> list[str]:
         """Classify molecules given as SMILES strings: ``neuratlas predict RUN CCO 'c1ccccc1O'``."""
         x, graph, _ = batch_graphs([smiles_graph(s) for s in inputs])
+        dev = model_device(model)
         with torch.no_grad():
-            probs = model(x, graph).float().softmax(-1)
+            probs = model(x.to(dev), graph.to(dev)).float().softmax(-1).cpu()
         return [f"{s}: {extra['classes'][int(p.argmax())]} {float(p.max()):.1%}" for s, p in zip(inputs, probs)]
 
 
@@ -316,9 +318,10 @@ class LinkPrediction(Task):
             if not sep:
                 raise NeuratlasError(f"{item!r}: give node pairs as U,V (e.g. 0,633)")
             pairs.append(node_ids([u, v], d.graph.num_nodes))
+        dev = model_device(model)
         with torch.no_grad():
-            z = model(as_features(d.x), split.train_graph).float()
-            p = cls.score(z, torch.tensor(pairs).t()).sigmoid()
+            z = model(as_features(d.x.to(dev)), split.train_graph.to(dev)).float()
+            p = cls.score(z, torch.tensor(pairs, device=dev).t()).sigmoid().cpu()
         return [f"{u}–{v}: edge probability {float(q):.1%}" for (u, v), q in zip(pairs, p)]
 
 

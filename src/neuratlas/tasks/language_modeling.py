@@ -22,7 +22,7 @@ from neuratlas.data import load_dataset
 from neuratlas.data.loaders import seeded_generator
 from neuratlas.data.text import TextSplits
 from neuratlas.errors import NeuratlasError
-from neuratlas.tasks.base import TASKS, Task
+from neuratlas.tasks.base import TASKS, Task, model_device
 from neuratlas.text.tokenizers import tokenizer_from_dict
 
 
@@ -145,10 +145,11 @@ class LanguageModeling(Task):
     ) -> list[str]:
         """Continue each prompt."""
         tok = tokenizer_from_dict(extra["tokenizer"])
-        g = torch.Generator().manual_seed(options.seed)
+        device = model_device(model)
+        g = torch.Generator(device).manual_seed(options.seed)
         lines = []
         for prompt in inputs:
-            ids = torch.tensor([tok.encode(prompt)])
+            ids = torch.tensor([tok.encode(prompt)], device=device)
             out = model.generate(
                 ids,
                 options.max_new_tokens,

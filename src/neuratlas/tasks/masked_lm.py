@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from neuratlas.data.loaders import seeded_generator
-from neuratlas.tasks.base import TASKS
+from neuratlas.tasks.base import TASKS, model_device
 from neuratlas.tasks.language_modeling import LanguageModeling, windows
 
 IGNORE = -100  # label of positions that are not predicted
@@ -122,7 +122,7 @@ class MaskedLM(LanguageModeling):
                 if j < len(parts) - 1:
                     holes.append(len(ids))
                     ids.append(extra["mask_id"])
-            x = torch.tensor([ids])
+            x = torch.tensor([ids], device=model_device(model))
             with torch.no_grad():
                 pred = model(x)[0].argmax(-1)
             for h in holes:

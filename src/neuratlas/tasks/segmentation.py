@@ -34,7 +34,7 @@ from neuratlas.data.medical import (
 from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
 from neuratlas.plotting import panel_grid, pyplot, save_png
-from neuratlas.tasks.base import TASKS, Task
+from neuratlas.tasks.base import TASKS, Task, model_device
 
 
 # --- metrics ------------------------------------------------------------------------------------------------
@@ -272,11 +272,11 @@ class Segmentation(Task):
             raise NeuratlasError(f"--truth belongs to one image, but {len(inputs)} inputs were given")
         for path in inputs:
             image, truth = _load_input(path, extra, options)
-            x = torch.from_numpy(image)[None]
+            x = torch.from_numpy(image)[None].to(model_device(model))
             image = image[image.shape[0] // 2]  # the slice being segmented (the middle one of a stack)
             model.eval()
             with torch.no_grad():
-                pred = model(x).argmax(1)[0].numpy()
+                pred = model(x).argmax(1)[0].cpu().numpy()
             fractions = ", ".join(f"{c} {np.mean(pred == i):.1%}" for i, c in enumerate(classes) if i)
             line = f"{path}: {fractions}"
             if extra.get("instances"):

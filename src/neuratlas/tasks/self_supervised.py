@@ -27,7 +27,7 @@ from neuratlas.data.images import ImageSplits
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.transforms import normalize, random_erase, random_hflip
 from neuratlas.errors import NeuratlasError
-from neuratlas.tasks.base import TASKS, Task, write_image
+from neuratlas.tasks.base import TASKS, Task, model_device, write_image
 
 # --- augmentations and losses -------------------------------------------------------------------------
 
@@ -231,7 +231,7 @@ class SelfSupervised(Task):
         x = normalize(torch.stack([load_image(p, c, h, w) for p in inputs]), tuple(extra["mean"]),
                       tuple(extra["std"]))
         with torch.no_grad():
-            out = model(x).float()
+            out = model(x.to(model_device(model))).float().cpu()
         lines = []
         for path, row in zip(inputs, out):
             if extra["method"] == "rotation":

@@ -29,7 +29,7 @@ from neuratlas.data import load_dataset
 from neuratlas.data.cmudict import BOS, EOS, PAD, G2PData, HeldOut, decode_phonemes, encode_words
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.errors import NeuratlasError
-from neuratlas.tasks.base import TASKS, Task
+from neuratlas.tasks.base import TASKS, Task, model_device
 
 
 @dataclass
@@ -269,7 +269,7 @@ class Seq2Seq(Task):
         if not 1 <= nbest <= beam:
             raise NeuratlasError(f"--nbest must be between 1 and --beam ({beam}), got {nbest}")
         words = [w.lower() for w in inputs]
-        src = encode_words(words, extra["graphemes"])
+        src = encode_words(words, extra["graphemes"]).to(model_device(model))
         model.eval()
         tokens, scores = beam_search(model, src, int(extra["max_len"]), beam)
         lines = []

@@ -17,7 +17,7 @@ from torch import nn
 from neuratlas.data import load_dataset
 from neuratlas.data.loaders import TensorBatches
 from neuratlas.data.text import TextClassSplits, encode_padded
-from neuratlas.tasks.base import TASKS, Task
+from neuratlas.tasks.base import TASKS, Task, model_device
 from neuratlas.tasks.classification import accuracy
 from neuratlas.text.tokenizers import tokenizer_from_dict
 
@@ -84,9 +84,10 @@ class TextClassification(Task):
         """Classify each input text; prints the probability of every class."""
         tok = tokenizer_from_dict(extra["tokenizer"])
         ids, mask = encode_padded(tok, inputs, extra["max_len"])
+        ids, mask = ids.to(model_device(model)), mask.to(model_device(model))
         model.eval()
         with torch.no_grad():
-            probs = model(ids, mask).softmax(-1)
+            probs = model(ids, mask).softmax(-1).float().cpu()
         return [
             f"{text!r}: " + ", ".join(f"{c} {p:.1%}" for c, p in zip(extra["classes"], row.tolist()))
             for text, row in zip(inputs, probs)
