@@ -30,8 +30,7 @@ def full() -> bool:
 @pytest.fixture
 def run_overrides(tmp_path) -> dict[str, str]:
     """Overrides that keep a test's training run quiet and inside its tmp folder."""
-    return {"trainer.out_dir": str(tmp_path / "runs"), "trainer.progress": "false",
-            "trainer.loggers": "csv"}
+    return {"trainer.out_dir": str(tmp_path / "runs"), "trainer.progress": "false", "trainer.loggers": "csv"}
 
 
 @pytest.fixture

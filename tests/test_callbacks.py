@@ -16,9 +16,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp_run(tmp_path, **trainer):
-    over = {"trainer.out_dir": str(tmp_path), "trainer.run_name": "run", "trainer.progress": "false",
-            "trainer.loggers": "csv", "data.limit_train": "512", "data.val_size": "256", "trainer.max_steps": "6",
-            "trainer.eval_every": "2", **{f"trainer.{k}": str(v) for k, v in trainer.items()}}
+    over = {
+        "trainer.out_dir": str(tmp_path),
+        "trainer.run_name": "run",
+        "trainer.progress": "false",
+        "trainer.loggers": "csv",
+        "data.limit_train": "512",
+        "data.val_size": "256",
+        "trainer.max_steps": "6",
+        "trainer.eval_every": "2",
+        **{f"trainer.{k}": str(v) for k, v in trainer.items()},
+    }
     return get_recipe("mlp-digits").run_config(over)
 
 
@@ -51,7 +59,7 @@ def test_callbacks_see_every_step_evaluation_and_save_in_order(tmp_path):
     assert rec.calls[0] == "start" and rec.calls[-1] == "end@4"
     assert rec.calls[1:3] == ["step1", "step2"]
     i = rec.calls.index("eval-val@2")
-    assert "save-last@2" in rec.calls[i:i + 3] and "save-best@2" in rec.calls
+    assert "save-last@2" in rec.calls[i : i + 3] and "save-best@2" in rec.calls
     assert rec.calls[-2] == "eval-test@4"
 
 
@@ -62,8 +70,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving_and_resumes_to_the_sam
     result = Trainer(run).fit()
     assert result.steps == 6 and "early stop" in result.stopped_early  # evals at 2 (best), 4, 6 (2 bad)
     # resumed from its step-4 checkpoint, a run with the same settings stops at the same step
-    crashed = mlp_run(tmp_path / "b", max_steps=40, early_stop_patience=2, save_every=1).override(
-        {"optimizer.lr": "0"})
+    crashed = mlp_run(tmp_path / "b", max_steps=40, early_stop_patience=2, save_every=1).override({"optimizer.lr": "0"})
     with pytest.raises(KeyboardInterrupt):
         Trainer(crashed).fit(crash_at=5)
     assert Trainer(crashed).fit(resume=tmp_path / "b" / "run").steps == 6

@@ -16,9 +16,15 @@ from neuratlas.training.trainer import Trainer
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
-    run = get_recipe("mlp-digits").run_config({"trainer.out_dir": str(out), "trainer.progress": "false",
-                                               "trainer.loggers": "csv", "trainer.max_steps": "40",
-                                               "trainer.run_name": "digits"})
+    run = get_recipe("mlp-digits").run_config(
+        {
+            "trainer.out_dir": str(out),
+            "trainer.progress": "false",
+            "trainer.loggers": "csv",
+            "trainer.max_steps": "40",
+            "trainer.run_name": "digits",
+        }
+    )
     trainer = Trainer(run)
     trainer.fit()
     return trainer
@@ -101,17 +107,21 @@ def test_corrupt_state_file(trained, tmp_path):
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "neuratlas.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "neuratlas.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
-    (["train", "mlp-digits", "--optimizer.lrr", "1"], "Did you mean --optimizer.lr"),
-    (["train", "mlp-digits", "--model.hidden", "abc"], "expected an integer"),
-    (["train", "mlp-digits", "--model.nope", "1"], "unknown option 'nope'"),
-    (["eval", "/nonexistent/ckpt.safetensors"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+        (["train", "mlp-digits", "--optimizer.lrr", "1"], "Did you mean --optimizer.lr"),
+        (["train", "mlp-digits", "--model.hidden", "abc"], "expected an integer"),
+        (["train", "mlp-digits", "--model.nope", "1"], "unknown option 'nope'"),
+        (["eval", "/nonexistent/ckpt.safetensors"], "does not exist"),
+    ],
+)
 def test_cli_errors_are_one_line(args, message):
     r = run_cli(*args, "--trainer.progress", "false") if args[0] == "train" else run_cli(*args)
     assert r.returncode == 2
@@ -137,9 +147,15 @@ def test_cli_eval_predict_visualize(trained, tmp_path):
 
 
 def test_cli_visualize_cnn(tmp_path):
-    run = get_recipe("lenet5-mnist5k").run_config({"trainer.out_dir": str(tmp_path), "trainer.progress": "false",
-                                                   "trainer.loggers": "csv", "trainer.max_steps": "5",
-                                                   "trainer.run_name": "lenet"})
+    run = get_recipe("lenet5-mnist5k").run_config(
+        {
+            "trainer.out_dir": str(tmp_path),
+            "trainer.progress": "false",
+            "trainer.loggers": "csv",
+            "trainer.max_steps": "5",
+            "trainer.run_name": "lenet",
+        }
+    )
     Trainer(run).fit()
     r = run_cli("visualize", str(tmp_path / "lenet"))
     assert r.returncode == 0, r.stderr
@@ -155,8 +171,14 @@ def test_pretrained_option_loads_once_and_never_from_a_checkpoint(tmp_path):
     from neuratlas.models import create_model as build_only
 
     torch.manual_seed(0)
-    hc = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                 intermediate_size=64, max_position_embeddings=40)
+    hc = transformers.BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+    )
     folder = tmp_path / "hf-bert"
     transformers.BertModel(hc).eval().save_pretrained(folder)
     dims = dict(vocab_size=99, dim=32, n_layer=2, n_head=4, ffn_dim=64, max_seq_len=40, pooling="mean")

@@ -80,8 +80,26 @@ def test_every_subcommand_prints_its_config_and_reads_it_back(name, digits_run, 
 def test_generate_chat_data_export_options_are_typed(capsys):
     """The commands that had flags of their own read the same typed options (old hyphenated spellings are
     the same keys); choices are checked and listed."""
-    assert main(["generate", "m", "--max-new-tokens", "5", "--top-p", "0.9", "--stop", "a, b", "--stop", "c",
-                 "--bf16", "--print-config", "json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "m",
+                "--max-new-tokens",
+                "5",
+                "--top-p",
+                "0.9",
+                "--stop",
+                "a, b",
+                "--stop",
+                "c",
+                "--bf16",
+                "--print-config",
+                "json",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["max_new_tokens"] == 5 and printed["top_p"] == 0.9 and printed["bf16"] is True
     assert printed["stop"] == ["a, b", "c"] and printed["device"] == "auto" and printed["prompt"] == []

@@ -54,10 +54,14 @@ def test_temperature_is_learned_and_clamped():
 
 
 def test_recall_at_k_on_a_hand_made_similarity_matrix():
-    sim = torch.tensor([[0.9, 0.1, 0.0, 0.2],   # query 0: its item (0) first            -> hit@1
-                        [0.8, 0.1, 0.7, 0.0],   # query 1: its item ranks 3rd             -> hit@5 only
-                        [0.0, 0.3, 0.1, 0.9],   # query 2: its item ranks 3rd             -> hit@5 only
-                        [0.5, 0.6, 0.7, 0.1]])  # query 3: its item ranks last (4th)      -> hit@5 only
+    sim = torch.tensor(
+        [
+            [0.9, 0.1, 0.0, 0.2],  # query 0: its item (0) first            -> hit@1
+            [0.8, 0.1, 0.7, 0.0],  # query 1: its item ranks 3rd             -> hit@5 only
+            [0.0, 0.3, 0.1, 0.9],  # query 2: its item ranks 3rd             -> hit@5 only
+            [0.5, 0.6, 0.7, 0.1],
+        ]
+    )  # query 3: its item ranks last (4th)      -> hit@5 only
     groups = torch.arange(4)
     r = retrieval_recall(sim, groups, groups, ks=(1, 2, 3, 5))
     assert r == {1: 0.25, 2: 0.25, 3: 0.75, 5: 1.0}
@@ -112,9 +116,15 @@ def test_quick_recipe_beats_chance_at_zero_shot(run_overrides, full):
 
     overrides = dict(run_overrides)
     if not full:
-        overrides.update({"trainer.max_steps": "40", "data.batch_size": "128", "data.limit_train": "5120",
-                          "data.val_size": "500",
-                          "task.retrieval_size": "500"})
+        overrides.update(
+            {
+                "trainer.max_steps": "40",
+                "data.batch_size": "128",
+                "data.limit_train": "5120",
+                "data.val_size": "500",
+                "task.retrieval_size": "500",
+            }
+        )
     trainer = Trainer(get_recipe("clip-fashion-quick").run_config(overrides))
     result = trainer.fit()
     assert result.test["zero_shot_chance"] == pytest.approx(0.1)

@@ -19,20 +19,24 @@ class Example:
 
 
 def test_coerce_from_strings():
-    cfg = build_config(Example, {"depth": "50", "lr": "3e-4", "flag": "true", "widths": "8,16,32", "mode": "b",
-                                 "limit": "none"})
+    cfg = build_config(
+        Example, {"depth": "50", "lr": "3e-4", "flag": "true", "widths": "8,16,32", "mode": "b", "limit": "none"}
+    )
     assert (cfg.depth, cfg.lr, cfg.flag, cfg.widths, cfg.mode, cfg.limit) == (50, 3e-4, True, (8, 16, 32), "b", None)
     assert coerce("[1, 2]", tuple[int, ...], "x") == (1, 2)
     assert coerce("7", int | None, "x") == 7
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"dpeth": 3}, "Did you mean depth"),
-    ({"depth": "fifty"}, "expected an integer"),
-    ({"depth": "2.5"}, "expected an integer"),
-    ({"flag": "maybe"}, "expected true/false"),
-    ({"mode": "c"}, "not one of a, b"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"dpeth": 3}, "Did you mean depth"),
+        ({"depth": "fifty"}, "expected an integer"),
+        ({"depth": "2.5"}, "expected an integer"),
+        ({"flag": "maybe"}, "expected true/false"),
+        ({"mode": "c"}, "not one of a, b"),
+    ],
+)
 def test_bad_values_name_the_problem(values, message):
     with pytest.raises(NeuratlasError, match=message):
         build_config(Example, values)
@@ -48,8 +52,9 @@ def test_parse_overrides_forms():
 
 
 def test_run_config_override_sections():
-    run = get_recipe("convnet-fashion-quick").run_config({"optimizer.lr": "0.01", "model.channels": "16,32",
-                                                          "trainer.epochs": "0.5"})
+    run = get_recipe("convnet-fashion-quick").run_config(
+        {"optimizer.lr": "0.01", "model.channels": "16,32", "trainer.epochs": "0.5"}
+    )
     assert run.optimizer.lr == 0.01 and run.trainer.epochs == 0.5
     assert run.model["channels"] == "16,32"  # typed when the model is built
     with pytest.raises(NeuratlasError, match="unknown section"):

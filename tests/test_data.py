@@ -39,8 +39,7 @@ def test_source_order_and_checksummed_download(tmp_path, monkeypatch):
     (remote / "a.txt").write_text("hello")
     digest = hashlib.sha256(b"hello").hexdigest()
     offline = tmp_path / "offline"
-    src = DataSource("toy", {"a.txt": digest}, "install toy-data", offline=[lambda: offline],
-                     base_url=remote.as_uri())
+    src = DataSource("toy", {"a.txt": digest}, "install toy-data", offline=[lambda: offline], base_url=remote.as_uri())
     # nothing offline, downloads disabled -> one-line hint
     with pytest.raises(NeuratlasError, match="toy: not found. install toy-data"):
         src.locate(download=False)

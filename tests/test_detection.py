@@ -120,12 +120,25 @@ def test_coco_evaluator_equals_pycocotools():
             ds = rng.uniform(0, 1, len(d)).round(2)  # rounded: ties exercise the stable sort
             imgs.append({"id": i + 1, "width": 300, "height": 300})
             for b, lab in zip(g, gl):
-                gt_anns.append({"id": len(gt_anns) + 1, "image_id": i + 1, "category_id": int(lab) + 1,
-                                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                                "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": 0})
+                gt_anns.append(
+                    {
+                        "id": len(gt_anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": int(lab) + 1,
+                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                        "area": (b[2] - b[0]) * (b[3] - b[1]),
+                        "iscrowd": 0,
+                    }
+                )
             for b, lab, s in zip(d, dl, ds):
-                dt_anns.append({"image_id": i + 1, "category_id": int(lab) + 1,
-                                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})
+                dt_anns.append(
+                    {
+                        "image_id": i + 1,
+                        "category_id": int(lab) + 1,
+                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                        "score": float(s),
+                    }
+                )
             dets.append((torch.tensor(d), torch.tensor(ds), torch.tensor(dl)))
             truths.append((torch.tensor(g).reshape(-1, 4), torch.tensor(gl)))
         with contextlib.redirect_stdout(io.StringIO()):
@@ -209,7 +222,7 @@ def test_random_zoom_keeps_boxes_on_their_pixels():
                 assert b.abs().sum() == 0
                 continue
             x1, y1, x2, y2 = b.tolist()
-            inner = out[0, i, math.ceil(y1) + 1:math.floor(y2) - 1, math.ceil(x1) + 1:math.floor(x2) - 1]
+            inner = out[0, i, math.ceil(y1) + 1 : math.floor(y2) - 1, math.ceil(x1) + 1 : math.floor(x2) - 1]
             assert inner.numel() > 0 and (inner == 255).all(), f"seed {seed}: box {i} left its pixels"
             ys, xs = (out[0, i] >= 128).nonzero(as_tuple=True)  # more than half of it: within a pixel of the box
             assert xs.min() >= x1 - 1 and xs.max() <= x2 and ys.min() >= y1 - 1 and ys.max() <= y2
@@ -329,8 +342,9 @@ def test_dihedral_detection_finds_each_object_once_in_image_coordinates():
     for y1, x1, y2, x2 in [(320, 330, 360, 370), (20, 600, 50, 680)]:  # across inner tile edges | near a corner
         image = torch.zeros(3, 500, 700, dtype=torch.uint8)
         image[:, y1:y2, x1:x2] = 255
-        boxes, scores, _ = detect_dihedral(BrightSquareDetector(), image, (0.5,) * 3, (0.25,) * 3, tile=400,
-                                           overlap=100)
+        boxes, scores, _ = detect_dihedral(
+            BrightSquareDetector(), image, (0.5,) * 3, (0.25,) * 3, tile=400, overlap=100
+        )
         assert torch.allclose(boxes, torch.tensor([[x1, y1, x2, y2]], dtype=torch.float))
         assert torch.allclose(scores, torch.tensor([0.9]))  # found in all eight views
 
@@ -342,8 +356,9 @@ def test_multiscale_dihedral_detection_returns_original_pixels():
 
     image = torch.zeros(3, 300, 420, dtype=torch.uint8)
     image[:, 120:160, 200:260] = 255
-    boxes, scores, _ = detect_dihedral(BrightSquareDetector(), image, (0.5,) * 3, (0.25,) * 3, tile=400,
-                                       overlap=100, scales=(0.5, 1.0, 2.0))
+    boxes, scores, _ = detect_dihedral(
+        BrightSquareDetector(), image, (0.5,) * 3, (0.25,) * 3, tile=400, overlap=100, scales=(0.5, 1.0, 2.0)
+    )
     assert boxes.shape == (1, 4) and torch.allclose(scores, torch.tensor([0.9]))
     # bilinear zooms blur the square's edge by up to a pixel of the zoomed image
     torch.testing.assert_close(boxes, torch.tensor([[200.0, 120.0, 260.0, 160.0]]), atol=1.0, rtol=0)
@@ -366,8 +381,11 @@ def test_colour_jitter_channel_gains_and_greyscale():
 
 # --- bad input ----------------------------------------------------------------------------------------------
 def _voc(path, boxes, w=100, h=80):
-    objs = "".join(f"<object><name>Tree</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax>"
-                   f"<ymax>{b[3]}</ymax></bndbox></object>" for b in boxes)
+    objs = "".join(
+        f"<object><name>Tree</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax>"
+        f"<ymax>{b[3]}</ymax></bndbox></object>"
+        for b in boxes
+    )
     path.write_text(f"<annotation><size><width>{w}</width><height>{h}</height></size>{objs}</annotation>")
     return path
 
@@ -452,8 +470,17 @@ def test_atss_equals_a_loop_reference_and_gives_small_boxes_several_anchors():
     model = create_model("retina-resnet18-slim", assigner="atss")
     centres, strides, _, _, anchors = model.priors([(32, 32), (16, 16), (8, 8)], torch.device("cpu"))
     # off-grid corners (no distance ties); a 10-px box that no anchor overlaps by 0.5; two overlapping boxes
-    gt = torch.tensor([[[97.3, 99.1, 107.7, 109.4], [21.2, 18.9, 121.6, 90.3], [60.7, 44.2, 131.9, 101.3],
-                        [140.6, 30.4, 251.2, 201.7], [0, 0, 0, 0]]])
+    gt = torch.tensor(
+        [
+            [
+                [97.3, 99.1, 107.7, 109.4],
+                [21.2, 18.9, 121.6, 90.3],
+                [60.7, 44.2, 131.9, 101.3],
+                [140.6, 30.4, 251.2, 201.7],
+                [0, 0, 0, 0],
+            ]
+        ]
+    )
     valid = torch.tensor([[True, True, True, True, False]])
     match, ctr = model._assign_atss(centres, strides, anchors, gt, valid)
     assert torch.equal(match[0], _atss_reference(centres, strides, anchors, gt[0, :4]))
@@ -499,9 +526,10 @@ def test_second_held_out_site_and_unknown_site():
 def test_detector_overfits_one_real_tile(trees, full):
     torch.manual_seed(0)
     i = int((trees.labels >= 0).sum(1).argmax())  # the most crowded tile
-    x = trees.tiles[i:i + 1, :, :256, :256]
-    _, boxes, labels = random_crop_with_boxes(trees.tiles[i:i + 1], trees.boxes[i:i + 1], trees.labels[i:i + 1],
-                                              400, torch.Generator())  # identity crop: same boxes
+    x = trees.tiles[i : i + 1, :, :256, :256]
+    _, boxes, labels = random_crop_with_boxes(
+        trees.tiles[i : i + 1], trees.boxes[i : i + 1], trees.labels[i : i + 1], 400, torch.Generator()
+    )  # identity crop: same boxes
     boxes, keep = crop_boxes(boxes[0][labels[0] >= 0], 0, 0, 256, 256, 0.6)
     boxes = boxes[keep]
     from neuratlas.data.transforms import normalize
@@ -567,7 +595,8 @@ def test_per_image_standardisation_ignores_a_sites_brightness_and_contrast():
     assert torch.allclose(z.std((-2, -1)), torch.ones(2, 3), atol=1e-4)
     brighter = (x.float() * 1.5 + 20).to(torch.uint8)  # another site: more light, more contrast
     assert torch.allclose(normalize(brighter, None, None), z, atol=0.05)
-    assert not torch.allclose(normalize(brighter, (0.5,) * 3, (0.2,) * 3), normalize(x, (0.5,) * 3, (0.2,) * 3),
-                              atol=0.05)
+    assert not torch.allclose(
+        normalize(brighter, (0.5,) * 3, (0.2,) * 3), normalize(x, (0.5,) * 3, (0.2,) * 3), atol=0.05
+    )
     assert _stats({"mean": None, "std": None}) == (None, None)
     assert _stats({"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}) == ((0.1, 0.2, 0.3), (1, 1, 1))

@@ -109,7 +109,7 @@ def test_no_look_ahead_leakage(monkeypatch):
     task = _task(monkeypatch, real)
     assert task.n_fit == 96
     corrupt = real.values.copy()
-    corrupt[task.n_fit:] *= 1000.0
+    corrupt[task.n_fit :] *= 1000.0
     fake = Series(real.name, corrupt, real.periods, real.season, real.n_train, "test")
     leaky = _task(monkeypatch, fake)
     assert leaky.scale == task.scale
@@ -119,13 +119,14 @@ def test_no_look_ahead_leakage(monkeypatch):
     assert last_target == task.n_fit - 1
     # the model sees only the history before each origin: corrupting the test block changes nothing
     test_corrupt = real.values.copy()
-    test_corrupt[real.n_train:] *= 7
+    test_corrupt[real.n_train :] *= 7
     other = _task(monkeypatch, Series(real.name, test_corrupt, real.periods, real.season, real.n_train, "t"))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(24, 36), torch.nn.Unflatten(1, (12, 3)))
     starts = [real.n_train]
     np.testing.assert_allclose(task.model_forecasts(model, starts), other.model_forecasts(model, starts))
-    np.testing.assert_allclose(naive_forecasts(real.values, starts, 12, 12),
-                               naive_forecasts(test_corrupt, starts, 12, 12))
+    np.testing.assert_allclose(
+        naive_forecasts(real.values, starts, 12, 12), naive_forecasts(test_corrupt, starts, 12, 12)
+    )
 
 
 @pytest.mark.parametrize("kind", ["ets", "arima"])

@@ -106,8 +106,9 @@ def test_gcn_training_matches_pyg_seed_for_seed(cora):
     acc_peer, _ = _train(peer, d.x, (d.graph.edge_index,), d.y, masks, 30)
     assert acc_ours == acc_peer > 0.6
     with torch.no_grad():
-        torch.testing.assert_close(ours(d.x, Graph(d.graph.edge_index, d.graph.num_nodes)),
-                                   peer(d.x, d.graph.edge_index), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            ours(d.x, Graph(d.graph.edge_index, d.graph.num_nodes)), peer(d.x, d.graph.edge_index), rtol=1e-4, atol=1e-4
+        )
 
 
 # --- symmetries and batching ------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ class Evil:
 
 def test_restricted_unpickler_refuses_other_classes():
     assert np.array_equal(restricted_load(pickle.dumps(np.arange(4))), np.arange(4))
-    for obj in (Evil(), torch.nn.Linear(2, 2), Path('x')):
+    for obj in (Evil(), torch.nn.Linear(2, 2), Path("x")):
         with pytest.raises(NeuratlasError, match="refusing to unpickle"):
             restricted_load(pickle.dumps(obj))
     with pytest.raises(NeuratlasError):
@@ -255,8 +256,7 @@ def test_gin_on_molecules(run_overrides, full):
         over["trainer.max_steps"] = "60"
     trainer, result = _fit("gin-molecules-quick", over)
     assert trainer.task.data.num_features == ATOM_FEATURES
-    assert [len(s) for s in (trainer.task.data.train, trainer.task.data.val, trainer.task.data.test)] == \
-        [925, 100, 257]
+    assert [len(s) for s in (trainer.task.data.train, trainer.task.data.val, trainer.task.data.test)] == [925, 100, 257]
     assert result.test["accuracy"] >= (0.65 if full else 0.5)  # 3 classes; the majority class is 0.41
 
 

@@ -9,9 +9,15 @@ from neuratlas.models import count_parameters
 
 # Published ImageNet parameter counts (torchvision / the papers).
 PUBLISHED = {
-    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
-    "resnet152": 60_192_808, "mobilenet-v2": 3_504_872, "efficientnet-b0": 5_288_548,
-    "efficientnet-b1": 7_794_184, "efficientnet-b7": 66_347_960,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "mobilenet-v2": 3_504_872,
+    "efficientnet-b0": 5_288_548,
+    "efficientnet-b1": 7_794_184,
+    "efficientnet-b7": 66_347_960,
 }
 
 
@@ -81,8 +87,13 @@ def test_activations_and_norms():
     from neuratlas.layers import RMSNorm, get_activation, get_norm
 
     x = torch.randn(4, 8)
-    for name, ref in [("relu", torch.relu), ("sigmoid", torch.sigmoid), ("tanh", torch.tanh),
-                      ("gelu", torch.nn.functional.gelu), ("silu", torch.nn.functional.silu)]:
+    for name, ref in [
+        ("relu", torch.relu),
+        ("sigmoid", torch.sigmoid),
+        ("tanh", torch.tanh),
+        ("gelu", torch.nn.functional.gelu),
+        ("silu", torch.nn.functional.silu),
+    ]:
         torch.testing.assert_close(get_activation(name)(x), ref(x))
     norm = RMSNorm(8)
     torch.testing.assert_close(norm(x), x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt())

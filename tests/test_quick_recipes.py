@@ -20,9 +20,25 @@ def test_convnet_quick_recipe_reaches_its_accuracy(run_overrides, full):
 
 @pytest.mark.slow
 def test_tour_runs_and_writes_its_report(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "neuratlas", "tour", "--families", "mlp", "--out", str(tmp_path),
-                        "--trainer.max_steps", "150", "--trainer.progress", "false"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neuratlas",
+            "tour",
+            "--families",
+            "mlp",
+            "--out",
+            str(tmp_path),
+            "--trainer.max_steps",
+            "150",
+            "--trainer.progress",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     assert "mlp-fashion-quick" in r.stdout and "test accuracy" in r.stdout
     assert "| mlp | mlp-fashion-quick |" in (tmp_path / "tour.md").read_text()

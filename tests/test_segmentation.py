@@ -176,16 +176,40 @@ def test_quick_recipe_trains_evaluates_and_predicts(run_overrides, tmp_path, ful
     Image.fromarray(rng.integers(0, 255, (70, 90), dtype=np.uint8)).save(tmp_path / "cells.png")
     Image.fromarray((rng.random((70, 90)) > 0.7).astype(np.uint8)).save(tmp_path / "truth.png")
     out = tmp_path / "pred"
-    assert main(["predict", str(result.run_dir), str(tmp_path / "cells.png"), "--out", str(out),
-                 "--truth", str(tmp_path / "truth.png")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(result.run_dir),
+                str(tmp_path / "cells.png"),
+                "--out",
+                str(out),
+                "--truth",
+                str(tmp_path / "truth.png"),
+            ]
+        )
+        == 0
+    )
     assert "Dice vs truth" in capsys.readouterr().out
     assert (out / "cells_overlay.png").is_file()
     Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
     assert main(["predict", str(result.run_dir), str(tmp_path / "rgb.png"), "--out", str(out)]) != 0
     assert "rgb.png: expected a single-channel image, got 3" in capsys.readouterr().err  # one line, no trace
     Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(tmp_path / "small_truth.png")
-    assert main(["predict", str(result.run_dir), str(tmp_path / "cells.png"), "--out", str(out),
-                 "--truth", str(tmp_path / "small_truth.png")]) != 0
+    assert (
+        main(
+            [
+                "predict",
+                str(result.run_dir),
+                str(tmp_path / "cells.png"),
+                "--out",
+                str(out),
+                "--truth",
+                str(tmp_path / "small_truth.png"),
+            ]
+        )
+        != 0
+    )
     assert "small_truth.png: the mask's shape (10, 10) differs" in capsys.readouterr().err
 
 
@@ -240,8 +264,17 @@ def test_checkpoint_whose_header_length_ends_in_0x80_is_not_mistaken_for_a_pickl
 
     path = tmp_path / "w.safetensors"
     for pad in range(300):  # metadata lengths until the header length's low byte is 0x80
-        save_file({"w": torch.zeros(1)}, str(path), metadata={"format": "neuratlas", "model_name": "unet-resnet18",
-                                                            "model_config": "{}", "run_config": "{}", "x": "a" * pad})
+        save_file(
+            {"w": torch.zeros(1)},
+            str(path),
+            metadata={
+                "format": "neuratlas",
+                "model_name": "unet-resnet18",
+                "model_config": "{}",
+                "run_config": "{}",
+                "x": "a" * pad,
+            },
+        )
         if path.read_bytes()[0] == 0x80:
             break
     assert path.read_bytes()[0] == 0x80
@@ -267,9 +300,15 @@ def test_brain_slices_with_neighbours_as_channels_train_and_predict(tmp_path):
     assert torch.equal(deep.test.masks[0], flat.test.masks[0])
     model = create_model("unet-resnet18-slim", in_chans=5, num_classes=len(deep.classes))
     extra = {"classes": deep.classes, "norm": "max255", "in_chans": 5, "context": 2, "dataset": "colin27-lobes"}
-    lines = Segmentation.predict(model, extra, [str(folder / "ch2.nii.gz")], str(tmp_path),
-                                 Segmentation.PredictOptions(slice=90, truth=str(folder / "aal.nii.gz")))
+    lines = Segmentation.predict(
+        model,
+        extra,
+        [str(folder / "ch2.nii.gz")],
+        str(tmp_path),
+        Segmentation.PredictOptions(slice=90, truth=str(folder / "aal.nii.gz")),
+    )
     assert "Dice vs truth" in lines[0] and (tmp_path / "ch2_z90_overlay.png").is_file()
     with pytest.raises(NeuratlasError, match="reads 5 neighbouring slices; give it a NIfTI volume"):
-        Segmentation.predict(model, extra, [str(tmp_path / "ch2_z90_overlay.png")], str(tmp_path),
-                             Segmentation.PredictOptions())
+        Segmentation.predict(
+            model, extra, [str(tmp_path / "ch2_z90_overlay.png")], str(tmp_path), Segmentation.PredictOptions()
+        )

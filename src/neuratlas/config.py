@@ -133,8 +133,16 @@ def unknown_key_error(key: str, valid: list[str], where: str) -> NeuratlasError:
     return NeuratlasError(f"{where}: unknown option {key!r}.{hint} Valid options: {', '.join(sorted(valid))}")
 
 
-def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None, *,
-                lo_open: bool = False, hi_open: bool = False, optional: bool = False) -> None:
+def check_range(
+    name: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    optional: bool = False,
+) -> None:
     """Raise ValueError naming ``name`` unless ``value`` is a finite number in the range (``None`` passes
     when ``optional``). Config dataclasses call it from ``__post_init__`` for each numeric option, so a bad
     value is refused at the config boundary, before any work starts."""
@@ -143,7 +151,8 @@ def check_range(name: str, value: Any, lo: float | None = None, hi: float | None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if (lo is not None and (value <= lo if lo_open else value < lo)) or (
-            hi is not None and (value >= hi if hi_open else value > hi)):
+        hi is not None and (value >= hi if hi_open else value > hi)
+    ):
         left = "-inf" if lo is None else str(lo)
         right = "inf" if hi is None else str(hi)
         allowed = f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"

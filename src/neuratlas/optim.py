@@ -122,13 +122,11 @@ class Muon(torch.optim.Optimizer):
     one batch, which on a CPU is ~3× faster than one at a time. The lr is scaled per matrix by
     0.2·√max(rows, cols) (Moonshot's rule), so the lr and weight decay tuned for AdamW carry over."""
 
-    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
-                 ns_steps: int = 5):
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95, ns_steps: int = 5):
         params = list(params)
         if any(p.ndim != 2 for p in params):
             raise ValueError("Muon updates 2-D weight matrices only")
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum,
-                                  "ns_steps": ns_steps})
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "ns_steps": ns_steps})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -149,8 +147,9 @@ class Muon(torch.optim.Optimizer):
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)
             for (_, cols), idx in by_shape.items():
-                ortho = orthogonalize(torch.stack([updates[i].mT if tall[i] else updates[i] for i in idx]),
-                                      group["ns_steps"])
+                ortho = orthogonalize(
+                    torch.stack([updates[i].mT if tall[i] else updates[i] for i in idx]), group["ns_steps"]
+                )
                 for o, i in zip(ortho, idx):
                     params[i].add_(o.mT if tall[i] else o, alpha=-lr * 0.2 * math.sqrt(cols))
         return loss
@@ -203,8 +202,9 @@ def parse_lr_mults(spec: str) -> list[tuple[str, float]]:
         except ValueError:
             mult = math.nan
         if not (sep and pattern and 0 <= mult < math.inf):  # also refuses "nan" and "inf"
-            raise NeuratlasError("--optimizer.lr_mults: expected GLOB=MULTIPLIER (e.g. 'backbone.*=0.1'), "
-                                 f"got {item!r}")
+            raise NeuratlasError(
+                f"--optimizer.lr_mults: expected GLOB=MULTIPLIER (e.g. 'backbone.*=0.1'), got {item!r}"
+            )
         out.append((pattern, mult))
     return out
 
@@ -214,8 +214,11 @@ def lr_mult_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
     rest at 1), each split by :func:`param_groups` for weight decay. A glob that matches nothing is an error."""
     rules = parse_lr_mults(cfg.lr_mults)
     if not rules:  # the groups (and so the checkpoints' optimizer states) of runs without multipliers
-        return param_groups([p for p in model.parameters() if p.requires_grad or cfg.include_frozen],
-                            cfg.weight_decay, cfg.decay_norm_and_bias)
+        return param_groups(
+            [p for p in model.parameters() if p.requires_grad or cfg.include_frozen],
+            cfg.weight_decay,
+            cfg.decay_norm_and_bias,
+        )
     buckets: dict[float, list[nn.Parameter]] = {}
     used = set()
     for name, p in model.named_parameters():
@@ -227,10 +230,16 @@ def lr_mult_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
         buckets.setdefault(hit[1] if hit else 1.0, []).append(p)
     unused = [pat for pat, _ in rules if pat not in used]
     if unused:
-        raise NeuratlasError(f"--optimizer.lr_mults: {', '.join(unused)} matches no trainable parameter; "
-                             f"names look like {next((n for n, _ in model.named_parameters()), '?')!r}")
-    return [{**g, "lr": cfg.lr * mult} for mult, ps in buckets.items()
-            for g in param_groups(ps, cfg.weight_decay, cfg.decay_norm_and_bias) if g["params"]]
+        raise NeuratlasError(
+            f"--optimizer.lr_mults: {', '.join(unused)} matches no trainable parameter; "
+            f"names look like {next((n for n, _ in model.named_parameters()), '?')!r}"
+        )
+    return [
+        {**g, "lr": cfg.lr * mult}
+        for mult, ps in buckets.items()
+        for g in param_groups(ps, cfg.weight_decay, cfg.decay_norm_and_bias)
+        if g["params"]
+    ]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:

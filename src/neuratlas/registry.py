@@ -45,8 +45,17 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}  # old name -> registered name
 
-    def add(self, name: str, builder: Callable[..., Any], config_class: type | None = None, *,
-            family: str = "", description: str = "", aliases: tuple[str, ...] = (), **defaults: Any) -> Entry:
+    def add(
+        self,
+        name: str,
+        builder: Callable[..., Any],
+        config_class: type | None = None,
+        *,
+        family: str = "",
+        description: str = "",
+        aliases: tuple[str, ...] = (),
+        **defaults: Any,
+    ) -> Entry:
         for n in (name, *aliases):
             if n in self._entries or n in self._aliases:
                 raise ValueError(f"{self.kind} {n!r} is registered twice")

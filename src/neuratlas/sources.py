@@ -105,8 +105,10 @@ class DataSource:
             return False
         damaged = self._damaged(folder)
         for path in damaged:
-            print(f"warning: {path} ({where}) does not match its checksum (truncated or corrupt); not using it",
-                  file=sys.stderr)
+            print(
+                f"warning: {path} ({where}) does not match its checksum (truncated or corrupt); not using it",
+                file=sys.stderr,
+            )
         return not damaged
 
     def unpack_bundled(self, dest: Path) -> Path:
@@ -124,8 +126,9 @@ class DataSource:
                 except (EOFError, gzip.BadGzipFile, zlib.error) as e:
                     raise NeuratlasError(f"the bundled {src / fname}.gz is damaged ({e}); reinstall it") from None
                 if digest and sha256(Path(tmp)) != digest:
-                    raise NeuratlasError(f"the bundled {src / fname}.gz does not match its checksum; reinstall "
-                                         "Neuratlas")
+                    raise NeuratlasError(
+                        f"the bundled {src / fname}.gz does not match its checksum; reinstall Neuratlas"
+                    )
                 os.replace(tmp, dest / fname)
             finally:
                 if os.path.exists(tmp):
@@ -147,8 +150,10 @@ class DataSource:
             try:
                 return self.unpack_bundled(cached), f"bundled copy, unpacked to {cached}"
             except OSError as e:
-                raise NeuratlasError(f"{self.name}: cannot unpack the bundled copy into {cached} ({e}); set "
-                                     "NEURATLAS_CACHE to a writable folder") from None
+                raise NeuratlasError(
+                    f"{self.name}: cannot unpack the bundled copy into {cached} ({e}); set "
+                    "NEURATLAS_CACHE to a writable folder"
+                ) from None
         if download is None:
             download = os.environ.get("NEURATLAS_OFFLINE", "0") != "1"
         if download and (self.base_url or self.url):
@@ -158,8 +163,9 @@ class DataSource:
                     download_file(address, cached / fname, digest)
                 return cached, f"downloaded to {cached}"
             except OSError as e:
-                raise NeuratlasError(f"{self.name}: not found offline and download failed ({e}). "
-                                     f"{self.install_hint}") from None
+                raise NeuratlasError(
+                    f"{self.name}: not found offline and download failed ({e}). {self.install_hint}"
+                ) from None
         raise NeuratlasError(f"{self.name}: not found. {self.install_hint}")
 
 
@@ -177,8 +183,14 @@ def pypi_file_url(project: str, filename: str) -> str:
     raise OSError(f"{filename} is not listed on {page}")
 
 
-def download_file(url: str, dest: Path, expected_sha256: str = "", timeout: float = 30.0, retries: int = 3,
-                  progress: bool | None = None) -> Path:
+def download_file(
+    url: str,
+    dest: Path,
+    expected_sha256: str = "",
+    timeout: float = 30.0,
+    retries: int = 3,
+    progress: bool | None = None,
+) -> Path:
     """Download ``url`` to ``dest`` atomically (temp file + rename), verifying the sha256 if given.
 
     Network failures and server errors (5xx) are retried ``retries`` times with a growing pause; a client
@@ -191,8 +203,14 @@ def download_file(url: str, dest: Path, expected_sha256: str = "", timeout: floa
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 total = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False,
-                          disable=None if progress is None else not progress) as bar:
+                with tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=dest.name,
+                    leave=False,
+                    disable=None if progress is None else not progress,
+                ) as bar:
                     for chunk in iter(lambda: resp.read(1 << 16), b""):
                         out.write(chunk)
                         bar.update(len(chunk))
@@ -246,7 +264,5 @@ def read_tar_texts(path: Path, select) -> dict[str, str]:
                 if m.isfile() and select(m.name):
                     out[m.name] = tar.extractfile(m).read().decode("utf-8")
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise NeuratlasError(
-            f"{path} is not a readable .tar.gz ({e}); delete it and fetch it again"
-        ) from None
+        raise NeuratlasError(f"{path} is not a readable .tar.gz ({e}); delete it and fetch it again") from None
     return out

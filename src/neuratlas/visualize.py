@@ -56,6 +56,11 @@ def activation_maps(model: nn.Module, image: torch.Tensor, out_dir: Path, per_st
             x = stage(x)
             fmap = x[0]
             top = fmap.flatten(1).abs().mean(1).topk(min(per_stage, fmap.shape[0])).indices
-            paths.append(_save_tiles(fmap[top], out_dir / f"activations_stage{i + 1}.png",
-                                     f"stage {i + 1}: {fmap.shape[0]} channels at {fmap.shape[1]}×{fmap.shape[2]}"))
+            paths.append(
+                _save_tiles(
+                    fmap[top],
+                    out_dir / f"activations_stage{i + 1}.png",
+                    f"stage {i + 1}: {fmap.shape[0]} channels at {fmap.shape[1]}×{fmap.shape[2]}",
+                )
+            )
     return paths

@@ -22,8 +22,13 @@ RECIPE = "gpt-shakespeare-char-quick"  # baby GPT (4 × 128), Shakespeare charac
 
 
 def _lm(overrides: dict[str, str], steps: int, out: Path, name: str):
-    base = {"trainer.max_steps": str(steps), "trainer.eval_every": str(steps), "trainer.time_limit": "none",
-            "trainer.log_every": str(max(1, steps // 20)), "task.eval_tokens": "32768"}
+    base = {
+        "trainer.max_steps": str(steps),
+        "trainer.eval_every": str(steps),
+        "trainer.time_limit": "none",
+        "trainer.log_every": str(max(1, steps // 20)),
+        "task.eval_tokens": "32768",
+    }
     return train_variant(RECIPE, {**base, **overrides}, out, name)
 
 
@@ -38,32 +43,55 @@ def norm_claim(quick: bool, out: Path) -> ClaimResult:
             for lr in lrs:
                 name = f"{norm}-L{depth}-lr{lr:g}"
                 try:
-                    _, res = _lm({"model.norm": norm, "model.n_layer": str(depth), "optimizer.lr": str(lr),
-                                  "schedule.warmup_steps": "0"}, steps, out, name)
+                    _, res = _lm(
+                        {
+                            "model.norm": norm,
+                            "model.n_layer": str(depth),
+                            "optimizer.lr": str(lr),
+                            "schedule.warmup_steps": "0",
+                        },
+                        steps,
+                        out,
+                        name,
+                    )
                     loss = res.val["loss"]
                 except NeuratlasError:  # NaN/inf loss: the trainer stops and says so
                     loss = float("nan")
                 diverged = not math.isfinite(loss) or loss > 3.0  # worse than a unigram model (~3.3 nats)
-                rows.append({"norm": norm, "layers": depth, "lr": lr, "val loss": round(loss, 4),
-                             "diverged": diverged})
+                rows.append({"norm": norm, "layers": depth, "lr": lr, "val loss": round(loss, 4), "diverged": diverged})
                 xs.append(lr)
                 ys.append(loss if math.isfinite(loss) else 4.2)
             series[f"{norm} ×{depth}"] = (xs, ys)
-    plot = line_plot(series, out / "norm_val_loss_vs_lr.png", f"val loss after {steps} steps, no warmup",
-                     "learning rate", "val loss (nats/char; 4.2 = diverged)", logx=True)
+    plot = line_plot(
+        series,
+        out / "norm_val_loss_vs_lr.png",
+        f"val loss after {steps} steps, no warmup",
+        "learning rate",
+        "val loss (nats/char; 4.2 = diverged)",
+        logx=True,
+    )
     div = {n: sum(r["diverged"] for r in rows if r["norm"] == n) for n in ("post_layernorm", "pre_rmsnorm")}
-    best = {n: min(r["val loss"] for r in rows if r["norm"] == n and not r["diverged"]) for n in div
-            if any(not r["diverged"] for r in rows if r["norm"] == n)}
+    best = {
+        n: min(r["val loss"] for r in rows if r["norm"] == n and not r["diverged"])
+        for n in div
+        if any(not r["diverged"] for r in rows if r["norm"] == n)
+    }
     fewer = div["pre_rmsnorm"] < div["post_layernorm"]
     lower = "pre_rmsnorm" in best and best["pre_rmsnorm"] <= best.get("post_layernorm", float("inf"))
     holds = fewer or (div["pre_rmsnorm"] == div["post_layernorm"] and lower)
     nan = float("nan")
-    verdict = (f"{'holds' if holds else 'not shown'}: diverged runs post-LN {div['post_layernorm']}/{len(rows)//2}, "
-               f"pre-RMSNorm {div['pre_rmsnorm']}/{len(rows)//2}; best val loss post-LN "
-               f"{best.get('post_layernorm', nan):.3f} vs pre-RMSNorm {best.get('pre_rmsnorm', nan):.3f}")
-    return ClaimResult("3. Pre-RMSNorm trains more stably than Post-LayerNorm", rows, verdict, [plot],
-                       notes=f"{steps} steps each, batch 16 × 64 characters, AdamW, no warmup (where post-LN is "
-                       "known to be fragile).")
+    verdict = (
+        f"{'holds' if holds else 'not shown'}: diverged runs post-LN {div['post_layernorm']}/{len(rows) // 2}, "
+        f"pre-RMSNorm {div['pre_rmsnorm']}/{len(rows) // 2}; best val loss post-LN "
+        f"{best.get('post_layernorm', nan):.3f} vs pre-RMSNorm {best.get('pre_rmsnorm', nan):.3f}"
+    )
+    return ClaimResult(
+        "3. Pre-RMSNorm trains more stably than Post-LayerNorm",
+        rows,
+        verdict,
+        [plot],
+        notes=f"{steps} steps each, batch 16 × 64 characters, AdamW, no warmup (where post-LN is known to be fragile).",
+    )
 
 
 def gqa_claim(quick: bool, out: Path) -> ClaimResult:
@@ -73,8 +101,9 @@ def gqa_claim(quick: bool, out: Path) -> ClaimResult:
     new = 16 if quick else 64
     rows = []
     for n_kv in (6, 2, 1):
-        model = create_model("gpt-char", n_kv_head=n_kv, max_seq_len=max(contexts) + new, vocab_size=65,
-                             dropout=0.0).eval()
+        model = create_model(
+            "gpt-char", n_kv_head=n_kv, max_seq_len=max(contexts) + new, vocab_size=65, dropout=0.0
+        ).eval()
         label = {6: "MHA (6 KV heads)", 2: "GQA (2 KV heads)", 1: "MQA (1 KV head)"}[n_kv]
         row = {"attention": label, "parameters": count_parameters(model)}
         for ctx in contexts:
@@ -94,17 +123,28 @@ def gqa_claim(quick: bool, out: Path) -> ClaimResult:
         quality.append({"KV heads (of 4)": n_kv, "val loss": round(res.val["loss"], 4), "parameters": res.parameters})
     mha, mqa = rows[0], rows[-1]
     c = contexts[-1]
-    verdict = (f"memory holds: the cache shrinks {mha[f'KV cache MB @{c}'] / mqa[f'KV cache MB @{c}']:.0f}× from MHA "
-               f"to MQA; generation at {c} tokens runs {mqa[f'tokens/s @{c}'] / mha[f'tokens/s @{c}']:.2f}× MHA's "
-               f"speed; quality cost {quality[-1]['val loss'] - quality[0]['val loss']:+.3f} nats (MQA vs MHA)")
-    plot = line_plot({r["attention"]: (list(contexts), [r[f"tokens/s @{c}"] for c in contexts]) for r in rows},
-                     out / "gqa_tokens_per_s.png", "greedy generation, batch 1", "prompt length (tokens)",
-                     "tokens/s", logx=True)
-    return ClaimResult("4. Grouped-query attention shrinks the KV cache and speeds inference", rows, verdict, [plot],
-                       notes="Model: 6 layers × 384, 6 query heads, batch 1, greedy decoding of "
-                       f"{new} tokens after a prompt of the stated length, {'bf16' if dtype else 'fp32'}, same run.\n\n"
-                       f"Quality (baby GPT, 4 query heads, {steps} steps, same data and seed):\n\n"
-                       + markdown_table(quality))
+    verdict = (
+        f"memory holds: the cache shrinks {mha[f'KV cache MB @{c}'] / mqa[f'KV cache MB @{c}']:.0f}× from MHA "
+        f"to MQA; generation at {c} tokens runs {mqa[f'tokens/s @{c}'] / mha[f'tokens/s @{c}']:.2f}× MHA's "
+        f"speed; quality cost {quality[-1]['val loss'] - quality[0]['val loss']:+.3f} nats (MQA vs MHA)"
+    )
+    plot = line_plot(
+        {r["attention"]: (list(contexts), [r[f"tokens/s @{c}"] for c in contexts]) for r in rows},
+        out / "gqa_tokens_per_s.png",
+        "greedy generation, batch 1",
+        "prompt length (tokens)",
+        "tokens/s",
+        logx=True,
+    )
+    return ClaimResult(
+        "4. Grouped-query attention shrinks the KV cache and speeds inference",
+        rows,
+        verdict,
+        [plot],
+        notes="Model: 6 layers × 384, 6 query heads, batch 1, greedy decoding of "
+        f"{new} tokens after a prompt of the stated length, {'bf16' if dtype else 'fp32'}, same run.\n\n"
+        f"Quality (baby GPT, 4 query heads, {steps} steps, same data and seed):\n\n" + markdown_table(quality),
+    )
 
 
 @torch.no_grad()
@@ -131,18 +171,32 @@ def rope_claim(quick: bool, out: Path) -> ClaimResult:
         for a, b in buckets:
             row[f"val loss @ positions {a}-{b - 1}"] = round(losses[a:b].mean().item(), 4)
         rows.append(row)
-        series[pos] = (list(range(test_ctx)), torch.nn.functional.avg_pool1d(losses[None, None], 8, 1, 4)[0, 0,
-                                                                                           :test_ctx].tolist())
-    plot = line_plot(series, out / "rope_loss_by_position.png", f"trained on {train_ctx} tokens, tested on "
-                     f"{test_ctx}", "position in window", "val loss (nats/char)")
+        series[pos] = (
+            list(range(test_ctx)),
+            torch.nn.functional.avg_pool1d(losses[None, None], 8, 1, 4)[0, 0, :test_ctx].tolist(),
+        )
+    plot = line_plot(
+        series,
+        out / "rope_loss_by_position.png",
+        f"trained on {train_ctx} tokens, tested on {test_ctx}",
+        "position in window",
+        "val loss (nats/char)",
+    )
     beyond = list(rows[0])[-1]
     rope, sin = rows[0][beyond], rows[1][beyond]
-    verdict = (f"{'holds' if rope < sin else 'not shown'}: beyond the training context (positions "
-               f"{2 * train_ctx}-{test_ctx - 1}) RoPE scores {rope:.3f} vs sinusoidal {sin:.3f} and learned "
-               f"{rows[2][beyond]:.3f} nats/char")
-    return ClaimResult("5. RoPE handles positions beyond the training context better than sinusoidal", rows,
-                       verdict, [plot], notes=f"{steps} steps at context {train_ctx}; learned positions past "
-                       f"{train_ctx} were never trained, the contrast case.")
+    verdict = (
+        f"{'holds' if rope < sin else 'not shown'}: beyond the training context (positions "
+        f"{2 * train_ctx}-{test_ctx - 1}) RoPE scores {rope:.3f} vs sinusoidal {sin:.3f} and learned "
+        f"{rows[2][beyond]:.3f} nats/char"
+    )
+    return ClaimResult(
+        "5. RoPE handles positions beyond the training context better than sinusoidal",
+        rows,
+        verdict,
+        [plot],
+        notes=f"{steps} steps at context {train_ctx}; learned positions past "
+        f"{train_ctx} were never trained, the contrast case.",
+    )
 
 
 def parallel_claim(quick: bool, out: Path) -> ClaimResult:
@@ -155,10 +209,11 @@ def parallel_claim(quick: bool, out: Path) -> ClaimResult:
     dtype = resolve_precision("auto", device)
     rows = []
     for batch in (1, 16):
-        for block in ((64, 256) if quick else (64, 256, 512)):
+        for block in (64, 256) if quick else (64, 256, 512):
             lstm = create_model("lstm-lm", vocab_size=65)
-            gpt = create_model("gpt-char-baby", vocab_size=65, max_seq_len=block, dim=160, n_layer=4, n_head=4,
-                               dropout=0.0)
+            gpt = create_model(
+                "gpt-char-baby", vocab_size=65, max_seq_len=block, dim=160, n_layer=4, n_head=4, dropout=0.0
+            )
             for name, model in (("LSTM 2 × 256", lstm), ("GPT 4 × 160", gpt)):
                 opt = torch.optim.AdamW(model.parameters(), 1e-3, fused=True)
                 x = torch.randint(0, 65, (batch, block))
@@ -173,33 +228,58 @@ def parallel_claim(quick: bool, out: Path) -> ClaimResult:
                     opt.zero_grad(set_to_none=True)
 
                 tps = throughput(step, batch * block, min_seconds=1.5 if quick else 5.0)
-                rows.append({"batch": batch, "context": block, "model": name, "parameters": count_parameters(model),
-                             "training tokens/s": round(tps)})
+                rows.append(
+                    {
+                        "batch": batch,
+                        "context": block,
+                        "model": name,
+                        "parameters": count_parameters(model),
+                        "training tokens/s": round(tps),
+                    }
+                )
     ratio: dict[tuple[int, int], float] = {}
     for r in rows:
         if r["model"].startswith("GPT"):
-            lstm = next(q for q in rows if q["model"].startswith("LSTM") and (q["batch"], q["context"]) ==
-                        (r["batch"], r["context"]))
+            lstm = next(
+                q
+                for q in rows
+                if q["model"].startswith("LSTM") and (q["batch"], q["context"]) == (r["batch"], r["context"])
+            )
             ratio[(r["batch"], r["context"])] = r["training tokens/s"] / lstm["training tokens/s"]
     for r in rows:
         r["GPT ÷ LSTM"] = round(ratio[(r["batch"], r["context"])], 2)
     one = {c: v for (b, c), v in ratio.items() if b == 1}
     many = {c: v for (b, c), v in ratio.items() if b > 1}
-    verdict = (f"{'holds' if min(one.values()) > 1 else 'not shown'} for one sequence at a time: GPT trains "
-               + ", ".join(f"{v:.1f}× the LSTM's tokens/s at context {c}" for c, v in one.items())
-               + "; with a batch of 16 it is " + ", ".join(f"{v:.1f}× at {c}" for c, v in many.items())
-               + " (the batch already parallelises the LSTM on 2 cores)")
+    verdict = (
+        f"{'holds' if min(one.values()) > 1 else 'not shown'} for one sequence at a time: GPT trains "
+        + ", ".join(f"{v:.1f}× the LSTM's tokens/s at context {c}" for c, v in one.items())
+        + "; with a batch of 16 it is "
+        + ", ".join(f"{v:.1f}× at {c}" for c, v in many.items())
+        + " (the batch already parallelises the LSTM on 2 cores)"
+    )
     series = {f"{r['model']}, batch {r['batch']}": ([], []) for r in rows}
     for r in rows:
         xs, ys = series[f"{r['model']}, batch {r['batch']}"]
         xs.append(r["context"])
         ys.append(r["training tokens/s"])
-    plot = line_plot(series, out / "parallel_tokens_per_s.png", "training tokens/s, equal-size models", "context",
-                     "tokens/s", logy=True, logx=True)
-    return ClaimResult("7. Transformers parallelise where RNNs cannot", rows, verdict, [plot],
-                       notes=f"Equal-size models (≈1M parameters), {'bf16' if dtype else 'fp32'}, the LSTM on "
-                       "torch's fused kernel; one process, measured back to back. The time axis is the only "
-                       "parallel work at batch 1: the LSTM walks it step by step, the GPT in one matmul.")
+    plot = line_plot(
+        series,
+        out / "parallel_tokens_per_s.png",
+        "training tokens/s, equal-size models",
+        "context",
+        "tokens/s",
+        logy=True,
+        logx=True,
+    )
+    return ClaimResult(
+        "7. Transformers parallelise where RNNs cannot",
+        rows,
+        verdict,
+        [plot],
+        notes=f"Equal-size models (≈1M parameters), {'bf16' if dtype else 'fp32'}, the LSTM on "
+        "torch's fused kernel; one process, measured back to back. The time axis is the only "
+        "parallel work at batch 1: the LSTM walks it step by step, the GPT in one matmul.",
+    )
 
 
 register_claim("norms", "3. Pre-RMSNorm vs Post-LayerNorm stability", norm_claim, 3)

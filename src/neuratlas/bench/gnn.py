@@ -139,13 +139,22 @@ def bench_gnn(options: GNNOptions) -> list[str]:
         f"  accuracy difference (sparse − PyG): {100 * diff:+.2f} points, standard error {100 * se:.2f}",
         f"  speed: neuratlas is {ratio:.1f}× faster than PyG (total time; best-run ratio {best_ratio:.1f}×)",
         "  published (Kipf & Welling 2017): 81.5%",
-        race_line("GCN on Cora, 200 epochs", f"PyG {fmt(pyg_acc)}, {statistics.mean(pyg_t):.2f} s/run",
-                  f"{fmt(ours_acc)}, {statistics.mean(ours_t):.2f} s/run", f"{ratio:.1f}× faster",
-                  "same accuracy, ≥ 5× faster",
-                  ratio >= 5 and diff >= -0.01 and equal == len(dense_acc),
-                  "neuratlas bench gnn --root DIR"),
+        race_line(
+            "GCN on Cora, 200 epochs",
+            f"PyG {fmt(pyg_acc)}, {statistics.mean(pyg_t):.2f} s/run",
+            f"{fmt(ours_acc)}, {statistics.mean(ours_t):.2f} s/run",
+            f"{ratio:.1f}× faster",
+            "same accuracy, ≥ 5× faster",
+            ratio >= 5 and diff >= -0.01 and equal == len(dense_acc),
+            "neuratlas bench gnn --root DIR",
+        ),
     ]
 
 
-BENCHMARKS.add("gnn", bench_gnn, GNNOptions, description="GCN on Cora: accuracy and speed against PyTorch Geometric "
-                                            "(--root DIR with ind.cora.*, --seeds N, --threads N, --quick)")
+BENCHMARKS.add(
+    "gnn",
+    bench_gnn,
+    GNNOptions,
+    description="GCN on Cora: accuracy and speed against PyTorch Geometric "
+    "(--root DIR with ind.cora.*, --seeds N, --threads N, --quick)",
+)

@@ -113,16 +113,32 @@ def bench_minilm(options: MiniLMOptions) -> list[str]:
         f"  bf16 Neuratlas    {s_16:8,.0f} sentences/s  ratio to transformers fp32 {s_16 / s_hf:.2f}× (target ≥ 3× "
         f"on CPUs with native bf16 matmul: {'met' if s_16 / s_hf >= 3 else 'not met'}); worst sentence-embedding "
         f"cosine to fp32 {cos:.5f} (target ≥ 0.999: {'met' if cos >= 0.999 else 'not met'})",
-        race_line("MiniLM encoder inference, fp32", f"transformers {s_hf:,.0f} sent/s", f"{s_us:,.0f} sent/s",
-                  f"{s_us / s_hf:.2f}×", "outputs ≤ 1e-4, ≥ 1.2×", worst <= 1e-4 and s_us / s_hf >= 1.2,
-                  "neuratlas bench minilm"),
-        race_line("MiniLM encoder inference, bf16 mode", f"transformers fp32 {s_hf:,.0f} sent/s",
-                  f"{s_16:,.0f} sent/s (cosine {cos:.5f})", f"{s_16 / s_hf:.2f}×", "≥ 3×, cosine ≥ 0.999",
-                  s_16 / s_hf >= 3 and cos >= 0.999, "neuratlas bench minilm"),
+        race_line(
+            "MiniLM encoder inference, fp32",
+            f"transformers {s_hf:,.0f} sent/s",
+            f"{s_us:,.0f} sent/s",
+            f"{s_us / s_hf:.2f}×",
+            "outputs ≤ 1e-4, ≥ 1.2×",
+            worst <= 1e-4 and s_us / s_hf >= 1.2,
+            "neuratlas bench minilm",
+        ),
+        race_line(
+            "MiniLM encoder inference, bf16 mode",
+            f"transformers fp32 {s_hf:,.0f} sent/s",
+            f"{s_16:,.0f} sent/s (cosine {cos:.5f})",
+            f"{s_16 / s_hf:.2f}×",
+            "≥ 3×, cosine ≥ 0.999",
+            s_16 / s_hf >= 3 and cos >= 0.999,
+            "neuratlas bench minilm",
+        ),
         f"reproduce: neuratlas bench minilm{' --quick' if quick else ''}",
     ]
 
 
-BENCHMARKS.add("minilm", bench_minilm, MiniLMOptions,
-               description="MiniLM sentence encoder (real weights) vs transformers' "
-               "BertModel: output difference, sentences/s fp32 and bf16")
+BENCHMARKS.add(
+    "minilm",
+    bench_minilm,
+    MiniLMOptions,
+    description="MiniLM sentence encoder (real weights) vs transformers' "
+    "BertModel: output difference, sentences/s fp32 and bf16",
+)

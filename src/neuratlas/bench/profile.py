@@ -25,8 +25,7 @@ def _recipe_step(recipe: str, out: str) -> Callable[[], object]:
     from neuratlas.recipes import get_recipe
     from neuratlas.training.trainer import Trainer
 
-    run = get_recipe(recipe).run_config({"trainer.out_dir": out, "trainer.progress": "false",
-                                         "trainer.loggers": "csv"})
+    run = get_recipe(recipe).run_config({"trainer.out_dir": out, "trainer.progress": "false", "trainer.loggers": "csv"})
     trainer = Trainer(run)
     trainer.model.train()
     return trainer.train_step  # the trainer's own step: clipping, weight average and schedule included
@@ -79,12 +78,17 @@ def bench_profile(options: ProfileOptions) -> list[str]:
                     fn()
             averages = prof.key_averages()
             total = sum(e.self_cpu_time_total for e in averages) / reps / 1e3
-            lines += [f"--- {name}: {plain * 1e3:.1f} ms per {unit} un-profiled, {total:.1f} ms of operator self "
-                      f"time per {unit} under the profiler ({reps} runs, {torch.get_num_threads()} threads)",
-                      averages.table(sort_by="self_cpu_time_total", row_limit=rows)]
+            lines += [
+                f"--- {name}: {plain * 1e3:.1f} ms per {unit} un-profiled, {total:.1f} ms of operator self "
+                f"time per {unit} under the profiler ({reps} runs, {torch.get_num_threads()} threads)",
+                averages.table(sort_by="self_cpu_time_total", row_limit=rows),
+            ]
     return lines + [f"reproduce: neuratlas bench profile --what {','.join(names)}"]
 
 
-BENCHMARKS.add("profile", bench_profile, ProfileOptions,
-               description="torch.profiler tables of the races' hot loops (--what "
-               "RECIPE|mfu|generate,… --rows N --steps N)")
+BENCHMARKS.add(
+    "profile",
+    bench_profile,
+    ProfileOptions,
+    description="torch.profiler tables of the races' hot loops (--what RECIPE|mfu|generate,… --rows N --steps N)",
+)

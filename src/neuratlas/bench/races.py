@@ -26,13 +26,34 @@ from neuratlas.bench import BENCHMARKS
 from neuratlas.config import to_dict
 from neuratlas.errors import NeuratlasError
 
-NANOGPT_BABY = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=100", "--block_size=64",
-                "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
-                "--lr_decay_iters=2000", "--dropout=0.0"]
+NANOGPT_BABY = [
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=20",
+    "--log_interval=100",
+    "--block_size=64",
+    "--batch_size=12",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--max_iters=2000",
+    "--lr_decay_iters=2000",
+    "--dropout=0.0",
+]
 
 
-NANOGPT_10MIN = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=10", "--block_size=128",
-                 "--batch_size=32", "--n_layer=4", "--n_head=4", "--n_embd=256", "--dropout=0.0"]
+NANOGPT_10MIN = [
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=20",
+    "--log_interval=10",
+    "--block_size=128",
+    "--batch_size=32",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=256",
+    "--dropout=0.0",
+]
 RACE = "RACE |"  # marks the one summary line of a race; `bench speed` gathers them into its table
 
 
@@ -133,31 +154,62 @@ def _rescore_nanogpt(ckpt: Path, text: Path, recipe: str = "gpt-tinyshakespeare-
 def race_nanogpt(options: NanoGPTOptions) -> list[str]:
     work, data_dir = _nanogpt_workdir(options, "nanogpt-race-")
     try:
-        peer_s, peer_out = _timed_run([sys.executable, "train.py", "config/train_shakespeare_char.py",
-                                       *NANOGPT_BABY, f"--out_dir={work / 'out'}"], cwd=work / "nanogpt")
+        peer_s, peer_out = _timed_run(
+            [
+                sys.executable,
+                "train.py",
+                "config/train_shakespeare_char.py",
+                *NANOGPT_BABY,
+                f"--out_dir={work / 'out'}",
+            ],
+            cwd=work / "nanogpt",
+        )
         peer_est = float(re.findall(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", peer_out)[-1])
         peer_val, peer_step = _rescore_nanogpt(work / "out" / "ckpt.pt", data_dir / "input.txt")
-        lines = [f"char-level baby GPT (4 × 128, context 64, batch 12), Tiny Shakespeare 90/10 split, "
-                 f"{torch.get_num_threads()} threads; val loss on the whole val split by one evaluator",
-                 f"  nanoGPT train.py, 2,000 iterations : val {peer_val:.4f} (its checkpoint of iteration "
-                 f"{peer_step}; its own 20-batch estimate {peer_est:.4f}), wall {peer_s:6.1f} s"]
+        lines = [
+            f"char-level baby GPT (4 × 128, context 64, batch 12), Tiny Shakespeare 90/10 split, "
+            f"{torch.get_num_threads()} threads; val loss on the whole val split by one evaluator",
+            f"  nanoGPT train.py, 2,000 iterations : val {peer_val:.4f} (its checkpoint of iteration "
+            f"{peer_step}; its own 20-batch estimate {peer_est:.4f}), wall {peer_s:6.1f} s",
+        ]
         for recipe in ("gpt-tinyshakespeare-baby", "gpt-tinyshakespeare-baby-fast"):
-            ours_s, ours_out = _timed_run([sys.executable, "-m", "neuratlas", "train", recipe,
-                                           "--trainer.out_dir", str(work / "ours"), "--trainer.progress",
-                                           "false"])
+            ours_s, ours_out = _timed_run(
+                [
+                    sys.executable,
+                    "-m",
+                    "neuratlas",
+                    "train",
+                    recipe,
+                    "--trainer.out_dir",
+                    str(work / "ours"),
+                    "--trainer.progress",
+                    "false",
+                ]
+            )
             ours_val = float(re.search(r"val\s+loss: ([\d.]+)", ours_out).group(1))
             steps = re.search(r"for ([\d,]+) steps", ours_out).group(1)
             verdict = "met" if ours_val <= peer_val and ours_s <= 0.5 * peer_s else "not met"
-            lines.append(f"  Neuratlas {recipe} ({steps} steps): val {ours_val:.4f}, wall {ours_s:6.1f} s"
-                         f" → time ratio {ours_s / peer_s:.2f}× (target ≤ 0.5× at same or better val: {verdict})")
-            lines.append(race_line(f"baby GPT, Tiny Shakespeare ({recipe}, {steps} steps)",
-                                   f"nanoGPT val {peer_val:.4f} in {peer_s:.1f} s",
-                                   f"val {ours_val:.4f} in {ours_s:.1f} s", f"{ours_s / peer_s:.2f}× time",
-                                   "≤ 0.5× time, val ≤ peer", verdict == "met", "neuratlas bench nanogpt"))
+            lines.append(
+                f"  Neuratlas {recipe} ({steps} steps): val {ours_val:.4f}, wall {ours_s:6.1f} s"
+                f" → time ratio {ours_s / peer_s:.2f}× (target ≤ 0.5× at same or better val: {verdict})"
+            )
+            lines.append(
+                race_line(
+                    f"baby GPT, Tiny Shakespeare ({recipe}, {steps} steps)",
+                    f"nanoGPT val {peer_val:.4f} in {peer_s:.1f} s",
+                    f"val {ours_val:.4f} in {ours_s:.1f} s",
+                    f"{ours_s / peer_s:.2f}× time",
+                    "≤ 0.5× time, val ≤ peer",
+                    verdict == "met",
+                    "neuratlas bench nanogpt",
+                )
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return lines + ["  (wall = whole process, start-up and evaluation included, for both)",
-                    "reproduce: neuratlas bench nanogpt"]
+    return lines + [
+        "  (wall = whole process, start-up and evaluation included, for both)",
+        "reproduce: neuratlas bench nanogpt",
+    ]
 
 
 def nanogpt_budget_schedule(budget: float, per_iter: float) -> dict[str, int]:
@@ -167,8 +219,7 @@ def nanogpt_budget_schedule(budget: float, per_iter: float) -> dict[str, int]:
     nanoGPT's cosine divides by (lr_decay_iters - warmup_iters): its config's 100 warm-up iterations would crash
     a run fitted to exactly 100 (short budgets), so warm-up is at most half the run."""
     iters = max(20, int((budget - 15) / per_iter))
-    return {"max_iters": iters, "lr_decay_iters": iters, "warmup_iters": min(100, iters // 2),
-            "eval_interval": iters}
+    return {"max_iters": iters, "lr_decay_iters": iters, "warmup_iters": min(100, iters // 2), "eval_interval": iters}
 
 
 def race_nanogpt_10min(options: NanoGPT10MinOptions) -> list[str]:
@@ -179,39 +230,68 @@ def race_nanogpt_10min(options: NanoGPT10MinOptions) -> list[str]:
     try:
         cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_10MIN]
         # probe: nanoGPT's own ms/iteration on this machine (it has no time limit), then fit the run into budget
-        _, probe = _timed_run([*cmd, "--max_iters=12", "--log_interval=1", "--eval_interval=1000",
-                               f"--out_dir={work / 'probe'}"], cwd=work / "nanogpt")
+        _, probe = _timed_run(
+            [*cmd, "--max_iters=12", "--log_interval=1", "--eval_interval=1000", f"--out_dir={work / 'probe'}"],
+            cwd=work / "nanogpt",
+        )
         ms = sorted(float(t) for t in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", probe)[1:])
         per_iter = ms[len(ms) // 2] / 1000 * 1.05  # median, plus its two 20-batch evaluations
         schedule = nanogpt_budget_schedule(budget, per_iter)
         iters = schedule["max_iters"]
-        peer_s, _ = _timed_run([*cmd, *(f"--{k}={v}" for k, v in schedule.items()), f"--out_dir={work / 'out'}"],
-                               cwd=work / "nanogpt")
-        peer_val, peer_step = _rescore_nanogpt(work / "out" / "ckpt.pt", data_dir / "input.txt",
-                                               "gpt-tinyshakespeare-10min")
-        ours_s, ours_out = _timed_run([sys.executable, "-m", "neuratlas", "train", "gpt-tinyshakespeare-10min",
-                                       "--trainer.time_limit", str(budget - 30), "--trainer.out_dir",
-                                       str(work / "ours"), "--trainer.progress", "false"])
+        peer_s, _ = _timed_run(
+            [*cmd, *(f"--{k}={v}" for k, v in schedule.items()), f"--out_dir={work / 'out'}"], cwd=work / "nanogpt"
+        )
+        peer_val, peer_step = _rescore_nanogpt(
+            work / "out" / "ckpt.pt", data_dir / "input.txt", "gpt-tinyshakespeare-10min"
+        )
+        ours_s, ours_out = _timed_run(
+            [
+                sys.executable,
+                "-m",
+                "neuratlas",
+                "train",
+                "gpt-tinyshakespeare-10min",
+                "--trainer.time_limit",
+                str(budget - 30),
+                "--trainer.out_dir",
+                str(work / "ours"),
+                "--trainer.progress",
+                "false",
+            ]
+        )
         ours_val = float(re.search(r"val\s+loss: ([\d.]+)", ours_out).group(1))
         steps = re.search(r"done in [\d.]+s \([^)]*\), ([\d,]+) steps", ours_out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return [f"best char-level GPT in {budget:.0f} s, Tiny Shakespeare 90/10, whole val split by one evaluator",
-            f"  nanoGPT (4 × 256, block 128, batch 32, {iters} iterations fitted to the budget): val {peer_val:.4f} "
-            f"(checkpoint of iteration {peer_step}), wall {peer_s:.0f} s",
-            f"  Neuratlas gpt-tinyshakespeare-10min ({steps.group(1) if steps else '?'} steps): val {ours_val:.4f}, "
-            f"wall {ours_s:.0f} s",
-            race_line(f"best char GPT in {budget / 60:.0f} min", f"nanoGPT val {peer_val:.4f}", f"val {ours_val:.4f}",
-                      f"{peer_val - ours_val:+.3f} nats", "val ≤ 1.47", ours_val <= 1.47,
-                      "neuratlas bench nanogpt-10min"),
-            "reproduce: neuratlas bench nanogpt-10min"]
+    return [
+        f"best char-level GPT in {budget:.0f} s, Tiny Shakespeare 90/10, whole val split by one evaluator",
+        f"  nanoGPT (4 × 256, block 128, batch 32, {iters} iterations fitted to the budget): val {peer_val:.4f} "
+        f"(checkpoint of iteration {peer_step}), wall {peer_s:.0f} s",
+        f"  Neuratlas gpt-tinyshakespeare-10min ({steps.group(1) if steps else '?'} steps): val {ours_val:.4f}, "
+        f"wall {ours_s:.0f} s",
+        race_line(
+            f"best char GPT in {budget / 60:.0f} min",
+            f"nanoGPT val {peer_val:.4f}",
+            f"val {ours_val:.4f}",
+            f"{peer_val - ours_val:+.3f} nats",
+            "val ≤ 1.47",
+            ours_val <= 1.47,
+            "neuratlas bench nanogpt-10min",
+        ),
+        "reproduce: neuratlas bench nanogpt-10min",
+    ]
 
 
 # Where a CPU's matmul peak lies depends on the shape: on the AMX Xeon of 2026-12-02, skinny products with
 # K = 384 ran at up to 3.9 TFLOP/s in bf16 while 2048² ran at 2.3 (the operands' panels fit in L2). The peak
 # is the best of these shapes, so an MFU is never flattered by a slow reference product.
 PEAK_SHAPES: tuple[tuple[int, int, int], ...] = (
-    (2048, 2048, 2048), (4096, 384, 1152), (8192, 384, 1152), (4096, 1024, 1024), (2048, 512, 2048))
+    (2048, 2048, 2048),
+    (4096, 384, 1152),
+    (8192, 384, 1152),
+    (4096, 1024, 1024),
+    (2048, 512, 2048),
+)
 
 
 def matmul_rate(dtype: torch.dtype, m: int, k: int, n: int, seconds: float = 1.0) -> float:
@@ -227,8 +307,9 @@ def matmul_rate(dtype: torch.dtype, m: int, k: int, n: int, seconds: float = 1.0
     return best
 
 
-def matmul_peak(dtype: torch.dtype, shapes: tuple[tuple[int, int, int], ...] = PEAK_SHAPES,
-                seconds: float = 1.0) -> tuple[float, str]:
+def matmul_peak(
+    dtype: torch.dtype, shapes: tuple[tuple[int, int, int], ...] = PEAK_SHAPES, seconds: float = 1.0
+) -> tuple[float, str]:
     """This machine's matmul peak in ``dtype``, now: (best FLOP/s over ``shapes``, that shape as "M×K×N")."""
     rates = {"×".join(map(str, shape)): matmul_rate(dtype, *shape, seconds=seconds) for shape in shapes}
     best = max(rates, key=rates.__getitem__)
@@ -273,8 +354,9 @@ def _median_seconds(fn, reps: int = 7) -> float:
     return sorted(times)[reps // 2]
 
 
-def product_ceiling(model: torch.nn.Module, tokens: int, ctx: int,
-                    dtype: torch.dtype) -> dict[str, tuple[float, float]]:
+def product_ceiling(
+    model: torch.nn.Module, tokens: int, ctx: int, dtype: torch.dtype
+) -> dict[str, tuple[float, float]]:
     """Time one training step's matrix products alone, each in its own shape, one after another:
     {kind: (FLOPs, seconds)} for the linear layers' forward, input-gradient and weight-gradient products
     (``x Wᵀ``, ``g W``, ``gᵀ x`` as autograd computes them) and the attention's six batched products.
@@ -299,8 +381,14 @@ def product_ceiling(model: torch.nn.Module, tokens: int, ctx: int,
     p = torch.randn(bh, ctx, ctx, dtype=dtype)
     flops = 2.0 * bh * ctx * ctx * hd
     for _ in range(cfg.n_layer):  # forward: QKᵀ, PV; backward: dP = dO Vᵀ, dV = Pᵀ dO, dQ = dS K, dK = dSᵀ Q
-        for fn in (lambda: q @ k.transpose(1, 2), lambda: p @ q, lambda: q @ k.transpose(1, 2),
-                   lambda: p.transpose(1, 2) @ q, lambda: p @ q, lambda: p.transpose(1, 2) @ q):
+        for fn in (
+            lambda: q @ k.transpose(1, 2),
+            lambda: p @ q,
+            lambda: q @ k.transpose(1, 2),
+            lambda: p.transpose(1, 2) @ q,
+            lambda: p @ q,
+            lambda: p.transpose(1, 2) @ q,
+        ):
             add("attention", flops, fn)
     return out
 
@@ -322,27 +410,43 @@ def race_mfu(options: MFUOptions) -> list[str]:
     peak, shape = matmul_peak(dtype or torch.float32)
     square = matmul_rate(dtype or torch.float32, 2048, 2048, 2048)
     name = "bf16" if dtype else "fp32"
-    lines = [f"GPT 6 × 384, batch {batch} × {ctx}, {name}, {torch.get_num_threads()} threads",
-             f"  matmul peak ({name}, best of {len(PEAK_SHAPES)} shapes, measured now): {peak / 1e9:8.1f} GFLOP/s "
-             f"at {shape} (2048²: {square / 1e9:.0f})",
-             f"  training step achieved:                  {achieved / 1e9:8.1f} GFLOP/s",
-             f"  MFU: {achieved / peak:.1%} (target ≥ 50%; against the 2048² figure: {achieved / square:.1%})"]
+    lines = [
+        f"GPT 6 × 384, batch {batch} × {ctx}, {name}, {torch.get_num_threads()} threads",
+        f"  matmul peak ({name}, best of {len(PEAK_SHAPES)} shapes, measured now): {peak / 1e9:8.1f} GFLOP/s "
+        f"at {shape} (2048²: {square / 1e9:.0f})",
+        f"  training step achieved:                  {achieved / 1e9:8.1f} GFLOP/s",
+        f"  MFU: {achieved / peak:.1%} (target ≥ 50%; against the 2048² figure: {achieved / square:.1%})",
+    ]
     parts = product_ceiling(model, batch * ctx, ctx, dtype or torch.float32)
     products = sum(t for _, t in parts.values())
-    lines.append(f"  the step's matrix products alone, timed one by one in their shapes: {products * 1e3:.0f} ms of "
-                 f"the {flops_per_step / achieved * 1e3:.0f} ms step; even with everything else free, MFU ≤ "
-                 f"{flops_per_step / products / peak:.1%}")
-    lines += [f"    {kind:17s} {f / 1e9:6.1f} GFLOP in {t * 1e3:6.1f} ms = {f / t / 1e9:6.0f} GFLOP/s"
-              for kind, (f, t) in parts.items()]
+    lines.append(
+        f"  the step's matrix products alone, timed one by one in their shapes: {products * 1e3:.0f} ms of "
+        f"the {flops_per_step / achieved * 1e3:.0f} ms step; even with everything else free, MFU ≤ "
+        f"{flops_per_step / products / peak:.1%}"
+    )
+    lines += [
+        f"    {kind:17s} {f / 1e9:6.1f} GFLOP in {t * 1e3:6.1f} ms = {f / t / 1e9:6.0f} GFLOP/s"
+        for kind, (f, t) in parts.items()
+    ]
     if dtype is not None:  # context: the same step in fp32 against the fp32 peak
         fp32, (fp32_peak, _) = flops_per_second(None), matmul_peak(torch.float32)
-        lines.append(f"  (fp32, for comparison: {fp32 / 1e9:.1f} GFLOP/s = {fp32 / fp32_peak:.1%} of the fp32 peak "
-                     f"{fp32_peak / 1e9:.0f} GFLOP/s; the {name} step is {achieved / fp32:.2f}× faster)")
-    return [*lines,
-            race_line("GPT 6 × 384 training step", f"matmul peak {peak / 1e9:.0f} GFLOP/s ({name})",
-                      f"{achieved / 1e9:.0f} GFLOP/s", f"MFU {achieved / peak:.1%}", "≥ 50% MFU",
-                      achieved / peak >= 0.5, "neuratlas bench mfu"),
-            "reproduce: neuratlas bench mfu"]
+        lines.append(
+            f"  (fp32, for comparison: {fp32 / 1e9:.1f} GFLOP/s = {fp32 / fp32_peak:.1%} of the fp32 peak "
+            f"{fp32_peak / 1e9:.0f} GFLOP/s; the {name} step is {achieved / fp32:.2f}× faster)"
+        )
+    return [
+        *lines,
+        race_line(
+            "GPT 6 × 384 training step",
+            f"matmul peak {peak / 1e9:.0f} GFLOP/s ({name})",
+            f"{achieved / 1e9:.0f} GFLOP/s",
+            f"MFU {achieved / peak:.1%}",
+            "≥ 50% MFU",
+            achieved / peak >= 0.5,
+            "neuratlas bench mfu",
+        ),
+        "reproduce: neuratlas bench mfu",
+    ]
 
 
 def race_fashion(options: FashionRaceOptions) -> list[str]:
@@ -355,20 +459,31 @@ def race_fashion(options: FashionRaceOptions) -> list[str]:
     lines = [f"Fashion-MNIST (55k train, 10k test), {torch.get_num_threads()} threads"]
     out = tempfile.mkdtemp(prefix="fashion-race-")
     for recipe, seconds, target in budgets:
-        run = get_recipe(recipe).run_config({"trainer.out_dir": out, "trainer.progress": "false",
-                                             "trainer.loggers": "csv"})
+        run = get_recipe(recipe).run_config(
+            {"trainer.out_dir": out, "trainer.progress": "false", "trainer.loggers": "csv"}
+        )
         trainer = Trainer(run)
         t0 = time.perf_counter()
         result = trainer.fit()
         wall = time.perf_counter() - t0
         acc = result.test["accuracy"]
         met = acc >= target and result.train_seconds <= seconds  # final validation and checkpoint included
-        lines.append(race_line(f"Fashion-MNIST in {seconds:.0f} s ({recipe})", "—",
-                               f"test {acc:.4f} in {result.train_seconds:.0f} s", "—",
-                               f"≥ {target:.0%} in {seconds:.0f} s", met, "neuratlas bench fashion-race"))
-        lines.append(f"  {recipe}: test accuracy {acc:.4f} after {result.train_seconds:.0f} s of training "
-                     f"({wall:.0f} s with evaluation); target ≥ {target:.0%} within {seconds:.0f} s: "
-                     f"{'met' if met else 'not met'}")
+        lines.append(
+            race_line(
+                f"Fashion-MNIST in {seconds:.0f} s ({recipe})",
+                "—",
+                f"test {acc:.4f} in {result.train_seconds:.0f} s",
+                "—",
+                f"≥ {target:.0%} in {seconds:.0f} s",
+                met,
+                "neuratlas bench fashion-race",
+            )
+        )
+        lines.append(
+            f"  {recipe}: test accuracy {acc:.4f} after {result.train_seconds:.0f} s of training "
+            f"({wall:.0f} s with evaluation); target ≥ {target:.0%} within {seconds:.0f} s: "
+            f"{'met' if met else 'not met'}"
+        )
     shutil.rmtree(out, ignore_errors=True)
     return lines + ["reproduce: neuratlas bench fashion-race"]
 
@@ -382,12 +497,24 @@ def speed(options: SpeedOptions) -> list[str]:
     unknown = sorted(set(options.races) - set(SPEED_RACES))
     if unknown:
         raise NeuratlasError(f"bench speed: no race {unknown[0]!r}; the races are {', '.join(SPEED_RACES)}")
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").is_file() else "unknown CPU"
+    cpu = (
+        next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            "unknown CPU",
+        )
+        if Path("/proc/cpuinfo").is_file()
+        else "unknown CPU"
+    )
     (peak32, at32), (peak16, at16) = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    head = [f"machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; matmul peak (best of "
-            f"{len(PEAK_SHAPES)} shapes) fp32 {peak32 / 1e9:.0f} GFLOP/s at {at32}, bf16 {peak16 / 1e9:.0f} GFLOP/s "
-            f"at {at16} (measured now)"]
+    head = [
+        f"machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; matmul peak (best of "
+        f"{len(PEAK_SHAPES)} shapes) fp32 {peak32 / 1e9:.0f} GFLOP/s at {at32}, bf16 {peak16 / 1e9:.0f} GFLOP/s "
+        f"at {at16} (measured now)"
+    ]
     out, table = list(head), []
     shared = {k: v for k, v in to_dict(options).items() if k not in ("only", "races") and v}
     for name in names:
@@ -406,16 +533,30 @@ def speed(options: SpeedOptions) -> list[str]:
     return out + [f"| {row} |" for row in table]
 
 
-BENCHMARKS.add("speed", speed, SpeedOptions,
-               description="every speed race back to back; one table line per "
-               "race (--quick skips the 10-minute GPT race; --only a,b; --RACE.KEY VALUE sets a race's option)")
-BENCHMARKS.add("nanogpt-10min", race_nanogpt_10min, NanoGPT10MinOptions,
-               description="best char-level GPT in 10 minutes: nanoGPT's "
-               "10-minute configuration vs Neuratlas' budgeted recipe (--budget S)")
-BENCHMARKS.add("nanogpt", race_nanogpt, NanoGPTOptions,
-               description="nanoGPT train.py vs Neuratlas, baby GPT on Tiny Shakespeare: "
-               "val loss and wall time, same run (--peers DIR)")
-BENCHMARKS.add("mfu", race_mfu, MFUOptions,
-               description="GPT 6×384 training step FLOP/s vs the measured matmul peak (MFU)")
-BENCHMARKS.add("fashion-race", race_fashion, FashionRaceOptions,
-               description="Fashion-MNIST accuracy within 60 s (and 10 min)")
+BENCHMARKS.add(
+    "speed",
+    speed,
+    SpeedOptions,
+    description="every speed race back to back; one table line per "
+    "race (--quick skips the 10-minute GPT race; --only a,b; --RACE.KEY VALUE sets a race's option)",
+)
+BENCHMARKS.add(
+    "nanogpt-10min",
+    race_nanogpt_10min,
+    NanoGPT10MinOptions,
+    description="best char-level GPT in 10 minutes: nanoGPT's "
+    "10-minute configuration vs Neuratlas' budgeted recipe (--budget S)",
+)
+BENCHMARKS.add(
+    "nanogpt",
+    race_nanogpt,
+    NanoGPTOptions,
+    description="nanoGPT train.py vs Neuratlas, baby GPT on Tiny Shakespeare: "
+    "val loss and wall time, same run (--peers DIR)",
+)
+BENCHMARKS.add(
+    "mfu", race_mfu, MFUOptions, description="GPT 6×384 training step FLOP/s vs the measured matmul peak (MFU)"
+)
+BENCHMARKS.add(
+    "fashion-race", race_fashion, FashionRaceOptions, description="Fashion-MNIST accuracy within 60 s (and 10 min)"
+)

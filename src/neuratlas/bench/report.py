@@ -83,9 +83,14 @@ def markdown_section(r: ClaimResult, rel_to: Path | None = None) -> str:
 
 
 def write_report(results: list[ClaimResult], out_dir: Path, header: str = "") -> Path:
-    lines = ["# Neuratlas: the article's claims, measured", "",
-             f"{time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads. {header}", "",
-             "| # | claim | verdict |", "|---|---|---|"]
+    lines = [
+        "# Neuratlas: the article's claims, measured",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads. {header}",
+        "",
+        "| # | claim | verdict |",
+        "|---|---|---|",
+    ]
     lines += [f"| {i} | {r.title} | {r.verdict} |" for i, r in enumerate(results, 1)]
     lines.append("")
     lines += [markdown_section(r, out_dir) for r in results]
@@ -126,8 +131,15 @@ def throughput(fn: Callable[[], Any], items: int, min_seconds: float = 1.0, warm
             return items * n / elapsed
 
 
-def line_plot(series: dict[str, tuple[list[float], list[float]]], out: Path, title: str, xlabel: str,
-              ylabel: str, logy: bool = False, logx: bool = False) -> Path:
+def line_plot(
+    series: dict[str, tuple[list[float], list[float]]],
+    out: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logy: bool = False,
+    logx: bool = False,
+) -> Path:
     fig, ax = pyplot().subplots(figsize=(6, 4))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", markersize=3, label=label)
@@ -149,10 +161,16 @@ def train_variant(recipe: str, overrides: dict[str, str], out_dir: Path, name: s
     from neuratlas.recipes import get_recipe
     from neuratlas.training.trainer import Trainer
 
-    run = get_recipe(recipe).run_config({"trainer.out_dir": str(out_dir), "trainer.run_name": name,
-                                         "trainer.progress": "false", "trainer.loggers": "csv",
-                                         "trainer.overwrite": "true",  # a benchmark's own folder, re-run
-                                         **overrides})
+    run = get_recipe(recipe).run_config(
+        {
+            "trainer.out_dir": str(out_dir),
+            "trainer.run_name": name,
+            "trainer.progress": "false",
+            "trainer.loggers": "csv",
+            "trainer.overwrite": "true",  # a benchmark's own folder, re-run
+            **overrides,
+        }
+    )
     trainer = Trainer(run)
     return trainer, trainer.fit()
 

@@ -32,9 +32,16 @@ def pretrain(method: str, steps: int, model_name: str, seed: int, out_dir: str) 
     from neuratlas.recipes import get_recipe
     from neuratlas.training.trainer import Trainer
 
-    run = get_recipe(f"ssl-{method}-fashion").run_config({
-        "trainer.max_steps": str(steps), "trainer.seed": str(seed), "trainer.out_dir": out_dir,
-        "trainer.progress": "false", "trainer.loggers": "csv", "model.name": model_name})
+    run = get_recipe(f"ssl-{method}-fashion").run_config(
+        {
+            "trainer.max_steps": str(steps),
+            "trainer.seed": str(seed),
+            "trainer.out_dir": out_dir,
+            "trainer.progress": "false",
+            "trainer.loggers": "csv",
+            "model.name": model_name,
+        }
+    )
     trainer = Trainer(run)
     trainer.model.train()
     for _ in range(steps):
@@ -42,8 +49,17 @@ def pretrain(method: str, steps: int, model_name: str, seed: int, out_dir: str) 
     return trainer.model
 
 
-def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, mean, std, seed: int,
-             batch: int = 128, lr: float = 2e-3) -> nn.Module:
+def finetune(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    mean,
+    std,
+    seed: int,
+    batch: int = 128,
+    lr: float = 2e-3,
+) -> nn.Module:
     """All weights train with a fresh 10-way head, AdamW + cosine decay, light augmentation."""
     model = copy.deepcopy(model)
     model.classifier = nn.Linear(model.classifier.in_features, 10)
@@ -65,7 +81,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, mea
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std) -> float:
     model.eval()
-    pred = torch.cat([model(normalize(x[i:i + 1000], mean, std)).argmax(-1) for i in range(0, len(x), 1000)])
+    pred = torch.cat([model(normalize(x[i : i + 1000], mean, std)).argmax(-1) for i in range(0, len(x), 1000)])
     return (pred == y).float().mean().item()
 
 
@@ -112,18 +128,27 @@ def ssl_benchmark(options: SSLOptions) -> list[str]:
             tuned.append(accuracy(tuned_model, xt, yt, mean, std))
         rows.append((name, probe, tuned))
     labels = " ".join(f"{f:>6.0%}" for f in FRACTIONS)
-    lines = [f"Fashion-MNIST, {model_name}; labelled subsets of {len(x):,} training images; "
-             f"test on {n_test:,}",
-             f"pretraining {pre_steps} steps × 256 images without labels (rotation "
-             f"{times['rotation']:.0f} s, SimCLR {times['simclr']:.0f} s); "
-             f"fine-tuning {ft_steps} steps × 128",
-             "", f"| init | linear probe {labels} | fine-tune {labels} |", "|---|---|---|"]
+    lines = [
+        f"Fashion-MNIST, {model_name}; labelled subsets of {len(x):,} training images; test on {n_test:,}",
+        f"pretraining {pre_steps} steps × 256 images without labels (rotation "
+        f"{times['rotation']:.0f} s, SimCLR {times['simclr']:.0f} s); "
+        f"fine-tuning {ft_steps} steps × 128",
+        "",
+        f"| init | linear probe {labels} | fine-tune {labels} |",
+        "|---|---|---|",
+    ]
     for name, probe, tuned in rows:
-        lines.append(f"| {name} | " + " ".join(f"{a:6.3f}" for a in probe) + " | "
-                     + " ".join(f"{a:6.3f}" for a in tuned) + " |")
+        lines.append(
+            f"| {name} | " + " ".join(f"{a:6.3f}" for a in probe) + " | " + " ".join(f"{a:6.3f}" for a in tuned) + " |"
+        )
     lines.append(f"\n(total {time.perf_counter() - t0:.0f} s; columns: 1% / 10% / 100% of the labels)")
     return lines
 
 
-BENCHMARKS.add("ssl", ssl_benchmark, SSLOptions, description="self-supervised pretraining (rotation, SimCLR) vs "
-               "random init: linear probe and fine-tune with 1/10/100% of labels")
+BENCHMARKS.add(
+    "ssl",
+    ssl_benchmark,
+    SSLOptions,
+    description="self-supervised pretraining (rotation, SimCLR) vs "
+    "random init: linear probe and fine-tune with 1/10/100% of labels",
+)

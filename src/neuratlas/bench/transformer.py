@@ -118,16 +118,20 @@ def bench_transformer(options: TransformerOptions) -> list[str]:
         f"faster, e.g. AMX)"
     )
     cmd = f"neuratlas bench transformer{' --quick' if quick else ''}"
-    lines.append(race_line("GPT 6 × 384 generation, fp32, batch 1", f"transformers {n_new / t_hf:,.0f} tok/s",
-                           f"{n_new / t_us:,.0f} tok/s, tokens {same}", f"{t_hf / t_us:.2f}×",
-                           "≥ 1.5×, identical greedy tokens", t_hf / t_us >= 1.5 and same == "identical", cmd))
+    lines.append(
+        race_line(
+            "GPT 6 × 384 generation, fp32, batch 1",
+            f"transformers {n_new / t_hf:,.0f} tok/s",
+            f"{n_new / t_us:,.0f} tok/s, tokens {same}",
+            f"{t_hf / t_us:.2f}×",
+            "≥ 1.5×, identical greedy tokens",
+            t_hf / t_us >= 1.5 and same == "identical",
+            cmd,
+        )
+    )
     # KV-cache memory: only the n_kv_head key/value heads are stored
     for h_kv, label in ((6, "MHA"), (2, "GQA"), (1, "MQA")):
-        m = GPT(
-            GPTConfig(
-                vocab_size=vocab, max_seq_len=ctx, dim=dim, n_layer=n_layer, n_head=n_head, n_kv_head=h_kv
-            )
-        )
+        m = GPT(GPTConfig(vocab_size=vocab, max_seq_len=ctx, dim=dim, n_layer=n_layer, n_head=n_head, n_kv_head=h_kv))
         b = m.transformer.new_cache(1).bytes_per_token
         lines.append(
             f"KV cache {label} (n_kv_head={h_kv}): {b:,} bytes/token fp32, {b * ctx / 2**20:.2f} MiB per "

@@ -87,8 +87,9 @@ def gradient_profile(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return norms.flip(0).numpy()
 
 
-def train_adder(model: nn.Module, length: int, steps: int, lr: float, batch: int, seed: int
-                ) -> tuple[float, float, float]:
+def train_adder(
+    model: nn.Module, length: int, steps: int, lr: float, batch: int, seed: int
+) -> tuple[float, float, float]:
     """Train on fresh batches; return (test MSE, test accuracy |err| < 0.04, seconds) on 1,000 new sequences."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -109,8 +110,13 @@ def train_adder(model: nn.Module, length: int, steps: int, lr: float, batch: int
 
 
 def plot_profiles(profiles: dict[str, dict[str, np.ndarray]], length: int, path: Path) -> Path:
-    colors = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green", "transformer": "tab:purple",
-              "lstm, forget bias 0": "lightsteelblue"}
+    colors = {
+        "rnn": "tab:red",
+        "lstm": "tab:blue",
+        "gru": "tab:green",
+        "transformer": "tab:purple",
+        "lstm, forget bias 0": "lightsteelblue",
+    }
     fig, axes = panel_grid(len(profiles), (5.5, 4), sharey=True)
     for ax, (title, curves) in zip(axes, profiles.items()):
         for name, prof in curves.items():
@@ -183,26 +189,38 @@ def _run(quick, lengths, steps, hidden, lr, batch, seed, out, cells) -> list[str
             results[name, length] = train_adder(model, length, steps, lr, batch, seed)
             if length == longest:
                 trained[name] = gradient_profile(model, probe)
-    png = plot_profiles({"at initialisation": at_init, f"after {steps} training steps": trained}, longest,
-                        out / "vanishing-gradient.png")
+    png = plot_profiles(
+        {"at initialisation": at_init, f"after {steps} training steps": trained},
+        longest,
+        out / "vanishing-gradient.png",
+    )
 
-    lines = [f"vanishing gradient: {', '.join(cells)}; hidden {hidden}, adding problem, {steps} steps × batch "
-             f"{batch}, Adam lr {lr}, grad clip 1, seed {seed}{' (quick)' if quick else ''}", "",
-             f"gradient reaching the input k steps back, relative to k = 0 (T = {longest}):",
-             "| model | " + " | ".join(f"k={k}" for k in _ks(longest)) + " |",
-             "|---|" + "---|" * len(_ks(longest))]
+    lines = [
+        f"vanishing gradient: {', '.join(cells)}; hidden {hidden}, adding problem, {steps} steps × batch "
+        f"{batch}, Adam lr {lr}, grad clip 1, seed {seed}{' (quick)' if quick else ''}",
+        "",
+        f"gradient reaching the input k steps back, relative to k = 0 (T = {longest}):",
+        "| model | " + " | ".join(f"k={k}" for k in _ks(longest)) + " |",
+        "|---|" + "---|" * len(_ks(longest)),
+    ]
     for label, profiles in (("init", at_init), ("trained", trained)):
         for name, prof in profiles.items():
-            lines.append(f"| {name} ({label}) | " + " | ".join(f"{prof[k] / prof[0]:.1e}" for k in _ks(longest))
-                         + " |")
-    lines += ["", "adding problem, test accuracy (|error| < 0.04) / MSE on 1,000 new sequences; MSE of always "
-              "predicting 1: 0.167", "| T | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
+            lines.append(f"| {name} ({label}) | " + " | ".join(f"{prof[k] / prof[0]:.1e}" for k in _ks(longest)) + " |")
+    lines += [
+        "",
+        "adding problem, test accuracy (|error| < 0.04) / MSE on 1,000 new sequences; MSE of always "
+        "predicting 1: 0.167",
+        "| T | " + " | ".join(cells) + " |",
+        "|---|" + "---|" * len(cells),
+    ]
     for length in lengths:
-        lines.append(f"| {length} | " + " | ".join(
-            f"{results[n, length][1]:.1%} / {results[n, length][0]:.4f}" for n in cells) + " |")
+        lines.append(
+            f"| {length} | "
+            + " | ".join(f"{results[n, length][1]:.1%} / {results[n, length][0]:.4f}" for n in cells)
+            + " |"
+        )
     secs = {n: sum(results[n, t][2] for t in lengths) for n in cells}
-    lines += ["", "training time, all lengths: " + ", ".join(f"{n} {s:.0f}s" for n, s in secs.items()),
-              f"plot: {png}"]
+    lines += ["", "training time, all lengths: " + ", ".join(f"{n} {s:.0f}s" for n, s in secs.items()), f"plot: {png}"]
     return lines
 
 
@@ -211,6 +229,9 @@ def _ks(length: int) -> list[int]:
     return [k for k in ks if k < length]
 
 
-BENCHMARKS.add("vanishing", vanishing, VanishingOptions,
-               description="gradient vs distance for RNN/LSTM/GRU(/Transformer), adding problem by length")
-
+BENCHMARKS.add(
+    "vanishing",
+    vanishing,
+    VanishingOptions,
+    description="gradient vs distance for RNN/LSTM/GRU(/Transformer), adding problem by length",
+)

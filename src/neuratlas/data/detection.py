@@ -74,8 +74,7 @@ def read_rgb(path: str | Path, channels: int = 3) -> torch.Tensor:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] != channels:
         got = arr.shape[-1] if arr.ndim == 3 else arr.shape
-        raise NeuratlasError(f"{p}: expected a {channels}-channel image, got {got} channel(s) "
-                             f"(shape {arr.shape})")
+        raise NeuratlasError(f"{p}: expected a {channels}-channel image, got {got} channel(s) (shape {arr.shape})")
     if arr.dtype != np.uint8:
         arr = np.clip(arr.astype(np.float32) * (255.0 / max(float(arr.max()), 1.0)), 0, 255).astype(np.uint8)
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).contiguous()
@@ -107,13 +106,15 @@ def check_boxes(boxes: torch.Tensor, width: int, height: int, where: str | Path)
     """Zero-area boxes and boxes outside the image are annotation errors, reported by index."""
     bad = ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).nonzero().flatten()
     if len(bad):
-        raise NeuratlasError(f"{where}: box {bad[0].item()} {boxes[bad[0]].tolist()} has zero area "
-                             f"({len(bad)} such boxes)")
+        raise NeuratlasError(
+            f"{where}: box {bad[0].item()} {boxes[bad[0]].tolist()} has zero area ({len(bad)} such boxes)"
+        )
     out = ((boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height)).nonzero()
     if len(out):
         i = out[0].item()
-        raise NeuratlasError(f"{where}: box {i} {boxes[i].tolist()} lies outside the {width}×{height} image "
-                             f"({len(out)} such boxes)")
+        raise NeuratlasError(
+            f"{where}: box {i} {boxes[i].tolist()} lies outside the {width}×{height} image ({len(out)} such boxes)"
+        )
 
 
 # --- tiling ----------------------------------------------------------------------------------------------
@@ -130,28 +131,33 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def crop_boxes(boxes: torch.Tensor, x0: float, y0: float, w: float, h: float,
-               min_visible: float) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_boxes(
+    boxes: torch.Tensor, x0: float, y0: float, w: float, h: float, min_visible: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes shifted into the window (x0, y0, w, h) and clipped to it; ``keep`` marks boxes that keep at least
     ``min_visible`` of their area (and are at least 2 px wide and tall)."""
     shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
     lim = torch.tensor([w, h, w, h], dtype=boxes.dtype)
     clipped = torch.minimum(shifted.clamp(min=0), lim)
-    keep = ((box_area(clipped) >= min_visible * box_area(shifted)) & (clipped[..., 2] - clipped[..., 0] >= 2)
-            & (clipped[..., 3] - clipped[..., 1] >= 2))
+    keep = (
+        (box_area(clipped) >= min_visible * box_area(shifted))
+        & (clipped[..., 2] - clipped[..., 0] >= 2)
+        & (clipped[..., 3] - clipped[..., 1] >= 2)
+    )
     return clipped, keep
 
 
-def make_tiles(image: torch.Tensor, boxes: torch.Tensor, tile: int, overlap: int,
-               min_visible: float = 0.4) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def make_tiles(
+    image: torch.Tensor, boxes: torch.Tensor, tile: int, overlap: int, min_visible: float = 0.4
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Cut (C, H, W) into (T, C, tile, tile) tiles (zero-padded at edges) with the boxes each one holds."""
     c, h, w = image.shape
     tiles, tile_boxes = [], []
     for y0 in tile_origins(h, tile, overlap):
         for x0 in tile_origins(w, tile, overlap):
             t = image.new_zeros(c, tile, tile)
-            patch = image[:, y0:y0 + tile, x0:x0 + tile]
-            t[:, :patch.shape[1], :patch.shape[2]] = patch
+            patch = image[:, y0 : y0 + tile, x0 : x0 + tile]
+            t[:, : patch.shape[1], : patch.shape[2]] = patch
             b, keep = crop_boxes(boxes, x0, y0, patch.shape[2], patch.shape[1], min_visible)
             tiles.append(t)
             tile_boxes.append(b[keep])
@@ -164,21 +170,33 @@ def pad_boxes(box_lists: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     boxes = torch.zeros(len(box_lists), m, 4)
     labels = torch.full((len(box_lists), m), -1, dtype=torch.long)
     for i, b in enumerate(box_lists):
-        boxes[i, :len(b)] = b
-        labels[i, :len(b)] = 0
+        boxes[i, : len(b)] = b
+        labels[i, : len(b)] = 0
     return boxes, labels
 
 
 # --- box-aware augmentation of padded batches --------------------------------------------------------------
 def zoom_uint8(image: torch.Tensor, factor: float, size: tuple[int, int] | None = None) -> torch.Tensor:
     """A (C, H, W) uint8 image zoomed by ``factor`` (or to ``size``): bilinear, antialiased when shrinking."""
-    x = F.interpolate(image[None].float(), size=size, scale_factor=None if size else factor, mode="bilinear",
-                      align_corners=False, antialias=factor < 1)
+    x = F.interpolate(
+        image[None].float(),
+        size=size,
+        scale_factor=None if size else factor,
+        mode="bilinear",
+        align_corners=False,
+        antialias=factor < 1,
+    )
     return x[0].round().clamp(0, 255).to(image.dtype)
 
 
-def random_scale_with_boxes(images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, amount: float,
-                            g: torch.Generator, min_visible: float = 0.4) -> tuple[torch.Tensor, ...]:
+def random_scale_with_boxes(
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    amount: float,
+    g: torch.Generator,
+    min_visible: float = 0.4,
+) -> tuple[torch.Tensor, ...]:
     """Zoom each image by a log-uniform factor in [1 / (1 + amount), 1 + amount] about a random window, keeping
     its size: a zoomed-in image is cropped, a zoomed-out one padded with its mean colour. Crowns then come in
     more sizes than one site's trees at one ground resolution. Boxes follow; those mostly cut away become
@@ -199,7 +217,7 @@ def random_scale_with_boxes(images: torch.Tensor, boxes: torch.Tensor, labels: t
         ys, xs = max(oy, 0), max(ox, 0)  # source start in the zoomed image
         yd, xd = max(-oy, 0), max(-ox, 0)  # destination start on the canvas
         hh, ww = min(nh - ys, h - yd), min(nw - xs, w - xd)
-        canvas[:, yd:yd + hh, xd:xd + ww] = zoomed[:, ys:ys + hh, xs:xs + ww]
+        canvas[:, yd : yd + hh, xd : xd + ww] = zoomed[:, ys : ys + hh, xs : xs + ww]
         out[i] = canvas
         scaled = boxes[i] * torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=boxes.dtype)
         clipped, keep = crop_boxes(scaled, ox, oy, w, h, min_visible)
@@ -209,18 +227,28 @@ def random_scale_with_boxes(images: torch.Tensor, boxes: torch.Tensor, labels: t
     return out, new_boxes, new_labels
 
 
-def random_crop_with_boxes(images: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, size: int,
-                           g: torch.Generator, min_visible: float = 0.4) -> tuple[torch.Tensor, ...]:
+def random_crop_with_boxes(
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    size: int,
+    g: torch.Generator,
+    min_visible: float = 0.4,
+) -> tuple[torch.Tensor, ...]:
     """A random ``size``×``size`` window per image; boxes follow, those mostly cut away become padding."""
     b, _, h, w = images.shape
     oy = torch.randint(0, h - size + 1, (b,), generator=g).tolist()
     ox = torch.randint(0, w - size + 1, (b,), generator=g).tolist()
-    out = torch.stack([images[i, :, oy[i]:oy[i] + size, ox[i]:ox[i] + size] for i in range(b)])
+    out = torch.stack([images[i, :, oy[i] : oy[i] + size, ox[i] : ox[i] + size] for i in range(b)])
     shift = torch.tensor([ox, oy, ox, oy], dtype=boxes.dtype).T[:, None, :]  # (B, 1, 4)
     shifted = boxes - shift
     clipped = shifted.clamp(min=0, max=size)
-    keep = ((box_area(clipped) >= min_visible * box_area(shifted)) & (clipped[..., 2] - clipped[..., 0] >= 2)
-            & (clipped[..., 3] - clipped[..., 1] >= 2) & (labels >= 0))
+    keep = (
+        (box_area(clipped) >= min_visible * box_area(shifted))
+        & (clipped[..., 2] - clipped[..., 0] >= 2)
+        & (clipped[..., 3] - clipped[..., 1] >= 2)
+        & (labels >= 0)
+    )
     return out, clipped * keep[..., None], torch.where(keep, labels, -1)
 
 
@@ -228,15 +256,19 @@ def hflip_with_boxes(images: torch.Tensor, boxes: torch.Tensor, which: torch.Ten
     """Mirror left-right the images selected by the bool mask ``which`` (B,): x -> W - x, x1 and x2 swap."""
     w = images.shape[-1]
     flipped = torch.stack([w - boxes[..., 2], boxes[..., 1], w - boxes[..., 0], boxes[..., 3]], -1)
-    return (torch.where(which[:, None, None, None], images.flip(-1), images),
-            torch.where(which[:, None, None], flipped, boxes))
+    return (
+        torch.where(which[:, None, None, None], images.flip(-1), images),
+        torch.where(which[:, None, None], flipped, boxes),
+    )
 
 
 def vflip_with_boxes(images: torch.Tensor, boxes: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, ...]:
     h = images.shape[-2]
     flipped = torch.stack([boxes[..., 0], h - boxes[..., 3], boxes[..., 2], h - boxes[..., 1]], -1)
-    return (torch.where(which[:, None, None, None], images.flip(-2), images),
-            torch.where(which[:, None, None], flipped, boxes))
+    return (
+        torch.where(which[:, None, None, None], images.flip(-2), images),
+        torch.where(which[:, None, None], flipped, boxes),
+    )
 
 
 def rot90_with_boxes(images: torch.Tensor, boxes: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -244,12 +276,15 @@ def rot90_with_boxes(images: torch.Tensor, boxes: torch.Tensor, which: torch.Ten
     so a box [x1, y1, x2, y2] becomes [y1, W - x2, y2, W - x1]."""
     w = images.shape[-1]
     rotated = torch.stack([boxes[..., 1], w - boxes[..., 2], boxes[..., 3], w - boxes[..., 0]], -1)
-    return (torch.where(which[:, None, None, None], images.rot90(1, (-2, -1)), images),
-            torch.where(which[:, None, None], rotated, boxes))
+    return (
+        torch.where(which[:, None, None, None], images.rot90(1, (-2, -1)), images),
+        torch.where(which[:, None, None], rotated, boxes),
+    )
 
 
-def colour_jitter(images: torch.Tensor, g: torch.Generator, strength: float, channel: float = 0.0,
-                  greyscale: float = 0.0) -> torch.Tensor:
+def colour_jitter(
+    images: torch.Tensor, g: torch.Generator, strength: float, channel: float = 0.0, greyscale: float = 0.0
+) -> torch.Tensor:
     """Random brightness, contrast and saturation per image, then per-channel gains of ±``channel`` (a
     different camera's or season's colour balance) and, with probability ``greyscale``, the grey image (only
     shape and texture left to go by). uint8 in, uint8 out."""
@@ -259,7 +294,7 @@ def colour_jitter(images: torch.Tensor, g: torch.Generator, strength: float, cha
     x = images.float()
 
     def factor(amount: float, channels: int = 1) -> torch.Tensor:
-        return (1 + (torch.rand(b, channels, 1, 1, generator=g) * 2 - 1) * amount)
+        return 1 + (torch.rand(b, channels, 1, 1, generator=g) * 2 - 1) * amount
 
     x = x * factor(strength)  # brightness
     mean = x.mean((1, 2, 3), keepdim=True)
@@ -379,11 +414,21 @@ def load_trees(cfg: TreeDataConfig) -> TreeData:
     test_img, test_boxes = load_image_with_boxes(folder, cfg.test_image)
     flat = tiles_t.permute(1, 0, 2, 3).reshape(3, -1).float() / 255
     mean, std = tuple(flat.mean(1).tolist()), tuple(flat.std(1).tolist())
-    val = [DetectionImage(f"{YELL[0]} (bottom {cfg.val_frac:.0%})", val_img.contiguous(), vb[vkeep],
-                          torch.zeros(int(vkeep.sum()), dtype=torch.long))]
+    val = [
+        DetectionImage(
+            f"{YELL[0]} (bottom {cfg.val_frac:.0%})",
+            val_img.contiguous(),
+            vb[vkeep],
+            torch.zeros(int(vkeep.sum()), dtype=torch.long),
+        )
+    ]
     test = [DetectionImage(cfg.test_image, test_img, test_boxes, torch.zeros(len(test_boxes), dtype=torch.long))]
     return TreeData(cfg, tiles_t, boxes, labels, val, test, ["Tree"], mean, std, source)
 
 
-register_dataset("deepforest-trees", load_trees, TreeDataConfig,
-                 "DeepForest tree crowns: YELL crops tiled for training, OSBS_029 (other site) as test")
+register_dataset(
+    "deepforest-trees",
+    load_trees,
+    TreeDataConfig,
+    "DeepForest tree crowns: YELL crops tiled for training, OSBS_029 (other site) as test",
+)

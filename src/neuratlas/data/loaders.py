@@ -24,8 +24,15 @@ def seeded_generator(*seeds: int) -> torch.Generator:
 
 
 class TensorBatches:
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        transform: Transform | None = None,
+    ) -> None:
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             raise ValueError("all tensors must have the same length")
@@ -39,15 +46,18 @@ class TensorBatches:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._perm_epoch != epoch:
-            self._perm = (torch.randperm(self.n, generator=seeded_generator(self.seed, epoch))
-                          if self.shuffle else torch.arange(self.n))
+            self._perm = (
+                torch.randperm(self.n, generator=seeded_generator(self.seed, epoch))
+                if self.shuffle
+                else torch.arange(self.n)
+            )
             self._perm_epoch = epoch
         return self._perm
 
     def get(self, index: int) -> tuple[torch.Tensor, ...]:
         """The ``index``-th batch counted from the start of training, across epochs."""
         epoch, i = divmod(index, len(self))
-        idx = self._permutation(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = self._permutation(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
         batch = tuple(t[idx] for t in self.tensors)
         if self.transform is not None:
             batch = self.transform(batch, seeded_generator(self.seed, 7919, index))

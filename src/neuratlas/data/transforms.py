@@ -31,8 +31,13 @@ def random_erase(x: torch.Tensor, g: torch.Generator, p: float = 0.5, max_frac: 
     x0 = (torch.rand(b, generator=g) * (w - size_w + 1)).long()
     apply = torch.rand(b, generator=g) < p
     ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
-    box = ((ys >= y0[:, None, None]) & (ys < (y0 + size_h)[:, None, None])
-           & (xs >= x0[:, None, None]) & (xs < (x0 + size_w)[:, None, None]) & apply[:, None, None])
+    box = (
+        (ys >= y0[:, None, None])
+        & (ys < (y0 + size_h)[:, None, None])
+        & (xs >= x0[:, None, None])
+        & (xs < (x0 + size_w)[:, None, None])
+        & apply[:, None, None]
+    )
     return x.masked_fill(box[:, None], 0)
 
 

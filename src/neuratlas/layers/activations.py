@@ -9,8 +9,9 @@ from torch import nn
 from neuratlas.errors import NeuratlasError
 
 # the names below, for configs' type hints (so --help lists them and a typo is refused when parsed)
-Activation = Literal["relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "swish", "leaky_relu", "elu", "hardswish",
-                     "identity"]
+Activation = Literal[
+    "relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "swish", "leaky_relu", "elu", "hardswish", "identity"
+]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

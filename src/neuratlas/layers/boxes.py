@@ -81,8 +81,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
-                iou_threshold: float) -> torch.Tensor:
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """NMS applied independently per group (class or image): boxes of different groups never suppress
     each other. Done in one call by shifting each group's boxes to a disjoint region of the plane."""
     if boxes.numel() == 0:
@@ -91,8 +90,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
-def weighted_box_fusion(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float,
-                        num_views: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def weighted_box_fusion(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float, num_views: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge the detections of ``num_views`` views of one image (Solovyev et al. 2019, simplified).
 
     Greedy by score: the best remaining box gathers every remaining box of its class with IoU above the

@@ -51,8 +51,9 @@ class Conv2dSame(Conv2d):
     TensorFlow (EfficientNet-Lite) need this to reproduce their outputs.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                 bias: bool = False) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, groups: int = 1, bias: bool = False
+    ) -> None:
         super().__init__(in_ch, out_ch, kernel_size, stride, padding=0, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,12 +70,23 @@ class ConvNormAct(nn.Sequential):
     ``tf_same=True`` pads like TensorFlow's "SAME" (see :class:`Conv2dSame`); the default is symmetric.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
-                 act: str | None = "relu", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 tf_same: bool = False) -> None:
-        conv = (Conv2dSame(in_ch, out_ch, kernel_size, stride, groups=groups) if tf_same else
-                Conv2d(in_ch, out_ch, kernel_size, stride, padding=(kernel_size - 1) // 2, groups=groups,
-                       bias=False))
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act: str | None = "relu",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        tf_same: bool = False,
+    ) -> None:
+        conv = (
+            Conv2dSame(in_ch, out_ch, kernel_size, stride, groups=groups)
+            if tf_same
+            else Conv2d(in_ch, out_ch, kernel_size, stride, padding=(kernel_size - 1) // 2, groups=groups, bias=False)
+        )
         layers: list[nn.Module] = [
             conv,
             nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum),

@@ -25,8 +25,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         blocks: int | None = None) -> torch.Tensor:
+def gemv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, blocks: int | None = None
+) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for an input holding one row, split into ``blocks`` parallel slabs.
 
     A row-major weight (out, in) is split by output rows: each output stays one whole dot product, no
@@ -45,8 +46,12 @@ class _Plan:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, k: int, row_major: bool) -> None:
         out_f, in_f = weight.shape
         self.out_f, self.in_f, self.k, self.row_major = out_f, in_f, k, row_major
-        self.ok = k >= 2 and weight.dtype == torch.float32 and (out_f if row_major else in_f) % k == 0 and (
-            weight.is_contiguous() if row_major else weight.t().is_contiguous())
+        self.ok = (
+            k >= 2
+            and weight.dtype == torch.float32
+            and (out_f if row_major else in_f) % k == 0
+            and (weight.is_contiguous() if row_major else weight.t().is_contiguous())
+        )
         if not self.ok:
             return
         b = bias.detach() if bias is not None else weight.new_zeros(out_f)
@@ -60,8 +65,9 @@ class _Plan:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1] + (self.out_f,)
         if self.row_major:
-            return torch.baddbmm(self.bias, x.reshape(1, 1, self.in_f).expand(self.k, 1, self.in_f),
-                                 self.slabs).view(shape)
+            return torch.baddbmm(self.bias, x.reshape(1, 1, self.in_f).expand(self.k, 1, self.in_f), self.slabs).view(
+                shape
+            )
         return torch.baddbmm(self.bias, x.reshape(self.k, 1, self.in_f // self.k), self.slabs).sum(0).view(shape)
 
 
@@ -112,8 +118,18 @@ def fast_decoding(model: nn.Module, enabled: bool | str = True) -> Iterator[None
     exit. Parameters are never modified; on exit every layer is its plain self again. ``enabled="auto"``:
     only if :func:`planned_is_faster` on this machine.
     """
-    linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.device.type == "cpu"
-               and m.weight.dtype == torch.float32 and "forward" not in vars(m)] if enabled else []
+    linears = (
+        [
+            m
+            for m in model.modules()
+            if type(m) is nn.Linear
+            and m.weight.device.type == "cpu"
+            and m.weight.dtype == torch.float32
+            and "forward" not in vars(m)
+        ]
+        if enabled
+        else []
+    )
     k = min(torch.get_num_threads(), 8)
     key = tuple((m.out_features, m.in_features, m.out_features > m.in_features, k) for m in linears)
     if enabled == "auto" and _MEASURED.get(key) is False:

@@ -70,8 +70,14 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
 
 
-def apply_lora(model: nn.Module, targets: list[str] | str = "*", rank: int = 8, alpha: float = 16.0,
-               dropout: float = 0.0, freeze_rest: bool = True) -> list[str]:
+def apply_lora(
+    model: nn.Module,
+    targets: list[str] | str = "*",
+    rank: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    freeze_rest: bool = True,
+) -> list[str]:
     """Replace every ``nn.Linear`` whose qualified name matches one of the ``targets`` globs by a LoRALinear.
 
     With ``freeze_rest`` every other parameter is frozen too, so only the adapters train (add the head back
@@ -81,12 +87,17 @@ def apply_lora(model: nn.Module, targets: list[str] | str = "*", rank: int = 8, 
     if freeze_rest:
         for p in model.parameters():
             p.requires_grad_(False)
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and any(fnmatch.fnmatchcase(n, pat) for pat in patterns)
+    ]
     if not names:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise NeuratlasError(f"LoRA targets {patterns} match no linear layer; linear layers are: "
-                             f"{', '.join(linears[:12]) or 'none'}{' ...' if len(linears) > 12 else ''}")
+        raise NeuratlasError(
+            f"LoRA targets {patterns} match no linear layer; linear layers are: "
+            f"{', '.join(linears[:12]) or 'none'}{' ...' if len(linears) > 12 else ''}"
+        )
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

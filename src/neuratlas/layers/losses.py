@@ -10,8 +10,9 @@ from neuratlas.errors import NeuratlasError
 LOSSES = ("cross_entropy", "nll", "mse", "l1", "huber", "bce", "focal")
 
 
-def classification_loss(name: str, logits: torch.Tensor, target: torch.Tensor,
-                        label_smoothing: float = 0.0) -> torch.Tensor:
+def classification_loss(
+    name: str, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Loss of (B, K) logits against (B,) class indices."""
     if name == "cross_entropy":
         return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
@@ -26,8 +27,9 @@ def classification_loss(name: str, logits: torch.Tensor, target: torch.Tensor,
         return F.binary_cross_entropy_with_logits(logits, onehot)
     if name == "focal":
         return sigmoid_focal_loss(logits, onehot).mean()
-    raise NeuratlasError(f"loss {name!r} does not apply to classification; use one of "
-                         "cross_entropy, nll, mse, bce, focal")
+    raise NeuratlasError(
+        f"loss {name!r} does not apply to classification; use one of cross_entropy, nll, mse, bce, focal"
+    )
 
 
 def regression_loss(name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -40,8 +42,9 @@ def regression_loss(name: str, pred: torch.Tensor, target: torch.Tensor) -> torc
     raise NeuratlasError(f"loss {name!r} does not apply to regression; use one of mse, l1, huber")
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
-                       gamma: float = 2.0) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     """Focal loss (Lin et al. 2017), elementwise: down-weights easy examples by (1 - p_t)^gamma."""
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")

@@ -35,5 +35,6 @@ def get_norm(name: str, dim: int, **kw) -> nn.Module:
         return nn.GroupNorm(kw.pop("groups", 32 if dim % 32 == 0 else 1), dim, **kw)
     if name in ("none", "identity"):
         return nn.Identity()
-    raise NeuratlasError(f"unknown norm {name!r}; choose from batchnorm, batchnorm1d, layernorm, rmsnorm, "
-                         "groupnorm, none")
+    raise NeuratlasError(
+        f"unknown norm {name!r}; choose from batchnorm, batchnorm1d, layernorm, rmsnorm, groupnorm, none"
+    )

@@ -34,8 +34,7 @@ class ImageClassifier(nn.Module):
             from neuratlas.errors import NeuratlasError
 
             raise NeuratlasError(
-                f"{type(self).__name__} expects images shaped (batch, {in_chans}, height, width), "
-                f"got {tuple(x.shape)}"
+                f"{type(self).__name__} expects images shaped (batch, {in_chans}, height, width), got {tuple(x.shape)}"
             )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

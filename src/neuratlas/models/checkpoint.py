@@ -72,25 +72,33 @@ class Checkpoint:
         except NeuratlasError as e:
             raise self._named(e) from None
         except Exception as e:  # the metadata is data from the file: whatever it makes a builder do is its fault
-            raise NeuratlasError(f"{self.path}: its metadata does not build {self.model_name} "
-                                 f"({type(e).__name__}: {str(e)[:200]})") from None
+            raise NeuratlasError(
+                f"{self.path}: its metadata does not build {self.model_name} ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
         try:
             missing, unexpected = load_model(model, str(self.path), strict=False)
         except (SafetensorError, RuntimeError) as e:
             raise NeuratlasError(f"{self.path}: weights do not fit {self.model_name}: {e}") from None
         if missing or unexpected:
-            raise NeuratlasError(f"{self.path}: weights do not fit {self.model_name} "
-                                 f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+            raise NeuratlasError(
+                f"{self.path}: weights do not fit {self.model_name} "
+                f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+            )
         bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
-            raise NeuratlasError(f"{self.path}: its weights hold NaN or infinite values ({len(bad)} tensors, "
-                                 f"e.g. {bad[0]}); the run diverged or the file is damaged")
+            raise NeuratlasError(
+                f"{self.path}: its weights hold NaN or infinite values ({len(bad)} tensors, "
+                f"e.g. {bad[0]}); the run diverged or the file is damaged"
+            )
         return model
 
     def _named(self, e: NeuratlasError) -> NeuratlasError:
         """An error about the metadata's model config, with the checkpoint's path in front (once)."""
-        return e if str(self.path) in str(e) else NeuratlasError(f"{self.path}: its metadata does not build "
-                                                                  f"{self.model_name}: {e}")
+        return (
+            e
+            if str(self.path) in str(e)
+            else NeuratlasError(f"{self.path}: its metadata does not build {self.model_name}: {e}")
+        )
 
     @property
     def task_name(self) -> str:
@@ -133,9 +141,13 @@ def _check_fits(path: Path, name: str, meta: nn.Module, shapes: dict[str, tuple[
     unknown = [k for k in shapes if k not in persistent]
     needed = sum(p.numel() for p in meta.parameters())
     if wrong or unknown or needed > held:
-        detail = (f"{wrong[0]} is {list(shapes[wrong[0]])} in the file, {list(persistent[wrong[0]])} in the "
-                  "model" if wrong else f"unexpected {sorted(unknown)[:5]}" if unknown else
-                  f"the model needs {needed:,} parameters, the file holds {held:,} values")
+        detail = (
+            f"{wrong[0]} is {list(shapes[wrong[0]])} in the file, {list(persistent[wrong[0]])} in the model"
+            if wrong
+            else f"unexpected {sorted(unknown)[:5]}"
+            if unknown
+            else f"the model needs {needed:,} parameters, the file holds {held:,} values"
+        )
         raise NeuratlasError(f"{path}: weights do not fit {name} ({detail}); refused before allocating it")
 
 
@@ -162,8 +174,10 @@ def _atomic(path: Path, write) -> None:
             # torch's own message for a short write is its C++ assertion text ("enforce fail at
             # inline_container.cc ... unexpected pos"), which says nothing to a user: name the failure instead
             reason = e.strerror or str(e) if isinstance(e, OSError) else f"the write stopped short ({type(e).__name__})"
-            raise NeuratlasError(f"could not write {path}: {reason} (disk full or a file-size limit?); the "
-                                 "previous file there is unchanged") from None
+            raise NeuratlasError(
+                f"could not write {path}: {reason} (disk full or a file-size limit?); the "
+                "previous file there is unchanged"
+            ) from None
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -178,8 +192,7 @@ def _fsync(path: str | Path) -> None:
         os.close(fd)
 
 
-def save_weights(path: Path, model: nn.Module, run_config: dict[str, Any], extra: dict[str, Any],
-                 step: int) -> Path:
+def save_weights(path: Path, model: nn.Module, run_config: dict[str, Any], extra: dict[str, Any], step: int) -> Path:
     from neuratlas.models.registry import model_config_dict
 
     meta = {
@@ -209,13 +222,22 @@ def step_folders(ckpt_dir: Path) -> list[Path]:
     """The complete step folders in ``ckpt_dir`` (renamed into place, both files present), newest first."""
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), d) for d in ckpt_dir.iterdir() if (m := STEP_DIR.match(d.name)) and d.is_dir()
-             and (d / WEIGHTS).is_file() and (d / STATE).is_file()]
+    found = [
+        (int(m.group(1)), d)
+        for d in ckpt_dir.iterdir()
+        if (m := STEP_DIR.match(d.name)) and d.is_dir() and (d / WEIGHTS).is_file() and (d / STATE).is_file()
+    ]
     return [d for _, d in sorted(found, reverse=True)]
 
 
-def save_checkpoint(ckpt_dir: Path, model: nn.Module, run_config: dict[str, Any], extra: dict[str, Any],
-                    step: int, state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    ckpt_dir: Path,
+    model: nn.Module,
+    run_config: dict[str, Any],
+    extra: dict[str, Any],
+    step: int,
+    state: dict[str, Any],
+) -> Path:
     """Write weights and trainer state as one unit (a step folder renamed into place once both are on
     disk), point ``last.safetensors`` at its weights and drop folders older than the previous one. Returns
     the path of ``last.safetensors``."""
@@ -276,8 +298,9 @@ def resumable(path: str | Path) -> tuple[Checkpoint, dict[str, Any]]:
             ckpt = read_checkpoint(folder / WEIGHTS)
             state = load_state(folder / STATE)
             if state.get("step") != ckpt.step:
-                raise NeuratlasError(f"{folder}: weights (step {ckpt.step}) and trainer state (step "
-                                     f"{state.get('step')}) disagree")
+                raise NeuratlasError(
+                    f"{folder}: weights (step {ckpt.step}) and trainer state (step {state.get('step')}) disagree"
+                )
         except NeuratlasError as e:
             problems.append(str(e))
             continue
@@ -289,8 +312,10 @@ def resumable(path: str | Path) -> tuple[Checkpoint, dict[str, Any]]:
     ckpt = read_checkpoint(p, prefer="last")  # a run written before step folders
     state = load_state(ckpt.path.with_name(ckpt.path.name.replace(".safetensors", ".state.pt")))
     if state.get("step") != ckpt.step:
-        raise NeuratlasError(f"{ckpt.path}: weights (step {ckpt.step}) and trainer state (step "
-                             f"{state.get('step')}) disagree; the checkpoint is inconsistent")
+        raise NeuratlasError(
+            f"{ckpt.path}: weights (step {ckpt.step}) and trainer state (step "
+            f"{state.get('step')}) disagree; the checkpoint is inconsistent"
+        )
     return ckpt, state
 
 
@@ -319,20 +344,29 @@ def read_checkpoint(path: str | Path, prefer: str = "best") -> Checkpoint:
     # truncated file); only a file that is not that is sniffed for a pickle: a header length whose low byte
     # is 0x80 must not read as pickle's PROTO opcode (zip: "PK" + a compression method, 0, at byte 8).
     if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
-        raise NeuratlasError(f"{p} is a pickled PyTorch file, not a safetensors checkpoint; Neuratlas refuses "
-                             "to unpickle it because that can execute code from the file")
+        raise NeuratlasError(
+            f"{p} is a pickled PyTorch file, not a safetensors checkpoint; Neuratlas refuses "
+            "to unpickle it because that can execute code from the file"
+        )
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise NeuratlasError(f"{p} is not a readable safetensors file (truncated or corrupt?): {e}") from None
     if meta.get("format") != FORMAT:
-        raise NeuratlasError(f"{p} is a safetensors file but not a Neuratlas checkpoint (no Neuratlas "
-                             "metadata); import foreign weights with the family's import function instead")
+        raise NeuratlasError(
+            f"{p} is a safetensors file but not a Neuratlas checkpoint (no Neuratlas "
+            "metadata); import foreign weights with the family's import function instead"
+        )
     try:
-        ckpt = Checkpoint(path=p, model_name=meta["model_name"], model_config=_json_map(meta["model_config"]),
-                          run_config=_json_map(meta["run_config"]), extra=_json_map(meta.get("extra", "{}")),
-                          step=int(meta.get("step", 0)))
+        ckpt = Checkpoint(
+            path=p,
+            model_name=meta["model_name"],
+            model_config=_json_map(meta["model_config"]),
+            run_config=_json_map(meta["run_config"]),
+            extra=_json_map(meta.get("extra", "{}")),
+            step=int(meta.get("step", 0)),
+        )
     except (KeyError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise NeuratlasError(f"{p}: damaged Neuratlas metadata ({type(e).__name__}: {str(e)[:200]})") from None
     if ckpt.step < 0:
@@ -370,23 +404,29 @@ def load_state(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
     ``max_bytes`` (default: 8 GiB): its zip entries' declared sizes are checked first, and compressed entries
     (which torch never writes) are refused, so a small file cannot expand into gigabytes."""
     if not path.is_file():
-        raise NeuratlasError(f"trainer state {path} is missing; cannot resume (the weights alone can be "
-                             "evaluated or fine-tuned)")
+        raise NeuratlasError(
+            f"trainer state {path} is missing; cannot resume (the weights alone can be evaluated or fine-tuned)"
+        )
     limit = max_bytes if max_bytes is not None else 8 << 30
     try:
         with zipfile.ZipFile(path) as z:
             entries = z.infolist()
     except (zipfile.BadZipFile, OSError) as e:
-        raise NeuratlasError(f"trainer state {path} is unreadable (truncated or not a Neuratlas file): "
-                             f"{type(e).__name__}") from None
+        raise NeuratlasError(
+            f"trainer state {path} is unreadable (truncated or not a Neuratlas file): {type(e).__name__}"
+        ) from None
     if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
-        raise NeuratlasError(f"trainer state {path} holds compressed entries, which Neuratlas never writes; "
-                             "refused (it could inflate to any size)")
+        raise NeuratlasError(
+            f"trainer state {path} holds compressed entries, which Neuratlas never writes; "
+            "refused (it could inflate to any size)"
+        )
     if (total := sum(e.file_size for e in entries)) > limit:
-        raise NeuratlasError(f"trainer state {path} declares {total / 2**30:.1f} GiB, over the limit of "
-                             f"{limit / 2**30:.1f} GiB; refused")
+        raise NeuratlasError(
+            f"trainer state {path} declares {total / 2**30:.1f} GiB, over the limit of {limit / 2**30:.1f} GiB; refused"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/foreign files
-        raise NeuratlasError(f"trainer state {path} is unreadable (truncated or not a Neuratlas file): "
-                             f"{type(e).__name__}") from None
+        raise NeuratlasError(
+            f"trainer state {path} is unreadable (truncated or not a Neuratlas file): {type(e).__name__}"
+        ) from None

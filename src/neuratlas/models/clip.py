@@ -51,10 +51,20 @@ class CLIPConfig:
 
     def text_transformer(self) -> TransformerConfig:
         """CLIP's text transformer switches: causal, pre-LayerNorm, GELU, learned positions, biases."""
-        return TransformerConfig(vocab_size=self.vocab_size, max_seq_len=self.context_length, dim=self.text_dim,
-                                 n_layer=self.text_layers, n_head=self.text_heads, norm="pre_layernorm",
-                                 positions="learned", ffn="gelu", bias=True, tie_embeddings=False,
-                                 dropout=self.dropout, pad_vocab_multiple=1)
+        return TransformerConfig(
+            vocab_size=self.vocab_size,
+            max_seq_len=self.context_length,
+            dim=self.text_dim,
+            n_layer=self.text_layers,
+            n_head=self.text_heads,
+            norm="pre_layernorm",
+            positions="learned",
+            ffn="gelu",
+            bias=True,
+            tie_embeddings=False,
+            dropout=self.dropout,
+            pad_vocab_multiple=1,
+        )
 
 
 def build_image_encoder(cfg: CLIPConfig) -> tuple[nn.Module, int]:
@@ -70,8 +80,10 @@ def build_image_encoder(cfg: CLIPConfig) -> tuple[nn.Module, int]:
             out = encoder(torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size))
         encoder.train(was)
         if out.ndim != 2:
-            raise NeuratlasError(f"image encoder {cfg.image_encoder!r} does not return pooled features "
-                                 f"(got shape {tuple(out.shape)}); choose a CNN or ViT classifier")
+            raise NeuratlasError(
+                f"image encoder {cfg.image_encoder!r} does not return pooled features "
+                f"(got shape {tuple(out.shape)}); choose a CNN or ViT classifier"
+            )
         width = out.shape[1]
     return encoder, int(width)
 
@@ -127,14 +139,15 @@ class CLIP(nn.Module):
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> L2-normalised (B, embed_dim) float32 embeddings."""
         if ids.ndim != 2 or ids.dtype not in (torch.int64, torch.int32):
-            raise NeuratlasError(f"CLIP expects integer token ids shaped (batch, length), got {tuple(ids.shape)} "
-                                 f"{ids.dtype}")
+            raise NeuratlasError(
+                f"CLIP expects integer token ids shaped (batch, length), got {tuple(ids.shape)} {ids.dtype}"
+            )
         if ids.shape[1] > self.cfg.context_length:
-            raise NeuratlasError(f"captions of {ids.shape[1]} tokens exceed context_length "
-                                 f"{self.cfg.context_length}")
+            raise NeuratlasError(f"captions of {ids.shape[1]} tokens exceed context_length {self.cfg.context_length}")
         if ids.numel() and not torch.compiler.is_exporting() and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
-            raise NeuratlasError(f"token ids must lie in [0, {self.cfg.vocab_size}); use the tokenizer saved with "
-                                 "the checkpoint")
+            raise NeuratlasError(
+                f"token ids must lie in [0, {self.cfg.vocab_size}); use the tokenizer saved with the checkpoint"
+            )
         return F.normalize(self.text_proj(self.text(ids)).float(), dim=-1)
 
     def similarity(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
@@ -164,9 +177,24 @@ def clip_loss(logits_per_image: torch.Tensor, groups: torch.Tensor | None = None
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-register_model("clip-convnet", CLIP, "CLIP dual encoder: conv net (16/32/64) images + 2-layer char transformer "
-               "text, 128-d joint space (28×28 grey)", image_options={"channels": (16, 32, 64), "dropout": 0.0})
-register_model("clip-vit", CLIP, "CLIP dual encoder: tiny ViT (7×7 patches, dim 128) images + 2-layer char "
-               "transformer text (28×28 grey)", image_encoder="vit-fashion-p7", image_options={"n_layer": 2})
-register_model("clip-convnet-emoji", CLIP, "CLIP dual encoder for 32×32 RGB emoji: conv net (32/64/128) images "
-               "+ 2-layer char transformer text", in_chans=3, img_size=32, image_options={"dropout": 0.0})
+register_model(
+    "clip-convnet",
+    CLIP,
+    "CLIP dual encoder: conv net (16/32/64) images + 2-layer char transformer text, 128-d joint space (28×28 grey)",
+    image_options={"channels": (16, 32, 64), "dropout": 0.0},
+)
+register_model(
+    "clip-vit",
+    CLIP,
+    "CLIP dual encoder: tiny ViT (7×7 patches, dim 128) images + 2-layer char transformer text (28×28 grey)",
+    image_encoder="vit-fashion-p7",
+    image_options={"n_layer": 2},
+)
+register_model(
+    "clip-convnet-emoji",
+    CLIP,
+    "CLIP dual encoder for 32×32 RGB emoji: conv net (32/64/128) images + 2-layer char transformer text",
+    in_chans=3,
+    img_size=32,
+    image_options={"dropout": 0.0},
+)

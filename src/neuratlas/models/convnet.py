@@ -80,8 +80,19 @@ class ConvNet(ImageClassifier):
         return self.classifier(self.dropout(self.fc(torch.flatten(self.pool(x), 1))))
 
 
-register_model("lenet5", ConvNet, "LeNet-5 style: 5×5 convs 6→16, avg pool, FC 120→84, tanh",
-               channels=(6, 16), convs_per_stage=1, kernel_size=5, norm=False, act="tanh", pool="avg",
-               hidden=(120, 84), dropout=0.0, global_pool=False)
+register_model(
+    "lenet5",
+    ConvNet,
+    "LeNet-5 style: 5×5 convs 6→16, avg pool, FC 120→84, tanh",
+    channels=(6, 16),
+    convs_per_stage=1,
+    kernel_size=5,
+    norm=False,
+    act="tanh",
+    pool="avg",
+    hidden=(120, 84),
+    dropout=0.0,
+    global_pool=False,
+)
 register_model("convnet", ConvNet, "3 stages × 2 conv-BN-ReLU (32/64/128), global pool, dropout")
 register_model("convnet-wide", ConvNet, "3 stages × 2 conv-BN-ReLU (64/128/256)", channels=(64, 128, 256))

@@ -85,8 +85,10 @@ def build_backbone(name: str, in_chans: int, args: dict[str, Any], pretrained: s
 def _centerness(ltrb: torch.Tensor) -> torch.Tensor:
     """FCOS's centre-ness of a point from its (left, top, right, bottom) distances: 1 at the box centre."""
     lr, tb = ltrb[..., [0, 2]], ltrb[..., [1, 3]]
-    return ((lr.min(-1).values / lr.max(-1).values.clamp(min=1e-6)).clamp(min=0)
-            * (tb.min(-1).values / tb.max(-1).values.clamp(min=1e-6)).clamp(min=0)).sqrt()
+    return (
+        (lr.min(-1).values / lr.max(-1).values.clamp(min=1e-6)).clamp(min=0)
+        * (tb.min(-1).values / tb.max(-1).values.clamp(min=1e-6)).clamp(min=0)
+    ).sqrt()
 
 
 def _anchor_iou(anchors: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -123,8 +125,12 @@ class FPN(nn.Module):
 
 
 def _tower(dim: int, n: int) -> nn.Sequential:
-    return nn.Sequential(*[nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GroupNorm(max(1, dim // 8), dim),
-                                         nn.ReLU(inplace=True)) for _ in range(n)])
+    return nn.Sequential(
+        *[
+            nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GroupNorm(max(1, dim // 8), dim), nn.ReLU(inplace=True))
+            for _ in range(n)
+        ]
+    )
 
 
 class Detector(nn.Module):
@@ -139,8 +145,9 @@ class Detector(nn.Module):
         strides = self.backbone.feature_strides
         missing = [s for s in cfg.levels if s not in strides]
         if missing:
-            raise NeuratlasError(f"backbone {cfg.backbone} has feature strides {strides}; levels {missing} "
-                                 "are not among them")
+            raise NeuratlasError(
+                f"backbone {cfg.backbone} has feature strides {strides}; levels {missing} are not among them"
+            )
         self._take = [strides.index(s) for s in cfg.levels]
         self.fpn = FPN([self.backbone.feature_channels[i] for i in self._take], cfg.fpn_dim)
         a, k = cfg.anchors_per_location, cfg.num_classes
@@ -167,8 +174,7 @@ class Detector(nn.Module):
             cfg, a = self.cfg, self.cfg.anchors_per_location
             centres, strides, lo, hi, anchors = [], [], [], [], []
             for i, ((h, w), s) in enumerate(zip(sizes, cfg.levels)):
-                ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device),
-                                        indexing="ij")
+                ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
                 c = (torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5) * s
                 c = c.repeat_interleave(a, 0)  # location-major, anchor-minor: matches the head's channel order
                 centres.append(c)
@@ -176,20 +182,31 @@ class Detector(nn.Module):
                 lo.append(torch.full((len(c),), 0.0 if i == 0 else 4.0 * s, device=device))
                 hi.append(torch.full((len(c),), math.inf if i == len(sizes) - 1 else 8.0 * s, device=device))
                 if cfg.head == "retina":
-                    wh = torch.tensor([[cfg.anchor_size * s * sc * math.sqrt(1 / r), cfg.anchor_size * s * sc *
-                                        math.sqrt(r)] for sc in cfg.anchor_scales for r in cfg.anchor_ratios],
-                                      device=device)  # (A, 2): ratio = h / w
+                    wh = torch.tensor(
+                        [
+                            [cfg.anchor_size * s * sc * math.sqrt(1 / r), cfg.anchor_size * s * sc * math.sqrt(r)]
+                            for sc in cfg.anchor_scales
+                            for r in cfg.anchor_ratios
+                        ],
+                        device=device,
+                    )  # (A, 2): ratio = h / w
                     wh = wh.repeat(h * w, 1)
                     anchors.append(torch.cat([c - wh / 2, c + wh / 2], -1))
-            self._prior_cache[key] = (torch.cat(centres), torch.cat(strides), torch.cat(lo), torch.cat(hi),
-                                      torch.cat(anchors) if anchors else None)
+            self._prior_cache[key] = (
+                torch.cat(centres),
+                torch.cat(strides),
+                torch.cat(lo),
+                torch.cat(hi),
+                torch.cat(anchors) if anchors else None,
+            )
         return self._prior_cache[key]
 
     # --- forward: backbone -> FPN -> shared head -> decoded boxes ------------------------------------------
     def forward(self, x: torch.Tensor) -> DetectionOutput:
         if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
-            raise NeuratlasError(f"the detector expects images (batch, {self.cfg.in_chans}, H, W), got "
-                                 f"{tuple(x.shape)}")
+            raise NeuratlasError(
+                f"the detector expects images (batch, {self.cfg.in_chans}, H, W), got {tuple(x.shape)}"
+            )
         feats = self.backbone.feature_maps(x)
         pyramid = self.fpn([feats[i] for i in self._take])
         b, k = x.shape[0], self.cfg.num_classes
@@ -213,8 +230,9 @@ class Detector(nn.Module):
         return DetectionOutput(torch.cat(logits, 1), boxes, torch.cat(ctrs, 1) if ctrs else None)
 
     # --- training targets and loss --------------------------------------------------------------------------
-    def loss(self, out: DetectionOutput, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
-             image_size: tuple[int, int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, out: DetectionOutput, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, image_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Focal + GIoU (+ centre-ness BCE for fcos). ``gt_boxes`` (B, M, 4) padded; ``gt_labels`` (B, M), -1 = pad."""
         h, w = image_size
         sizes = [(math.ceil(h / s), math.ceil(w / s)) for s in self.cfg.levels]
@@ -247,8 +265,14 @@ class Detector(nn.Module):
             box_loss = out.boxes.sum() * 0.0
         total = cls_loss + 2.0 * box_loss
         if out.centerness is not None:
-            ctr_loss = (F.binary_cross_entropy_with_logits(out.centerness[pos].float(), weight[pos], reduction="sum")
-                        / num_pos) if pos.any() else out.centerness.sum() * 0.0
+            ctr_loss = (
+                (
+                    F.binary_cross_entropy_with_logits(out.centerness[pos].float(), weight[pos], reduction="sum")
+                    / num_pos
+                )
+                if pos.any()
+                else out.centerness.sum() * 0.0
+            )
             total = total + ctr_loss
             logs["ctr_loss"] = ctr_loss.item()
         logs["box_loss"] = box_loss.item()
@@ -286,7 +310,7 @@ class Detector(nn.Module):
         for s in self.cfg.levels:  # priors are level-major, so each level is one contiguous slice
             n = int((strides == s).sum())
             k = min(self.cfg.atss_topk * self.cfg.anchors_per_location, n)  # a location's anchors tie in distance
-            top = dist[:, start:start + n].topk(k, dim=1, largest=False).indices + start  # (B, k, M)
+            top = dist[:, start : start + n].topk(k, dim=1, largest=False).indices + start  # (B, k, M)
             candidate.scatter_(1, top, True)
             start += n
         cand_iou = iou.masked_fill(~candidate, float("nan"))
@@ -320,8 +344,14 @@ class Detector(nn.Module):
             probs = (probs * out.centerness.float().sigmoid()[..., None]).sqrt()
         return probs
 
-    def detect(self, out: DetectionOutput, score_thresh: float = 0.05, nms_iou: float = 0.5,
-               max_dets: int = 300, pre_nms: int = 1000) -> list[tuple[torch.Tensor, ...]]:
+    def detect(
+        self,
+        out: DetectionOutput,
+        score_thresh: float = 0.05,
+        nms_iou: float = 0.5,
+        max_dets: int = 300,
+        pre_nms: int = 1000,
+    ) -> list[tuple[torch.Tensor, ...]]:
         """Per image (boxes (D, 4), scores (D,), labels (D,)) after score threshold, top-k and class-wise NMS."""
         probs = self.scores(out)
         results = []
@@ -339,11 +369,28 @@ class Detector(nn.Module):
 
 for _head, _what in (("fcos", "anchor-free FCOS head"), ("retina", "RetinaNet anchor head")):
     register_model(f"{_head}-resnet18", Detector, f"{_what} on a ResNet-18 FPN (P3-P5)", head=_head)
-    register_model(f"{_head}-resnet18-slim", Detector, f"{_what} on a ResNet-18 at half width (CPU-friendly)",
-                   head=_head, backbone_args={"width": 32})
-    register_model(f"{_head}-mobilenet-v2", Detector, f"{_what} on a MobileNet V2 FPN", head=_head,
-                   backbone="mobilenet-v2")
-    register_model(f"{_head}-efficientnet-b0", Detector, f"{_what} on an EfficientNet-B0 FPN", head=_head,
-                   backbone="efficientnet-b0")
-    register_model(f"{_head}-lite0-imagenet", Detector, f"{_what} on EfficientNet-Lite0 with real ImageNet weights",
-                   head=_head, backbone="efficientnet-lite0", pretrained="imagenet-lite0")
+    register_model(
+        f"{_head}-resnet18-slim",
+        Detector,
+        f"{_what} on a ResNet-18 at half width (CPU-friendly)",
+        head=_head,
+        backbone_args={"width": 32},
+    )
+    register_model(
+        f"{_head}-mobilenet-v2", Detector, f"{_what} on a MobileNet V2 FPN", head=_head, backbone="mobilenet-v2"
+    )
+    register_model(
+        f"{_head}-efficientnet-b0",
+        Detector,
+        f"{_what} on an EfficientNet-B0 FPN",
+        head=_head,
+        backbone="efficientnet-b0",
+    )
+    register_model(
+        f"{_head}-lite0-imagenet",
+        Detector,
+        f"{_what} on EfficientNet-Lite0 with real ImageNet weights",
+        head=_head,
+        backbone="efficientnet-lite0",
+        pretrained="imagenet-lite0",
+    )

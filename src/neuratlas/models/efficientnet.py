@@ -22,12 +22,27 @@ from neuratlas.models.mobilenet import _group_by_stride
 from neuratlas.models.registry import register_model
 
 # (expand ratio, kernel, stride, in_channels, out_channels, repeats) of B0's seven stages
-B0_STAGES = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
-             (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]
+B0_STAGES = [
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+]
 # name: (width_mult, depth_mult, resolution, dropout)
-VARIANTS = {"b0": (1.0, 1.0, 224, 0.2), "b1": (1.0, 1.1, 240, 0.2), "b2": (1.1, 1.2, 260, 0.3),
-            "b3": (1.2, 1.4, 300, 0.3), "b4": (1.4, 1.8, 380, 0.4), "b5": (1.6, 2.2, 456, 0.4),
-            "b6": (1.8, 2.6, 528, 0.5), "b7": (2.0, 3.1, 600, 0.5), "lite0": (1.0, 1.0, 224, 0.2)}
+VARIANTS = {
+    "b0": (1.0, 1.0, 224, 0.2),
+    "b1": (1.0, 1.1, 240, 0.2),
+    "b2": (1.1, 1.2, 260, 0.3),
+    "b3": (1.2, 1.4, 300, 0.3),
+    "b4": (1.4, 1.8, 380, 0.4),
+    "b5": (1.6, 2.2, 456, 0.4),
+    "b6": (1.8, 2.6, 528, 0.5),
+    "b7": (2.0, 3.1, 600, 0.5),
+    "lite0": (1.0, 1.0, 224, 0.2),
+}
 
 
 @dataclass
@@ -61,15 +76,27 @@ LITE0_TF = {"padding": "same", "bn_eps": 1e-3}
 class MBConv(nn.Module):
     """Mobile inverted bottleneck: expand 1×1 -> depthwise k×k -> SE -> project 1×1, residual if shapes match."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int, se: bool, act: str,
-                 drop_path: float, bn_eps: float, tf_same: bool = False) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int,
+        expand: int,
+        se: bool,
+        act: str,
+        drop_path: float,
+        bn_eps: float,
+        tf_same: bool = False,
+    ) -> None:
         super().__init__()
         hidden = in_ch * expand
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(ConvNormAct(in_ch, hidden, 1, act=act, bn_eps=bn_eps))
-        layers.append(ConvNormAct(hidden, hidden, kernel, stride, groups=hidden, act=act, bn_eps=bn_eps,
-                                  tf_same=tf_same))
+        layers.append(
+            ConvNormAct(hidden, hidden, kernel, stride, groups=hidden, act=act, bn_eps=bn_eps, tf_same=tf_same)
+        )
         if se:
             layers.append(SqueezeExcite(hidden, max(1, in_ch // 4), act=act))
         layers.append(ConvNormAct(hidden, out_ch, 1, act=None, bn_eps=bn_eps))
@@ -93,8 +120,7 @@ class EfficientNet(ImageClassifier):
         stem_ch = 32 if cfg.lite else ch(32)
         stem_stride = 1 if cfg.small_input else 2
         same = cfg.padding == "same"
-        self.stem = ConvNormAct(cfg.in_chans, stem_ch, 3, stem_stride, act=act, bn_eps=cfg.bn_eps,
-                                tf_same=same)
+        self.stem = ConvNormAct(cfg.in_chans, stem_ch, 3, stem_stride, act=act, bn_eps=cfg.bn_eps, tf_same=same)
         total = sum(reps(n) for *_, n in B0_STAGES)
         blocks, in_ch, idx = [], stem_ch, 0
         for i, (e, k, s, _, c, n) in enumerate(B0_STAGES):
@@ -102,8 +128,13 @@ class EfficientNet(ImageClassifier):
             n = n if (cfg.lite and i in (0, len(B0_STAGES) - 1)) else reps(n)  # Lite keeps first/last depth
             for j in range(n):
                 st = s if j == 0 else 1
-                blocks.append((MBConv(in_ch, out, k, st, e, not cfg.lite, act, cfg.drop_path * idx / total,
-                                      cfg.bn_eps, same), out, st))
+                blocks.append(
+                    (
+                        MBConv(in_ch, out, k, st, e, not cfg.lite, act, cfg.drop_path * idx / total, cfg.bn_eps, same),
+                        out,
+                        st,
+                    )
+                )
                 in_ch, idx = out, idx + 1
         self.stages, self.stage_channels, self.stage_strides = _group_by_stride(blocks, stem_stride)
         head_ch = 1280 if cfg.lite else ch(1280)
@@ -114,8 +145,24 @@ class EfficientNet(ImageClassifier):
 
 
 for _name, (_w, _d, _r, _p) in VARIANTS.items():
-    register_model(f"efficientnet-{_name}", EfficientNet, f"EfficientNet-{_name.upper()}: width ×{_w}, "
-                   f"depth ×{_d}, {_r} px", width_mult=_w, depth_mult=_d, resolution=_r, dropout=_p,
-                   lite=_name.startswith("lite"))
-register_model("efficientnet-b0-small", EfficientNet, "EfficientNet-B0 ×0.5 width for 28–64 px images",
-               width_mult=0.5, depth_mult=0.5, in_chans=1, num_classes=10, small_input=True, drop_path=0.1)
+    register_model(
+        f"efficientnet-{_name}",
+        EfficientNet,
+        f"EfficientNet-{_name.upper()}: width ×{_w}, depth ×{_d}, {_r} px",
+        width_mult=_w,
+        depth_mult=_d,
+        resolution=_r,
+        dropout=_p,
+        lite=_name.startswith("lite"),
+    )
+register_model(
+    "efficientnet-b0-small",
+    EfficientNet,
+    "EfficientNet-B0 ×0.5 width for 28–64 px images",
+    width_mult=0.5,
+    depth_mult=0.5,
+    in_chans=1,
+    num_classes=10,
+    small_input=True,
+    drop_path=0.1,
+)

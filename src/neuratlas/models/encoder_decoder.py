@@ -43,8 +43,10 @@ class EncoderDecoderConfig(TransformerConfig):
         if self.src_vocab_size <= 0 or self.n_decoder_layer <= 0:
             raise ValueError("src_vocab_size and n_decoder_layer must be positive")
         if self.share_embeddings and self.src_vocab_size != self.vocab_size:
-            raise ValueError(f"share_embeddings needs one vocabulary; src_vocab_size {self.src_vocab_size} != "
-                             f"vocab_size {self.vocab_size}")
+            raise ValueError(
+                f"share_embeddings needs one vocabulary; src_vocab_size {self.src_vocab_size} != "
+                f"vocab_size {self.vocab_size}"
+            )
 
 
 @dataclass
@@ -96,16 +98,19 @@ class EncoderDecoder(nn.Module):
     def dummy_input(self, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
         """A small valid (source, target-prefix) pair, used by the registry-wide smoke test."""
         g = torch.Generator().manual_seed(0)
-        return (torch.randint(1, self.cfg.src_vocab_size, (batch, 7), generator=g),
-                torch.randint(1, self.cfg.vocab_size, (batch, 5), generator=g))
+        return (
+            torch.randint(1, self.cfg.src_vocab_size, (batch, 7), generator=g),
+            torch.randint(1, self.cfg.vocab_size, (batch, 5), generator=g),
+        )
 
     def _check(self, ids: torch.Tensor, vocab: int, what: str) -> None:
         if ids.ndim != 2 or ids.dtype not in (torch.long, torch.int, torch.int32):
-            raise NeuratlasError(f"{type(self).__name__} expects {what} token ids shaped (batch, length), got "
-                                 f"{tuple(ids.shape)} {ids.dtype}")
+            raise NeuratlasError(
+                f"{type(self).__name__} expects {what} token ids shaped (batch, length), got "
+                f"{tuple(ids.shape)} {ids.dtype}"
+            )
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            raise NeuratlasError(f"{what} token ids must lie in [0, {vocab}), got [{int(ids.min())}, "
-                                 f"{int(ids.max())}]")
+            raise NeuratlasError(f"{what} token ids must lie in [0, {vocab}), got [{int(ids.min())}, {int(ids.max())}]")
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """src (B, S) -> memory (B, S, C) and its mask (B, S), True on real (non-padding) tokens."""
@@ -113,8 +118,9 @@ class EncoderDecoder(nn.Module):
         mask = src != self.cfg.pad_id
         return self.encoder(self.src_embed(src), key_padding_mask=mask), mask
 
-    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-               cache: KVCache | None = None) -> torch.Tensor:
+    def decode(
+        self, tgt: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """tgt (B, T) -> next-token logits (B, T, vocab_size). With a cache, ``tgt`` holds only new tokens.
 
         Target padding needs no mask: it only ever follows real tokens, which the causal mask hides it from.
@@ -122,7 +128,7 @@ class EncoderDecoder(nn.Module):
         start = cache.length if cache is not None else 0
         x = self.tgt_embed(tgt, start=start)
         x = self.decoder(x, memory=memory, memory_padding_mask=memory_mask, cache=cache)
-        return self.lm_head(x)[..., :self.cfg.vocab_size]
+        return self.lm_head(x)[..., : self.cfg.vocab_size]
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: logits (B, T, vocab_size) for the target prefix ``tgt`` (B, T) given ``src``."""
@@ -154,17 +160,35 @@ _MODERN = PRESETS["transformer-modern"]
 # G2P sizes: words are ≤ 28 letters and pronunciations ≤ 28 phonemes, so 64 positions cover both.
 _G2P = dict(src_vocab_size=30, vocab_size=42, max_seq_len=64, pad_vocab_multiple=1)
 
-register_model("transformer-2017-base", EncoderDecoder,
-               "the paper's base model: post-LN, sinusoidal, ReLU, d 512, 6+6 layers, 8 heads, shared 37k vocabulary",
-               **{**_2017, "src_vocab_size": 37000, "vocab_size": 37000, "max_seq_len": 512,
-                  "pad_vocab_multiple": 1, "ffn_dim": 2048, "share_embeddings": True})
-register_model("transformer-2017-g2p", EncoderDecoder,
-               "2017 encoder–decoder (post-LN, sinusoidal, ReLU, MHA) sized for G2P: d 256, 3+3 layers",
-               **{**_2017, **_G2P, "dim": 256, "n_layer": 3, "n_head": 4, "n_kv_head": 4, "ffn_dim": 1024})
-register_model("transformer-2017-g2p-tiny", EncoderDecoder,
-               "2017 encoder–decoder for the G2P tour: d 128, 2+2 layers, 4 heads",
-               **{**_2017, **_G2P, "dim": 128, "n_layer": 2, "n_head": 4, "n_kv_head": 4, "ffn_dim": 512,
-                  "dropout": 0.0})
-register_model("transformer-modern-g2p", EncoderDecoder,
-               "modern switches (pre-RMSNorm, GQA 4/2, RoPE, SwiGLU, no bias) as an encoder–decoder for G2P",
-               **{**_MODERN, **_G2P, "dim": 256, "n_layer": 3, "n_head": 4, "n_kv_head": 2})
+register_model(
+    "transformer-2017-base",
+    EncoderDecoder,
+    "the paper's base model: post-LN, sinusoidal, ReLU, d 512, 6+6 layers, 8 heads, shared 37k vocabulary",
+    **{
+        **_2017,
+        "src_vocab_size": 37000,
+        "vocab_size": 37000,
+        "max_seq_len": 512,
+        "pad_vocab_multiple": 1,
+        "ffn_dim": 2048,
+        "share_embeddings": True,
+    },
+)
+register_model(
+    "transformer-2017-g2p",
+    EncoderDecoder,
+    "2017 encoder–decoder (post-LN, sinusoidal, ReLU, MHA) sized for G2P: d 256, 3+3 layers",
+    **{**_2017, **_G2P, "dim": 256, "n_layer": 3, "n_head": 4, "n_kv_head": 4, "ffn_dim": 1024},
+)
+register_model(
+    "transformer-2017-g2p-tiny",
+    EncoderDecoder,
+    "2017 encoder–decoder for the G2P tour: d 128, 2+2 layers, 4 heads",
+    **{**_2017, **_G2P, "dim": 128, "n_layer": 2, "n_head": 4, "n_kv_head": 4, "ffn_dim": 512, "dropout": 0.0},
+)
+register_model(
+    "transformer-modern-g2p",
+    EncoderDecoder,
+    "modern switches (pre-RMSNorm, GQA 4/2, RoPE, SwiGLU, no bias) as an encoder–decoder for G2P",
+    **{**_MODERN, **_G2P, "dim": 256, "n_layer": 3, "n_head": 4, "n_kv_head": 2},
+)

@@ -125,8 +125,15 @@ class GATConv(nn.Module):
     alpha_ij = softmax_j LeakyReLU(a_src . W x_j + a_dst . W x_i); heads concatenated or averaged.
     """
 
-    def __init__(self, in_features: int, out_features: int, heads: int = 1, concat: bool = True,
-                 negative_slope: float = 0.2, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        heads: int = 1,
+        concat: bool = True,
+        negative_slope: float = 0.2,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.heads, self.out_features, self.concat = heads, out_features, concat
         self.negative_slope, self.dropout = negative_slope, dropout
@@ -258,8 +265,10 @@ class GNN(nn.Module):
 
     def forward(self, x: torch.Tensor | SparseFeatures, graph: Graph) -> torch.Tensor:
         if x.ndim != 2 or x.shape[0] != graph.num_nodes or x.shape[1] != self.cfg.in_features:
-            raise NeuratlasError(f"{self.cfg.conv.upper()} expects node features shaped ({graph.num_nodes}, "
-                                 f"{self.cfg.in_features}), got {tuple(x.shape)}")
+            raise NeuratlasError(
+                f"{self.cfg.conv.upper()} expects node features shaped ({graph.num_nodes}, "
+                f"{self.cfg.in_features}), got {tuple(x.shape)}"
+            )
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
             if isinstance(x, SparseFeatures):
@@ -277,9 +286,28 @@ class GNN(nn.Module):
 
 
 register_model("gcn", GNN, "GCN (Kipf & Welling): 2 layers, hidden 16, dropout 0.5 — Cora 81.5% published")
-register_model("gat", GNN, "GAT (Veličković et al.): 8 heads × 8 hidden, ELU, dropout 0.6 — Cora 83.0% published",
-               conv="gat", hidden=8, n_head=8, dropout=0.6, attn_dropout=0.6, act="elu")
-register_model("graphsage", GNN, "GraphSAGE with the mean aggregator: 2 layers, hidden 64",
-               conv="sage", hidden=64, dropout=0.5)
-register_model("gin", GNN, "GIN (Xu et al.): 3 layers, hidden 64, sum readout + MLP head (graph level)",
-               conv="gin", hidden=64, n_layer=3, dropout=0.0, readout="sum", train_eps=True)
+register_model(
+    "gat",
+    GNN,
+    "GAT (Veličković et al.): 8 heads × 8 hidden, ELU, dropout 0.6 — Cora 83.0% published",
+    conv="gat",
+    hidden=8,
+    n_head=8,
+    dropout=0.6,
+    attn_dropout=0.6,
+    act="elu",
+)
+register_model(
+    "graphsage", GNN, "GraphSAGE with the mean aggregator: 2 layers, hidden 64", conv="sage", hidden=64, dropout=0.5
+)
+register_model(
+    "gin",
+    GNN,
+    "GIN (Xu et al.): 3 layers, hidden 64, sum readout + MLP head (graph level)",
+    conv="gin",
+    hidden=64,
+    n_layer=3,
+    dropout=0.0,
+    readout="sum",
+    train_eps=True,
+)

@@ -53,12 +53,15 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         if x.shape[1] != self.config.in_features:
-            raise NeuratlasError(f"MLP expects {self.config.in_features} input features per sample "
-                                 f"(set --model.in_features), got {x.shape[1]}")
+            raise NeuratlasError(
+                f"MLP expects {self.config.in_features} input features per sample "
+                f"(set --model.in_features), got {x.shape[1]}"
+            )
         return self.head(self.body(x))
 
 
 register_model("mlp", MLP, "2 hidden layers (512, 256), ReLU, dropout 0.1")
 register_model("mlp-tiny", MLP, "one hidden layer of 64 units", hidden=(64,), dropout=0.0)
-register_model("mlp-deep", MLP, "6 hidden layers of 256 with LayerNorm and GELU", hidden=(256,) * 6,
-               act="gelu", norm="layernorm")
+register_model(
+    "mlp-deep", MLP, "6 hidden layers of 256 with LayerNorm and GELU", hidden=(256,) * 6, act="gelu", norm="layernorm"
+)

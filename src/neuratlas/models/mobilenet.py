@@ -21,8 +21,15 @@ from neuratlas.models.registry import register_model
 # V1: (out_channels, stride) of each depthwise-separable layer
 V1_LAYERS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
 # V2: (expansion t, out_channels c, repeats n, first stride s) — Table 2 of Sandler et al. 2018
-V2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-               (6, 320, 1, 1)]
+V2_SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 @dataclass
@@ -39,8 +46,9 @@ class MobileNetConfig:
 
 class DepthwiseSeparable(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
-        super().__init__(ConvNormAct(in_ch, in_ch, 3, stride, groups=in_ch, act="relu"),
-                         ConvNormAct(in_ch, out_ch, 1, act="relu"))
+        super().__init__(
+            ConvNormAct(in_ch, in_ch, 3, stride, groups=in_ch, act="relu"), ConvNormAct(in_ch, out_ch, 1, act="relu")
+        )
 
 
 class InvertedResidual(nn.Module):
@@ -52,8 +60,10 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(ConvNormAct(in_ch, hidden, 1, act="relu6"))
-        layers += [ConvNormAct(hidden, hidden, 3, stride, groups=hidden, act="relu6"),
-                   ConvNormAct(hidden, out_ch, 1, act=None)]
+        layers += [
+            ConvNormAct(hidden, hidden, 3, stride, groups=hidden, act="relu6"),
+            ConvNormAct(hidden, out_ch, 1, act=None),
+        ]
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and in_ch == out_ch
 
@@ -114,5 +124,13 @@ def _group_by_stride(blocks: list[tuple[nn.Module, int, int]], stride: int):
 
 register_model("mobilenet-v1", MobileNet, "MobileNet V1, width 1.0 (ImageNet: 4.2M params)", version=1)
 register_model("mobilenet-v2", MobileNet, "MobileNet V2, width 1.0 (ImageNet: 3.5M params)", version=2)
-register_model("mobilenet-v2-small", MobileNet, "MobileNet V2 ×0.5 for 28–64 px images", version=2,
-               width_mult=0.5, small_input=True, num_classes=10, in_chans=1)
+register_model(
+    "mobilenet-v2-small",
+    MobileNet,
+    "MobileNet V2 ×0.5 for 28–64 px images",
+    version=2,
+    width_mult=0.5,
+    small_input=True,
+    num_classes=10,
+    in_chans=1,
+)

@@ -22,8 +22,7 @@ def register_model(name: str, model_class: type[nn.Module], description: str = "
         from neuratlas.models.pretrained import save_pretrained
 
         model_class.save_pretrained = save_pretrained
-    return MODELS.add(name, model_class, model_class.Config, family=family, description=description,
-                      **defaults)
+    return MODELS.add(name, model_class, model_class.Config, family=family, description=description, **defaults)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:

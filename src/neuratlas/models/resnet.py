@@ -47,8 +47,10 @@ class ResNetConfig:
 
     def __post_init__(self) -> None:
         if self.style == "imagenet" and self.depth not in IMAGENET_LAYOUTS:
-            raise ValueError(f"depth must be one of {sorted(IMAGENET_LAYOUTS)} for style='imagenet' "
-                             "(or use style='cifar' with depth = 6n+2)")
+            raise ValueError(
+                f"depth must be one of {sorted(IMAGENET_LAYOUTS)} for style='imagenet' "
+                "(or use style='cifar' with depth = 6n+2)"
+            )
         if self.style == "cifar" and (self.depth - 2) % 6:
             raise ValueError("style='cifar' needs depth = 6n+2 (8, 20, 32, 44, 56, 110, ...)")
 
@@ -112,8 +114,7 @@ class ResNet(ImageClassifier):
         block = BasicBlock if block_name == "basic" else Bottleneck
         width = 16 if cfg.style == "cifar" and cfg.width == 64 else cfg.width
         if cfg.stem == "imagenet":
-            self.stem = nn.Sequential(ConvNormAct(cfg.in_chans, width, 7, 2, act=cfg.act),
-                                      nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(ConvNormAct(cfg.in_chans, width, 7, 2, act=cfg.act), nn.MaxPool2d(3, 2, 1))
             stride0 = 4
         else:
             self.stem = ConvNormAct(cfg.in_chans, width, 3, 1, act=cfg.act)
@@ -147,7 +148,22 @@ class ResNet(ImageClassifier):
 for _d in (18, 34, 50, 101, 152):
     register_model(f"resnet{_d}", ResNet, f"ResNet-{_d}, ImageNet layout", depth=_d)
 for _d in (8, 20, 56, 110):
-    register_model(f"resnet{_d}-cifar", ResNet, f"ResNet-{_d} (6n+2, 16/32/64 channels) for small images",
-                   depth=_d, style="cifar", stem="small", num_classes=10)
-    register_model(f"plain{_d}-cifar", ResNet, f"the same {_d} layers without shortcuts (paper's plain net)",
-                   depth=_d, style="cifar", stem="small", num_classes=10, residual=False)
+    register_model(
+        f"resnet{_d}-cifar",
+        ResNet,
+        f"ResNet-{_d} (6n+2, 16/32/64 channels) for small images",
+        depth=_d,
+        style="cifar",
+        stem="small",
+        num_classes=10,
+    )
+    register_model(
+        f"plain{_d}-cifar",
+        ResNet,
+        f"the same {_d} layers without shortcuts (paper's plain net)",
+        depth=_d,
+        style="cifar",
+        stem="small",
+        num_classes=10,
+        residual=False,
+    )

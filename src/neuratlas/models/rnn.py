@@ -35,15 +35,17 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 # --- the cells: one time step each, gate equations as in torch.nn's documentation ---------------------------
-def rnn_cell(x_proj: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor,
-             nonlinearity: str = "tanh") -> torch.Tensor:
+def rnn_cell(
+    x_proj: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, nonlinearity: str = "tanh"
+) -> torch.Tensor:
     """h' = tanh(W_ih x + b_ih + W_hh h + b_hh); ``x_proj`` is W_ih x + b_ih, precomputed for all steps."""
     pre = x_proj + F.linear(h, w_hh, b_hh)
     return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
 
 
-def lstm_cell(x_proj: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], w_hh: torch.Tensor,
-              b_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lstm_cell(
+    x_proj: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], w_hh: torch.Tensor, b_hh: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gates i, f, g, o (torch's order); the cell c is updated additively, which lets gradients survive."""
     h, c = state
     i, f, g, o = (x_proj + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
@@ -71,9 +73,18 @@ class Recurrent(nn.Module):
     layer 0 forward, layer 0 backward, layer 1 forward, ...
     """
 
-    def __init__(self, cell: str, input_size: int, hidden: int, n_layer: int = 1, bidirectional: bool = False,
-                 dropout: float = 0.0, impl: str = "fused", nonlinearity: str = "tanh",
-                 forget_bias: float = 0.0) -> None:
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden: int,
+        n_layer: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        impl: str = "fused",
+        nonlinearity: str = "tanh",
+        forget_bias: float = 0.0,
+    ) -> None:
         super().__init__()
         if cell not in CELLS:
             raise NeuratlasError(f"unknown recurrent cell {cell!r}; choose from {', '.join(CELLS)}")
@@ -91,23 +102,27 @@ class Recurrent(nn.Module):
             with torch.no_grad():
                 for name, b in self.rnn.named_parameters():
                     if name.startswith("bias_hh"):
-                        b[hidden:2 * hidden] += forget_bias
+                        b[hidden : 2 * hidden] += forget_bias
 
     @property
     def output_size(self) -> int:
         return self.hidden * self.num_directions
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
-                state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
         if x.ndim != 3 or x.shape[-1] != self.rnn.input_size:
-            raise NeuratlasError(f"recurrent layer expects input (batch, time, {self.rnn.input_size}), "
-                                 f"got {tuple(x.shape)}")
+            raise NeuratlasError(
+                f"recurrent layer expects input (batch, time, {self.rnn.input_size}), got {tuple(x.shape)}"
+            )
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device="cpu", dtype=torch.long)
-            if not torch.compiler.is_exporting() and (lengths.shape != (x.shape[0],) or lengths.min() < 1
-                                                      or lengths.max() > x.shape[1]):
-                raise NeuratlasError(f"lengths must hold one value in 1..{x.shape[1]} per sequence, got "
-                                     f"{lengths.tolist()}")
+            if not torch.compiler.is_exporting() and (
+                lengths.shape != (x.shape[0],) or lengths.min() < 1 or lengths.max() > x.shape[1]
+            ):
+                raise NeuratlasError(
+                    f"lengths must hold one value in 1..{x.shape[1]} per sequence, got {lengths.tolist()}"
+                )
         if self.impl == "fused":
             return self._fused(x, lengths, state)
         return self._cells(x, lengths, state)
@@ -116,8 +131,10 @@ class Recurrent(nn.Module):
         if lengths is None:
             return self.rnn(x, state)
         if torch.compiler.is_exporting():
-            raise NeuratlasError("operator aten::_pack_padded_sequence (variable-length batches through a "
-                                 "bidirectional RNN) does not trace; left-to-right RNNs export without it")
+            raise NeuratlasError(
+                "operator aten::_pack_padded_sequence (variable-length batches through a "
+                "bidirectional RNN) does not trace; left-to-right RNNs export without it"
+            )
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, state = self.rnn(packed, state)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
@@ -208,8 +225,17 @@ class RNNConfig:
             raise ValueError("dim and n_layer must be positive and dropout in [0, 1)")
 
     def recurrent(self, input_size: int) -> Recurrent:
-        return Recurrent(self.cell, input_size, self.dim, self.n_layer, self.bidirectional, self.dropout,
-                         self.impl, self.nonlinearity, self.forget_bias)
+        return Recurrent(
+            self.cell,
+            input_size,
+            self.dim,
+            self.n_layer,
+            self.bidirectional,
+            self.dropout,
+            self.impl,
+            self.nonlinearity,
+            self.forget_bias,
+        )
 
 
 @dataclass
@@ -267,8 +293,7 @@ class SeasonalResidualConfig:
     members: int = 1  # independently initialised correction networks whose outputs are averaged
 
     def __post_init__(self) -> None:
-        if min(self.horizon, self.lookback, self.in_features, self.season, self.dim, self.n_layer,
-               self.members) < 1:
+        if min(self.horizon, self.lookback, self.in_features, self.season, self.dim, self.n_layer, self.members) < 1:
             raise ValueError("horizon, lookback, in_features, season, dim and n_layer must be positive")
         if self.season > self.lookback:
             raise ValueError(f"season {self.season} needs a lookback of at least one cycle, got {self.lookback}")
@@ -318,8 +343,7 @@ class SeasonalResidualForecaster(nn.Module):
         if x.ndim == 3:
             x = x[..., 0]  # the target channel
         if x.shape[1] != self.cfg.lookback:
-            raise NeuratlasError(f"{type(self).__name__} reads windows of {self.cfg.lookback} steps, got "
-                                 f"{x.shape[1]}")
+            raise NeuratlasError(f"{type(self).__name__} reads windows of {self.cfg.lookback} steps, got {x.shape[1]}")
         base = x[:, self.base_index]  # (B, H): seasonal naive
         mu = x.mean(1, keepdim=True)
         sd = x.std(1, keepdim=True).clamp_min(1e-3)
@@ -364,8 +388,9 @@ class RNNClassifier(nn.Module):
             return torch.randint(1, self.cfg.vocab_size, (batch, 12))
         return torch.randn(batch, 12, self.cfg.in_features)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``attention_mask`` (B, T) of 1/0, as text tasks pass it, or ``lengths`` (B,); padding at the end."""
         if lengths is None and attention_mask is not None:
             lengths = attention_mask.sum(1).clamp(min=1).cpu()
@@ -383,8 +408,11 @@ class RNNClassifier(nn.Module):
             summary = last_valid(out, lengths, self.cfg.bidirectional)
         else:
             T = out.shape[1]
-            valid = (torch.ones(out.shape[:2], dtype=torch.bool, device=out.device) if lengths is None else
-                     (torch.arange(T)[None] < lengths[:, None].cpu()).to(out.device))[..., None]
+            valid = (
+                torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
+                if lengths is None
+                else (torch.arange(T)[None] < lengths[:, None].cpu()).to(out.device)
+            )[..., None]
             if self.cfg.pooling == "mean":
                 summary = (out * valid).sum(1) / valid.sum(1)
             else:
@@ -433,9 +461,16 @@ class RNNLanguageModel(nn.Module):
         return self.forward_with_state(idx)[0]
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, stop_tokens=(), generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_tokens=(),
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """The prompt followed by up to ``max_new_tokens`` sampled tokens. Unlike a Transformer, nothing is
         recomputed: the prompt is read once and each new token advances the carried state by one step."""
         if idx.ndim == 1:
@@ -453,16 +488,49 @@ class RNNLanguageModel(nn.Module):
 
 # --- named models ------------------------------------------------------------------------------------------
 for _cell in CELLS:
-    register_model(f"{_cell}-forecaster", RNNForecaster,
-                   f"{_cell.upper()} 64 → direct multi-step forecaster (quantile head: 10/50/90%)", cell=_cell)
-    register_model(f"{_cell}-classifier", RNNClassifier,
-                   f"{_cell.upper()} 64 sequence classifier (variable length, packed)", cell=_cell)
-register_model("seasonal-residual", SeasonalResidualForecaster,
-               "seasonal naive + linear/MLP correction on per-window normalised inputs (RevIN); starts as "
-               "seasonal naive")
-register_model("bilstm-classifier", RNNClassifier, "2-layer bidirectional LSTM 128 classifier, mean pooling",
-               dim=128, n_layer=2, bidirectional=True, dropout=0.2, pooling="mean")
-register_model("lstm-lm", RNNLanguageModel, "2-layer LSTM 256 language model (char or BPE)", dim=256,
-               n_layer=2, dropout=0.1, embed_dim=128)
-register_model("gru-lm", RNNLanguageModel, "2-layer GRU 256 language model (char or BPE)", cell="gru", dim=256,
-               n_layer=2, dropout=0.1, embed_dim=128)
+    register_model(
+        f"{_cell}-forecaster",
+        RNNForecaster,
+        f"{_cell.upper()} 64 → direct multi-step forecaster (quantile head: 10/50/90%)",
+        cell=_cell,
+    )
+    register_model(
+        f"{_cell}-classifier",
+        RNNClassifier,
+        f"{_cell.upper()} 64 sequence classifier (variable length, packed)",
+        cell=_cell,
+    )
+register_model(
+    "seasonal-residual",
+    SeasonalResidualForecaster,
+    "seasonal naive + linear/MLP correction on per-window normalised inputs (RevIN); starts as seasonal naive",
+)
+register_model(
+    "bilstm-classifier",
+    RNNClassifier,
+    "2-layer bidirectional LSTM 128 classifier, mean pooling",
+    dim=128,
+    n_layer=2,
+    bidirectional=True,
+    dropout=0.2,
+    pooling="mean",
+)
+register_model(
+    "lstm-lm",
+    RNNLanguageModel,
+    "2-layer LSTM 256 language model (char or BPE)",
+    dim=256,
+    n_layer=2,
+    dropout=0.1,
+    embed_dim=128,
+)
+register_model(
+    "gru-lm",
+    RNNLanguageModel,
+    "2-layer GRU 256 language model (char or BPE)",
+    cell="gru",
+    dim=256,
+    n_layer=2,
+    dropout=0.1,
+    embed_dim=128,
+)

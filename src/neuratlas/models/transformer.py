@@ -275,9 +275,7 @@ class Embeddings(nn.Module):
         self.drop = Dropout(cfg.dropout)
         self.scale = math.sqrt(cfg.dim) if cfg.scale_embeddings else 1.0
 
-    def forward(
-        self, ids: torch.Tensor, start: int = 0, token_type_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int = 0, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         t = ids.shape[1]
         if start + t > self.cfg.max_seq_len and self.cfg.positions in ("learned", "sinusoidal"):
             from neuratlas.errors import NeuratlasError
@@ -357,9 +355,7 @@ class Transformer(nn.Module):
             return x.masked_fill(~key_padding_mask.to(torch.bool)[..., None], 0.0)
         return x
 
-    def new_cache(
-        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None
-    ) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         p = next(self.parameters())
         return KVCache(
             self.cfg.n_layer,

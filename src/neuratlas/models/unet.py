@@ -63,8 +63,9 @@ class UNet(nn.Module):
             raise NeuratlasError(f"encoder {cfg.encoder!r} has no feature_maps(); use a CNN (resnet*, ...)")
         chans, strides = self.encoder.feature_channels, self.encoder.feature_strides
         self.max_stride = max(strides)
-        self.full_res = nn.Sequential(ConvNormAct(cfg.in_chans, cfg.stem_dim, 3),
-                                      ConvNormAct(cfg.stem_dim, cfg.stem_dim, 3))
+        self.full_res = nn.Sequential(
+            ConvNormAct(cfg.in_chans, cfg.stem_dim, 3), ConvNormAct(cfg.stem_dim, cfg.stem_dim, 3)
+        )
         skips = list(reversed(chans[:-1])) + [cfg.stem_dim]  # skip channels from deep to shallow
         if strides[0] == 1:  # an encoder that keeps full resolution already has its stride-1 skip
             skips = skips[:-1]
@@ -101,11 +102,32 @@ class UNet(nn.Module):
 
 
 register_model("unet-resnet18", UNet, "U-Net with a ResNet-18 encoder (strides 4-32) and a full-resolution skip")
-register_model("unet-resnet18-slim", UNet, "U-Net, half-width ResNet-18 encoder (CPU-friendly)",
-               encoder_args={"width": 32}, decoder_dim=64)
-register_model("unet-mobilenet-v2", UNet, "U-Net with a MobileNet V2 encoder (strides 2-32)",
-               encoder="mobilenet-v2", decoder_dim=96)
-register_model("unet-lite0-imagenet", UNet, "U-Net on EfficientNet-Lite0 with real ImageNet weights",
-               encoder="efficientnet-lite0", pretrained="imagenet-lite0", decoder_dim=96)
-register_model("unet-efficientnet-b0", UNet, "U-Net with an EfficientNet-B0 encoder (strides 2-32)",
-               encoder="efficientnet-b0", decoder_dim=96)
+register_model(
+    "unet-resnet18-slim",
+    UNet,
+    "U-Net, half-width ResNet-18 encoder (CPU-friendly)",
+    encoder_args={"width": 32},
+    decoder_dim=64,
+)
+register_model(
+    "unet-mobilenet-v2",
+    UNet,
+    "U-Net with a MobileNet V2 encoder (strides 2-32)",
+    encoder="mobilenet-v2",
+    decoder_dim=96,
+)
+register_model(
+    "unet-lite0-imagenet",
+    UNet,
+    "U-Net on EfficientNet-Lite0 with real ImageNet weights",
+    encoder="efficientnet-lite0",
+    pretrained="imagenet-lite0",
+    decoder_dim=96,
+)
+register_model(
+    "unet-efficientnet-b0",
+    UNet,
+    "U-Net with an EfficientNet-B0 encoder (strides 2-32)",
+    encoder="efficientnet-b0",
+    decoder_dim=96,
+)

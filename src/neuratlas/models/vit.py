@@ -49,10 +49,22 @@ class ViTConfig:
 
     def transformer(self) -> TransformerConfig:
         """The shared encoder's switches for ViT: pre-LN, exact GELU, biases; positions are added here."""
-        return TransformerConfig(vocab_size=1, max_seq_len=self.num_patches + 1, dim=self.dim, n_layer=self.n_layer,
-                                 n_head=self.n_head, norm="pre_layernorm", norm_eps=self.norm_eps, positions="none",
-                                 ffn="gelu", ffn_dim=self.ffn_dim, bias=True, tie_embeddings=False,
-                                 dropout=self.dropout, pad_vocab_multiple=1)
+        return TransformerConfig(
+            vocab_size=1,
+            max_seq_len=self.num_patches + 1,
+            dim=self.dim,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            norm="pre_layernorm",
+            norm_eps=self.norm_eps,
+            positions="none",
+            ffn="gelu",
+            ffn_dim=self.ffn_dim,
+            bias=True,
+            tie_embeddings=False,
+            dropout=self.dropout,
+            pad_vocab_multiple=1,
+        )
 
 
 class ViT(nn.Module):
@@ -82,8 +94,10 @@ class ViT(nn.Module):
         """Images (B, C, H, W) -> token states (B, 1 + N, dim) after the final norm; index 0 is the class token."""
         c, s = self.cfg.in_chans, self.cfg.img_size
         if x.ndim != 4 or x.shape[1:] != (c, s, s):
-            raise NeuratlasError(f"ViT expects images shaped (batch, {c}, {s}, {s}), got {tuple(x.shape)}; set "
-                                 "img_size/in_chans to match the data")
+            raise NeuratlasError(
+                f"ViT expects images shaped (batch, {c}, {s}, {s}), got {tuple(x.shape)}; set "
+                "img_size/in_chans to match the data"
+            )
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, dim): one token per patch
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], 1)
         x = self.drop(x + self.pos_embed.to(x.dtype))
@@ -97,13 +111,34 @@ class ViT(nn.Module):
 
 
 register_model("vit-b16", ViT, "ViT-Base/16 at 224×224: 12 layers, dim 768, 12 heads (86.6M parameters)")
-register_model("vit-s16", ViT, "ViT-Small/16 at 224×224: 12 layers, dim 384, 6 heads (22.1M parameters)",
-               dim=384, n_head=6)
-register_model("vit-ti16", ViT, "ViT-Tiny/16 at 224×224: 12 layers, dim 192, 3 heads (5.7M parameters)",
-               dim=192, n_head=3)
-register_model("vit-fashion-p4", ViT, "small ViT for 28×28 grey images: 4×4 patches (49 tokens), dim 128, 6 "
-               "layers, 4 heads", img_size=28, patch_size=4, in_chans=1, num_classes=10, dim=128, n_layer=6,
-               n_head=4, dropout=0.1)
-register_model("vit-fashion-p7", ViT, "tiny ViT for 28×28 grey images: 7×7 patches (16 tokens), dim 128, 4 "
-               "layers, 4 heads (the quick tour model)", img_size=28, patch_size=7, in_chans=1, num_classes=10,
-               dim=128, n_layer=4, n_head=4)
+register_model(
+    "vit-s16", ViT, "ViT-Small/16 at 224×224: 12 layers, dim 384, 6 heads (22.1M parameters)", dim=384, n_head=6
+)
+register_model(
+    "vit-ti16", ViT, "ViT-Tiny/16 at 224×224: 12 layers, dim 192, 3 heads (5.7M parameters)", dim=192, n_head=3
+)
+register_model(
+    "vit-fashion-p4",
+    ViT,
+    "small ViT for 28×28 grey images: 4×4 patches (49 tokens), dim 128, 6 layers, 4 heads",
+    img_size=28,
+    patch_size=4,
+    in_chans=1,
+    num_classes=10,
+    dim=128,
+    n_layer=6,
+    n_head=4,
+    dropout=0.1,
+)
+register_model(
+    "vit-fashion-p7",
+    ViT,
+    "tiny ViT for 28×28 grey images: 7×7 patches (16 tokens), dim 128, 4 layers, 4 heads (the quick tour model)",
+    img_size=28,
+    patch_size=7,
+    in_chans=1,
+    num_classes=10,
+    dim=128,
+    n_layer=4,
+    n_head=4,
+)

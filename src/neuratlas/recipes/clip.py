@@ -9,8 +9,15 @@ reports retrieval on 400 test names never seen in training.
 from neuratlas.recipes.registry import register_recipe
 
 
-def _run(model: dict, data: dict, epochs: float, lr: float = 2e-3, wd: float = 0.1, metric: str = "zero_shot_accuracy",
-         **trainer) -> dict:
+def _run(
+    model: dict,
+    data: dict,
+    epochs: float,
+    lr: float = 2e-3,
+    wd: float = 0.1,
+    metric: str = "zero_shot_accuracy",
+    **trainer,
+) -> dict:
     return {
         "model": model,
         "data": data,
@@ -21,17 +28,28 @@ def _run(model: dict, data: dict, epochs: float, lr: float = 2e-3, wd: float = 0
     }
 
 
-register_recipe("clip-fashion-quick",
-                _run({"name": "clip-convnet"}, {"name": "fashion-mnist-captions", "batch_size": 256}, 1),
-                "CLIP on Fashion-MNIST images with SYNTHETIC captions (8 templates per class), 1 epoch; "
-                "zero-shot accuracy on the test set from text prompts alone", family="clip", tour=True,
-                target="test zero-shot accuracy ≥ 0.75 (chance 0.10)")
-register_recipe("clip-fashion-vit",
-                _run({"name": "clip-vit"}, {"name": "fashion-mnist-captions", "batch_size": 256}, 3, lr=1e-3),
-                "CLIP with a tiny ViT image encoder on Fashion-MNIST with synthetic template captions, 3 epochs",
-                family="clip", target="test zero-shot accuracy ≥ 0.75")
-register_recipe("clip-emoji",
-                _run({"name": "clip-convnet-emoji"}, {"name": "emoji-names", "batch_size": 128}, 30, lr=2e-3,
-                     metric="i2t_recall@5"),
-                "CLIP on ~2,900 Noto Color Emoji + CLDR names; retrieval among 400 test names never trained on",
-                family="clip", target="test i2t recall@5 well above chance (5/400 = 0.0125)")
+register_recipe(
+    "clip-fashion-quick",
+    _run({"name": "clip-convnet"}, {"name": "fashion-mnist-captions", "batch_size": 256}, 1),
+    "CLIP on Fashion-MNIST images with SYNTHETIC captions (8 templates per class), 1 epoch; "
+    "zero-shot accuracy on the test set from text prompts alone",
+    family="clip",
+    tour=True,
+    target="test zero-shot accuracy ≥ 0.75 (chance 0.10)",
+)
+register_recipe(
+    "clip-fashion-vit",
+    _run({"name": "clip-vit"}, {"name": "fashion-mnist-captions", "batch_size": 256}, 3, lr=1e-3),
+    "CLIP with a tiny ViT image encoder on Fashion-MNIST with synthetic template captions, 3 epochs",
+    family="clip",
+    target="test zero-shot accuracy ≥ 0.75",
+)
+register_recipe(
+    "clip-emoji",
+    _run(
+        {"name": "clip-convnet-emoji"}, {"name": "emoji-names", "batch_size": 128}, 30, lr=2e-3, metric="i2t_recall@5"
+    ),
+    "CLIP on ~2,900 Noto Color Emoji + CLDR names; retrieval among 400 test names never trained on",
+    family="clip",
+    target="test i2t recall@5 well above chance (5/400 = 0.0125)",
+)

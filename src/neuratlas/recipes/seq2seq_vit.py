@@ -11,8 +11,17 @@ CMUDICT = {"name": "cmudict", "batch_size": 256}
 FMNIST = {"name": "fashion-mnist", "batch_size": 256}
 
 
-def _g2p(model: str, steps: int | None = None, epochs: float = 1.0, lr: float = 2e-3, beam: int = 1,
-         smoothing: float = 0.1, val_words: int | None = 500, batch_size: int = 256, **trainer) -> dict:
+def _g2p(
+    model: str,
+    steps: int | None = None,
+    epochs: float = 1.0,
+    lr: float = 2e-3,
+    beam: int = 1,
+    smoothing: float = 0.1,
+    val_words: int | None = 500,
+    batch_size: int = 256,
+    **trainer,
+) -> dict:
     return {
         "model": {"name": model},
         "data": {**CMUDICT, "batch_size": batch_size},
@@ -23,22 +32,32 @@ def _g2p(model: str, steps: int | None = None, epochs: float = 1.0, lr: float = 
     }
 
 
-register_recipe("g2p-transformer-quick",
-                _g2p("transformer-2017-g2p-tiny", steps=1000, lr=2e-3, eval_every=1000, time_limit=105),
-                "2017 encoder–decoder (d 128, 2+2 layers) on CMUdict G2P, 1,000 steps of 256 pairs; greedy "
-                "WER/PER on 10k held-out words", family="encoder_decoder", tour=True, target="test WER ≤ 0.60")
-register_recipe("g2p-transformer-2017",
-                _g2p("transformer-2017-g2p", epochs=30, lr=1e-3, beam=4, val_words=2000),
-                "2017 encoder–decoder (post-LN, sinusoidal, ReLU; d 256, 3+3 layers), 30 epochs, beam 4",
-                family="encoder_decoder", target="test WER ≤ 0.25, PER ≤ 0.06")
-register_recipe("g2p-transformer-modern",
-                _g2p("transformer-modern-g2p", epochs=30, lr=1e-3, beam=4, val_words=2000),
-                "modern switches (pre-RMSNorm, GQA, RoPE, SwiGLU) as an encoder–decoder, 30 epochs, beam 4",
-                family="encoder_decoder", target="test WER ≤ 0.25, PER ≤ 0.06")
+register_recipe(
+    "g2p-transformer-quick",
+    _g2p("transformer-2017-g2p-tiny", steps=1000, lr=2e-3, eval_every=1000, time_limit=105),
+    "2017 encoder–decoder (d 128, 2+2 layers) on CMUdict G2P, 1,000 steps of 256 pairs; greedy "
+    "WER/PER on 10k held-out words",
+    family="encoder_decoder",
+    tour=True,
+    target="test WER ≤ 0.60",
+)
+register_recipe(
+    "g2p-transformer-2017",
+    _g2p("transformer-2017-g2p", epochs=30, lr=1e-3, beam=4, val_words=2000),
+    "2017 encoder–decoder (post-LN, sinusoidal, ReLU; d 256, 3+3 layers), 30 epochs, beam 4",
+    family="encoder_decoder",
+    target="test WER ≤ 0.25, PER ≤ 0.06",
+)
+register_recipe(
+    "g2p-transformer-modern",
+    _g2p("transformer-modern-g2p", epochs=30, lr=1e-3, beam=4, val_words=2000),
+    "modern switches (pre-RMSNorm, GQA, RoPE, SwiGLU) as an encoder–decoder, 30 epochs, beam 4",
+    family="encoder_decoder",
+    target="test WER ≤ 0.25, PER ≤ 0.06",
+)
 
 
-def _vit(model: str, epochs: float, lr: float = 2e-3, wd: float = 0.05, data: dict | None = None,
-         **trainer) -> dict:
+def _vit(model: str, epochs: float, lr: float = 2e-3, wd: float = 0.05, data: dict | None = None, **trainer) -> dict:
     return {
         "model": {"name": model},
         "data": data or dict(FMNIST),
@@ -49,9 +68,18 @@ def _vit(model: str, epochs: float, lr: float = 2e-3, wd: float = 0.05, data: di
     }
 
 
-register_recipe("vit-fashion-quick", _vit("vit-fashion-p7", 2, time_limit=110),
-                "ViT with 7×7 patches (16 tokens + class token), d 128, 4 layers, 2 epochs", family="vit",
-                tour=True, target="test accuracy ≥ 0.72")
-register_recipe("vit-fashion", _vit("vit-fashion-p4", 40, lr=1e-3, data={**FMNIST, "erase": 0.25}),
-                "ViT with 4×4 patches (49 tokens), d 128, 6 layers, 40 epochs with cutout", family="vit",
-                target="test accuracy ≥ 0.91")
+register_recipe(
+    "vit-fashion-quick",
+    _vit("vit-fashion-p7", 2, time_limit=110),
+    "ViT with 7×7 patches (16 tokens + class token), d 128, 4 layers, 2 epochs",
+    family="vit",
+    tour=True,
+    target="test accuracy ≥ 0.72",
+)
+register_recipe(
+    "vit-fashion",
+    _vit("vit-fashion-p4", 40, lr=1e-3, data={**FMNIST, "erase": 0.25}),
+    "ViT with 4×4 patches (49 tokens), d 128, 6 layers, 40 epochs with cutout",
+    family="vit",
+    target="test accuracy ≥ 0.91",
+)

@@ -85,8 +85,7 @@ register_recipe(
 register_recipe(
     "gpt-tinyshakespeare-10min",
     _lm(
-        {"name": "gpt-char-baby", "dim": 256, "max_seq_len": 128, "bias": False, "dropout": 0.1,
-         "attn_dropout": 0.0},
+        {"name": "gpt-char-baby", "dim": 256, "max_seq_len": 128, "bias": False, "dropout": 0.1, "attn_dropout": 0.0},
         {"name": "tinyshakespeare", "batch_size": 32, "block_size": 128},
         3000,  # the schedule's grid: training goes on until the clock runs out (warmup: 100/3000 of it)
         optimizer="muon",

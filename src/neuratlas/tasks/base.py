@@ -55,8 +55,9 @@ class Task:
         """The options of ``neuratlas predict`` on this task's checkpoints (each task declares its own: they are
         typed, listed in ``--help`` and checked like every other option)."""
 
-    def __init__(self, cfg: Any, data_spec: dict[str, Any], seed: int = 0,
-                 sections: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, cfg: Any, data_spec: dict[str, Any], seed: int = 0, sections: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         self.cfg, self.data_spec, self.seed = cfg, data_spec, seed
         for name, cls in self.sections.items():  # validated before any data is loaded
             setattr(self, name, build_config(cls, dict((sections or {}).get(name, {})), where=name))
@@ -147,8 +148,9 @@ class Task:
         raise NeuratlasError(f"{cls.__name__} checkpoints predict on their inputs; --data.* options do not apply")
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: PredictOptions) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
+    ) -> list[str]:
         """Run the model on user inputs (files or text) and return lines to print."""
         raise NotImplementedError(f"`predict` is not available for {cls.__name__}")
 
@@ -157,16 +159,16 @@ def task_class(spec: dict[str, Any]) -> type[Task]:
     return TASKS.get(spec["name"]).builder
 
 
-def build_task(spec: dict[str, Any], data_spec: dict[str, Any], seed: int,
-               sections: dict[str, dict[str, Any]] | None = None) -> Task:
+def build_task(
+    spec: dict[str, Any], data_spec: dict[str, Any], seed: int, sections: dict[str, dict[str, Any]] | None = None
+) -> Task:
     spec = dict(spec)
     entry = TASKS.get(spec.pop("name"))
     cls = entry.builder
     unclaimed = sorted(set(sections or {}) - set(cls.sections))
     if unclaimed:
         owned = ", ".join(cls.sections) or "none"
-        raise NeuratlasError(f"the {entry.name!r} task has no --{unclaimed[0]}.* options (its own sections: "
-                             f"{owned})")
+        raise NeuratlasError(f"the {entry.name!r} task has no --{unclaimed[0]}.* options (its own sections: {owned})")
     # tasks that own no section keep the three-argument constructor
     return cls(entry.config(**spec), data_spec, seed, *((sections,) if cls.sections else ()))
 

@@ -125,20 +125,22 @@ class ChatSFT(Task):
         system: str = ""  # a system message before each question
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: PredictOptions) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
+    ) -> list[str]:
         """Answer each input as a user message through the model's chat template (greedy)."""
         from neuratlas.text.tokenizers import tokenizer_from_dict
 
         tok = tokenizer_from_dict(extra["tokenizer"])
         lines = []
         for text in inputs:
-            messages = ([{"role": "system", "content": options.system}] if options.system else []) + \
-                [{"role": "user", "content": text}]
+            messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
+                {"role": "user", "content": text}
+            ]
             ids = torch.tensor([tok.encode_chat(messages)], device=model_device(model))
             with torch.no_grad():
                 row = model.generate(ids, options.max_new_tokens, temperature=0, stop_tokens=tok.stop_ids)[0]
-            new = row[ids.shape[1]:].tolist()
+            new = row[ids.shape[1] :].tolist()
             cut = next((k for k, t in enumerate(new) if t in tok.stop_ids), len(new))
             lines.append(f"{text}\n→ {tok.decode(new[:cut]).strip()}")
         return lines
@@ -168,9 +170,18 @@ class ChatSFT(Task):
         if before:
             result.notes.append("before training: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        (run_dir / "finetune.json").write_text(json.dumps(
-            {"before": before, "after": result.val, "trainable": trainable,
-             "total": sum(p.numel() for p in model.parameters()), "hf_folder": str(hf)}, indent=2))
+        (run_dir / "finetune.json").write_text(
+            json.dumps(
+                {
+                    "before": before,
+                    "after": result.val,
+                    "trainable": trainable,
+                    "total": sum(p.numel() for p in model.parameters()),
+                    "hf_folder": str(hf),
+                },
+                indent=2,
+            )
+        )
 
 
 class checkpointed:

@@ -94,14 +94,23 @@ class ImageClassification(Task):
             mirrored, _ = gather_predictions(model, self.batches(split), autocast, lambda x: prepare(x.flip(-1)))
             logits = (logits + mirrored) / 2
         y = y.to(logits.device)
-        return {"loss": nn.functional.cross_entropy(logits, y).item(), "accuracy": accuracy(logits, y),
-                "top5": accuracy(logits, y, 5)}
+        return {
+            "loss": nn.functional.cross_entropy(logits, y).item(),
+            "accuracy": accuracy(logits, y),
+            "top5": accuracy(logits, y, 5),
+        }
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c, h, w = self.data.shape
-        return {"classes": self.data.classes, "mean": list(self.data.mean), "std": list(self.data.std),
-                "input_shape": [c, h, w], "dataset": self.data_spec["name"], "tta_flip": self.cfg.tta_flip,
-                "resize": getattr(self.data.cfg, "resize", "squash")}
+        return {
+            "classes": self.data.classes,
+            "mean": list(self.data.mean),
+            "std": list(self.data.std),
+            "input_shape": [c, h, w],
+            "dataset": self.data_spec["name"],
+            "tta_flip": self.cfg.tta_flip,
+            "resize": getattr(self.data.cfg, "resize", "squash"),
+        }
 
     def describe_data(self) -> str:
         return describe_splits(self.data_spec["name"], self.data)
@@ -114,8 +123,9 @@ class ImageClassification(Task):
         invert: bool = False  # invert the images first (dark drawing on white, where the data is light on dark)
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: PredictOptions) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
+    ) -> list[str]:
         """Classify image files (PNG/JPEG, or .npy arrays); prints the top-3 classes per file."""
         c, h, w = extra["input_shape"]
         x = torch.stack([load_image(p, c, h, w, options.invert, extra.get("resize", "squash")) for p in inputs])
@@ -130,14 +140,14 @@ class ImageClassification(Task):
         lines = []
         for path, p in zip(inputs, probs):
             top = p.topk(min(3, len(p)))
-            best = ", ".join(f"{extra['classes'][i]} {v:.1%}" for v, i in zip(top.values.tolist(),
-                                                                              top.indices.tolist()))
+            best = ", ".join(
+                f"{extra['classes'][i]} {v:.1%}" for v, i in zip(top.values.tolist(), top.indices.tolist())
+            )
             lines.append(f"{path}: {best}")
         return lines
 
 
-def load_image(path: str, channels: int, h: int, w: int, invert: bool = False,
-               resize: str = "squash") -> torch.Tensor:
+def load_image(path: str, channels: int, h: int, w: int, invert: bool = False, resize: str = "squash") -> torch.Tensor:
     """Read an image file into a uint8 (C, H, W) tensor of the model's input size."""
     p = Path(path)
     if not p.is_file():
@@ -165,5 +175,9 @@ def load_image(path: str, channels: int, h: int, w: int, invert: bool = False,
     return 255 - t if invert else t
 
 
-TASKS.add("classification", ImageClassification, ClassificationConfig,
-          description="image classification: cross-entropy, accuracy/top-5 on held-out data")
+TASKS.add(
+    "classification",
+    ImageClassification,
+    ClassificationConfig,
+    description="image classification: cross-entropy, accuracy/top-5 on held-out data",
+)

@@ -37,8 +37,16 @@ KS = (1, 5, 10)
 @dataclass
 class ContrastiveConfig:
     group_positives: bool = True  # pairs whose captions describe the same group are positives (see clip_loss)
-    metric: Literal["zero_shot_accuracy", "loss", "i2t_recall@1", "i2t_recall@5", "i2t_recall@10", "t2i_recall@1",
-                    "t2i_recall@5", "t2i_recall@10"] = "zero_shot_accuracy"
+    metric: Literal[
+        "zero_shot_accuracy",
+        "loss",
+        "i2t_recall@1",
+        "i2t_recall@5",
+        "i2t_recall@10",
+        "t2i_recall@1",
+        "t2i_recall@5",
+        "t2i_recall@10",
+    ] = "zero_shot_accuracy"
     retrieval_size: int = 1000  # held-out pairs used for retrieval (the first N of the split)
 
     def __post_init__(self) -> None:
@@ -49,8 +57,9 @@ class ContrastiveConfig:
             raise ValueError("retrieval_size must be at least 2")
 
 
-def retrieval_recall(sim: torch.Tensor, query_groups: torch.Tensor, item_groups: torch.Tensor,
-                     ks: tuple[int, ...] = KS) -> dict[int, float]:
+def retrieval_recall(
+    sim: torch.Tensor, query_groups: torch.Tensor, item_groups: torch.Tensor, ks: tuple[int, ...] = KS
+) -> dict[int, float]:
     """Fraction of queries (rows of ``sim``) with an item of their own group among the top-k columns."""
     order = sim.topk(min(max(ks), sim.shape[1]), dim=1).indices
     hit = item_groups[order] == query_groups[:, None]  # (Q, kmax)
@@ -66,12 +75,15 @@ class ContrastiveImageText(Task):
         super().__init__(cfg, data_spec, seed)
         self.data: ImageTextSplits = load_dataset(data_spec)
         if not isinstance(self.data, ImageTextSplits):
-            raise NeuratlasError(f"task contrastive needs an image–text data set (fashion-mnist-captions, "
-                                 f"emoji-names), not {data_spec.get('name')!r}")
+            raise NeuratlasError(
+                f"task contrastive needs an image–text data set (fashion-mnist-captions, "
+                f"emoji-names), not {data_spec.get('name')!r}"
+            )
         self.metric = cfg.metric
         self.higher_is_better = cfg.metric != "loss"
-        self.train_batches = TensorBatches(self.data.train, self.data.cfg.batch_size, seed=seed,
-                                           transform=self._augment)
+        self.train_batches = TensorBatches(
+            self.data.train, self.data.cfg.batch_size, seed=seed, transform=self._augment
+        )
         self.batch_size = self.train_batches.batch_size
 
     def _augment(self, batch: tuple[torch.Tensor, ...], g: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -89,8 +101,13 @@ class ContrastiveImageText(Task):
 
     def model_defaults(self) -> dict[str, Any]:
         c, h, _ = self.data.shape
-        return {"in_chans": c, "img_size": h, "vocab_size": self.data.tokenizer.vocab_size,
-                "pad_id": self.data.pad_id, "context_length": self.data.tokens.shape[-1]}
+        return {
+            "in_chans": c,
+            "img_size": h,
+            "vocab_size": self.data.tokenizer.vocab_size,
+            "pad_id": self.data.pad_id,
+            "context_length": self.data.tokens.shape[-1],
+        }
 
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         x, ids, groups = batch
@@ -107,14 +124,19 @@ class ContrastiveImageText(Task):
         x, groups = {"train": self.data.train, "val": self.data.val, "test": self.data.test}[split]
         bs = self.data.cfg.eval_batch_size
         with autocast:
-            img = torch.cat([m.encode_image(self.prepare(x[i:i + bs])) for i in range(0, len(x), bs)])
+            img = torch.cat([m.encode_image(self.prepare(x[i : i + bs])) for i in range(0, len(x), bs)])
             classes = groups.unique()  # sorted group ids present in this split
             ids = self.data.tokens[classes].flatten(0, 1).to(self.device)
-            txt = torch.cat([m.encode_text(ids[i:i + bs]) for i in range(0, len(ids), bs)])
+            txt = torch.cat([m.encode_text(ids[i : i + bs]) for i in range(0, len(ids), bs)])
         txt = txt.view(len(classes), len(self.data.templates), -1)
         m.train(was)
-        return {"images": img, "groups": groups.to(img.device), "classes": classes.to(img.device),
-                "captions": txt, "class_emb": nn.functional.normalize(txt.mean(1), dim=-1)}
+        return {
+            "images": img,
+            "groups": groups.to(img.device),
+            "classes": classes.to(img.device),
+            "captions": txt,
+            "class_emb": nn.functional.normalize(txt.mean(1), dim=-1),
+        }
 
     def evaluate(self, model: nn.Module, split: str, autocast: AbstractContextManager) -> dict[str, float]:
         e = self.embed(model, split, autocast)
@@ -128,9 +150,12 @@ class ContrastiveImageText(Task):
         img, grp = e["images"][:n], e["groups"][:n]
         txt = e["captions"][label[:n], template]
         sim = m.similarity(img, txt)
-        out = {"loss": clip_loss(sim, grp if self.cfg.group_positives else None).item(),
-               "zero_shot_accuracy": zero_shot, "zero_shot_chance": 1.0 / len(e["classes"]),
-               "logit_scale": m.scale().detach().item()}
+        out = {
+            "loss": clip_loss(sim, grp if self.cfg.group_positives else None).item(),
+            "zero_shot_accuracy": zero_shot,
+            "zero_shot_chance": 1.0 / len(e["classes"]),
+            "logit_scale": m.scale().detach().item(),
+        }
         for direction, s in (("i2t", sim), ("t2i", sim.T)):
             for k, v in retrieval_recall(s, grp, grp).items():
                 out[f"{direction}_recall@{k}"] = v
@@ -155,17 +180,25 @@ class ContrastiveImageText(Task):
             if p != g:
                 title += f"\n(true: {textwrap.shorten(self.data.names[g], 30)})"
             ax.set_title(title, fontsize=7, color="green" if p == g else "red")
-        fig.suptitle(f"zero-shot on {split} ({self.data_spec['name']}): prompts only, "
-                     f"{len(e['classes'])} candidate names", fontsize=9)
+        fig.suptitle(
+            f"zero-shot on {split} ({self.data_spec['name']}): prompts only, {len(e['classes'])} candidate names",
+            fontsize=9,
+        )
         fig.tight_layout()
         return save_png(fig, path)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c, h, w = self.data.shape
         test_groups = self.data.test[1].unique().tolist()
-        return {"tokenizer": self.data.tokenizer.to_dict(), "templates": self.data.templates,
-                "classes": [self.data.names[i] for i in test_groups], "mean": list(self.data.mean),
-                "std": list(self.data.std), "input_shape": [c, h, w], "dataset": self.data_spec["name"]}
+        return {
+            "tokenizer": self.data.tokenizer.to_dict(),
+            "templates": self.data.templates,
+            "classes": [self.data.names[i] for i in test_groups],
+            "mean": list(self.data.mean),
+            "std": list(self.data.std),
+            "input_shape": [c, h, w],
+            "dataset": self.data_spec["name"],
+        }
 
     def describe_data(self) -> str:
         return describe_splits(self.data_spec["name"], self.data)
@@ -178,8 +211,9 @@ class ContrastiveImageText(Task):
         labels: list[str] = field(default_factory=list)  # class names to choose among (default: the run's classes)
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: PredictOptions) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
+    ) -> list[str]:
         """Zero-shot classify image files among ``--labels a,b,c`` (default: the checkpoint's test names)."""
         from neuratlas.tasks.classification import load_image
 
@@ -195,13 +229,22 @@ class ContrastiveImageText(Task):
         model.eval()
         with torch.no_grad():
             txt = model.encode_text(ids.to(device)).view(len(labels), len(extra["templates"]), -1).mean(1)
-            probs = model.similarity(model.encode_image(normalize(x, tuple(extra["mean"]), tuple(extra["std"]))),
-                                     nn.functional.normalize(txt, dim=-1)).softmax(-1).float().cpu()
+            probs = (
+                model.similarity(
+                    model.encode_image(normalize(x, tuple(extra["mean"]), tuple(extra["std"]))),
+                    nn.functional.normalize(txt, dim=-1),
+                )
+                .softmax(-1)
+                .float()
+                .cpu()
+            )
         lines = []
         for path, p in zip(inputs, probs):
             top = p.topk(min(3, len(p)))
-            lines.append(f"{path}: " + ", ".join(f"{labels[i]} {v:.1%}" for v, i in
-                                                 zip(top.values.tolist(), top.indices.tolist())))
+            lines.append(
+                f"{path}: "
+                + ", ".join(f"{labels[i]} {v:.1%}" for v, i in zip(top.values.tolist(), top.indices.tolist()))
+            )
         return lines
 
 
@@ -212,5 +255,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-TASKS.add("contrastive", ContrastiveImageText, ContrastiveConfig,
-          description="CLIP image–text contrastive learning: zero-shot accuracy and retrieval recall@k")
+TASKS.add(
+    "contrastive",
+    ContrastiveImageText,
+    ContrastiveConfig,
+    description="CLIP image–text contrastive learning: zero-shot accuracy and retrieval recall@k",
+)

@@ -51,8 +51,12 @@ Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes (D, 4), sc
 
 
 # --- COCO-style evaluation ---------------------------------------------------------------------------------
-def coco_evaluate(detections: list[Detections], truths: list[tuple[torch.Tensor, torch.Tensor]],
-                  max_dets: int = 100, iou_thresholds: np.ndarray | None = None) -> dict[str, float]:
+def coco_evaluate(
+    detections: list[Detections],
+    truths: list[tuple[torch.Tensor, torch.Tensor]],
+    max_dets: int = 100,
+    iou_thresholds: np.ndarray | None = None,
+) -> dict[str, float]:
     """AP@[.5:.95], AP50, AP75 and AR (recall averaged over IoU thresholds) for the "all" area range.
 
     ``detections[i]`` and ``truths[i] = (boxes, labels)`` belong to image i; boxes are xyxy pixels.
@@ -62,8 +66,9 @@ def coco_evaluate(detections: list[Detections], truths: list[tuple[torch.Tensor,
     """
     thr = np.linspace(0.5, 0.95, 10) if iou_thresholds is None else np.asarray(iou_thresholds)
     rec_thrs = np.linspace(0.0, 1.00, 101)
-    classes = sorted({int(c) for _, lab in truths for c in lab.tolist()}
-                     | {int(c) for d in detections for c in d[2].tolist()})
+    classes = sorted(
+        {int(c) for _, lab in truths for c in lab.tolist()} | {int(c) for d in detections for c in d[2].tolist()}
+    )
     precision = np.full((len(thr), len(rec_thrs), len(classes)), -1.0)
     recall = np.full((len(thr), len(classes)), -1.0)
     for k, c in enumerate(classes):
@@ -121,16 +126,25 @@ def coco_evaluate(detections: list[Detections], truths: list[tuple[torch.Tensor,
         hit = np.flatnonzero(np.isclose(thr, value))
         if hit.size:
             out[name] = mean(precision[hit[0]])
-    return {"AP50": out.get("AP50", -1.0), "AP": mean(precision), "AP75": out.get("AP75", -1.0),
-            "AR": mean(recall)}
+    return {"AP50": out.get("AP50", -1.0), "AP": mean(precision), "AP75": out.get("AP75", -1.0), "AR": mean(recall)}
 
 
 # --- whole-image inference by tiles -------------------------------------------------------------------------
 @torch.no_grad()
-def detect_tiled(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] | None,
-                 std: tuple[float, ...] | None, tile: int, overlap: int, score_thresh: float = 0.05,
-                 nms_iou: float = 0.5, max_dets: int = 300, batch_size: int = 8,
-                 autocast: AbstractContextManager | None = None, edge: float = 2.0) -> Detections:
+def detect_tiled(
+    model: nn.Module,
+    image: torch.Tensor,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    tile: int,
+    overlap: int,
+    score_thresh: float = 0.05,
+    nms_iou: float = 0.5,
+    max_dets: int = 300,
+    batch_size: int = 8,
+    autocast: AbstractContextManager | None = None,
+    edge: float = 2.0,
+) -> Detections:
     """Detect on a (C, H, W) uint8 image of any size: overlapping tiles, boxes shifted back, boxes touching an
     inner tile edge dropped (the overlap shows their object whole elsewhere), then class-wise NMS."""
     c, h, w = image.shape
@@ -142,8 +156,8 @@ def detect_tiled(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] 
     was_training = model.training
     model.eval()
     for i in range(0, len(origins), batch_size):
-        chunk = origins[i:i + batch_size]
-        x = torch.stack([image[:, y0:y0 + th, x0:x0 + tw] for y0, x0 in chunk])
+        chunk = origins[i : i + batch_size]
+        x = torch.stack([image[:, y0 : y0 + th, x0 : x0 + tw] for y0, x0 in chunk])
         x = normalize(x, mean, std).to(device)
         with autocast or contextlib.nullcontext():
             out = model(x)
@@ -172,11 +186,21 @@ def detect_tiled(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] 
 
 
 @torch.no_grad()
-def detect_dihedral(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] | None,
-                    std: tuple[float, ...] | None, tile: int, overlap: int, score_thresh: float = 0.05,
-                    nms_iou: float = 0.5, max_dets: int = 300, batch_size: int = 8,
-                    autocast: AbstractContextManager | None = None, fuse_iou: float = 0.55,
-                    scales: tuple[float, ...] = (1.0,)) -> Detections:
+def detect_dihedral(
+    model: nn.Module,
+    image: torch.Tensor,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    tile: int,
+    overlap: int,
+    score_thresh: float = 0.05,
+    nms_iou: float = 0.5,
+    max_dets: int = 300,
+    batch_size: int = 8,
+    autocast: AbstractContextManager | None = None,
+    fuse_iou: float = 0.55,
+    scales: tuple[float, ...] = (1.0,),
+) -> Detections:
     """Test-time augmentation for pictures with no "up" (aerial, microscopy): detect on the eight mirrored /
     rotated views, map the boxes back and fuse them (weighted box fusion). 8× the inference time; the fused
     score is the mean over views, so ``score_thresh`` applies to it (views keep every box above 0.05).
@@ -184,9 +208,24 @@ def detect_dihedral(model: nn.Module, image: torch.Tensor, mean: tuple[float, ..
     ``scales`` adds zoomed copies of the image (bilinear, antialiased when shrinking), eight views each; each
     scale's fused boxes are mapped back to the original pixels and the scales fused once more (a box found at
     one scale only keeps 1/len(scales) of its score). Boxes come back in the original image's pixels."""
-    per_scale = [_dihedral_fused(model, image if f == 1.0 else zoom_uint8(image, f), mean, std, tile, overlap,
-                                 min(score_thresh, 0.05), nms_iou, max_dets, batch_size, autocast, fuse_iou, f)
-                 for f in scales]
+    per_scale = [
+        _dihedral_fused(
+            model,
+            image if f == 1.0 else zoom_uint8(image, f),
+            mean,
+            std,
+            tile,
+            overlap,
+            min(score_thresh, 0.05),
+            nms_iou,
+            max_dets,
+            batch_size,
+            autocast,
+            fuse_iou,
+            f,
+        )
+        for f in scales
+    ]
     if len(per_scale) == 1:
         b, s, lab = per_scale[0]
     else:
@@ -195,16 +234,38 @@ def detect_dihedral(model: nn.Module, image: torch.Tensor, mean: tuple[float, ..
     return b[keep], s[keep], lab[keep]
 
 
-def _dihedral_fused(model: nn.Module, image: torch.Tensor, mean: tuple[float, ...] | None,
-                    std: tuple[float, ...] | None, tile: int, overlap: int, score_thresh: float, nms_iou: float,
-                    max_dets: int, batch_size: int, autocast: AbstractContextManager | None, fuse_iou: float,
-                    scale: float) -> Detections:
+def _dihedral_fused(
+    model: nn.Module,
+    image: torch.Tensor,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    tile: int,
+    overlap: int,
+    score_thresh: float,
+    nms_iou: float,
+    max_dets: int,
+    batch_size: int,
+    autocast: AbstractContextManager | None,
+    fuse_iou: float,
+    scale: float,
+) -> Detections:
     """The eight views of one image, fused, boxes divided by ``scale`` (all fused boxes, sorted by score)."""
     _, h, w = image.shape
     boxes, scores, labels = [], [], []
     for k, flip in DIHEDRAL:
-        b, s, lab = detect_tiled(model, dihedral_view(image, k, flip), mean, std, tile, overlap,
-                                 score_thresh, nms_iou, max_dets, batch_size, autocast)
+        b, s, lab = detect_tiled(
+            model,
+            dihedral_view(image, k, flip),
+            mean,
+            std,
+            tile,
+            overlap,
+            score_thresh,
+            nms_iou,
+            max_dets,
+            batch_size,
+            autocast,
+        )
         boxes.append(undo_dihedral_boxes(b, k, flip, h, w))
         scores.append(s)
         labels.append(lab)
@@ -217,8 +278,9 @@ def _stats(extra: dict[str, Any]) -> tuple[tuple[float, ...] | None, tuple[float
     return (None, None) if extra["mean"] is None else (tuple(extra["mean"]), tuple(extra["std"]))
 
 
-def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, path: Path,
-               truth: torch.Tensor | None = None) -> Path:
+def draw_boxes(
+    image: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, path: Path, truth: torch.Tensor | None = None
+) -> Path:
     """Save the image with predicted boxes (yellow, with scores) and optional ground truth (cyan) as PNG."""
     from PIL import Image, ImageDraw
 
@@ -266,8 +328,9 @@ class Detection(Task):
         self.data: TreeData = load_dataset(data_spec)
         dc = self.data.cfg
         self.batch_size = dc.batch_size
-        self.train_batches = TensorBatches((self.data.tiles, self.data.boxes, self.data.labels), dc.batch_size,
-                                           seed=seed, transform=self._augment)
+        self.train_batches = TensorBatches(
+            (self.data.tiles, self.data.boxes, self.data.labels), dc.batch_size, seed=seed, transform=self._augment
+        )
 
     def _augment(self, batch: tuple[torch.Tensor, ...], g: torch.Generator) -> tuple[torch.Tensor, ...]:
         x, boxes, labels = batch
@@ -306,11 +369,24 @@ class Detection(Task):
     def evaluate(self, model: nn.Module, split: str, autocast: AbstractContextManager) -> dict[str, float]:
         dc, cfg = self.data.cfg, self.cfg
         images = self.images(split)
-        detect = partial(detect_dihedral, fuse_iou=cfg.fuse_iou, scales=tuple(cfg.tta_scales)) if cfg.tta \
-            else detect_tiled
-        dets = [detect(model, im.image, *self.stats, cfg.eval_tile or dc.tile_size,
-                       dc.tile_overlap, cfg.score_thresh, cfg.nms_iou, cfg.max_dets, cfg.eval_batch_size, autocast)
-                for im in images]
+        detect = (
+            partial(detect_dihedral, fuse_iou=cfg.fuse_iou, scales=tuple(cfg.tta_scales)) if cfg.tta else detect_tiled
+        )
+        dets = [
+            detect(
+                model,
+                im.image,
+                *self.stats,
+                cfg.eval_tile or dc.tile_size,
+                dc.tile_overlap,
+                cfg.score_thresh,
+                cfg.nms_iou,
+                cfg.max_dets,
+                cfg.eval_batch_size,
+                autocast,
+            )
+            for im in images
+        ]
         metrics = coco_evaluate(dets, [(im.boxes, im.labels) for im in images], max_dets=cfg.max_dets)
         metrics["detections"] = float(sum(len(d[0]) for d in dets))
         metrics["objects"] = float(sum(len(im.boxes) for im in images))
@@ -319,17 +395,28 @@ class Detection(Task):
     def checkpoint_extra(self) -> dict[str, Any]:
         dc = self.data.cfg
         mean, std = self.stats  # None, None: every image standardised by its own statistics
-        return {"classes": self.data.classes, "mean": mean and list(mean), "std": std and list(std),
-                "tile_size": self.cfg.eval_tile or dc.tile_size, "tile_overlap": dc.tile_overlap,
-                "nms_iou": self.cfg.nms_iou, "max_dets": self.cfg.max_dets, "dataset": self.data_spec["name"],
-                "tta": self.cfg.tta, "fuse_iou": self.cfg.fuse_iou, "tta_scales": list(self.cfg.tta_scales)}
+        return {
+            "classes": self.data.classes,
+            "mean": mean and list(mean),
+            "std": std and list(std),
+            "tile_size": self.cfg.eval_tile or dc.tile_size,
+            "tile_overlap": dc.tile_overlap,
+            "nms_iou": self.cfg.nms_iou,
+            "max_dets": self.cfg.max_dets,
+            "dataset": self.data_spec["name"],
+            "tta": self.cfg.tta,
+            "fuse_iou": self.cfg.fuse_iou,
+            "tta_scales": list(self.cfg.tta_scales),
+        }
 
     def describe_data(self) -> str:
         d = self.data
         if getattr(d, "summary", ""):  # a user's COCO files: its own one-line summary
             return d.summary
-        return (f"{self.data_spec['name']} ({len(d.tiles)} tiles, {int((d.labels >= 0).sum())} boxes / "
-                f"val strip {len(d.val[0].boxes)} / {d.test[0].name} {len(d.test[0].boxes)})")
+        return (
+            f"{self.data_spec['name']} ({len(d.tiles)} tiles, {int((d.labels >= 0).sum())} boxes / "
+            f"val strip {len(d.val[0].boxes)} / {d.test[0].name} {len(d.test[0].boxes)})"
+        )
 
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
         return [write_image(self.data.val[0].image[:, :256, :256], folder / "example.png")], {}
@@ -345,8 +432,9 @@ class Detection(Task):
         tta_scales: tuple[float, ...] | None = None  # e.g. 0.8,1,1.25 (default: as the run evaluated)
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: PredictOptions) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
+    ) -> list[str]:
         """Draw detected boxes with scores on each image (any size: tiled, never resized) → PNG."""
         score = options.score
         if options.truth and len(inputs) != 1:
@@ -355,8 +443,9 @@ class Detection(Task):
         overlap = options.overlap if options.overlap is not None else int(extra["tile_overlap"])
         in_chans = model.cfg.in_chans
         tta = options.tta if options.tta is not None else coerce(extra.get("tta", False), bool, "--tta")
-        scales = check_tta_scales(options.tta_scales or coerce(extra.get("tta_scales", [1.0]), tuple[float, ...],
-                                                               "--tta_scales"))
+        scales = check_tta_scales(
+            options.tta_scales or coerce(extra.get("tta_scales", [1.0]), tuple[float, ...], "--tta_scales")
+        )
         detect = partial(detect_dihedral, fuse_iou=extra.get("fuse_iou", 0.55), scales=scales) if tta else detect_tiled
         from neuratlas.device import autocast, resolve_precision
 
@@ -371,14 +460,21 @@ class Detection(Task):
 
                 truth, _ = read_voc(options.truth, image.shape[2], image.shape[1])
             t0 = time.perf_counter()
-            boxes, scores, _ = detect(model, image, *_stats(extra), tile, overlap,
-                                      score, extra["nms_iou"], 1000, autocast=cast)
+            boxes, scores, _ = detect(
+                model, image, *_stats(extra), tile, overlap, score, extra["nms_iou"], 1000, autocast=cast
+            )
             dt = time.perf_counter() - t0
             out = draw_boxes(image, boxes, scores, Path(out_dir) / f"{Path(path).stem}_boxes.png", truth)
-            lines.append(f"{path}: {len(boxes)} {extra['classes'][0].lower()}s with score ≥ {score} "
-                         f"({image.shape[2]}×{image.shape[1]} px, {dt:.2f} s) → {out}")
+            lines.append(
+                f"{path}: {len(boxes)} {extra['classes'][0].lower()}s with score ≥ {score} "
+                f"({image.shape[2]}×{image.shape[1]} px, {dt:.2f} s) → {out}"
+            )
         return lines
 
 
-TASKS.add("detection", Detection, DetectionConfig,
-          description="one-stage object detection: focal + GIoU loss, COCO AP on whole held-out images")
+TASKS.add(
+    "detection",
+    Detection,
+    DetectionConfig,
+    description="one-stage object detection: focal + GIoU loss, COCO AP on whole held-out images",
+)

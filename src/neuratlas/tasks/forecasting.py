@@ -54,10 +54,13 @@ def forecast_metrics(y: np.ndarray, pred: np.ndarray, scale: float) -> dict[str,
     denom = np.abs(y) + np.abs(pred)
     smape = np.where(denom > 0, 2 * err / np.where(denom > 0, denom, 1), 0.0)
     nz = y != 0
-    return {"mae": float(err.mean()), "rmse": float(np.sqrt(np.mean(err**2))),
-            "smape": float(100 * smape.mean()),
-            "mape": float(100 * np.mean(err[nz] / np.abs(y[nz]))) if nz.any() else math.nan,
-            "mase": float(err.mean() / scale)}
+    return {
+        "mae": float(err.mean()),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "smape": float(100 * smape.mean()),
+        "mape": float(100 * np.mean(err[nz] / np.abs(y[nz]))) if nz.any() else math.nan,
+        "mase": float(err.mean() / scale),
+    }
 
 
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
@@ -74,9 +77,9 @@ def origins(start: int, end: int, horizon: int) -> list[int]:
 
 def windows(z: np.ndarray, starts: list[int], lookback: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Inputs z[t-L:t] and targets z[t:t+H] for each origin t, both minus the level z[t-1] at the origin."""
-    x = np.stack([z[t - lookback:t] for t in starts])
+    x = np.stack([z[t - lookback : t] for t in starts])
     level = x[:, -1:]
-    y = np.stack([z[t:t + horizon] for t in starts]) if horizon else np.zeros((len(starts), 0))
+    y = np.stack([z[t : t + horizon] for t in starts]) if horizon else np.zeros((len(starts), 0))
     return x - level, y - level
 
 
@@ -85,8 +88,9 @@ def naive_forecasts(y: np.ndarray, starts: list[int], horizon: int, season: int 
     return np.stack([[y[t - season + (h % season)] for h in range(horizon)] for t in starts])
 
 
-def classical_forecasts(kind: str, y: np.ndarray, n_fit: int, starts: list[int], horizon: int, season: int,
-                        cfg: ForecastConfig) -> np.ndarray:
+def classical_forecasts(
+    kind: str, y: np.ndarray, n_fit: int, starts: list[int], horizon: int, season: int, cfg: ForecastConfig
+) -> np.ndarray:
     """ARIMA or ETS fitted on ``y[:n_fit]`` only, then run with those parameters over the whole series: the
     forecast from origin t is the dynamic prediction that conditions on ``y[:t]`` and nothing later."""
     feature = "the ARIMA/ETS baselines (or set --task.baselines false)"
@@ -94,21 +98,29 @@ def classical_forecasts(kind: str, y: np.ndarray, n_fit: int, starts: list[int],
     SARIMAX = require("statsmodels.tsa.statespace.sarimax", feature).SARIMAX
     seasonal = season > 1 and len(y[:n_fit]) > 2 * season
     if kind == "arima" and seasonal and season > MAX_ARIMA_SEASON:
-        raise NeuratlasError(f"seasonal ARIMA at period {season} has a state of {season}+ values: too slow to "
-                             f"fit; it is skipped above period {MAX_ARIMA_SEASON}")
+        raise NeuratlasError(
+            f"seasonal ARIMA at period {season} has a state of {season}+ values: too slow to "
+            f"fit; it is skipped above period {MAX_ARIMA_SEASON}"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter from statsmodels' optimisers
         if kind == "arima":
             P, D, Q = cfg.arima_seasonal_order if seasonal else (0, 0, 0)
-            spec = dict(order=tuple(cfg.arima_order), seasonal_order=(P, D, Q, season if seasonal else 0),
-                        trend="c" if cfg.arima_order[1] == 0 and D == 0 else "n")
+            spec = dict(
+                order=tuple(cfg.arima_order),
+                seasonal_order=(P, D, Q, season if seasonal else 0),
+                trend="c" if cfg.arima_order[1] == 0 and D == 0 else "n",
+            )
             params = SARIMAX(y[:n_fit], **spec).fit(disp=False).params
             full = SARIMAX(y, **spec).filter(params)
             return np.stack([full.predict(start=t, end=t + horizon - 1, dynamic=True) for t in starts])
-        spec = dict(error="add", trend=None if cfg.ets_trend == "none" else cfg.ets_trend,
-                    damped_trend=cfg.ets_damped and cfg.ets_trend != "none",
-                    seasonal=cfg.ets_seasonal if seasonal and cfg.ets_seasonal != "none" else None,
-                    seasonal_periods=season if seasonal and cfg.ets_seasonal != "none" else None)
+        spec = dict(
+            error="add",
+            trend=None if cfg.ets_trend == "none" else cfg.ets_trend,
+            damped_trend=cfg.ets_damped and cfg.ets_trend != "none",
+            seasonal=cfg.ets_seasonal if seasonal and cfg.ets_seasonal != "none" else None,
+            seasonal_periods=season if seasonal and cfg.ets_seasonal != "none" else None,
+        )
         if seasonal and season > MAX_ESTIMATED_SEASON:
             # long seasons (336 half-hours): estimating every initial seasonal state is hundreds of free
             # parameters; the heuristic start (a decomposition of the first cycles) leaves only the smoothing ones
@@ -132,7 +144,7 @@ def auto_lookback(season: int, horizon: int, n_fit: int, min_windows: int = 16) 
     """Three cycles of the season the model repeats (two, one, when the fitting part is short), so each
     window shows how the season changes from cycle to cycle; without a season, four horizons."""
     unit = season if season > 1 else horizon
-    for k in ((3, 2, 1) if season > 1 else (4, 3, 2, 1)):
+    for k in (3, 2, 1) if season > 1 else (4, 3, 2, 1):
         if n_fit - k * unit - horizon + 1 >= min_windows:
             return k * unit
     return unit
@@ -175,8 +187,9 @@ class Forecasting(Task):
         self.series: Series = load_dataset(data_spec)
         s = self.series
         if not isinstance(s, Series):
-            raise NeuratlasError(f"forecasting needs a series data set (csv-series, airpassengers, ...), not "
-                                 f"{data_spec['name']!r}")
+            raise NeuratlasError(
+                f"forecasting needs a series data set (csv-series, airpassengers, ...), not {data_spec['name']!r}"
+            )
         horizon = cfg.horizon or auto_horizon(s.seasons or (s.season,))
         val_len = cfg.val_len or horizon
         if val_len < horizon:
@@ -187,11 +200,14 @@ class Forecasting(Task):
         self.n_fit = s.n_train - self.val_len  # what the model and its scaler are fitted on
         self.log = cfg.log and s.positive
         if self.n_fit - cfg.lookback - cfg.horizon + 1 < 1:
-            raise NeuratlasError(f"{s.name}: {self.n_fit} fitting steps cannot hold one window of lookback "
-                                 f"{cfg.lookback} + horizon {cfg.horizon}; lower --task.lookback or --task.horizon")
+            raise NeuratlasError(
+                f"{s.name}: {self.n_fit} fitting steps cannot hold one window of lookback "
+                f"{cfg.lookback} + horizon {cfg.horizon}; lower --task.lookback or --task.horizon"
+            )
         if len(s.test) < cfg.horizon:
-            raise NeuratlasError(f"{s.name}: the test block has {len(s.test)} steps, less than the horizon "
-                                 f"{cfg.horizon}")
+            raise NeuratlasError(
+                f"{s.name}: the test block has {len(s.test)} steps, less than the horizon {cfg.horizon}"
+            )
         z = self.transform(s.values)
         self.scale = float(z[: self.n_fit].std()) or 1.0  # fitted on the training part only
         self.z = z / self.scale
@@ -223,16 +239,25 @@ class Forecasting(Task):
 
     # --- Task contract ---------------------------------------------------------------------------------------
     def model_defaults(self) -> dict[str, Any]:
-        return {"in_features": 1, "horizon": self.cfg.horizon, "lookback": self.cfg.lookback,
-                "quantiles": tuple(self.cfg.quantiles), "season": self.series.season}
+        return {
+            "in_features": 1,
+            "horizon": self.cfg.horizon,
+            "lookback": self.cfg.lookback,
+            "quantiles": tuple(self.cfg.quantiles),
+            "season": self.series.season,
+        }
 
     def _check_model(self, model: nn.Module) -> None:
         cfg = getattr(model, "config", None)
-        if cfg is not None and (getattr(cfg, "horizon", None) != self.cfg.horizon or
-                                tuple(getattr(cfg, "quantiles", ())) != tuple(self.cfg.quantiles)):
-            raise NeuratlasError(f"model {getattr(model, 'model_name', '')} forecasts horizon "
-                                 f"{getattr(cfg, 'horizon', '?')} with quantiles {getattr(cfg, 'quantiles', '?')}, "
-                                 f"the task wants {self.cfg.horizon} and {self.cfg.quantiles}")
+        if cfg is not None and (
+            getattr(cfg, "horizon", None) != self.cfg.horizon
+            or tuple(getattr(cfg, "quantiles", ())) != tuple(self.cfg.quantiles)
+        ):
+            raise NeuratlasError(
+                f"model {getattr(model, 'model_name', '')} forecasts horizon "
+                f"{getattr(cfg, 'horizon', '?')} with quantiles {getattr(cfg, 'quantiles', '?')}, "
+                f"the task wants {self.cfg.horizon} and {self.cfg.quantiles}"
+            )
 
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = (t.to(self.device) for t in batch)
@@ -242,8 +267,9 @@ class Forecasting(Task):
         return F.mse_loss(pred[..., 0], y), {}
 
     @torch.no_grad()
-    def model_forecasts(self, model: nn.Module, starts: list[int],
-                        autocast: AbstractContextManager | None = None) -> np.ndarray:
+    def model_forecasts(
+        self, model: nn.Module, starts: list[int], autocast: AbstractContextManager | None = None
+    ) -> np.ndarray:
         """(n_origins, H, Q) forecasts in original units; each uses only z[t-L:t] before its origin t."""
         x, _ = windows(self.z, starts, self.cfg.lookback, 0)
         level = self.z[np.array(starts) - 1][:, None, None]
@@ -268,7 +294,7 @@ class Forecasting(Task):
         self._check_model(model)
         starts, n_hist = self.split_origins(split)
         y = self.series.values
-        actual = np.stack([y[t:t + self.cfg.horizon] for t in starts])
+        actual = np.stack([y[t : t + self.cfg.horizon] for t in starts])
         fc = self.model_forecasts(model, starts, autocast)
         scale = mase_scale(y[:n_hist], self.series.season)
         out = forecast_metrics(actual, fc[..., self.median_index()], scale)
@@ -297,7 +323,7 @@ class Forecasting(Task):
         if self._baselines is None:
             starts, n_hist = self.split_origins("test")
             y = self.series.values
-            actual = np.stack([y[t:t + self.cfg.horizon] for t in starts])
+            actual = np.stack([y[t : t + self.cfg.horizon] for t in starts])
             scale = mase_scale(y[:n_hist], self.series.season)
             self._baselines = {}
             for name, fc in self.baseline_forecasts("test").items():
@@ -307,20 +333,33 @@ class Forecasting(Task):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         s = self.series
-        return {"dataset": s.name, "periods": s.periods, "values": s.values.tolist(), "n_train": s.n_train,
-                "season": s.season, "log": self.log, "scale": self.scale, "lookback": self.cfg.lookback,
-                "horizon": self.cfg.horizon, "quantiles": list(self.cfg.quantiles), "unit": s.unit,
-                "freq": s.freq, "seasons": list(s.seasons or (s.season,)), "log_asked": self.cfg.log}
+        return {
+            "dataset": s.name,
+            "periods": s.periods,
+            "values": s.values.tolist(),
+            "n_train": s.n_train,
+            "season": s.season,
+            "log": self.log,
+            "scale": self.scale,
+            "lookback": self.cfg.lookback,
+            "horizon": self.cfg.horizon,
+            "quantiles": list(self.cfg.quantiles),
+            "unit": s.unit,
+            "freq": s.freq,
+            "seasons": list(s.seasons or (s.season,)),
+            "log_asked": self.cfg.log,
+        }
 
     def describe_data(self) -> str:
         s = self.series
         seasons = "/".join(map(str, s.seasons or (s.season,)))
-        return (f"{s.name} ({self.n_fit}/{self.val_len}/{len(s.test)}{f', step {s.freq}' if s.freq else ''}, "
-                f"seasons {seasons}, lookback {self.cfg.lookback}, horizon {self.cfg.horizon})")
+        return (
+            f"{s.name} ({self.n_fit}/{self.val_len}/{len(s.test)}{f', step {s.freq}' if s.freq else ''}, "
+            f"seasons {seasons}, lookback {self.cfg.lookback}, horizon {self.cfg.horizon})"
+        )
 
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
         return ["end"], {}
-
 
     predicts_without_inputs = True  # no origin: forecast the future, from the end of the series
 
@@ -339,8 +378,9 @@ class Forecasting(Task):
         return with_new_series(extra, load_dataset(spec))
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: PredictOptions) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
+    ) -> list[str]:
         """Forecast from each input origin ("end" = after the last value, the default, or a period such as
         1958-01, which shows the actual values too). Writes one PNG per origin to ``out_dir``."""
         horizon = options.horizon or int(extra["horizon"])
@@ -369,12 +409,10 @@ class Forecast:
     origin_label: str
 
     def table(self) -> list[str]:
-        q = (f"  {100 * self.quantiles[0]:.0f}%–{100 * self.quantiles[1]:.0f}% interval" if self.quantiles
-             else "")
+        q = f"  {100 * self.quantiles[0]:.0f}%–{100 * self.quantiles[1]:.0f}% interval" if self.quantiles else ""
         head = f"{'period':>8s} {'forecast':>10s}" + (f" {'low':>10s} {'high':>10s}" if self.quantiles else "")
         head += f" {'actual':>10s}" if self.actual is not None else ""
-        lines = [f"{self.dataset}: {len(self.periods)}-step forecast from {self.origin_label}{q} ({self.unit})",
-                 head]
+        lines = [f"{self.dataset}: {len(self.periods)}-step forecast from {self.origin_label}{q} ({self.unit})", head]
         for i, period in enumerate(self.periods):
             row = f"{period:>8s} {self.median[i]:10.2f}"
             if self.quantiles:
@@ -385,8 +423,7 @@ class Forecast:
         return lines
 
 
-def forecast_checkpoint(model: nn.Module, extra: dict[str, Any], horizon: int,
-                        origin: str | None = None) -> Forecast:
+def forecast_checkpoint(model: nn.Module, extra: dict[str, Any], horizon: int, origin: str | None = None) -> Forecast:
     """Forecast ``horizon`` steps after ``origin`` (a period label; None = after the last value) with a
     forecasting checkpoint's model. Longer than the model's horizon: the median is fed back and the model
     is run again (recursive), so the interval of later blocks ignores the uncertainty of the fed-back part."""
@@ -398,12 +435,12 @@ def forecast_checkpoint(model: nn.Module, extra: dict[str, Any], horizon: int,
     elif origin in periods:
         t0 = periods.index(origin)
     else:
-        raise NeuratlasError(f"origin {origin!r} is not a period of {extra['dataset']} "
-                             f"({periods[0]} .. {periods[-1]})")
+        raise NeuratlasError(f"origin {origin!r} is not a period of {extra['dataset']} ({periods[0]} .. {periods[-1]})")
     L, q = extra["lookback"], list(extra["quantiles"])
     if t0 < L:
-        first = f"the first possible origin is {periods[L]}" if L < len(periods) else \
-            f"the series has only {len(periods)}"
+        first = (
+            f"the first possible origin is {periods[L]}" if L < len(periods) else f"the series has only {len(periods)}"
+        )
         raise NeuratlasError(f"{extra['dataset']}: a forecast needs {L} earlier values; {first}")
     z = (np.log(values[:t0]) if extra["log"] else values[:t0]) / extra["scale"]
     mid = int(np.argmin([abs(v - 0.5) for v in q])) if q else 0
@@ -419,15 +456,25 @@ def forecast_checkpoint(model: nn.Module, extra: dict[str, Any], horizon: int,
     out = np.concatenate(blocks)[:horizon] * extra["scale"]
     out = np.exp(out) if extra["log"] else out
     if t0 < len(values):
-        future = periods[t0:t0 + horizon]
+        future = periods[t0 : t0 + horizon]
         future += _continue_periods(periods, horizon - len(future), extra.get("freq", ""))
-        actual = values[t0:t0 + horizon]
+        actual = values[t0 : t0 + horizon]
     else:
         future, actual = _continue_periods(periods, horizon, extra.get("freq", "")), None
     two = len(q) > 1
-    return Forecast(extra["dataset"], extra.get("unit", ""), periods[:t0], values[:t0], future, out[:, mid],
-                    out[:, 0] if two else None, out[:, -1] if two else None, (q[0], q[-1]) if two else None,
-                    actual, periods[t0] if t0 < len(periods) else f"after-{periods[-1]}")
+    return Forecast(
+        extra["dataset"],
+        extra.get("unit", ""),
+        periods[:t0],
+        values[:t0],
+        future,
+        out[:, mid],
+        out[:, 0] if two else None,
+        out[:, -1] if two else None,
+        (q[0], q[-1]) if two else None,
+        actual,
+        periods[t0] if t0 < len(periods) else f"after-{periods[-1]}",
+    )
 
 
 def _continue_periods(periods: list[str], n: int, freq: str = "") -> list[str]:
@@ -440,14 +487,24 @@ def with_new_series(extra: dict[str, Any], series: Series) -> dict[str, Any]:
     positive; the scale is the new series' own spread (models that normalise per window ignore it)."""
     trained = int(extra.get("season", 1))
     if trained > 1 and trained not in (series.seasons or (series.season,)):
-        print(f"warning: the model was trained to repeat a season of {trained} steps; {series.name}'s seasons "
-              f"are {'/'.join(map(str, series.seasons))} (train on this kind of series for a better forecast)",
-              file=sys.stderr)
+        print(
+            f"warning: the model was trained to repeat a season of {trained} steps; {series.name}'s seasons "
+            f"are {'/'.join(map(str, series.seasons))} (train on this kind of series for a better forecast)",
+            file=sys.stderr,
+        )
     log = bool(extra.get("log_asked", extra["log"])) and extra["log"] and series.positive
     z = np.log(series.values) if log else series.values
-    return {**extra, "dataset": series.name, "periods": series.periods, "values": series.values.tolist(),
-            "n_train": len(series.values), "log": log, "scale": float(np.std(z)) or 1.0, "unit": series.unit,
-            "freq": series.freq}
+    return {
+        **extra,
+        "dataset": series.name,
+        "periods": series.periods,
+        "values": series.values.tolist(),
+        "n_train": len(series.values),
+        "log": log,
+        "scale": float(np.std(z)) or 1.0,
+        "unit": series.unit,
+        "freq": series.freq,
+    }
 
 
 def forecast_png_name(fc: Forecast) -> str:
@@ -469,8 +526,14 @@ def plot_forecast(fc: Forecast, path: Path, history: int | None = None) -> Path:
     if fc.actual is not None:
         ax.plot(xs_fc[: len(fc.actual)], fc.actual, color="gray", lw=1.2, ls="--", label="actual")
     if fc.low is not None:
-        ax.fill_between(xs_fc, fc.low, fc.high, color="tab:blue", alpha=0.25,
-                        label=f"{100 * fc.quantiles[0]:.0f}–{100 * fc.quantiles[1]:.0f}% interval")
+        ax.fill_between(
+            xs_fc,
+            fc.low,
+            fc.high,
+            color="tab:blue",
+            alpha=0.25,
+            label=f"{100 * fc.quantiles[0]:.0f}–{100 * fc.quantiles[1]:.0f}% interval",
+        )
     ax.plot(xs_fc, fc.median, color="tab:blue", lw=1.6, label="forecast (median)")
     labels = fc.history_periods[start:] + fc.periods
     ticks = np.arange(start, n + len(fc.periods))
@@ -484,5 +547,9 @@ def plot_forecast(fc: Forecast, path: Path, history: int | None = None) -> Path:
     return save_png(fig, path)
 
 
-TASKS.add("forecasting", Forecasting, ForecastConfig,
-          description="time-series forecasting: windows, quantile loss, rolling-origin MASE vs ARIMA/ETS")
+TASKS.add(
+    "forecasting",
+    Forecasting,
+    ForecastConfig,
+    description="time-series forecasting: windows, quantile loss, rolling-origin MASE vs ARIMA/ETS",
+)

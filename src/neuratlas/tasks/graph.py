@@ -43,19 +43,27 @@ class NodeClassification(Task):
         super().__init__(cfg, data_spec, seed)
         self.data: NodeData = load_dataset(data_spec)
         if not isinstance(self.data, NodeData):
-            raise NeuratlasError(f"node-classification needs a graph data set such as cora, not "
-                                 f"{data_spec['name']!r}")
+            raise NeuratlasError(f"node-classification needs a graph data set such as cora, not {data_spec['name']!r}")
         if not self.data.classes or not bool(self.data.train_mask.any()):
-            raise NeuratlasError(f"{self.data.source}: no labelled training nodes; node classification needs "
-                                 "a nodes file with a label column (graph-csv)")
+            raise NeuratlasError(
+                f"{self.data.source}: no labelled training nodes; node classification needs "
+                "a nodes file with a label column (graph-csv)"
+            )
         self._on: torch.device | None = None
 
     def _placed(self) -> NodeData:
         if self._on != self.device:  # move once; the graph's adjacency cache then lives on the device
             d = self.data
-            self.data = NodeData(as_features(d.x.to(self.device)), d.y.to(self.device), d.graph.to(self.device),
-                                 d.train_mask.to(self.device), d.val_mask.to(self.device),
-                                 d.test_mask.to(self.device), d.classes, d.source)
+            self.data = NodeData(
+                as_features(d.x.to(self.device)),
+                d.y.to(self.device),
+                d.graph.to(self.device),
+                d.train_mask.to(self.device),
+                d.val_mask.to(self.device),
+                d.test_mask.to(self.device),
+                d.classes,
+                d.source,
+            )
             self._on = self.device
         return self.data
 
@@ -97,8 +105,9 @@ class NodeClassification(Task):
         return [str(int(i)) for i in self.data.test_mask.nonzero()[:2, 0]], {}
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: dict[str, str]
+    ) -> list[str]:
         """Classify nodes of the run's graph by id: ``neuratlas predict RUN 0 17 2500``."""
         d = load_dataset(extra["data"])
         nodes = node_ids(inputs, d.graph.num_nodes)
@@ -137,8 +146,10 @@ class GraphClassification(Task):
         super().__init__(cfg, data_spec, seed)
         self.data: MoleculeData = load_dataset(data_spec)
         if not isinstance(self.data, MoleculeData):
-            raise NeuratlasError(f"graph-classification needs a data set of small graphs such as "
-                                 f"solubility-graphs, not {data_spec['name']!r}")
+            raise NeuratlasError(
+                f"graph-classification needs a data set of small graphs such as "
+                f"solubility-graphs, not {data_spec['name']!r}"
+            )
         self.batch_size = min(self.data.cfg.batch_size, len(self.data.train))
 
     def model_defaults(self) -> dict[str, Any]:
@@ -152,7 +163,7 @@ class GraphClassification(Task):
         """Batch ``index`` of epoch ``index // steps_per_epoch``: a pure function of (seed, index)."""
         epoch, i = divmod(index, self.steps_per_epoch)
         perm = torch.randperm(len(self.data.train), generator=seeded_generator(self.seed, epoch))
-        pick = perm[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+        pick = perm[i * self.batch_size : (i + 1) * self.batch_size].tolist()
         return batch_graphs([self.data.train[j] for j in pick])
 
     def training_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -167,7 +178,7 @@ class GraphClassification(Task):
         model.eval()
         outs, ys = [], []
         for i in range(0, len(samples), 256):
-            x, graph, y = batch_graphs(samples[i:i + 256])
+            x, graph, y = batch_graphs(samples[i : i + 256])
             with autocast:
                 outs.append(model(x.to(self.device), graph.to(self.device)).float())
             ys.append(y.to(self.device))
@@ -186,8 +197,9 @@ class GraphClassification(Task):
         return ["CCO", "c1ccccc1O"], {}  # ethanol, phenol
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: dict[str, str]
+    ) -> list[str]:
         """Classify molecules given as SMILES strings: ``neuratlas predict RUN CCO 'c1ccccc1O'``."""
         x, graph, _ = batch_graphs([smiles_graph(s) for s in inputs])
         dev = model_device(model)
@@ -205,8 +217,10 @@ def roc_auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     ranks[order] = torch.arange(1, len(scores) + 1, dtype=scores.dtype)
     uniq, inv = torch.unique(scores, return_inverse=True)
     if len(uniq) < len(scores):  # average the ranks of tied scores
-        ranks = torch.zeros(len(uniq), dtype=scores.dtype).index_add_(0, inv, ranks)[inv] / \
-            torch.bincount(inv).to(scores.dtype)[inv]
+        ranks = (
+            torch.zeros(len(uniq), dtype=scores.dtype).index_add_(0, inv, ranks)[inv]
+            / torch.bincount(inv).to(scores.dtype)[inv]
+        )
     n_pos, n_neg = len(pos), len(neg)
     return ((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
 
@@ -247,8 +261,10 @@ class LinkPrediction(Task):
         if self._on != self.device:
             s = self.split
             self.x = as_features(self.data.x.to(self.device))
-            self.split = EdgeSplit(s.train_graph.to(self.device), *(t.to(self.device) for t in (
-                s.train_pos, s.val_pos, s.val_neg, s.test_pos, s.test_neg)))
+            self.split = EdgeSplit(
+                s.train_graph.to(self.device),
+                *(t.to(self.device) for t in (s.train_pos, s.val_pos, s.val_neg, s.test_pos, s.test_neg)),
+            )
             self._on = self.device
         return self.x, self.split
 
@@ -273,8 +289,9 @@ class LinkPrediction(Task):
         x, s = self._placed()
         z = model(x, s.train_graph).float()
         pos, neg = self.score(z, s.train_pos), self.score(z, batch.to(self.device))
-        loss = F.binary_cross_entropy_with_logits(torch.cat([pos, neg]),
-                                                  torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]))
+        loss = F.binary_cross_entropy_with_logits(
+            torch.cat([pos, neg]), torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])
+        )
         return loss, {}
 
     @torch.no_grad()
@@ -295,8 +312,7 @@ class LinkPrediction(Task):
 
     def describe_data(self) -> str:
         s = self.split
-        return (f"{self.data_spec['name']} edges ({s.train_pos.shape[1]:,}/{s.val_pos.shape[1]}/"
-                f"{s.test_pos.shape[1]})")
+        return f"{self.data_spec['name']} edges ({s.train_pos.shape[1]:,}/{s.val_pos.shape[1]}/{s.test_pos.shape[1]})"
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"data": self.data_spec, "val_frac": self.cfg.val_frac, "test_frac": self.cfg.test_frac}
@@ -306,8 +322,9 @@ class LinkPrediction(Task):
         return [f"{u},{v}", "0,1"], {}
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: dict[str, str]
+    ) -> list[str]:
         """The probability of an edge between node pairs ``U,V`` of the run's graph, encoded over the training
         edges as in training: ``neuratlas predict RUN 0,633 5,12``."""
         d = load_dataset(extra["data"])
@@ -325,9 +342,21 @@ class LinkPrediction(Task):
         return [f"{u}–{v}: edge probability {float(q):.1%}" for (u, v), q in zip(pairs, p)]
 
 
-TASKS.add("node-classification", NodeClassification, NodeClassificationConfig,
-          description="classify the nodes of one graph (full batch); accuracy on held-out nodes")
-TASKS.add("graph-classification", GraphClassification, GraphClassificationConfig,
-          description="classify small graphs (molecules) in mini-batches; accuracy on held-out graphs")
-TASKS.add("link-prediction", LinkPrediction, LinkPredictionConfig,
-          description="predict held-out edges from node embeddings; AUC and hits@k with sampled negatives")
+TASKS.add(
+    "node-classification",
+    NodeClassification,
+    NodeClassificationConfig,
+    description="classify the nodes of one graph (full batch); accuracy on held-out nodes",
+)
+TASKS.add(
+    "graph-classification",
+    GraphClassification,
+    GraphClassificationConfig,
+    description="classify small graphs (molecules) in mini-batches; accuracy on held-out graphs",
+)
+TASKS.add(
+    "link-prediction",
+    LinkPrediction,
+    LinkPredictionConfig,
+    description="predict held-out edges from node embeddings; AUC and hits@k with sampled negatives",
+)

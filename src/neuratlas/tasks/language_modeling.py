@@ -54,9 +54,7 @@ class LanguageModeling(Task):
         dc = self.data.cfg
         self.batch_size, self.block = dc.batch_size, dc.block_size
         if len(self.data.train) <= self.block + 1:
-            raise NeuratlasError(
-                f"the training split ({len(self.data.train)} tokens) is shorter than one window"
-            )
+            raise NeuratlasError(f"the training split ({len(self.data.train)} tokens) is shorter than one window")
 
     def model_defaults(self) -> dict[str, Any]:
         return {"vocab_size": self.data.tokenizer.vocab_size, "max_seq_len": self.block}
@@ -82,9 +80,7 @@ class LanguageModeling(Task):
             val = val[: self.cfg.eval_tokens + 1]
         n = (len(val) - 1) // self.block
         if n < 1:
-            raise NeuratlasError(
-                f"eval_tokens {self.cfg.eval_tokens} is shorter than one block of {self.block}"
-            )
+            raise NeuratlasError(f"eval_tokens {self.cfg.eval_tokens} is shorter than one block of {self.block}")
         return windows(val, torch.arange(n) * self.block, self.block)
 
     @torch.no_grad()
@@ -107,9 +103,7 @@ class LanguageModeling(Task):
             xb, yb = x[i : i + bs].to(self.device), y[i : i + bs].to(self.device)
             with autocast:
                 logits = model(xb)
-            total += nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), yb.flatten(), reduction="sum"
-            ).item()
+            total += nn.functional.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum").item()
             count += yb.numel()
         model.train(was)
         loss = total / count

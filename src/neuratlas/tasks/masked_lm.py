@@ -75,9 +75,7 @@ class MaskedLM(LanguageModeling):
     def evaluate(self, model: nn.Module, split: str, autocast: AbstractContextManager) -> dict[str, float]:
         """Loss and accuracy on the masked positions of fixed windows with a fixed masking (seed 1234)."""
         x, _ = self.val_windows()
-        x, y = mask_tokens(
-            x, self.mask_id, self.data.tokenizer.vocab_size, seeded_generator(1234), self.cfg.mask_prob
-        )
+        x, y = mask_tokens(x, self.mask_id, self.data.tokenizer.vocab_size, seeded_generator(1234), self.cfg.mask_prob)
         was = model.training
         model.eval()
         total, correct, count = 0.0, 0, 0

@@ -52,8 +52,9 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 def dice_iou_counts(pred: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
     """(3, K) counts: intersection, |pred|, |target| per class — summed over images before taking ratios."""
     inter = torch.bincount(target[pred == target].flatten(), minlength=k)
-    return torch.stack([inter, torch.bincount(pred.flatten(), minlength=k),
-                        torch.bincount(target.flatten(), minlength=k)]).double()
+    return torch.stack(
+        [inter, torch.bincount(pred.flatten(), minlength=k), torch.bincount(target.flatten(), minlength=k)]
+    ).double()
 
 
 def dice_from_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,8 +95,14 @@ def instance_f1(truth: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5)
     iou = inter / np.maximum(union, 1)
     tp = int((iou > iou_threshold).sum())
     f1 = 2 * tp / (n_g + n_p) if n_g + n_p else 1.0
-    return {"f1": f1, "tp": float(tp), "pred_instances": float(n_p), "true_instances": float(n_g),
-            "precision": tp / n_p if n_p else 0.0, "recall": tp / n_g if n_g else 0.0}
+    return {
+        "f1": f1,
+        "tp": float(tp),
+        "pred_instances": float(n_p),
+        "true_instances": float(n_g),
+        "precision": tp / n_p if n_p else 0.0,
+        "recall": tp / n_g if n_g else 0.0,
+    }
 
 
 def predicted_instances(pred: np.ndarray, boundary: bool, min_size: int = 8) -> np.ndarray:
@@ -133,8 +140,12 @@ class Segmentation(Task):
             self._steps = max(1, pixels // (d.crop_size**2 * d.batch_size))
             self._areas = torch.tensor([float(m.numel()) for m in d.train.masks])
         else:
-            self.whole = TensorBatches((torch.stack(d.train.images), torch.stack(d.train.masks)), d.batch_size,
-                                       seed=seed, transform=self._augment)
+            self.whole = TensorBatches(
+                (torch.stack(d.train.images), torch.stack(d.train.masks)),
+                d.batch_size,
+                seed=seed,
+                transform=self._augment,
+            )
             self._steps = len(self.whole)
 
     @property
@@ -160,8 +171,8 @@ class Segmentation(Task):
             img, mask = d.train.images[r], d.train.masks[r]
             oy = int(torch.randint(0, mask.shape[0] - c + 1, (1,), generator=g))
             ox = int(torch.randint(0, mask.shape[1] - c + 1, (1,), generator=g))
-            xs.append(img[:, oy:oy + c, ox:ox + c])
-            ys.append(mask[oy:oy + c, ox:ox + c])
+            xs.append(img[:, oy : oy + c, ox : ox + c])
+            ys.append(mask[oy : oy + c, ox : ox + c])
         return self._augment((torch.stack(xs), torch.stack(ys)), g)
 
     def _augment(self, batch: tuple[torch.Tensor, ...], g: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -194,8 +205,9 @@ class Segmentation(Task):
         return {"train": self.data.train, "val": self.data.val, "test": self.data.test}[name]
 
     @torch.no_grad()
-    def predict_masks(self, model: nn.Module, images: list[torch.Tensor],
-                      autocast: AbstractContextManager) -> list[torch.Tensor]:
+    def predict_masks(
+        self, model: nn.Module, images: list[torch.Tensor], autocast: AbstractContextManager
+    ) -> list[torch.Tensor]:
         was = model.training
         model.eval()
         preds: list[torch.Tensor] = []
@@ -221,8 +233,9 @@ class Segmentation(Task):
         if k > 3 or not s.instances:
             out.update({f"dice_{c.replace(' ', '_')}": float(v) for c, v in zip(self.data.classes[1:], dice[1:])})
         if self.boundary:  # interior + boundary vs all nucleus pixels: comparable with the binary target
-            fg, _ = dice_from_counts(sum(dice_iou_counts((p > 0).long(), (m > 0).long(), 2)
-                                         for p, m in zip(preds, s.masks)))
+            fg, _ = dice_from_counts(
+                sum(dice_iou_counts((p > 0).long(), (m > 0).long(), 2) for p, m in zip(preds, s.masks))
+            )
             out["dice_foreground"] = float(fg[1])
         if s.instances:
             totals = {"tp": 0.0, "pred_instances": 0.0, "true_instances": 0.0}
@@ -237,9 +250,15 @@ class Segmentation(Task):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         d = self.data
-        return {"classes": d.classes, "norm": d.norm, "in_chans": d.train.images[0].shape[0],
-                "dataset": self.data_spec["name"], "instances": bool(d.test.instances), "boundary": self.boundary,
-                **d.extra}
+        return {
+            "classes": d.classes,
+            "norm": d.norm,
+            "in_chans": d.train.images[0].shape[0],
+            "dataset": self.data_spec["name"],
+            "instances": bool(d.test.instances),
+            "boundary": self.boundary,
+            **d.extra,
+        }
 
     def describe_data(self) -> str:
         return f"{self.data_spec['name']} ({self.data.description})"
@@ -262,8 +281,9 @@ class Segmentation(Task):
         truth: str | None = None  # the true class map of the (one) input, shown and scored beside the prediction
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: PredictOptions) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
+    ) -> list[str]:
         """Segment 2-D images (TIFF/PNG/.npy) or an axial slice of a NIfTI volume (--slice Z) and write an
         overlay PNG: image, truth (with --truth FILE) and prediction side by side."""
         lines = []
@@ -282,8 +302,9 @@ class Segmentation(Task):
             if extra.get("instances"):
                 line += f"; {predicted_instances(pred, extra.get('boundary', False)).max()} nuclei"
             if truth is not None:
-                dice, _ = dice_from_counts(dice_iou_counts(torch.from_numpy(pred), torch.from_numpy(truth),
-                                                           len(classes)))
+                dice, _ = dice_from_counts(
+                    dice_iou_counts(torch.from_numpy(pred), torch.from_numpy(truth), len(classes))
+                )
                 line += f"; Dice vs truth {float(dice[1:].nanmean()):.3f}"
             stem = Path(path).name.split(".")[0] + (f"_z{options.slice}" if options.slice is not None else "")
             out = save_overlay(image, truth, pred, classes, Path(out_dir) / f"{stem}_overlay.png")
@@ -291,8 +312,9 @@ class Segmentation(Task):
         return lines
 
 
-def _load_input(path: str, extra: dict[str, Any],
-                options: Segmentation.PredictOptions) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_input(
+    path: str, extra: dict[str, Any], options: Segmentation.PredictOptions
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A raw input and optional truth -> (normalised float32 image (C, H, W): one channel, or a slice with its
     neighbours for a model trained with ``context``; class map or None)."""
     volume = path.endswith((".nii", ".nii.gz"))
@@ -304,21 +326,23 @@ def _load_input(path: str, extra: dict[str, Any],
             raise NeuratlasError(f"{path}: --slice {z} is outside the volume's {vol.shape[2]} axial slices")
         image = slice_stack(vol, z, context)
     elif context:
-        raise NeuratlasError(f"{path}: this model reads {2 * context + 1} neighbouring slices; give it a NIfTI "
-                             f"volume (.nii/.nii.gz) and --slice Z")
+        raise NeuratlasError(
+            f"{path}: this model reads {2 * context + 1} neighbouring slices; give it a NIfTI "
+            f"volume (.nii/.nii.gz) and --slice Z"
+        )
     else:
         image = read_array(path)
         if image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 3:  # an RGB-trained model
             image = np.ascontiguousarray(image[..., :3].transpose(2, 0, 1))
         elif image.ndim == 3 and image.shape[-1] in (3, 4) and extra["in_chans"] == 1:
-            raise NeuratlasError(f"{path}: expected a single-channel image, got {image.shape[-1]} channels "
-                                 f"(shape {image.shape})")
+            raise NeuratlasError(
+                f"{path}: expected a single-channel image, got {image.shape[-1]} channels (shape {image.shape})"
+            )
         elif image.ndim != 2:
             raise NeuratlasError(f"{path}: expected a 2-D single-channel image, got shape {image.shape}")
         else:
             image = image[None]
-    image = (normalize_percentile(image) if extra["norm"] == "percentile"
-             else image.astype(np.float32) / 255.0)
+    image = normalize_percentile(image) if extra["norm"] == "percentile" else image.astype(np.float32) / 255.0
     truth = None
     if options.truth:
         t = read_volume(options.truth) if volume else read_array(options.truth)
@@ -333,8 +357,7 @@ def _load_input(path: str, extra: dict[str, Any],
     return np.ascontiguousarray(image, dtype=np.float32), truth
 
 
-def save_overlay(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, classes: list[str],
-                 path: Path) -> Path:
+def save_overlay(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, classes: list[str], path: Path) -> Path:
     """Image, truth and prediction side by side, classes as translucent colours over the grey image."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -347,15 +370,30 @@ def save_overlay(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, 
     for ax, (title, mask) in zip(axes, panels):
         ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
         if mask is not None:
-            ax.imshow(np.ma.masked_equal(mask, 0) - 1, cmap=cmap, vmin=0, vmax=len(classes) - 2, alpha=0.5,
-                      interpolation="nearest")
+            ax.imshow(
+                np.ma.masked_equal(mask, 0) - 1,
+                cmap=cmap,
+                vmin=0,
+                vmax=len(classes) - 2,
+                alpha=0.5,
+                interpolation="nearest",
+            )
         ax.set_title(title)
         ax.axis("off")
-    fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, classes[1:])], loc="lower center",
-               ncol=min(len(classes) - 1, 7), fontsize=8, frameon=False)
+    fig.legend(
+        handles=[Patch(color=c, label=n) for c, n in zip(colours, classes[1:])],
+        loc="lower center",
+        ncol=min(len(classes) - 1, 7),
+        fontsize=8,
+        frameon=False,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     return save_png(fig, path)
 
 
-TASKS.add("segmentation", Segmentation, SegmentationConfig,
-          description="semantic segmentation: CE + Dice loss; Dice/IoU per class, instance F1 at IoU 0.5")
+TASKS.add(
+    "segmentation",
+    Segmentation,
+    SegmentationConfig,
+    description="semantic segmentation: CE + Dice loss; Dice/IoU per class, instance F1 at IoU 0.5",
+)

@@ -42,14 +42,19 @@ def rotate_batch(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, tor
     return out, k
 
 
-def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale: tuple[float, float] = (0.35, 1.0),
-                        ratio: tuple[float, float] = (0.75, 1.33)) -> torch.Tensor:
+def random_resized_crop(
+    x: torch.Tensor,
+    g: torch.Generator,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (0.75, 1.33),
+) -> torch.Tensor:
     """Crop a random box (area fraction in ``scale``) from each image and resize it back, via one
     ``affine_grid``/``grid_sample`` over the batch."""
     b = x.shape[0]
     area = torch.empty(b).uniform_(*scale, generator=g)
-    logr = torch.empty(b).uniform_(torch.tensor(ratio).log()[0].item(), torch.tensor(ratio).log()[1].item(),
-                                   generator=g)
+    logr = torch.empty(b).uniform_(
+        torch.tensor(ratio).log()[0].item(), torch.tensor(ratio).log()[1].item(), generator=g
+    )
     sx = (area * logr.exp()).sqrt().clamp(max=1.0)
     sy = (area / logr.exp()).sqrt().clamp(max=1.0)
     tx = (torch.rand(b, generator=g) * 2 - 1) * (1 - sx)
@@ -87,13 +92,16 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tup
 
 
 @torch.no_grad()
-def embed(model: nn.Module, x: torch.Tensor, prepare, batch: int = 1000,
-          autocast: AbstractContextManager | None = None) -> torch.Tensor:
+def embed(
+    model: nn.Module, x: torch.Tensor, prepare, batch: int = 1000, autocast: AbstractContextManager | None = None
+) -> torch.Tensor:
     """The input of ``model.classifier`` (pooled features) for uint8 images ``x``, in eval mode."""
     head = getattr(model, "classifier", None)
     if head is None:
-        raise NeuratlasError(f"{type(model).__name__} has no `classifier`; self-supervised tasks need an "
-                             "image classifier from the registry")
+        raise NeuratlasError(
+            f"{type(model).__name__} has no `classifier`; self-supervised tasks need an "
+            "image classifier from the registry"
+        )
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].float()))
     was_training = model.training
@@ -101,23 +109,29 @@ def embed(model: nn.Module, x: torch.Tensor, prepare, batch: int = 1000,
     try:
         for i in range(0, len(x), batch):
             with autocast or nullcontext():
-                model(prepare(x[i:i + batch]))
+                model(prepare(x[i : i + batch]))
     finally:
         hook.remove()
         model.train(was_training)
     return torch.cat(captured)
 
 
-def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, eval_f: torch.Tensor, eval_y: torch.Tensor,
-                 num_classes: int, steps: int = 300, weight_decay: float = 1e-4) -> float:
+def linear_probe(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    eval_f: torch.Tensor,
+    eval_y: torch.Tensor,
+    num_classes: int,
+    steps: int = 300,
+    weight_decay: float = 1e-4,
+) -> float:
     """Multinomial logistic regression on standardised frozen features (full-batch L-BFGS); returns the
     accuracy on the evaluation features."""
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
     a, b = (train_f - mu) / sd, (eval_f - mu) / sd
     torch.manual_seed(0)
     clf = nn.Linear(a.shape[1], num_classes)
-    opt = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=steps, history_size=20,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -221,15 +235,15 @@ class SelfSupervised(Task):
         return out
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: dict[str, str]) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: dict[str, str]
+    ) -> list[str]:
         """What a pretrained encoder gives for each image: with ``rotation``, the rotation it sees; with
         ``simclr``, its embedding, written as ``<name>.npy`` for downstream use."""
         from neuratlas.tasks.classification import load_image
 
         c, h, w = extra["input_shape"]
-        x = normalize(torch.stack([load_image(p, c, h, w) for p in inputs]), tuple(extra["mean"]),
-                      tuple(extra["std"]))
+        x = normalize(torch.stack([load_image(p, c, h, w) for p in inputs]), tuple(extra["mean"]), tuple(extra["std"]))
         with torch.no_grad():
             out = model(x.to(model_device(model))).float().cpu()
         lines = []
@@ -245,8 +259,14 @@ class SelfSupervised(Task):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c, h, w = self.data.shape
-        return {"method": self.cfg.method, "classes": self.data.classes, "mean": list(self.data.mean),
-                "std": list(self.data.std), "input_shape": [c, h, w], "dataset": self.data_spec["name"]}
+        return {
+            "method": self.cfg.method,
+            "classes": self.data.classes,
+            "mean": list(self.data.mean),
+            "std": list(self.data.std),
+            "input_shape": [c, h, w],
+            "dataset": self.data_spec["name"],
+        }
 
     def describe_data(self) -> str:
         n = [len(s[0]) for s in (self.data.train, self.data.val, self.data.test)]
@@ -258,5 +278,9 @@ class SelfSupervised(Task):
         return [write_image(self.data.test[0][0], folder / "example.png")], {}
 
 
-TASKS.add("self-supervised", SelfSupervised, SelfSupervisedConfig,
-          description="self-supervised pretraining (rotation / SimCLR); metric: linear-probe accuracy")
+TASKS.add(
+    "self-supervised",
+    SelfSupervised,
+    SelfSupervisedConfig,
+    description="self-supervised pretraining (rotation / SimCLR); metric: linear-probe accuracy",
+)

@@ -62,8 +62,9 @@ def _next_logprobs(model: nn.Module, tokens: torch.Tensor, state: Any, finished:
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, src: torch.Tensor, max_len: int, use_cache: bool = True
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_decode(
+    model: nn.Module, src: torch.Tensor, max_len: int, use_cache: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Most likely token at every step. Returns tokens (B, L) ending in </s> then <pad>, and log-probs (B,)."""
     state = model.start_decoding(src, max_len + 1, use_cache=use_cache)
     b = len(src)
@@ -82,8 +83,14 @@ def greedy_decode(model: nn.Module, src: torch.Tensor, max_len: int, use_cache: 
 
 
 @torch.no_grad()
-def beam_search(model: nn.Module, src: torch.Tensor, max_len: int, beam_size: int = 4,
-                length_penalty: float = 0.0, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_search(
+    model: nn.Module,
+    src: torch.Tensor,
+    max_len: int,
+    beam_size: int = 4,
+    length_penalty: float = 0.0,
+    use_cache: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched beam search: all B×K hypotheses advance in one decoder call per step.
 
     Returns tokens (B, K, L) and scores (B, K) sorted best first. A score is the hypothesis' total
@@ -150,8 +157,9 @@ def edit_distance(a: torch.Tensor, a_len: torch.Tensor, b: torch.Tensor, b_len: 
     out = torch.where(a_len == 0, b_len, 0)
     for i in range(1, la + 1):
         diag = row[:, :-1] + (a[:, i - 1, None] != b).long()
-        e = torch.cat([torch.full((n, 1), i, device=a.device, dtype=torch.long),
-                       torch.minimum(diag, row[:, 1:] + 1)], 1)
+        e = torch.cat(
+            [torch.full((n, 1), i, device=a.device, dtype=torch.long), torch.minimum(diag, row[:, 1:] + 1)], 1
+        )
         row = (e - j).cummin(-1).values + j
         out = torch.where(a_len == i, row.gather(1, b_len[:, None]).squeeze(1), out)
     return out
@@ -177,10 +185,10 @@ def error_rates(pred: torch.Tensor, held: HeldOut) -> dict[str, float]:
 
 def trim(src: torch.Tensor, tgt: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Cut the columns that are padding in every row (batches are padded to the data set's longest word)."""
-    src = src[:, :max(int((src != PAD).sum(1).max()), 1)]
+    src = src[:, : max(int((src != PAD).sum(1).max()), 1)]
     if tgt is None:
         return (src,)
-    return src, tgt[:, :int((tgt != PAD).sum(1).max())]
+    return src, tgt[:, : int((tgt != PAD).sum(1).max())]
 
 
 class Seq2Seq(Task):
@@ -192,8 +200,9 @@ class Seq2Seq(Task):
         super().__init__(cfg, data_spec, seed)
         self.data: G2PData = load_dataset(data_spec)
         self.batch_size = self.data.cfg.batch_size
-        self.train_batches = TensorBatches(self.data.train, self.batch_size, seed=seed,
-                                           transform=lambda batch, g: trim(*batch))
+        self.train_batches = TensorBatches(
+            self.data.train, self.batch_size, seed=seed, transform=lambda batch, g: trim(*batch)
+        )
         self.max_len = cfg.max_len or int((self.data.train[1] != PAD).sum(1).max()) - 1
 
     def model_defaults(self) -> dict[str, Any]:
@@ -203,8 +212,9 @@ class Seq2Seq(Task):
         src, tgt = (t.to(self.device) for t in batch)
         logits = model(src, tgt[:, :-1])  # teacher forcing: read <s> p1 .. pn, predict p1 .. pn </s>
         labels = tgt[:, 1:]
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=PAD,
-                               label_smoothing=self.cfg.label_smoothing)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=PAD, label_smoothing=self.cfg.label_smoothing
+        )
         return loss, {}
 
     def decode(self, model: nn.Module, src: torch.Tensor, beam_size: int | None = None) -> torch.Tensor:
@@ -215,43 +225,50 @@ class Seq2Seq(Task):
             return greedy_decode(model, src, self.max_len)[0]
         return beam_search(model, src, self.max_len, k, self.cfg.length_penalty)[0][:, 0]
 
-    def evaluate(self, model: nn.Module, split: str, autocast: AbstractContextManager | None = None
-                 ) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, split: str, autocast: AbstractContextManager | None = None
+    ) -> dict[str, float]:
         held = {"val": self.data.val, "test": self.data.test}.get(split)
         if held is None:
             raise NeuratlasError(f"seq2seq evaluates on 'val' or 'test', not {split!r}")
         if split == "val" and self.cfg.val_words:
             keep = held.ref_word < self.cfg.val_words
-            held = HeldOut(held.words[:self.cfg.val_words], held.src[:self.cfg.val_words], held.refs[keep],
-                           held.ref_word[keep])
+            held = HeldOut(
+                held.words[: self.cfg.val_words], held.src[: self.cfg.val_words], held.refs[keep], held.ref_word[keep]
+            )
         autocast = autocast or nullcontext()
         was_training = model.training
         model.eval()
         total, tokens = 0.0, 0
         with torch.no_grad(), autocast:
-            for src, tgt in TensorBatches(held.pairs(), self.data.cfg.eval_batch_size, shuffle=False,
-                                          drop_last=False):
+            for src, tgt in TensorBatches(held.pairs(), self.data.cfg.eval_batch_size, shuffle=False, drop_last=False):
                 src, tgt = (t.to(self.device) for t in trim(src, tgt))
                 logits = model(src, tgt[:, :-1])
-                total += F.cross_entropy(logits.flatten(0, 1).float(), tgt[:, 1:].flatten(), ignore_index=PAD,
-                                         reduction="sum").item()
+                total += F.cross_entropy(
+                    logits.flatten(0, 1).float(), tgt[:, 1:].flatten(), ignore_index=PAD, reduction="sum"
+                ).item()
                 tokens += int((tgt[:, 1:] != PAD).sum())
             chunk = max(1, self.data.cfg.eval_batch_size // self.cfg.beam_size)
-            preds = [self.decode(model, s) for (s,) in TensorBatches((held.src,), chunk, shuffle=False,
-                                                                     drop_last=False)]
+            preds = [
+                self.decode(model, s) for (s,) in TensorBatches((held.src,), chunk, shuffle=False, drop_last=False)
+            ]
         model.train(was_training)
         width = max(p.shape[1] for p in preds)
         pred = torch.cat([F.pad(p, (0, width - p.shape[1]), value=PAD) for p in preds])
         return {"loss": total / max(tokens, 1), **error_rates(pred, held)}
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"graphemes": self.data.graphemes, "phonemes": self.data.phonemes, "max_len": self.max_len,
-                "stress": self.data.cfg.stress, "dataset": self.data_spec["name"]}
+        return {
+            "graphemes": self.data.graphemes,
+            "phonemes": self.data.phonemes,
+            "max_len": self.max_len,
+            "stress": self.data.cfg.stress,
+            "dataset": self.data_spec["name"],
+        }
 
     def describe_data(self) -> str:
         d = self.data
-        return (f"{self.data_spec['name']} words {len(d.train_words):,}/{len(d.val.words):,}/"
-                f"{len(d.test.words):,}")
+        return f"{self.data_spec['name']} words {len(d.train_words):,}/{len(d.val.words):,}/{len(d.test.words):,}"
 
     def example_inputs(self, folder: Path) -> tuple[list[str], dict[str, str]]:
         return [self.data.test.words[0]], {"beam": "2"}
@@ -262,8 +279,9 @@ class Seq2Seq(Task):
         nbest: int = 1  # pronunciations printed per word, best first, with their log-probabilities
 
     @classmethod
-    def predict(cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str,
-                options: PredictOptions) -> list[str]:
+    def predict(
+        cls, model: nn.Module, extra: dict[str, Any], inputs: list[str], out_dir: str, options: PredictOptions
+    ) -> list[str]:
         """Pronounce the words given on the command line: ``neuratlas predict CKPT hello world --beam 4``."""
         beam, nbest = options.beam, options.nbest
         if not 1 <= nbest <= beam:
@@ -281,5 +299,9 @@ class Seq2Seq(Task):
         return lines
 
 
-TASKS.add("seq2seq", Seq2Seq, Seq2SeqConfig,
-          description="sequence-to-sequence (G2P): teacher forcing; greedy/beam decoding; WER and PER")
+TASKS.add(
+    "seq2seq",
+    Seq2Seq,
+    Seq2SeqConfig,
+    description="sequence-to-sequence (G2P): teacher forcing; greedy/beam decoding; WER and PER",
+)

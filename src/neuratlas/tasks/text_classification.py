@@ -52,9 +52,7 @@ class TextClassification(Task):
         was = model.training
         model.eval()
         outs = []
-        for ids, mask, _ in TensorBatches(
-            tensors, self.data.cfg.eval_batch_size, shuffle=False, drop_last=False
-        ):
+        for ids, mask, _ in TensorBatches(tensors, self.data.cfg.eval_batch_size, shuffle=False, drop_last=False):
             with autocast:
                 outs.append(model(ids.to(self.device), mask.to(self.device)).float())
         model.train(was)

@@ -217,9 +217,7 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     raise NeuratlasError(f"unknown tokenizer kind {kind!r} in checkpoint (expected char, bpe, hf, gpt2 or chat)")
 
 
-def build_tokenizer(
-    kind: str, text: str, vocab_size: int = 2048, specials: tuple[str, ...] = ()
-) -> Tokenizer:
+def build_tokenizer(kind: str, text: str, vocab_size: int = 2048, specials: tuple[str, ...] = ()) -> Tokenizer:
     """``char`` | ``bpe`` (trained on ``text``) | ``gpt2``."""
     if kind == "char":
         return CharTokenizer.from_text(text, specials)

@@ -73,8 +73,14 @@ class MetricsLogger(Callback):
         if "wandb" in self.names:
             self.wandb = require("wandb", "Weights & Biases logging")
             os.environ.setdefault("WANDB_MODE", "offline")  # never phones home unless the user set it up
-            self.wandb.init(project="neuratlas", name=trainer.run_dir.name, dir=str(trainer.run_dir),
-                            config=config, resume="allow", id=trainer.run_dir.name)
+            self.wandb.init(
+                project="neuratlas",
+                name=trainer.run_dir.name,
+                dir=str(trainer.run_dir),
+                config=config,
+                resume="allow",
+                id=trainer.run_dir.name,
+            )
         if "mlflow" in self.names:
             self.mlflow = require("mlflow", "MLflow logging")
             # a plain folder in the run (no server, no database): MLflow 3 keeps this store behind a switch
@@ -89,8 +95,9 @@ class MetricsLogger(Callback):
         if self.wandb:
             self.wandb.log({f"{split}/{k}": v for k, v in values.items()}, step=step)
         if self.mlflow:
-            self.mlflow.log_metrics({f"{split}_{k}".replace("@", "_at_"): float(v) for k, v in values.items()},
-                                    step=step)
+            self.mlflow.log_metrics(
+                {f"{split}_{k}".replace("@", "_at_"): float(v) for k, v in values.items()}, step=step
+            )
 
     def on_step(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if trainer.step % trainer.run.trainer.log_every == 0:
@@ -123,8 +130,13 @@ class ProgressBar(Callback):
         self.smooth: float | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, dynamic_ncols=True, leave=False,
-                        desc=trainer.run.model["name"])
+        self.bar = tqdm(
+            total=trainer.total_steps,
+            initial=trainer.step,
+            dynamic_ncols=True,
+            leave=False,
+            desc=trainer.run.model["name"],
+        )
 
     def on_step(self, trainer: Trainer, logs: dict[str, float]) -> None:
         loss = logs.get("loss", next(iter(logs.values()), 0.0))
@@ -165,8 +177,10 @@ class EarlyStopping(Callback):
             return
         trainer.early_stop["bad"] += 1
         if trainer.early_stop["bad"] >= self.patience:
-            trainer.stop_reason = (f"early stop: val {trainer.task.metric} has not improved by more than "
-                                   f"{self.min_delta:g} for {self.patience} evaluations (best {best:.4f})")
+            trainer.stop_reason = (
+                f"early stop: val {trainer.task.metric} has not improved by more than "
+                f"{self.min_delta:g} for {self.patience} evaluations (best {best:.4f})"
+            )
 
 
 def default_callbacks(trainer: Trainer) -> list[Callback]:

@@ -159,8 +159,9 @@ class RunConfig:
                 key, value = "trainer.loggers", _loggers_with_tensorboard(d["trainer"].get("loggers", ""), value)
             section, _, name = key.partition(".")
             if section not in known or not name:
-                raise NeuratlasError(f"override --{key}: unknown section {section!r}; sections are "
-                                     f"{', '.join(dict.fromkeys(known))}")
+                raise NeuratlasError(
+                    f"override --{key}: unknown section {section!r}; sections are {', '.join(dict.fromkeys(known))}"
+                )
             if section in FIXED_SECTIONS and section not in ("model", "data", "task"):
                 cls = types_[section]
                 types = field_types(cls)

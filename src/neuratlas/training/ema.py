@@ -30,8 +30,9 @@ class WeightAverage:
         self.updates += 1
         weight = 1.0 - self.current_decay()
         # parameters() lists a tied weight once (a state_dict would list it twice and average it twice)
-        pairs = list(zip(self.module.parameters(), model.parameters())) + list(zip(self.module.buffers(),
-                                                                                   model.buffers()))
+        pairs = list(zip(self.module.parameters(), model.parameters())) + list(
+            zip(self.module.buffers(), model.buffers())
+        )
         floats = [(a, r) for a, r in pairs if a.is_floating_point()]
         torch._foreach_lerp_([a for a, _ in floats], [r.detach() for _, r in floats], weight)
         for a, r in pairs:

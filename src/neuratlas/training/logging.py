@@ -42,8 +42,15 @@ class RunLogger:
 
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         for name, value in values.items():
-            self._w.writerow({"step": step, "split": split, "name": name, "value": f"{float(value):.6g}",
-                              "time": f"{time.time() - self._t0:.2f}"})
+            self._w.writerow(
+                {
+                    "step": step,
+                    "split": split,
+                    "name": name,
+                    "value": f"{float(value):.6g}",
+                    "time": f"{time.time() - self._t0:.2f}",
+                }
+            )
             if self.tb is not None:
                 self.tb.add_scalar(f"{split}/{name}", float(value), step)
         self._f.flush()

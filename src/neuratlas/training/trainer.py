@@ -67,10 +67,19 @@ class FitResult:
         return self.test.get(self.metric, float("nan"))
 
     def to_dict(self) -> dict[str, object]:
-        return {"steps": self.steps, "val": self.val, "test": self.test, "train_seconds": self.train_seconds,
-                "samples_per_second": self.samples_per_second, "parameters": self.parameters,
-                "model": self.model, "data": self.data, "metric": self.metric, "notes": self.notes,
-                "stopped_early": self.stopped_early}
+        return {
+            "steps": self.steps,
+            "val": self.val,
+            "test": self.test,
+            "train_seconds": self.train_seconds,
+            "samples_per_second": self.samples_per_second,
+            "parameters": self.parameters,
+            "model": self.model,
+            "data": self.data,
+            "metric": self.metric,
+            "notes": self.notes,
+            "stopped_early": self.stopped_early,
+        }
 
 
 def model_for_task(run: RunConfig, task: Task) -> nn.Module:
@@ -86,8 +95,13 @@ def model_for_task(run: RunConfig, task: Task) -> nn.Module:
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, task: Task | None = None, model: nn.Module | None = None,
-                 callbacks: list[Callback] | None = None) -> None:
+    def __init__(
+        self,
+        run: RunConfig,
+        task: Task | None = None,
+        model: nn.Module | None = None,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
         self.run = run
         tc = run.trainer
         if tc.num_threads:
@@ -182,9 +196,13 @@ class Trainer:
         if tag != "last":
             path = save_weights(self.ckpt_dir / f"{tag}.safetensors", model, self.run.to_dict(), extra, self.step)
         else:  # weights + trainer state as one unit (models/checkpoint.py)
-            state = {"step": self.step, "optimizers": [o.state_dict() for o in self.optimizers],
-                     "schedulers": [s.state_dict() for s in self.schedulers], "rng_cpu": torch.get_rng_state(),
-                     "best": self.best if self.best is not None else float("nan")}
+            state = {
+                "step": self.step,
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "schedulers": [s.state_dict() for s in self.schedulers],
+                "rng_cpu": torch.get_rng_state(),
+                "best": self.best if self.best is not None else float("nan"),
+            }
             state["early_stop"] = dict(self.early_stop)
             if self.saves_raw_weights:  # training continues from the raw weights
                 state["raw_weights"] = self.model.state_dict()
@@ -208,9 +226,11 @@ class Trainer:
 
         if self.saves_raw_weights:
             if "raw_weights" not in state:
-                raise NeuratlasError(f"{ckpt.path}: this run averages its weights or trains LoRA adapters, but "
-                                     "the checkpoint holds no raw weights to continue from; resume it as it was "
-                                     "trained (trainer.ema_decay, transfer.lora_rank)")
+                raise NeuratlasError(
+                    f"{ckpt.path}: this run averages its weights or trains LoRA adapters, but "
+                    "the checkpoint holds no raw weights to continue from; resume it as it was "
+                    "trained (trainer.ema_decay, transfer.lora_rank)"
+                )
             if self.ema:
                 load_model(self.ema.module, str(ckpt.path))
                 self.ema.updates = state["ema_updates"]
@@ -224,15 +244,19 @@ class Trainer:
         opt_states = state.get("optimizers") or [state["optimizer"]]
         sched_states = state.get("schedulers") or [state["scheduler"]]
         if len(opt_states) != len(self.optimizers):
-            raise NeuratlasError(f"{ckpt.path}: it holds {len(opt_states)} optimizer states, this run has "
-                                 f"{len(self.optimizers)} optimizers")
+            raise NeuratlasError(
+                f"{ckpt.path}: it holds {len(opt_states)} optimizer states, this run has "
+                f"{len(self.optimizers)} optimizers"
+            )
         try:
             for opt, st in zip(self.optimizers, opt_states):
                 opt.load_state_dict(st)
         except (ValueError, KeyError) as e:
-            raise NeuratlasError(f"{ckpt.path}: its optimizer state does not fit this run's optimizer "
-                                 f"'{self.run.optimizer.name}' ({e}); resume with the optimizer it was trained "
-                                 "with") from None
+            raise NeuratlasError(
+                f"{ckpt.path}: its optimizer state does not fit this run's optimizer "
+                f"'{self.run.optimizer.name}' ({e}); resume with the optimizer it was trained "
+                "with"
+            ) from None
         for sched, st in zip(self.schedulers, sched_states):
             sched.load_state_dict(st)
         for opt, sched, lrs in zip(self.optimizers, self.schedulers, wanted):
@@ -255,9 +279,11 @@ class Trainer:
     def backward(self, loss: torch.Tensor, where: str = "") -> None:
         """Backpropagate ``loss``, refusing a non-finite one with the way out."""
         if not torch.isfinite(loss):
-            raise NeuratlasError(f"loss became {loss.item()} at step {self.step}{' (' + where + ')' if where else ''}"
-                                 "; try a lower --optimizer.lr or --trainer.grad_clip 1.0. The last good "
-                                 f"checkpoint is in {self.ckpt_dir}")
+            raise NeuratlasError(
+                f"loss became {loss.item()} at step {self.step}{' (' + where + ')' if where else ''}"
+                "; try a lower --optimizer.lr or --trainer.grad_clip 1.0. The last good "
+                f"checkpoint is in {self.ckpt_dir}"
+            )
         if self.scaler is not None:  # fp16: scale the loss so small gradients do not underflow
             loss = self.scaler.scale(loss)
         loss.backward()
@@ -333,9 +359,15 @@ class Trainer:
         prepare_run_dir(self.run_dir, bool(resume), tc.overwrite, main)
         if main:
             (self.run_dir / "config.json").write_text(json.dumps(self.run.to_dict(), indent=2))
-        result = FitResult(self.run_dir, self.step, parameters=count_parameters(self.eval_model),
-                           model=self.run.model["name"], data=self.task.describe_data(), metric=self.task.metric,
-                           higher_is_better=self.task.higher_is_better)
+        result = FitResult(
+            self.run_dir,
+            self.step,
+            parameters=count_parameters(self.eval_model),
+            model=self.run.model["name"],
+            data=self.task.describe_data(),
+            metric=self.task.metric,
+            higher_is_better=self.task.higher_is_better,
+        )
         t0, steps0 = time.perf_counter(), self.step
         self._t0, self._val_step = t0, -1
         self.model.train()
@@ -365,8 +397,11 @@ class Trainer:
             if crash_at is None:  # a real Ctrl-C or SIGTERM: keep the work, say how to continue
                 self.save("last")  # (after a SIGTERM, a second one is ignored: training/signals.py)
                 why = " by SIGTERM" if isinstance(stop, Terminated) else ""
-                print(f"\ninterrupted{why} at step {self.step}; checkpoint saved; resume with: "
-                      f"neuratlas train --resume {self.run_dir}", flush=True)
+                print(
+                    f"\ninterrupted{why} at step {self.step}; checkpoint saved; resume with: "
+                    f"neuratlas train --resume {self.run_dir}",
+                    flush=True,
+                )
             raise
         result.stopped_early = self.stop_reason
         result.train_seconds = time.perf_counter() - t0

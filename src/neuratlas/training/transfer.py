@@ -52,8 +52,9 @@ def _match(model: nn.Module, patterns: list[str] | str) -> list[tuple[str, nn.Pa
     hits = [(n, p) for n, p in model.named_parameters() if any(fnmatch.fnmatchcase(n, pat) for pat in pats)]
     if pats and not hits:
         names = [n for n, _ in model.named_parameters()]
-        raise NeuratlasError(f"patterns {pats} match no parameter; names look like {', '.join(names[:4])}, "
-                             f"..., {names[-1]}")
+        raise NeuratlasError(
+            f"patterns {pats} match no parameter; names look like {', '.join(names[:4])}, ..., {names[-1]}"
+        )
     return hits
 
 
@@ -108,7 +109,7 @@ class GradualUnfreezer:
     def update(self, step: int) -> None:
         params = dict(self.model.named_parameters())
         k = self.thawed(step)
-        for names in self.groups[len(self.groups) - k:]:
+        for names in self.groups[len(self.groups) - k :]:
             for n in names:
                 params[n].requires_grad_(True)
 
@@ -116,15 +117,19 @@ class GradualUnfreezer:
 # --- the fine-tuning set-up ------------------------------------------------------------------------------
 
 
-def discriminative_lr_mults(model: nn.Module, lr_decay: float, groups: list[list[str]] | None = None,
-                            include_frozen: bool = False) -> str:
+def discriminative_lr_mults(
+    model: nn.Module, lr_decay: float, groups: list[list[str]] | None = None, include_frozen: bool = False
+) -> str:
     """``--optimizer.lr_mults`` rules giving layer group i of n the multiplier ``lr_decay ** (n - 1 - i)`` (the
     head keeps 1): ULMFiT's discriminative fine-tuning as ordinary optimizer parameter groups."""
     groups = groups or layer_groups(model)
     params = dict(model.named_parameters())
-    return ",".join(f"{name}={lr_decay ** (len(groups) - 1 - i):.6g}"
-                    for i, names in enumerate(groups) for name in names
-                    if include_frozen or params[name].requires_grad)
+    return ",".join(
+        f"{name}={lr_decay ** (len(groups) - 1 - i):.6g}"
+        for i, names in enumerate(groups)
+        for name in names
+        if include_frozen or params[name].requires_grad
+    )
 
 
 @dataclass
@@ -155,8 +160,10 @@ def setup_transfer(model: nn.Module, run: RunConfig) -> TransferSetup:
     unfreezer = GradualUnfreezer(model, groups, tc.unfreeze_every) if tc.unfreeze_every else None
     if tc.lr_decay != 1:
         if oc.lr_mults:
-            raise NeuratlasError("a transfer run sets its lrs with --transfer.lr_decay; leave --optimizer.lr_mults "
-                                 "empty (or set --transfer.lr_decay 1)")
+            raise NeuratlasError(
+                "a transfer run sets its lrs with --transfer.lr_decay; leave --optimizer.lr_mults "
+                "empty (or set --transfer.lr_decay 1)"
+            )
         if oc.name == "muon":
             raise NeuratlasError("--transfer.lr_decay needs per-group lrs, which muon does not take; use adamw")
         oc = replace(oc, lr_mults=discriminative_lr_mults(model, tc.lr_decay, groups, unfreezer is not None))

@@ -61,28 +61,35 @@ def bert_config(hf: dict, **overrides) -> BERTConfig:
 def bert_key_map(cfg: BERTConfig, pooler: bool, mlm: bool, classifier: bool = False) -> list[KeyMap]:
     """Our BERT's tensors in a Hugging Face ``BertModel`` state dict (``cls.*``: the MLM head of
     ``BertForMaskedLM``; ``classifier.*``: ``BertForSequenceClassification``'s head, on the pooled vector)."""
-    maps = [KeyMap("embed.tok.weight", ("embeddings.word_embeddings.weight",), rows=cfg.vocab_size),
-            KeyMap("embed.pos.weight", ("embeddings.position_embeddings.weight",)),
-            KeyMap("embed.seg.weight", ("embeddings.token_type_embeddings.weight",)),
-            KeyMap("embed.norm.weight", ("embeddings.LayerNorm.weight",)),
-            KeyMap("embed.norm.bias", ("embeddings.LayerNorm.bias",))]
+    maps = [
+        KeyMap("embed.tok.weight", ("embeddings.word_embeddings.weight",), rows=cfg.vocab_size),
+        KeyMap("embed.pos.weight", ("embeddings.position_embeddings.weight",)),
+        KeyMap("embed.seg.weight", ("embeddings.token_type_embeddings.weight",)),
+        KeyMap("embed.norm.weight", ("embeddings.LayerNorm.weight",)),
+        KeyMap("embed.norm.bias", ("embeddings.LayerNorm.bias",)),
+    ]
     for i in range(cfg.n_layer):
         p, q = f"encoder.layer.{i}.", f"encoder.blocks.{i}."
         for kind in ("weight", "bias"):
-            maps += [KeyMap(q + f"attn.qkv.{kind}", tuple(p + f"attention.self.{n}.{kind}"
-                                                          for n in ("query", "key", "value"))),
-                     KeyMap(q + f"attn.proj.{kind}", (p + f"attention.output.dense.{kind}",)),
-                     KeyMap(q + f"norm1.{kind}", (p + f"attention.output.LayerNorm.{kind}",)),
-                     KeyMap(q + f"ffn.fc1.{kind}", (p + f"intermediate.dense.{kind}",)),
-                     KeyMap(q + f"ffn.fc2.{kind}", (p + f"output.dense.{kind}",)),
-                     KeyMap(q + f"norm2.{kind}", (p + f"output.LayerNorm.{kind}",))]
+            maps += [
+                KeyMap(
+                    q + f"attn.qkv.{kind}", tuple(p + f"attention.self.{n}.{kind}" for n in ("query", "key", "value"))
+                ),
+                KeyMap(q + f"attn.proj.{kind}", (p + f"attention.output.dense.{kind}",)),
+                KeyMap(q + f"norm1.{kind}", (p + f"attention.output.LayerNorm.{kind}",)),
+                KeyMap(q + f"ffn.fc1.{kind}", (p + f"intermediate.dense.{kind}",)),
+                KeyMap(q + f"ffn.fc2.{kind}", (p + f"output.dense.{kind}",)),
+                KeyMap(q + f"norm2.{kind}", (p + f"output.LayerNorm.{kind}",)),
+            ]
     for kind in ("weight", "bias"):
         if pooler:
             maps.append(KeyMap(f"pooler.{kind}", (f"pooler.dense.{kind}",)))
         if mlm:
             c = "cls.predictions.transform."
-            maps += [KeyMap(f"mlm_transform.0.{kind}", (c + f"dense.{kind}",)),
-                     KeyMap(f"mlm_transform.2.{kind}", (c + f"LayerNorm.{kind}",))]
+            maps += [
+                KeyMap(f"mlm_transform.0.{kind}", (c + f"dense.{kind}",)),
+                KeyMap(f"mlm_transform.2.{kind}", (c + f"LayerNorm.{kind}",)),
+            ]
         if classifier:
             maps.append(KeyMap(f"classifier.1.{kind}", (f"classifier.{kind}",)))
     if mlm:
@@ -105,8 +112,11 @@ def load_bert_weights(model: BERT, folder: str | Path) -> None:
                 "the model config; build the model with bert_config(...) or matching options"
             )
     sd = {k.removeprefix("bert."): v for k, v in sd.items()}
-    maps = bert_key_map(cfg, pooler=model.pooler is not None and "pooler.dense.weight" in sd,
-                        mlm=not cfg.num_classes and "cls.predictions.transform.dense.weight" in sd)
+    maps = bert_key_map(
+        cfg,
+        pooler=model.pooler is not None and "pooler.dense.weight" in sd,
+        mlm=not cfg.num_classes and "cls.predictions.transform.dense.weight" in sd,
+    )
     try:
         new = hf_to_ours(maps, sd, {k: v.shape for k, v in model.state_dict().items()})
     except KeyError as e:

@@ -44,14 +44,19 @@ GPT2_BLOCK_NAMES = {
 
 def gpt2_key_map(cfg: GPTConfig) -> list[KeyMap]:
     """Our GPT's tensors in a GPT-2 ``transformer.*`` state dict (the LM head is tied to ``wte``)."""
-    maps = [KeyMap("embed.tok.weight", ("wte.weight",), rows=cfg.vocab_size),
-            KeyMap("embed.pos.weight", ("wpe.weight",)),
-            KeyMap("transformer.norm.weight", ("ln_f.weight",)),
-            KeyMap("transformer.norm.bias", ("ln_f.bias",))]
+    maps = [
+        KeyMap("embed.tok.weight", ("wte.weight",), rows=cfg.vocab_size),
+        KeyMap("embed.pos.weight", ("wpe.weight",)),
+        KeyMap("transformer.norm.weight", ("ln_f.weight",)),
+        KeyMap("transformer.norm.bias", ("ln_f.bias",)),
+    ]
     for i in range(cfg.n_layer):
         for src, dst in GPT2_BLOCK_NAMES.items():
-            maps.append(KeyMap(f"transformer.blocks.{i}.{dst}.weight", (f"h.{i}.{src}.weight",),
-                               transpose=not src.startswith("ln")))  # Conv1D is (in, out)
+            maps.append(
+                KeyMap(
+                    f"transformer.blocks.{i}.{dst}.weight", (f"h.{i}.{src}.weight",), transpose=not src.startswith("ln")
+                )
+            )  # Conv1D is (in, out)
             maps.append(KeyMap(f"transformer.blocks.{i}.{dst}.bias", (f"h.{i}.{src}.bias",)))
     return maps
 
@@ -73,7 +78,5 @@ def load_hf_gpt2(folder: str | Path, **overrides) -> GPT:
     new["head.weight"] = new["embed.tok.weight"]
     missing, unexpected = model.load_state_dict(new, strict=False)
     if missing or unexpected:
-        raise NeuratlasError(
-            f"{folder}: GPT-2 weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})"
-        )
+        raise NeuratlasError(f"{folder}: GPT-2 weights do not map (missing {missing[:4]}, unexpected {unexpected[:4]})")
     return model
