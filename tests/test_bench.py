@@ -103,6 +103,7 @@ def test_product_ceiling_accounts_for_the_steps_flops():
     assert sum(f for f, _ in parts.values()) == pytest.approx(flops_per_step, rel=0.01)
 
 
+@pytest.mark.slow  # a whole race or profile: tens of seconds on 2 cores
 def test_minilm_race_checks_outputs_against_transformers(monkeypatch):
     pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -113,6 +114,7 @@ def test_minilm_race_checks_outputs_against_transformers(monkeypatch):
     assert text.endswith("reproduce: neuratlas bench minilm --quick")
 
 
+@pytest.mark.slow  # a whole race or profile: tens of seconds on 2 cores
 def test_speed_prints_one_table_line_per_race(capsys):
     lines = run_benchmark("speed", quick=True, only="mfu", races={"mfu": {"batch": 2, "context": 32}})
     assert lines[0].startswith("machine: ") and "bf16" in lines[0]
@@ -121,6 +123,7 @@ def test_speed_prints_one_table_line_per_race(capsys):
     assert "RACE |" in capsys.readouterr().out  # each race's own lines are printed as it runs
 
 
+@pytest.mark.slow  # a whole race or profile: tens of seconds on 2 cores
 def test_profile_tables_of_a_recipe_step_and_of_decoding():
     from neuratlas.errors import NeuratlasError
 
