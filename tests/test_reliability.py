@@ -469,3 +469,9 @@ def test_all_nan_checkpoint_is_refused_by_predict_and_eval(digits_run, tmp_path,
     for argv in (["predict", nan, digit, "--out", tmp_path / "out"], ["eval", nan]):
         err = one_error_line(argv, capsys)
         assert str(nan) in err and "NaN or infinite" in err
+
+
+def test_an_empty_validation_split_is_one_line_not_a_division_by_zero(run_overrides):
+    run = digits(run_overrides, **{"trainer.max_steps": "2", "data.val_size": "0", "trainer.run_name": "empty-val"})
+    with pytest.raises(NeuratlasError, match="split is empty"):
+        Trainer(run).fit()

@@ -37,7 +37,7 @@ class TensorBatches:
         if any(len(t) != n for t in tensors):
             raise ValueError("all tensors must have the same length")
         self.tensors, self.n = tensors, n
-        self.batch_size = min(batch_size, n)
+        self.batch_size = max(1, min(batch_size, n))  # an empty split has no batches, not a division by zero
         self.seed, self.shuffle, self.drop_last, self.transform = seed, shuffle, drop_last, transform
         self._perm_epoch, self._perm = -1, None
 

@@ -185,6 +185,8 @@ def gather_predictions(model: nn.Module, batches, autocast: AbstractContextManag
         outs.append(out.float())
         targets.append(y)
     model.train(was_training)
+    if not outs:
+        raise NeuratlasError("nothing to evaluate: the split is empty (e.g. --data.val_size 0); give it at least one sample")
     return torch.cat(outs), torch.cat(targets)
 
 
