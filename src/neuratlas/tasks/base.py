@@ -186,7 +186,9 @@ def gather_predictions(model: nn.Module, batches, autocast: AbstractContextManag
         targets.append(y)
     model.train(was_training)
     if not outs:
-        raise NeuratlasError("nothing to evaluate: the split is empty (e.g. --data.val_size 0); give it one sample or more")
+        raise NeuratlasError(
+            "nothing to evaluate: the split is empty (e.g. --data.val_size 0); give it one sample or more"
+        )
     return torch.cat(outs), torch.cat(targets)
 
 
