@@ -18,6 +18,7 @@ import pytest
 from neuratlas.cli import main
 from neuratlas.errors import NeuratlasError
 from neuratlas.recipes import RECIPES, get_recipe
+from neuratlas.text.tokenizers import bytes_to_unicode
 from neuratlas.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -223,15 +224,8 @@ def check_outcome(code: int, out: str, err: str, case) -> str:
 
 def byte_vocab() -> list[str]:
     """GPT-2's 256 byte characters, in byte order (the vocabulary of a byte-level BPE without merges)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs))
-    return [chr(table[b]) for b in range(256)]
+    table = bytes_to_unicode()
+    return [table[b] for b in range(256)]
 
 
 def tiny_gguf(path: Path) -> Path:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from neuratlas.errors import NeuratlasError
+from neuratlas.text.tokenizers import bytes_to_unicode
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -110,16 +111,9 @@ def tiny_llama(kind: str = "llama", seed: int = 0, **extra):
 
 
 def byte_vocab() -> list[str]:
-    """GPT-2's 256 byte characters, in byte order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs))
-    return [chr(table[b]) for b in range(256)]
+    """GPT-2's 256 byte characters, in byte order (the vocabulary of a byte-level BPE without merges)."""
+    table = bytes_to_unicode()
+    return [table[b] for b in range(256)]
 
 
 CHATML = (

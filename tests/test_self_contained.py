@@ -76,15 +76,19 @@ def test_nothing_refers_to_a_path_outside_the_repository():
 @pytest.mark.parametrize(
     ("rel", "line", "bad"),
     [
-        ("src/neuratlas/data/text.py", 'SHARED = Path(__file__).resolve().parents[3].parent / "shared"', True),
+        (
+            "src/neuratlas/data/text.py",
+            'SHARED = Path(__file__).resolve().parents[3].parent / "shared"',  # escape attempt
+            True,
+        ),
         ("src/neuratlas/data/text.py", "ROOT = Path(__file__).resolve().parents[2]", True),  # src/: a checkout
         ("src/neuratlas/data/text.py", 'BUNDLED = Path(__file__).resolve().parents[1] / "bundled"', False),
         ("src/neuratlas/data/sources.py", "HERE = Path(__file__).parent.parent", False),
         ("tests/test_x.py", "ROOT = Path(__file__).resolve().parents[1]", False),
-        ("tests/test_x.py", 'path = Path(__file__).resolve().parents[2] / "shared" / "peers"', True),
+        ("tests/test_x.py", 'path = Path(__file__).resolve().parents[2] / "shared" / "peers"', True),  # escape attempt
         ("tests/test_x.py", "up = Path(__file__).parent.parent.parent", True),
         ("tests/test_x.py", 'p = Path(root) / ".." / "x"', True),
-        ("scripts/setup.sh", "cp ../shared/data/x .", True),
+        ("scripts/setup.sh", "cp ../shared/data/x .", True),  # escape attempt
         ("Makefile", "\tcd /work/main && make", True),
         ("tests/test_x.py", 'x = "a/b/c.txt"  # and from ..pkg import y', False),
     ],

@@ -18,6 +18,7 @@ from torch import nn
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.export.check import Check, max_diff
+from neuratlas.text.tokenizers import bytes_to_unicode
 
 # transformers' BERT activation names for ours (the inverse of bert_config's)
 _BERT_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
@@ -172,19 +173,6 @@ def write_tokenizer(folder: Path, tokenizer: dict[str, Any] | None, source: Path
         )
         written += ["vocab.json", "merges.txt", "tokenizer_config.json"]
     return written
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (vocab.json and merges.txt spell tokens with it)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 def gpt2_vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[str]]:

@@ -232,3 +232,16 @@ def encode_corpus(tok: Tokenizer, text: str) -> list[int]:
     """Encode a whole corpus with the fastest path the tokenizer has."""
     fast = getattr(tok, "encode_corpus", None)
     return fast(text) if fast else tok.encode(text)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (vocab.json and merges.txt spell tokens with it)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
