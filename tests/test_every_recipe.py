@@ -29,6 +29,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL_DATA = {"limit_train": 256, "val_size": 128, "batch_size": 8, "max_len": 32}
 
 
+def user_file(data_name: str, tmp_path) -> dict[str, str]:
+    """The options pointing a recipe for the user's own file at one the test writes (a real series)."""
+    if data_name == "csv-series":
+        from neuratlas.bench.forecasting import taylor_csv
+
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        return {"data.path": str(taylor_csv(tmp_path)), "data.target": "demand_mw"}
+    return {}
+
+
 def small(recipe_name: str, tmp_path, **trainer: str) -> dict[str, str]:
     recipe = get_recipe(recipe_name)
     run = recipe.run_config()
@@ -48,6 +58,7 @@ def small(recipe_name: str, tmp_path, **trainer: str) -> dict[str, str]:
         "trainer.eval_every": "1000000",
         "trainer.max_steps": "2",
         **data,
+        **user_file(run.data["name"], tmp_path),
         **{f"trainer.{k}": v for k, v in trainer.items()},
     }
 
