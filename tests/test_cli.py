@@ -126,14 +126,16 @@ INFERENCE = ["predict", "forecast", "sample", "generate", "chat", "visualize", "
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a build without CUDA")
-@pytest.mark.parametrize("name", INFERENCE)
+@pytest.mark.parametrize("name", [*INFERENCE, "export"])  # export: where its check runs the files
 def test_device_cuda_without_cuda_is_one_line(name, digits_run, capsys):
-    """Checked before the model is loaded: the option as given, and what to use instead."""
+    """Checked before the model is loaded (export: before anything is written): the option as given, and
+    what to use instead."""
     assert main([name, str(digits_run), "--device", "cuda"]) == 2
     line = _error_line(capsys)
     assert "--device cuda: this PyTorch build sees no CUDA GPU; use cpu or auto" in line
     assert main([name, str(digits_run), "--device", "tpu9"]) == 2
     assert "--device: 'tpu9' is not a device" in _error_line(capsys)
+    assert not (digits_run / "export").exists()
 
 
 def test_device_auto_is_cuda_then_mps_then_cpu(monkeypatch):

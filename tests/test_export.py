@@ -158,6 +158,22 @@ def test_untraceable_model_names_the_operator(tmp_path):
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())  # nothing half-written
 
 
+def test_onnx_check_on_a_gpu_needs_onnxruntimes_cuda_provider():
+    """--device picks onnxruntime's provider; one without CUDA is one line, not a silent CPU check."""
+    import onnxruntime as ort
+
+    from neuratlas.export.onnx import providers
+
+    assert providers(ort, None) == providers(ort, torch.device("cpu")) == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert providers(ort, torch.device("cuda", 1)) == [("CUDAExecutionProvider", {"device_id": 1})]
+    else:
+        with pytest.raises(NeuratlasError, match=r"^--device cuda:0: this onnxruntime has no CUDA execution provider"):
+            providers(ort, torch.device("cuda", 0))
+    with pytest.raises(NeuratlasError, match="on the cpu or a CUDA GPU"):
+        providers(ort, torch.device("mps"))
+
+
 def test_graph_level_gnn_is_refused_in_one_line(tmp_path):
     with pytest.raises(NeuratlasError, match="graph-level"):
         export_model(create_model("gin", in_features=4, num_classes=2), "pt2", tmp_path / "o")
@@ -346,8 +362,12 @@ def test_cli_export_checks_on_the_validation_batch_and_refuses_bad_input(digits_
     assert "× eager's speed" in stdout
     errors = [cli(capsys, "export", str(digits_run), "--format", "onnx", "--out", out)]
     assert errors[-1][0] == 2 and "already exists" in errors[-1][2] and "--force" in errors[-1][2]
-    assert cli(capsys, "export", str(digits_run), "--format", "pt2", "--out", out, "--force")[0] == 0
+    args = ["export", str(digits_run), "--format", "pt2", "--out", out, "--force", "--device", "cpu"]
+    rc, stdout, stderr = cli(capsys, *args)
+    assert rc == 0, stderr
+    assert re.search(r"max \|torch.export − eager\| \S+ \(ok\) on 180 samples; .* \(\d+ threads?\)", stdout), stdout
     assert {p.name for p in Path(out).iterdir()} == {"model.pt2", "export.json"}  # replaced whole
+    assert json.loads((Path(out) / "export.json").read_text())["files"]["model.pt2"]["check"]["device"] == "cpu"
     errors.append(cli(capsys, "export", str(digits_run), "--format", "tflite"))
     assert errors[-1][0] == 2 and "--format: 'tflite' is not one of onnx, pt2, hf" in errors[-1][2]
     empty = tmp_path / "empty-run"

@@ -39,6 +39,7 @@ from neuratlas.paradigms.federated.privacy import clip_update
 from neuratlas.recipes import get_recipe
 
 HAS_FLWR = importlib.util.find_spec("flwr") is not None
+HAS_RAY = importlib.util.find_spec("ray") is not None
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -452,6 +453,27 @@ def test_message_api_round_survives_a_killed_a_silent_and_a_poisoned_client(tmp_
 
 
 @pytest.mark.skipif(not HAS_FLWR, reason="pip install 'neuratlas[federated]' (flwr)")
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam"])
+def test_message_api_server_equals_the_in_process_simulation(strategy, tmp_path):
+    """The ServerApp's loop with ClientApps (what Flower's engines run) against the in-process simulation,
+    every client in every round: the same rounds to the last bit, whichever client answers first (the
+    server averages in client order), for FedAvg, FedProx's proximal local steps and FedAdam's server step."""
+    from neuratlas.paradigms.federated.messages import InProcessGrid, make_client_app, serve
+
+    over = {"federated.clients": "3", "federated.rounds": "2", "federated.strategy": strategy}
+    run = small_run(**over)
+    grid = InProcessGrid(make_client_app(), run, clients=3)
+    try:
+        hist = serve(grid, run, tmp_path)
+    finally:
+        grid.close()
+    fed, task, model = federated_setup(run)
+    ref = simulate(fed, task, model, run, progress=False)
+    assert (hist.accuracy[1:], hist.loss[1:]) == (ref.accuracy, ref.loss)
+    assert ref.accuracy[-1] > hist.accuracy[0] + 0.1, (hist.accuracy[0], ref.accuracy)  # it learns
+
+
+@pytest.mark.skipif(not HAS_FLWR, reason="pip install 'neuratlas[federated]' (flwr)")
 @pytest.mark.parametrize("user,expected", [(None, "0"), ("1", "1")])
 def test_flower_telemetry_is_off_unless_the_user_turns_it_on(user, expected):
     code = (
@@ -514,6 +536,76 @@ def test_secure_aggregation_with_dp_on_the_deployment_engine(tmp_path):
     expected = FederatedConfig(clients=3, fraction=1.0, dp_clip=5, dp_noise=0.01).epsilon(1)
     assert hist["epsilon"][1] == pytest.approx(expected)
     assert "privacy spent ε" in log and hist["bytes_sent"] > 0
+
+
+def _processes_with_env(entry: str) -> list[str]:
+    """Command lines of the processes whose environment holds ``entry`` (every process a Flower run starts
+    inherits its FLWR_HOME, Ray's workers included, wherever it was reparented to)."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if entry.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_FLWR or bool(_flower_binaries()), reason=_flower_binaries() or "flwr not installed")
+@pytest.mark.skipif(not HAS_RAY, reason="Flower's simulation engine needs ray: pip install 'neuratlas[federated]'")
+def test_flower_simulation_engine_equals_the_in_process_simulation(tmp_path):
+    """`flwr run` on Flower's simulation engine: a SuperLink in simulation mode, 3 virtual SuperNodes whose
+    ClientApps run in one Ray worker (one CPU), 2 rounds of the small digits run. The server's history equals
+    the in-process simulation's for the same seed: the same shards, the same batches per (round, client),
+    updates averaged in client order. Between processes only float rounding could differ (the losses are
+    compared to 1e-6 relative, the accuracies to one test image); on one thread per process they agree
+    exactly. Every process the run started, Ray's included, is gone afterwards."""
+    from neuratlas.paradigms.federated.messages import simulate_flower
+
+    run = small_run(**{"federated.clients": "3", "federated.rounds": "2", "federated.round_timeout": "120"})
+    code, log = simulate_flower(run, 3, tmp_path, _free_port(), timeout=300, cpus=1)
+    assert code == 0, log[-3000:]
+    assert "3 simulated SuperNodes" in log, log[-3000:]
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist["rounds"] == [0, 1, 2] and hist["rejected"] == [], hist
+    fed, task, model = federated_setup(run)
+    ref = simulate(fed, task, model, run, progress=False)
+    assert ref.rounds == hist["rounds"][1:]
+    assert hist["accuracy"][1:] == pytest.approx(ref.accuracy, abs=1 / 359 + 1e-9), (hist["accuracy"], ref.accuracy)
+    assert hist["loss"][1:] == pytest.approx(ref.loss, rel=1e-6), (hist["loss"], ref.loss)
+    assert hist["bytes_sent"] == ref.bytes_sent and ref.accuracy[-1] > 0.8
+    homes = list(tmp_path.glob("flower-*/home"))
+    assert len(homes) == 1 and _processes_with_env(f"FLWR_HOME={homes[0]}") == []
+
+
+@pytest.mark.skipif(not HAS_FLWR, reason="pip install 'neuratlas[federated]' (flwr)")
+def test_flower_engines_refuse_more_clients_than_shards_in_one_line(tmp_path):
+    """A client beyond the run's split would hold no shard: refused before any process starts."""
+    from neuratlas.paradigms.federated.messages import deploy_local, simulation_config
+
+    with pytest.raises(NeuratlasError, match=r"--clients must be in \[1, 5\].*federated.clients = 5"):
+        deploy_local(small_run(), 6, tmp_path, _free_port())
+    assert not list(tmp_path.iterdir())
+    config = simulation_config(4, cpus=2)
+    assert config[0] == "--federation-config"
+    assert "num-supernodes=4" in config[1] and "client-resources-num-cpus=1" in config[1]
+    assert "init-args-num-cpus=2" in config[1]
+
+
+@pytest.mark.skipif(not HAS_FLWR, reason="pip install 'neuratlas[federated]' (flwr)")
+def test_flower_sim_without_ray_is_one_line(monkeypatch, capsys):
+    from neuratlas.cli import main
+
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")] or ["ray"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if ray were not installed
+    assert main(["federated", "flower-sim", "--federated.rounds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: Flower's simulation engine needs ray"), err
+    if sys.version_info >= (3, 11):
+        assert err[0].endswith("pip install 'neuratlas[federated]'"), err
 
 
 @pytest.mark.slow

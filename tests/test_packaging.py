@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -61,8 +62,8 @@ def test_every_extra_named_by_an_error_exists():
     assert any(r.startswith("torch>=") and "<3" in r for r in core)  # a range that torch 2.13.0 satisfies
     capped = ["flwr", "transformers", "torch_geometric", "onnxruntime", "gguf", "tokenizers"]
     reqs = [r for reqs in extras.values() for r in reqs]
-    for name in capped:
-        assert any(r.startswith(name + ">=") and ",<" in r for r in reqs), name
+    for name in capped:  # the name, maybe its own extras (flwr[simulation]), a floor and a cap
+        assert any(re.match(rf"{name}(\[[\w,-]+\])?>=[^,]+,<", r) for r in reqs), name
 
 
 def absent(monkeypatch, package: str) -> None:
@@ -102,6 +103,7 @@ def test_require_names_the_extra(monkeypatch):
             "series",
         ),
         ("flwr", lambda: __import__("neuratlas.paradigms.federated.flower", fromlist=["x"])._flwr(), "federated"),
+        ("ray", lambda: __import__("neuratlas.paradigms.federated.messages", fromlist=["x"])._ray(), "federated"),
         ("nibabel", lambda: __import__("neuratlas.data.medical", fromlist=["x"]).read_volume("x.nii.gz"), "medical"),
     ],
 )

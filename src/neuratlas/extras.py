@@ -22,6 +22,7 @@ EXTRA_OF: dict[str, tuple[str, str]] = {
     "nibabel": ("medical", "nibabel"),
     "tifffile": ("medical", "tifffile"),
     "flwr": ("federated", "flwr"),
+    "ray": ("federated", "ray"),  # Flower's simulation engine (flwr[simulation])
     "gguf": ("llm", "gguf"),
     "onnx": ("export", "onnx"),
     "onnxruntime": ("export", "onnxruntime"),

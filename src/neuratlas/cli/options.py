@@ -64,11 +64,12 @@ def repeatable(help: str = "") -> Any:
     return field(default_factory=list, metadata={"repeat": True, "help": help})
 
 
-def device_option() -> Any:
-    """``--device``, the same on every inference command: where the model runs and its inputs go."""
+def device_option(default: str = "auto", what: str = "") -> Any:
+    """``--device``, the same on every inference command: where the model runs and its inputs go (``what``
+    says it where a command means something narrower, e.g. export's check)."""
     from neuratlas.device import DEVICE_HELP
 
-    return field(default="auto", metadata={"help": DEVICE_HELP})
+    return field(default=default, metadata={"help": f"{what}: {DEVICE_HELP}" if what else DEVICE_HELP})
 
 
 def positional(

@@ -3,6 +3,7 @@
 neuratlas finetune lite0-fashion-finetune --transfer.freeze 'stem.*' --trainer.max_steps 100
 neuratlas federated sim --federated.alpha 0.5 --federated.rounds 10   # = neuratlas train fedavg-fashion-quick ...
 neuratlas federated deploy --clients 3 --federated.rounds 2  # Flower SuperLink + SuperNodes on loopback
+neuratlas federated flower-sim --federated.rounds 2  # Flower's simulation engine: virtual SuperNodes on Ray
 neuratlas federated launch --clients 3 --federated.rounds 2  # Flower gRPC server + clients on loopback
 neuratlas federated server --address 127.0.0.1:8080 --min-clients 2
 neuratlas federated client --address 127.0.0.1:8080 --id 0
@@ -37,14 +38,19 @@ class FederatedOptions:
     """Federated learning on a recipe's run config (model, data, optimizer, and its --federated.KEY section),
     the same for every process: `sim` simulates every client in this process (= `neuratlas train RECIPE`);
     `deploy` runs it on Flower's deployment engine (a SuperLink and --clients SuperNodes on loopback);
-    `server` and `client` are Flower gRPC processes; `launch` starts a server and --clients clients on
-    loopback."""
+    `flower-sim` on Flower's simulation engine (`flwr run` with --clients virtual SuperNodes, their ClientApps
+    in Ray workers, --cpus at a time); `server` and `client` are Flower gRPC processes; `launch` starts a
+    server and --clients clients on loopback."""
 
-    mode: Literal["sim", "deploy", "server", "client", "launch"] = positional("what this process is")
+    mode: Literal["sim", "deploy", "flower-sim", "server", "client", "launch"] = positional("what this process is")
     recipe: str = "fedavg-fashion-quick"  # a federated recipe (`neuratlas list --kind recipes '*fed*'`)
-    address: str = "127.0.0.1:8080"  # host:port of the Flower server (deploy: of the SuperLink)
+    address: str = "127.0.0.1:8080"  # host:port of the Flower server (deploy, flower-sim: of the SuperLink)
     min_clients: int = 2  # server: clients needed before a round starts
-    clients: int = 2  # launch, deploy: client processes to start
+    # launch, deploy: client processes to start (default 2); flower-sim: virtual SuperNodes (default: the
+    # run's federated.clients, one per shard of its split)
+    clients: int | None = None
+    cpus: int = 1  # flower-sim: CPUs Ray may use, one per ClientApp training at a time
+    timeout: float = 600.0  # deploy, flower-sim: seconds before every Flower process is stopped
     id: int = 0  # client: which shard of the split this client holds
     # client (for testing the server's checks): send a poisoned update instead of the trained weights
     attack: Literal["", "nan", "scale", "shape"] = ""
@@ -124,9 +130,17 @@ def cmd_federated(opts: FederatedOptions, parsed: Parsed) -> int:
     elif opts.mode == "deploy":
         from neuratlas.paradigms.federated.messages import deploy_local
 
-        code, text = deploy_local(run, opts.clients, out, port)
+        code, text = deploy_local(run, _given(opts.clients, 2), out, port, opts.timeout)
         print("\n".join(ln for ln in text.splitlines() if ln.startswith("round ")))
-        return code
+        return _engine_exit(code, out, opts.timeout)
+    elif opts.mode == "flower-sim":
+        from neuratlas.paradigms.federated.core import FederatedConfig
+        from neuratlas.paradigms.federated.messages import simulate_flower
+
+        clients = _given(opts.clients, run.section("federated", FederatedConfig).clients)
+        code, text = simulate_flower(run, clients, out, port, opts.timeout, opts.cpus)
+        print("\n".join(ln for ln in text.splitlines() if ln.startswith("round ")))
+        return _engine_exit(code, out, opts.timeout)
     elif opts.mode == "server":
         from neuratlas.paradigms.federated.flower import run_server
 
@@ -140,7 +154,21 @@ def cmd_federated(opts: FederatedOptions, parsed: Parsed) -> int:
         from neuratlas.paradigms.federated.flower import launch_local
 
         args = ["--recipe", opts.recipe, *as_args(parsed.sections)]
-        code, text = launch_local(args, opts.clients, port, out)
+        code, text = launch_local(args, _given(opts.clients, 2), port, out)
         print("\n".join(ln for ln in text.splitlines() if "neuratlas.paradigms.federated" in ln or "round" in ln))
         return code
     return 0
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _engine_exit(code: int, out: Path, timeout: float) -> int:
+    """What a run on a Flower engine ends with: 0, or one line naming the cause and where the logs are."""
+    if code == 0:
+        return 0
+    logs = f"the logs of every Flower process are in {out}/flower-*/"
+    if code == -1:
+        raise NeuratlasError(f"the Flower run did not finish within --timeout {timeout:g} s; {logs}")
+    raise NeuratlasError(f"the Flower run did not complete its rounds (exit status {code}); {logs}")

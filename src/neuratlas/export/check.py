@@ -2,7 +2,8 @@
 
 Parity is the max absolute difference over every output; it is checked on the inputs the graph was traced
 with and on a batch one smaller (so a batch axis that silently became a constant fails the check). Speed is
-a ratio against eager PyTorch measured in the same process, both on the same number of threads.
+a ratio against eager PyTorch measured in the same process, both on the same number of threads, or both on
+the same GPU (``device``; each call waits for the GPU to finish).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Check:
     runtime: str
     samples: int
     max_scaled_diff: float = float("nan")  # per output: max |a − b| / max(1, max |b|)
+    device: str = "cpu"  # where both ran
 
     @property
     def ok(self) -> bool:
@@ -46,7 +48,10 @@ class Check:
         )
         if self.speed_ratio == self.speed_ratio:  # not NaN: timed
             n = torch.get_num_threads()
-            line += f"; {self.runtime} runs at {self.speed_ratio:.2f}× eager's speed ({n} thread{'s' * (n > 1)})"
+            where = f"{n} thread{'s' * (n > 1)}" if self.device == "cpu" else self.device
+            line += f"; {self.runtime} runs at {self.speed_ratio:.2f}× eager's speed ({where})"
+        elif self.device != "cpu":
+            line += f" ({self.device})"
         return line
 
 
@@ -63,7 +68,7 @@ def max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], scaled: bool 
         return float("inf")
     d = 0.0
     for x, y in zip(a, b):
-        x, y = torch.as_tensor(x).float(), torch.as_tensor(y).float()
+        x, y = torch.as_tensor(x).float().cpu(), torch.as_tensor(y).float().cpu()  # a runtime may answer on the host
         if x.shape != y.shape:
             return float("inf")
         if x.numel():
@@ -91,8 +96,16 @@ def eager(part: Part, inputs: Inputs) -> list[torch.Tensor]:
     return flat(part.module(*inputs))
 
 
-def seconds_per_call(fn: Callable[[], object], budget: float = 0.5) -> float:
-    """Median wall time of ``fn`` over repeats filling about ``budget`` seconds (after one warm-up call)."""
+def seconds_per_call(fn: Callable[[], object], budget: float = 0.5, device: torch.device | None = None) -> float:
+    """Median wall time of ``fn`` over repeats filling about ``budget`` seconds (after one warm-up call); on a
+    GPU each call ends when the GPU has finished its work."""
+    if device is not None and device.type in ("cuda", "mps"):
+        call, sync = fn, getattr(torch, device.type).synchronize
+
+        def fn() -> None:
+            call()
+            sync()
+
     fn()
     t0 = time.perf_counter()
     fn()
@@ -106,10 +119,16 @@ def seconds_per_call(fn: Callable[[], object], budget: float = 0.5) -> float:
 
 
 def check(
-    part: Part, file: str, runtime: str, run: Callable[[Inputs], list[torch.Tensor]], timing: bool = True
+    part: Part,
+    file: str,
+    runtime: str,
+    run: Callable[[Inputs], list[torch.Tensor]],
+    timing: bool = True,
+    device: torch.device | None = None,
 ) -> Check:
     """Compare ``run`` (the exported graph) with the eager part on its inputs and a batch one smaller; with
-    ``timing``, also measure its speed against eager's on the full inputs."""
+    ``timing``, also measure its speed against eager's on the full inputs. ``device``: where the part and
+    its inputs are (the CPU by default)."""
     got, want = run(part.inputs), eager(part, part.inputs)
     diff, scaled = max_diff(got, want), max_diff(got, want, scaled=True)
     small = smaller_batch(part)
@@ -119,10 +138,19 @@ def check(
     ratio = float("nan")
     if timing:
         with torch.no_grad():
-            t_eager = seconds_per_call(lambda: part.module(*part.inputs))
-        ratio = t_eager / seconds_per_call(lambda: run(part.inputs))
+            t_eager = seconds_per_call(lambda: part.module(*part.inputs), device=device)
+        ratio = t_eager / seconds_per_call(lambda: run(part.inputs), device=device)
     n = part.inputs[0].shape[next(iter(part.dynamic[0]), 0)] if part.inputs[0].ndim else 1
-    return Check(part.name, file, diff, ratio, runtime, int(n), scaled)
+    return Check(part.name, file, diff, ratio, runtime, int(n), scaled, str(device or "cpu"))
+
+
+def device_name(device: torch.device | None = None) -> str:
+    """The GPU's name for a CUDA device, else the CPU's (speed ratios are quoted with it)."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device is not None and device.type == "mps":
+        return "Apple MPS"
+    return cpu_name()
 
 
 def cpu_name() -> str:

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +98,15 @@ def export_model(
     timing: bool = True,
     example_source: str = "",
     tokenizer: dict[str, Any] | None = None,
+    device: torch.device | None = None,
 ) -> ExportResult:
     """Write ``model`` to the folder ``out`` as ``onnx`` (one ``.onnx`` per part), ``pt2`` (one
     ``torch.export`` program per part) or ``hf`` (a Hugging Face folder: BERT and GPT-2 layouts), checked
     against the eager model on ``example`` (the arguments of ``model.forward``; default: the model's
     ``dummy_input()``). A check above tolerance raises, and then nothing is written. ``tokenizer`` (a
-    Neuratlas tokenizer's ``to_dict()``) goes into Hugging Face folders as ``tokenizer.json``."""
+    Neuratlas tokenizer's ``to_dict()``) goes into Hugging Face folders as ``tokenizer.json``. ``device``:
+    where the check runs the files and the eager model (default: where the model is, which is also where the
+    files are traced)."""
     check_format(fmt)
     model.eval()
     result = ExportResult(Path(out), fmt, [], example=example_source or "the model's example input")
@@ -111,18 +114,39 @@ def export_model(
         if fmt == "hf":
             from neuratlas.export import hf
 
-            result.checks = hf.save(model, tmp, tokenizer)
+            result.checks = hf.save(model, tmp, tokenizer, device=device)
         else:
-            result.checks = write_parts(model, (fmt,), tmp, example, timing=timing)
+            result.checks = write_parts(model, (fmt,), tmp, example, timing=timing, device=device)
         result.files = sorted(p.name for p in tmp.iterdir())
     return result
 
 
+@contextlib.contextmanager
+def moved(model: nn.Module, part: Part, device: torch.device | None):
+    """``part`` with ``model`` (its module's weights) and its inputs on ``device`` for the length of the
+    block; the model goes back where it was afterwards, so the next part is traced there again."""
+    if device is None:
+        yield part
+        return
+    home = next(model.parameters(), torch.empty(0)).device
+    try:
+        model.to(device)
+        yield replace(part, inputs=tuple(t.to(device) for t in part.inputs))
+    finally:
+        model.to(home)
+
+
 def write_parts(
-    model: nn.Module, formats: tuple[str, ...], folder: Path, example: Inputs | None = None, timing: bool = True
+    model: nn.Module,
+    formats: tuple[str, ...],
+    folder: Path,
+    example: Inputs | None = None,
+    timing: bool = True,
+    device: torch.device | None = None,
 ) -> list[Check]:
     """Trace each part of ``model`` once, write it in every format of ``formats`` (onnx, pt2) into
-    ``folder`` with an ``export.json`` manifest, and check every file; raises when a check fails."""
+    ``folder`` with an ``export.json`` manifest, and check every file (on ``device``: the model and the
+    file both run there; default: where the model is); raises when a check fails."""
     from neuratlas.export.trace import export_program
 
     name = getattr(model, "model_name", type(model).__name__)
@@ -135,7 +159,8 @@ def write_parts(
                 module = importlib.import_module(f"neuratlas.export.{fmt}")
                 path = folder / f"{part.name}{SUFFIX[fmt]}"
                 module.save(program, part, path, name)
-                c = module.verify(path, part, timing)
+                with moved(model, part, device) as there:
+                    c = module.verify(path, there, timing, device)
                 if not c.ok:
                     raise NeuratlasError(f"{name}: {c.line()}; nothing written")
                 checks.append(c)
@@ -203,8 +228,16 @@ def default_out(run: str | Path, fmt: str) -> Path:
     return base / "export" / fmt
 
 
-def export_run(run: str | Path, fmt: str, out: str | Path | None = None, *, force: bool = False) -> ExportResult:
-    """Export a run's best checkpoint (or a .safetensors checkpoint), checked on the run's validation batch."""
+def export_run(
+    run: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    device: torch.device | None = None,
+) -> ExportResult:
+    """Export a run's best checkpoint (or a .safetensors checkpoint), checked on the run's validation batch
+    (on ``device``; the CPU by default)."""
     from neuratlas.models.checkpoint import read_checkpoint
 
     check_format(fmt)
@@ -219,5 +252,12 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, *, forc
             source = f"the model's example input (the run's validation data is unavailable: {e})"
     out = Path(out) if out else default_out(run, fmt)
     return export_model(
-        model, fmt, out, example, force=force, example_source=source, tokenizer=ckpt.extra.get("tokenizer")
+        model,
+        fmt,
+        out,
+        example,
+        force=force,
+        example_source=source,
+        tokenizer=ckpt.extra.get("tokenizer"),
+        device=device,
     )

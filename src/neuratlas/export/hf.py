@@ -202,8 +202,15 @@ def gpt2_vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list
     return vocab, merges
 
 
-def save(model: nn.Module, folder: Path, tokenizer: dict[str, Any] | None = None, verify: bool = True) -> list[Check]:
-    """Write ``model`` as a Hugging Face folder and check it with transformers (when installed)."""
+def save(
+    model: nn.Module,
+    folder: Path,
+    tokenizer: dict[str, Any] | None = None,
+    verify: bool = True,
+    device: torch.device | None = None,
+) -> list[Check]:
+    """Write ``model`` as a Hugging Face folder and check it with transformers (when installed), on
+    ``device`` (default: the CPU)."""
     from neuratlas.models.bert import BERT
     from neuratlas.models.gpt import GPT
     from neuratlas.weights.bert import resolve_pretrained
@@ -224,12 +231,21 @@ def save(model: nn.Module, folder: Path, tokenizer: dict[str, Any] | None = None
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
     write_tokenizer(folder, tokenizer, source)
-    return [check_transformers(model, folder, auto)] if verify else []
+    return [check_transformers(model, folder, auto, device)] if verify else []
 
 
-def check_transformers(model: nn.Module, folder: Path, auto: str) -> Check:
+def check_transformers(model: nn.Module, folder: Path, auto: str, device: torch.device | None = None) -> Check:
     """Load ``folder`` with ``transformers.<auto>.from_pretrained`` and compare its logits with ours on a
-    padded batch of random tokens."""
+    padded batch of random tokens, both on ``device`` (ours goes back where it was afterwards)."""
+    home = next(model.parameters()).device
+    device = device or home
+    try:
+        return _compare(model.to(device), folder, auto, device)
+    finally:
+        model.to(home)
+
+
+def _compare(model: nn.Module, folder: Path, auto: str, device: torch.device) -> Check:
     from neuratlas.extras import require
 
     transformers = require("transformers", "checking a Hugging Face folder")
@@ -239,12 +255,13 @@ def check_transformers(model: nn.Module, folder: Path, auto: str) -> Check:
     transformers.logging.set_verbosity_error()  # its load report lists the pooler a sentence encoder lacks
     transformers.utils.logging.disable_progress_bar()
     try:
-        theirs = getattr(transformers, auto).from_pretrained(str(folder)).eval()
+        theirs = getattr(transformers, auto).from_pretrained(str(folder)).eval().to(device)
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.utils.logging.enable_progress_bar()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.cfg.vocab_size, (3, min(12, model.cfg.max_seq_len)), generator=g)
+    ids = ids.to(device)
     mask = torch.ones_like(ids)
     with torch.no_grad():
         if isinstance(model, BERT):
@@ -258,5 +275,11 @@ def check_transformers(model: nn.Module, folder: Path, auto: str) -> Check:
         else:
             ours, out = model(ids), theirs(input_ids=ids).logits
     return Check(
-        "model", "model.safetensors", max_diff([ours], [out]), float("nan"), f"transformers {auto}", ids.shape[0]
+        "model",
+        "model.safetensors",
+        max_diff([ours], [out]),
+        float("nan"),
+        f"transformers {auto}",
+        ids.shape[0],
+        device=str(device),
     )

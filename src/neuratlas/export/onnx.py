@@ -46,16 +46,33 @@ def save(program: torch.export.ExportedProgram, part: Part, path: Path, model_na
         raise NeuratlasError(f"{model_name} ({part.name}) cannot be converted to ONNX: {why(e)}") from None
 
 
-def verify(path: Path, part: Part, timing: bool = True) -> Check:
+def providers(ort, device: torch.device | None) -> list:
+    """onnxruntime's execution provider for ``device``: the CPU's, or CUDA's on that GPU (one line when this
+    onnxruntime has none)."""
+    if device is None or device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0})]
+    if device.type == "cuda":
+        raise NeuratlasError(
+            f"--device {device}: this onnxruntime has no CUDA execution provider "
+            "(pip install onnxruntime-gpu, or check the ONNX file on the cpu)"
+        )
+    raise NeuratlasError(f"--device {device}: ONNX files are checked in onnxruntime on the cpu or a CUDA GPU")
+
+
+def verify(path: Path, part: Part, timing: bool = True, device: torch.device | None = None) -> Check:
+    """Run the file in onnxruntime (on ``device``: the CPU, or a CUDA GPU) and compare it with the eager part
+    on the same device; its inputs and outputs go through host memory."""
     ort = _need()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = torch.get_num_threads()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), opts, providers=providers(ort, device))
     names = [i.name for i in session.get_inputs()]
 
     def run(inputs: Inputs) -> list[torch.Tensor]:
         feed = {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(names, inputs)}
         return [torch.from_numpy(np.asarray(o)) for o in session.run(None, feed)]
 
-    return check(part, path.name, "onnxruntime", run, timing)
+    return check(part, path.name, "onnxruntime", run, timing, device)

@@ -10,7 +10,10 @@ it samples clients, sends them the global weights as an ``ArrayRecord``, waits a
 screens what came back by client and rewrites ``history.json``.
 
 :class:`InProcessGrid` runs ``ClientApp`` objects in threads of this process: the Message path end to end
-without Flower's Ray-based simulation engine (which needs ``ray``, not a Neuratlas dependency).
+without starting any Flower process. The same two apps run on Flower's engines through ``flwr run`` of one
+generated Flower App: :func:`deploy_local` (the deployment engine: a SuperLink and SuperNode processes on
+loopback) and :func:`simulate_flower` (the simulation engine: a SuperLink in simulation mode whose virtual
+SuperNodes run the ClientApp in Ray workers).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,8 +37,10 @@ import numpy as np
 import torch
 
 from neuratlas.errors import NeuratlasError
+from neuratlas.extras import require
 from neuratlas.paradigms.federated.core import (
     ATTACKS,
+    FederatedConfig,
     History,
     ServerAggregator,
     Update,
@@ -163,6 +169,11 @@ def _update_of(reply: Any) -> Update:
     except Exception as e:  # noqa: BLE001 - whatever a client sent, the round goes on without it
         return Update(client, f"unreadable: {e}", 0)  # type: ignore[arg-type]
     return Update(client, weights, samples)
+
+
+def _client_order(update: Update) -> tuple[int, int, str]:
+    """Clients by partition id (numerically), then any that sent no readable id."""
+    return (0, int(update.client), "") if update.client.isdigit() else (1, 0, update.client)
 
 
 def _payload_bytes(message: Any) -> int:
@@ -295,7 +306,9 @@ def serve(
             missing, timeout = len(messages) - len(good), fed.round_timeout
             if missing:
                 log.warning("round %d: %d client(s) failed or did not answer within %g s", r, missing, timeout)
-            updates = [_update_of(m) for m in good]
+            # in client order, not arrival order: the mean's float sums, and so the run, do not depend on
+            # which client answered first (and equal the in-process simulation's)
+            updates = sorted((_update_of(m) for m in good), key=_client_order)
             hist.bytes_sent += sum(sum(a.nbytes for a in u.weights) for u in updates if isinstance(u.weights, list))
             global_w, rejected = server(r, global_w, updates, samples_limit=max(map(len, shards)), sampled=len(chosen))
             hist.rejected += [[r, c, why] for c, why in rejected]
@@ -472,6 +485,54 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
+def _ray():
+    """Ray, which Flower's simulation engine runs virtual SuperNodes on, or one line saying how to get it."""
+    if sys.version_info < (3, 11):  # flwr 1.42's [simulation] extra brings ray only from Python 3.11 on
+        try:
+            return require("ray", "Flower's simulation engine")
+        except NeuratlasError:
+            raise NeuratlasError(
+                "Flower's simulation engine needs ray, which flwr's [simulation] extra installs on Python ≥ 3.11 "
+                f"(this is {sys.version_info.major}.{sys.version_info.minor}); use `neuratlas federated sim` "
+                "or `deploy` here"
+            ) from None
+    return require("ray", "Flower's simulation engine", extra="federated")
+
+
+def simulation_config(clients: int, cpus: int = 1, gpus_per_client: float = 0.0) -> list[str]:
+    """``flwr run``'s ``--federation-config`` for Flower's simulation engine: ``clients`` virtual SuperNodes;
+    Ray gets ``cpus`` CPUs and one per ClientApp, so at most ``cpus`` ClientApps train at a time (the
+    others wait their turn) and nothing else of the machine is taken."""
+    keys = {
+        "num-supernodes": clients,
+        "client-resources-num-cpus": 1,
+        "client-resources-num-gpus": gpus_per_client,
+        "init-args-num-cpus": cpus,
+        "init-args-logging-level": '"WARNING"',
+        "init-args-log-to-driver": "true",
+        "verbose": "false",
+    }
+    return ["--federation-config", " ".join(f"{k}={v}" for k, v in keys.items())]
+
+
+def simulate_flower(
+    run: RunConfig, clients: int, out_dir: str | Path, port: int, timeout: float = 600.0, cpus: int = 1
+) -> tuple[int, str]:
+    """Run ``run`` on Flower's simulation engine: a ``flower-superlink --simulation`` on 127.0.0.1:``port``
+    and ``flwr run`` of the same Flower App as :func:`deploy_local`, with ``clients`` virtual SuperNodes
+    (node config ``partition-id=K``) whose ClientApps run in Ray workers (``cpus`` of them at a time, one
+    CPU each). Every process (Ray's included) is stopped before returning, also on timeout. Returns (exit
+    code, the log of ``flwr run`` with the server's lines)."""
+    _flwr()
+    _ray()
+    if cpus < 1:
+        raise NeuratlasError(f"--cpus must be ≥ 1, got {cpus}")
+    gpus = 0.0
+    if run.trainer.device != "cpu" and torch.cuda.is_available():  # the ClientApps share the GPU
+        gpus = round(1 / cpus, 3)
+    return _flwr_run(run, clients, out_dir, port, timeout, simulation=simulation_config(clients, cpus, gpus))
+
+
 def deploy_local(
     run: RunConfig,
     clients: int,
@@ -485,11 +546,44 @@ def deploy_local(
     components are :mod:`neuratlas.paradigms.federated.app`. Every process is stopped before returning,
     also on timeout. ``faults`` maps client -> nan | scale | shape | exit@R | hang@R. Returns (exit code of
     ``flwr run``, its log with the server's lines)."""
+    _flwr()
+    return _flwr_run(run, clients, out_dir, port, timeout, faults=faults)
+
+
+def _finished(history: Path, rounds: int, since: float) -> bool:
+    """Whether ``history`` was written by this run (not left by an earlier one) and holds its last round."""
+    try:
+        if history.stat().st_mtime < since:
+            return False
+        return json.loads(history.read_text())["rounds"][-1] == rounds
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
+
+
+def _flwr_run(
+    run: RunConfig,
+    clients: int,
+    out_dir: str | Path,
+    port: int,
+    timeout: float,
+    faults: dict[int, str] | None = None,
+    simulation: list[str] | None = None,
+) -> tuple[int, str]:
+    """``flwr run`` of the generated Flower App against a SuperLink started here on 127.0.0.1:``port``: in
+    simulation mode with ``simulation`` as its federation config, else with ``clients`` SuperNode processes.
+    Returns (exit code, the log of ``flwr run``); 1 when the ServerApp did not complete every round."""
+    fed = run.section("federated", FederatedConfig)
+    if not 1 <= clients <= fed.clients:
+        raise NeuratlasError(
+            f"--clients must be in [1, {fed.clients}]: the run splits its data into federated.clients = "
+            f"{fed.clients} shards, one per client (got {clients})"
+        )
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="flower-", dir=out))
     (work / "app").mkdir()
     (work / "app" / "pyproject.toml").write_text(APP_TOML)
+    (work / "run.json").write_text(json.dumps(run.to_dict()))  # what the apps get, for a rerun by hand
     (work / "home").mkdir()
     (work / "home" / "config.toml").write_text(
         f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
@@ -504,6 +598,13 @@ def deploy_local(
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     if env.get("PYTHONPATH"):  # the processes start in the app's folder: a relative entry would point elsewhere
         env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    ray_tmp = None
+    if simulation is not None:
+        # a Ray of its own (never a cluster RAY_ADDRESS names), its session files in a short temporary folder
+        # (Ray's socket paths must stay under 108 characters) that goes when the run ends
+        env.pop("RAY_ADDRESS", None)
+        ray_tmp = tempfile.mkdtemp(prefix="ray-")
+        env["RAY_TMPDIR"] = ray_tmp
     procs: list[subprocess.Popen] = []
     logs = []
 
@@ -513,12 +614,14 @@ def deploy_local(
         procs.append(subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=work))
         return procs[-1]
 
+    since = time.time() - 1
     try:
         start(
             "superlink",
             [
                 str(bindir / "flower-superlink"),
                 "--insecure",
+                *(["--simulation"] if simulation is not None else []),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -529,7 +632,7 @@ def deploy_local(
             ],
         )
         _wait_for_port(port, procs[0], 120.0)
-        for k in range(clients):
+        for k in range(clients if simulation is None else 0):
             config = f"partition-id={k}" + (f" fault='{faults[k]}'" if faults and k in faults else "")
             start(
                 f"supernode{k}",
@@ -547,7 +650,16 @@ def deploy_local(
         run_config = f"run='{json.dumps(run.to_dict())}' out='{out}' min-clients={clients}"
         flwr = start(
             "flwr-run",
-            [str(bindir / "flwr"), "run", str(work / "app"), "local", "--run-config", run_config, "--stream"],
+            [
+                str(bindir / "flwr"),
+                "run",
+                str(work / "app"),
+                "local",
+                "--run-config",
+                run_config,
+                *(simulation or []),
+                "--stream",
+            ],
         )
         try:
             code = flwr.wait(timeout=timeout)
@@ -557,7 +669,9 @@ def deploy_local(
         _stop(procs)
         for f in logs:
             f.close()
+        if ray_tmp:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     text = (work / "flwr-run.log").read_text()
-    if code == 0 and not (out / "history.json").is_file():  # `flwr run` exits 0 even when the ServerApp failed
-        code = 1
+    if code == 0 and not _finished(out / "history.json", fed.rounds, since):
+        code = 1  # `flwr run` exits 0 even when the ServerApp failed
     return code, text
