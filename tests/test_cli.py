@@ -113,7 +113,7 @@ def test_generate_chat_data_export_options_are_typed(capsys):
     assert "Did you mean --max_new_tokens" in _error_line(capsys)
     assert main(["generate", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--quantize {int8,int4}|none" in out and "--device STR" in out and "cuda, then mps, then cpu" in out
+    assert "--quantize {bf16,int8,int4}|none" in out and "--device STR" in out and "cuda, then mps, then cpu" in out
     assert main(["export", "x", "--format", "tflite"]) == 2
     assert "not one of onnx, pt2, hf" in _error_line(capsys)
     assert main(["data", "fetch"]) == 2

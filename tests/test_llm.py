@@ -475,6 +475,33 @@ def test_int8_and_int4_linear_equal_their_formulas():
     assert err < 0.1 * lin(x).abs().max(), err
 
 
+def test_bf16_linear_equals_its_formula_on_both_paths():
+    """Weight-only bf16: the product of bf16 input and weight (bias added in bf16), returned in the input's
+    dtype, through oneDNN's reordered weight (no autograd) and through ``F.linear`` (autograd on) alike;
+    a changed weight is reordered again, and copies leave the reordered weight behind."""
+    import copy
+
+    from neuratlas.layers.quant import BF16Linear
+
+    torch.manual_seed(6)
+    lin = torch.nn.Linear(96, 48)
+    layer = BF16Linear.from_float(lin)
+    x = torch.randn(2, 5, 96)
+    want = torch.nn.functional.linear(x.bfloat16(), lin.weight.bfloat16(), lin.bias.bfloat16()).float()
+    with torch.no_grad():
+        fast = layer(x)
+    slow = layer(x)
+    assert fast.dtype == slow.dtype == torch.float32 and fast.shape == (2, 5, 48)
+    torch.testing.assert_close(fast, want, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(slow, want, atol=1e-2, rtol=1e-2)
+    assert set(layer.state_dict()) == {"weight", "bias"}
+    assert copy.deepcopy(layer)._packed is None
+    with torch.no_grad():
+        layer.weight.mul_(2)
+        torch.testing.assert_close(layer(x), layer(x.requires_grad_()).detach(), atol=1e-2, rtol=1e-2)
+        assert (layer(x) - fast).abs().max() > 0.1  # the doubled weight, not the stale reordered copy
+
+
 def test_int4_from_q4_blocks_equals_dequantized_weights(tmp_path):
     """A GGUF Q4_1 / Q4_0 layer packed for the int4 kernel computes with the file's own weights."""
     from neuratlas.layers.quant import Int4Linear
@@ -491,7 +518,7 @@ def test_int4_from_q4_blocks_equals_dequantized_weights(tmp_path):
 
 
 def test_quantized_tiny_model_keeps_its_predictions(tmp_path):
-    from neuratlas.layers.quant import Int4Linear, Int8Linear
+    from neuratlas.layers.quant import BF16Linear, Int4Linear, Int8Linear
     from neuratlas.weights import load_llm
     from neuratlas.weights.llama import quantize_llm
 
@@ -499,10 +526,22 @@ def test_quantized_tiny_model_keeps_its_predictions(tmp_path):
     ids = torch.randint(0, 259, (2, 30), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = load_llm(path)(ids).softmax(-1)
-        for mode, kind in (("int8", Int8Linear), ("int4", Int4Linear)):
+        for mode, kind, head in (
+            ("bf16", BF16Linear, BF16Linear),
+            ("int8", Int8Linear, Int8Linear),
+            ("int4", Int4Linear, Int8Linear),
+        ):
             model = quantize_llm(load_llm(path), mode)
-            assert isinstance(model.transformer.blocks[0].ffn.fc1, kind) and isinstance(model.head, Int8Linear)
+            assert isinstance(model.transformer.blocks[0].ffn.fc1, kind) and isinstance(model.head, head)
             assert (model(ids).softmax(-1) - ref).abs().sum(-1).max() < 0.1  # total variation per position
+            # the decoding step (KV cache, short attention path) gives what the whole-sequence pass gives
+            greedy = model.generate(ids[:1, :8], 10, temperature=0)
+            full = ids[:1, :8]
+            for _ in range(10):
+                full = torch.cat([full, model(full)[:, -1:].argmax(-1)], 1)
+            assert greedy.tolist() == full.tolist(), mode
+        with pytest.raises(NeuratlasError, match="fp32"):
+            quantize_llm(load_llm(path, dtype=torch.bfloat16), "bf16")
 
 
 # --- the command line: generate and chat ---------------------------------------------------------------------

@@ -75,6 +75,36 @@ def test_one_query_decoding_attention_equals_formula(h_kv, dtype):
         torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("h_kv", [6, 2, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rope", [True, False])
+def test_decoding_step_equals_the_general_path(h_kv, dtype, rope):
+    """The decoding step's short path (one token against the cache, rotary tables shared by the layers)
+    computes what the general path computes, output and cache alike, at three positions in a row."""
+    from neuratlas.layers.attention import KVCache, RotaryEmbedding
+
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(48, 6, h_kv, bias=False).to(dtype).eval()
+    table = RotaryEmbedding(8, 16, base=500.0) if rope else None
+    caches = [KVCache(1, 2, h_kv, 8, 12, dtype) for _ in range(2)]
+    prompt = torch.randn(2, 5, 48, dtype=dtype)
+    with torch.no_grad():
+        for c in caches:
+            attn(prompt, causal=True, rope=table, cache=c)
+            c.advance(5)
+        for _ in range(3):
+            x = torch.randn(2, 1, 48, dtype=dtype)
+            short = attn(x, causal=True, rope=table, cache=caches[0])
+            real = torch.ones(2, caches[1].length + 1, dtype=torch.bool)  # a mask takes the general path
+            general = attn(x, causal=True, rope=table, cache=caches[1], key_padding_mask=real)
+            for c in caches:
+                c.advance(1)
+            tol = 1e-5 if dtype == torch.float32 else 3e-2
+            torch.testing.assert_close(short, general, atol=tol, rtol=tol)
+            torch.testing.assert_close(caches[0].k, caches[1].k, atol=tol, rtol=tol)
+            torch.testing.assert_close(caches[0].v, caches[1].v, atol=tol, rtol=tol)
+
+
 def test_cross_attention_and_cached_causal_alignment():
     q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
     torch.testing.assert_close(attention(q, k, v), reference_attention(q, k, v), atol=1e-5, rtol=1e-5)
@@ -207,13 +237,38 @@ def test_fast_decoding_same_tokens_and_restores_the_model(monkeypatch):
             assert calls == [1]
             with torch.no_grad():
                 layer.weight.div_(2)
-        assert model.generate(ids, 30, temperature=0).tolist() == plain.tolist()
-        assert len(calls) > 30  # the generation above decoded through the planned slabs
+        assert model.generate(ids, 30, temperature=0, fast_layout=True).tolist() == plain.tolist()
+        assert len(calls) >= 29 * 8  # the generation above decoded through the planned slabs (29 steps)
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     finally:
         torch.set_num_threads(threads)
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     assert all(m.weight.is_contiguous() and "forward" not in vars(m) for m in linears)
+
+
+@pytest.mark.skipif(
+    not __import__("neuratlas.layers.gemv").layers.gemv.onednn_products(torch.float32), reason="no oneDNN"
+)
+def test_fast_decoding_of_a_batch_and_of_bf16_weights_keeps_the_tokens():
+    """A batch's steps and bf16 weights decode through oneDNN's blocked copies: the same greedy tokens as
+    plain ``F.linear`` (same arithmetic, another order of sums), and the model is its plain self after."""
+    from neuratlas.layers import gemv as gemv_module
+
+    for dtype, batch in ((torch.float32, 3), (torch.bfloat16, 1), (torch.bfloat16, 3)):
+        torch.manual_seed(1)
+        model = tiny(n_kv_head=2, norm="pre_rmsnorm", positions="rope", ffn="swiglu").to(dtype)
+        ids = torch.randint(0, 50, (batch, 5))
+        plain = model.generate(ids, 12, temperature=0, fast_layout=False)
+        calls = []
+        packed = gemv_module._Packed.__call__
+        gemv_module._Packed.__call__ = lambda self, x, calls=calls, packed=packed: calls.append(1) or packed(self, x)
+        try:
+            fast = model.generate(ids, 12, temperature=0, fast_layout=True)
+        finally:
+            gemv_module._Packed.__call__ = packed
+        assert len(calls) >= 11 * len([m for m in model.modules() if type(m) is nn.Linear])
+        assert fast.tolist() == plain.tolist()
+        assert not any("forward" in vars(m) for m in model.modules())
 
 
 def test_fast_decoding_auto_keeps_the_plans_only_where_they_measure_faster(monkeypatch):

@@ -33,19 +33,18 @@ class SamplingOptions:
     repetition_penalty: float = 1.0  # > 1 makes tokens already in the text less likely (1.1–1.3 is usual)
     stop: list[str] = repeatable("stop when this text appears (repeatable); the model's end tokens always stop")
     seed: int = 0  # of the sampling generator
-    # bf16 weights and KV cache: half the bytes read per token (pays where bf16 kernels are fast, e.g. GPUs
-    # and AMX CPUs; without AMX the fp32 fast path is quicker)
+    # the whole model in bf16, weights, activations and KV cache (for GPUs; on a CPU --quantize bf16 is faster)
     bf16: bool = False
-    # weight-only quantized linear layers (pretrained LLMs): int8 per channel or int4 in groups of 32 (a GGUF
-    # file's Q4_0/Q4_1 blocks are used as they are)
-    quantize: Literal["int8", "int4"] | None = None
+    # weight-only quantized linear layers (pretrained LLMs), activations in fp32: bf16, int8 per channel or
+    # int4 in groups of 32 (a GGUF file's Q4_0/Q4_1 blocks are used as they are)
+    quantize: Literal["bf16", "int8", "int4"] | None = None
     device: str = device_option()
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"--max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
         if self.quantize and self.bf16:
-            raise ValueError("--quantize and --bf16 exclude each other (quantized layers compute in bf16)")
+            raise ValueError("--quantize and --bf16 exclude each other (quantized layers keep fp32 activations)")
 
 
 @dataclass

@@ -238,6 +238,24 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
+    def step_tables(
+        self, pos: int, dtype: torch.dtype, n_head: int, n_kv_head: int, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin') of shape (H + H_kv, D) for one decoding step at position ``pos``, queries' rows times
+        ``scale`` (the attention's 1/√d folded in); sin' carries rotate_half's sign, so the rotation of x
+        is ``x·cos + roll(x, D/2)·sin'``. Made once per step and shared by every layer."""
+        key = (pos, dtype, n_head, n_kv_head, scale)
+        if getattr(self, "_step", (None,))[0] != key:
+            if pos >= self.cos.shape[0]:
+                self._build(max(pos + 1, 2 * self.cos.shape[0]))
+            half = self.head_dim // 2
+            cos, sin = self.cos[pos], self.sin[pos]
+            signed = torch.cat((-sin[:half], sin[half:]))
+            rows = torch.ones(n_head + n_kv_head, 1, device=cos.device)
+            rows[:n_head] = scale
+            self._step = (key, (rows * cos).to(dtype), (rows * signed).to(dtype))
+        return self._step[1], self._step[2]
+
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,6 +347,16 @@ class KVCache:
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def append_one(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`update` for one new token, k and v (B, H_kv, D): the decoding step's fewer operations."""
+        pos = self.length
+        if pos >= self.max_len:
+            self.update(layer, k[:, :, None], v[:, :, None])  # raises the "cache is full" error
+        ks, vs = self.k[layer], self.v[layer]
+        ks[:, :, pos] = k
+        vs[:, :, pos] = v
+        return ks[:, :, : pos + 1], vs[:, :, : pos + 1]
 
     def advance(self, t: int) -> None:
         self.length += t
@@ -438,6 +466,16 @@ class MultiHeadAttention(nn.Module):
         """
         if packing is not None and (self.cross or cache is not None or causal):
             raise NeuratlasError("packed sequences are for bidirectional self-attention without a cache")
+        if (
+            cache is not None
+            and x.shape[1] == 1
+            and not self.cross
+            and key_padding_mask is None
+            and positions is None
+            and not (self.training and self.dropout)
+            and (rope is None or rope.head_dim == self.head_dim)
+        ):
+            return self._decode_step(x, rope, cache, layer)
         b, t, c = (packing.batch, packing.time, x.shape[-1]) if packing is not None else x.shape
         hd = self.n_kv_head * self.head_dim
         if self.cross:
@@ -483,3 +521,24 @@ class MultiHeadAttention(nn.Module):
         )
         y = y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)
         return self.proj(packing.pack(y) if packing is not None else y)
+
+    def _decode_step(self, x: torch.Tensor, rope: RotaryEmbedding | None, cache: KVCache, layer: int) -> torch.Tensor:
+        """One new token per sequence against the cache, x (B, 1, C): the general path's arithmetic in about
+        a third of its operations. A decoding step of a small model costs the number of its operations more
+        than their arithmetic: in SmolLM2-135M (30 layers) the general path ran ~60 per layer."""
+        b = x.shape[0]
+        h, h_kv, d = self.n_head, self.n_kv_head, self.head_dim
+        scale = 1.0 / math.sqrt(d)
+        qkv = self.qkv(x).view(b, h + 2 * h_kv, d)
+        if rope is not None:  # queries and keys rotated together, the queries' rows pre-scaled by 1/√d
+            cos, sin = rope.step_tables(cache.length, qkv.dtype, h, h_kv, scale)
+            qk = torch.addcmul(qkv[:, : h + h_kv] * cos, qkv[:, : h + h_kv].roll(d // 2, -1), sin)
+        else:
+            qk = torch.cat((qkv[:, :h] * scale, qkv[:, h : h + h_kv]), 1)
+        keys, values = cache.append_one(layer, qk[:, h:], qkv[:, h + h_kv :])  # (B, H_kv, S, D) views
+        s = keys.shape[2]
+        # the G = H / H_kv queries that share a key/value head as G rows against its keys, read in place
+        scores = torch.bmm(qk[:, :h].reshape(b * h_kv, h // h_kv, d), keys.reshape(b * h_kv, s, d).transpose(1, 2))
+        p = scores.softmax(-1) if scores.dtype == torch.float32 else scores.softmax(-1, torch.float32).to(values.dtype)
+        y = torch.bmm(p, values.reshape(b * h_kv, s, d))  # (B·H_kv, G, D)
+        return self.proj(y.view(b, 1, h * d))

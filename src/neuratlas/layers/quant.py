@@ -1,4 +1,4 @@
-"""Weight-only quantized linear layers for CPU inference: int8 per output channel, int4 in groups.
+"""Weight-only quantized linear layers for CPU inference: bf16, int8 per output channel, int4 in groups.
 
 Decoding a token reads every weight once, so on a CPU its time is bounded by bytes of weights ÷ memory
 bandwidth; storing weights in 8 or 4 bits cuts those bytes 4× or 8× against fp32. The products run in
@@ -20,6 +20,56 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from neuratlas.layers.gemv import onednn_products
+
+
+class BF16Linear(nn.Module):
+    """y = x · Wᵀ + b with W stored in bf16 (weight-only bf16: half of fp32's bytes per token) and the
+    activations kept in the input's dtype (fp32): only the product reads bf16.
+
+    Why not a model in bf16 throughout: on CPUs the small element-wise operations of a decoding step are
+    slower in bf16 than in fp32 (an RMSNorm of one token 105 vs 35 µs, a 3 × 64 × 80 attention product 160
+    vs 20 µs; 2-core AMD EPYC, SmolLM2-135M), and a step is mostly such operations once the weights
+    stream fast. On the CPU the weight is reordered once into oneDNN's blocked layout, whose one-row
+    product streams it 1.5–2× faster than ``F.linear``'s bf16 path (11.6 vs 7.8 GB/s per core, same
+    machine); the reordered copy is made on first use, not saved, and remade if the weight changes.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight.detach().to(torch.bfloat16).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self._packed: tuple | None = None  # (weight version, device, oneDNN weight, bf16 bias)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> BF16Linear:
+        return cls(linear.weight, linear.bias)
+
+    def __getstate__(self) -> dict:  # copies and pickles leave the reordered weight behind
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+    def _onednn(self) -> tuple | None:
+        w = self.weight
+        if w.device.type != "cpu" or torch.is_grad_enabled() or not onednn_products(torch.bfloat16):
+            return None
+        if self._packed is None or self._packed[0] != (w._version, w.data_ptr()):
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+            bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+            self._packed = ((w._version, w.data_ptr()), packed, bias)
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._onednn()
+        if packed is not None:  # three operations: a decoding step runs 121 of these layers
+            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed[1], packed[2], "none", [], "").to(
+                x.dtype
+            )
+        bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+        return nn.functional.linear(x.to(torch.bfloat16), self.weight, bias).to(x.dtype)
 
 
 class Int8Linear(nn.Module):

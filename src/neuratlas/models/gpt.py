@@ -127,7 +127,7 @@ class GPT(nn.Module):
         seq = ids[:, -ctx:]
         real = (mask if mask is not None else torch.ones_like(ids, dtype=torch.bool)).to(torch.bool)[:, -ctx:]
         cache, pending = None, seq
-        with fast_decoding(self, fast_layout):
+        with fast_decoding(self, fast_layout, batch=ids.shape[0]):
             try:
                 for step in range(max_new_tokens):
                     if use_cache:

@@ -267,13 +267,24 @@ def _build(cfg: GPTConfig, sd: dict[str, torch.Tensor], dtype: torch.dtype) -> G
 
 
 def quantize_llm(model: GPT, mode: str) -> GPT:
-    """Weight-only quantization of the model's linear layers in place: ``int8`` (per output channel) or
-    ``int4`` (groups of 32; the output head stays int8, as llama.cpp keeps it at 8 bits). From a GGUF file
-    whose projections are Q4_0/Q4_1, ``int4`` packs the file's own blocks (no second rounding)."""
-    from neuratlas.layers.quant import Int4Linear, Int8Linear, can_int4
+    """Weight-only quantization of the model's linear layers in place: ``bf16`` (every weight, the output
+    head included; activations stay fp32), ``int8`` (per output channel) or ``int4`` (groups of 32; the
+    output head stays int8, as llama.cpp keeps it at 8 bits). From a GGUF file whose projections are
+    Q4_0/Q4_1, ``int4`` packs the file's own blocks (no second rounding)."""
+    from neuratlas.layers.quant import BF16Linear, Int4Linear, Int8Linear, can_int4
 
-    if mode not in ("int8", "int4"):
-        raise NeuratlasError(f"quantization {mode!r} is not supported (int8, int4 are)")
+    if mode not in ("bf16", "int8", "int4"):
+        raise NeuratlasError(f"quantization {mode!r} is not supported (bf16, int8, int4 are)")
+    if next(model.parameters()).dtype != torch.float32:
+        raise NeuratlasError("weight-only quantization starts from an fp32 model (its activations stay fp32)")
+    if mode == "bf16":
+        with torch.no_grad():
+            for block in model.transformer.blocks:
+                for parent, attr in ((block.attn, "qkv"), (block.attn, "proj"), (block.ffn, "fc1"), (block.ffn, "fc2")):
+                    setattr(parent, attr, BF16Linear.from_float(getattr(parent, attr)))
+            model.head = BF16Linear.from_float(model.head)
+        model.quantized = mode
+        return model
     from neuratlas.weights.gguf import GGUFModel
 
     source = str(getattr(model, "source", ""))
