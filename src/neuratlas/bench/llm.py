@@ -130,8 +130,13 @@ def _worker(spec: dict) -> dict:
     with torch.inference_mode():
         logits(prompt[:, :16])  # warm-up
         prefill = min(_timed(lambda: logits(prompt)) for _ in range(2))
-        ttft, total = run(prompt, n_new)
-        ttft8, total8 = run(batch, n_new)
+        # the faster of two generations (decode rate): one run alone moved by up to 1.5× on a shared machine
+        # TTFT of the first generation (what a user waits for); decode rates the faster of two generations:
+        # one run alone moved by up to 1.5× on a shared machine
+        ones = [run(prompt, n_new) for _ in range(2)]
+        ttft = ones[0][0]
+        decode1 = max((n_new - 1) / (total - first) for first, total in ones)
+        decode8 = max(8 * (n_new - 1) / (total - first) for first, total in (run(batch, n_new) for _ in range(2)))
         nll = []
         for row in torch.tensor(spec["ppl_ids"]).view(-1, 512):
             out = logits(row[None]).float()
@@ -140,8 +145,8 @@ def _worker(spec: dict) -> dict:
         "load_s": load_s,
         "prefill_tps": 128 / prefill,
         "ttft_s": ttft,
-        "decode1_tps": (n_new - 1) / (total - ttft),
-        "decode8_tps": 8 * (n_new - 1) / (total8 - ttft8),
+        "decode1_tps": decode1,
+        "decode8_tps": decode8,
         "ppl": math.exp(sum(nll) / len(nll)),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "weight_bytes": wbytes,
@@ -179,10 +184,12 @@ for _ in range(2):
     llm.reset(); t = time.perf_counter(); llm.eval(ids); best = min(best, time.perf_counter() - t)
 llm.reset(); t = time.perf_counter(); llm.eval(ids)
 tok = int(np.argmax(llm.scores[llm.n_tokens - 1])); ttft = time.perf_counter() - t
-t = time.perf_counter()
-for _ in range(spec["new"] - 1):
-    llm.eval([tok]); tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-decode = (spec["new"] - 1) / (time.perf_counter() - t)
+decode, first = 0.0, tok
+for _ in range(2):  # the faster of two generations, as for the other configurations
+    llm.reset(); llm.eval(ids); tok = first; t = time.perf_counter()
+    for _ in range(spec["new"] - 1):
+        llm.eval([tok]); tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    decode = max(decode, (spec["new"] - 1) / (time.perf_counter() - t))
 nll = []
 ppl_ids = spec["ppl_ids"]
 for i in range(0, len(ppl_ids), 512):
@@ -320,7 +327,7 @@ def bench_llm(options: LLMBenchOptions) -> list[str]:
             if isinstance(a, dict) and isinstance(b, dict) and a[key] and b[key]:
                 ratio = a[key] / b[key]
                 lines.append(
-                    f"  decode {key[6:8]}: Neuratlas {ours[1]} / {peer[0]} {peer[1]} = {ratio:.2f}× "
+                    f"  decode b{key[6]}: Neuratlas {ours[1]} / {peer[0]} {peer[1]} = {ratio:.2f}× "
                     f"(goal ≥ {goal:g}×: {'met' if ratio >= goal else 'not met'})"
                 )
     lines.append(f"reproduce: neuratlas bench llm{' --quick' if quick else ''} --threads {threads}")
