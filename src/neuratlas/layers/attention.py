@@ -467,7 +467,7 @@ class MultiHeadAttention(nn.Module):
         if packing is not None and (self.cross or cache is not None or causal):
             raise NeuratlasError("packed sequences are for bidirectional self-attention without a cache")
         if (
-            cache is not None
+            type(cache) is KVCache  # an exported graph's cache of explicit past tensors takes the general path
             and x.shape[1] == 1
             and not self.cross
             and key_padding_mask is None
