@@ -495,7 +495,7 @@ def test_bf16_linear_equals_its_formula_on_both_paths():
     torch.testing.assert_close(fast, want, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(slow, want, atol=1e-2, rtol=1e-2)
     assert set(layer.state_dict()) == {"weight", "bias"}
-    assert copy.deepcopy(layer)._packed is None
+    assert copy.deepcopy(layer)._blocked is None
     with torch.no_grad():
         layer.weight.mul_(2)
         torch.testing.assert_close(layer(x), layer(x.requires_grad_()).detach(), atol=1e-2, rtol=1e-2)

@@ -231,6 +231,7 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", scale_rope_frequencies(inv_freq, scaling), persistent=False)
         self._build(max_seq_len)
+        self._step: tuple | None = None  # (key, cos, sin') of the last decoding step (step_tables)
 
     def _build(self, n: int) -> None:
         freqs = torch.outer(torch.arange(n, dtype=torch.float32, device=self.inv_freq.device), self.inv_freq)
@@ -244,8 +245,8 @@ class RotaryEmbedding(nn.Module):
         """(cos, sin') of shape (H + H_kv, D) for one decoding step at position ``pos``, queries' rows times
         ``scale`` (the attention's 1/√d folded in); sin' carries rotate_half's sign, so the rotation of x
         is ``x·cos + roll(x, D/2)·sin'``. Made once per step and shared by every layer."""
-        key = (pos, dtype, n_head, n_kv_head, scale)
-        if getattr(self, "_step", (None,))[0] != key:
+        key = (pos, dtype, self.cos.device, n_head, n_kv_head, scale)
+        if self._step is None or self._step[0] != key:
             if pos >= self.cos.shape[0]:
                 self._build(max(pos + 1, 2 * self.cos.shape[0]))
             half = self.head_dim // 2

@@ -14,7 +14,7 @@ process and model shape, by timing one pass over all the layers each way. ``GPT.
 True / False forces it.
 
 A batch's step (several rows) and bf16 weights go instead through a copy of each weight in oneDNN's
-blocked layout (:class:`_Packed`), made on entry like the column-major copies: SmolLM2-135M decodes a batch
+blocked layout (:class:`BlockedWeight`), made on entry like the column-major copies: SmolLM2-135M decodes a batch
 of 8 in fp32 1.35× faster with it, a bf16 model at batch 1 1.6× (per CPU-second, same machine).
 """
 
@@ -49,6 +49,8 @@ def gemv(
 class _Plan:
     """The slab views of one weight, made once: the per-token call is then a single ``baddbmm``."""
 
+    rows = 1  # a decoding step of one sequence
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, k: int, row_major: bool) -> None:
         out_f, in_f = weight.shape
         self.out_f, self.in_f, self.k, self.row_major = out_f, in_f, k, row_major
@@ -77,11 +79,12 @@ class _Plan:
         return torch.baddbmm(self.bias, x.reshape(self.k, 1, self.in_f // self.k), self.slabs).sum(0).view(shape)
 
 
-class _Packed:
+class BlockedWeight:
     """A weight reordered once into oneDNN's blocked layout for products of a few rows (a decoding step of
-    a batch, or of one sequence in bf16). ``F.linear`` reads a row-major weight afresh at every call; the
-    blocked copy streams 1.7× faster for 8 rows in fp32 (11.3 vs 6.8 GB/s per core) and 1.5–2× for bf16
-    (2-core AMD EPYC, SmolLM2-135M's shapes)."""
+    a batch, or of one sequence in bf16); ``rows`` is the size the layout is tuned for, any number of rows
+    is computed right. ``F.linear`` reads a row-major weight afresh at every call; the blocked copy streams
+    1.7× faster for 8 rows in fp32 (11.3 vs 6.8 GB/s per core) and 1.5–2× for bf16 (2-core AMD EPYC,
+    SmolLM2-135M's shapes). ``ok`` is False where oneDNN cannot take the weight (then nothing was made)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> None:
         self.in_f, self.rows = weight.shape[1], rows
@@ -106,8 +109,8 @@ def onednn_products(dtype: torch.dtype) -> bool:
         return False
 
 
-def _decoding_forward(plan: _Plan | _Packed, version: int):
-    rows = plan.rows if isinstance(plan, _Packed) else 1
+def _decoding_forward(plan: _Plan | BlockedWeight, version: int):
+    rows = plan.rows
 
     def forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         # a decoding step's rows, in eval mode, with the weight the plan was made from (not since updated)
@@ -128,7 +131,7 @@ def _seconds(fn: Callable[[], object], reps: int = 3) -> float:
     return time.perf_counter() - t0
 
 
-def planned_is_faster(layers: list[tuple[nn.Linear, _Plan | _Packed]], key: tuple) -> bool:
+def planned_is_faster(layers: list[tuple[nn.Linear, _Plan | BlockedWeight]], key: tuple) -> bool:
     """Time one pass over every layer (the weights streamed as in a decoding step) through the plans and
     through ``F.linear``, rounds interleaved; the plans win if at least 20% faster. Cached per layer shapes.
 
@@ -136,7 +139,7 @@ def planned_is_faster(layers: list[tuple[nn.Linear, _Plan | _Packed]], key: tupl
     an AMX Xeon it found them 5–10% faster while whole-model decoding with them was 6% slower (496 vs 525
     tokens/s); where they pay (weights streamed from memory, AMD EPYC) they are 2–3× faster per layer."""
     if key not in _MEASURED:
-        rows = layers[0][1].rows if isinstance(layers[0][1], _Packed) else 1
+        rows = layers[0][1].rows
         xs = [torch.randn(rows, 1, m.in_features, dtype=m.weight.dtype) for m, _ in layers]
         planned, plain = [], []
         with torch.no_grad():
@@ -153,7 +156,7 @@ def planned_is_faster(layers: list[tuple[nn.Linear, _Plan | _Packed]], key: tupl
 def fast_decoding(model: nn.Module, enabled: bool | str = True, batch: int = 1) -> Iterator[None]:
     """Within the block, the model's CPU ``nn.Linear`` layers run a decoding step's ``batch`` rows through
     the fastest product found for them: fp32 at one row through :func:`gemv`; several rows, or bf16
-    weights, through a oneDNN blocked copy of the weight (:class:`_Packed`).
+    weights, through a oneDNN blocked copy of the weight (:class:`BlockedWeight`).
 
     For :func:`gemv`, widening layers (out > in: QKV, the feed-forward's first layer) read a column-major
     copy of their weight made on entry (MKL streams it ~1.7× faster; narrowing layers are fastest
@@ -185,7 +188,7 @@ def fast_decoding(model: nn.Module, enabled: bool | str = True, batch: int = 1) 
                 weight = m.weight.t().contiguous().t() if wide else m.weight
                 plan = _Plan(weight, m.bias, k, not wide)
             else:
-                plan = _Packed(m.weight, m.bias, batch)
+                plan = BlockedWeight(m.weight, m.bias, batch)
             if plan.ok:
                 plans.append((m, plan))
     if enabled == "auto" and plans and not planned_is_faster(plans, key):

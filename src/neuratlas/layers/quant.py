@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuratlas.layers.gemv import onednn_products
+from neuratlas.layers.gemv import BlockedWeight, onednn_products
 
 
 class BF16Linear(nn.Module):
@@ -41,7 +41,7 @@ class BF16Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", weight.detach().to(torch.bfloat16).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self._packed: tuple | None = None  # (weight version, device, oneDNN weight, bf16 bias)
+        self._blocked: tuple | None = None  # (the weight's version and storage it was made from, BlockedWeight)
 
     @classmethod
     def from_float(cls, linear: nn.Linear) -> BF16Linear:
@@ -49,25 +49,24 @@ class BF16Linear(nn.Module):
 
     def __getstate__(self) -> dict:  # copies and pickles leave the reordered weight behind
         state = self.__dict__.copy()
-        state["_packed"] = None
+        state["_blocked"] = None
         return state
 
-    def _onednn(self) -> tuple | None:
+    def _onednn(self) -> BlockedWeight | None:
+        """The oneDNN copy of the weight, made on first use (inference on the CPU) and again once it changed."""
         w = self.weight
         if w.device.type != "cpu" or torch.is_grad_enabled() or not onednn_products(torch.bfloat16):
             return None
-        if self._packed is None or self._packed[0] != (w._version, w.data_ptr()):
-            packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        made_from = (w._version, w.data_ptr())
+        if self._blocked is None or self._blocked[0] != made_from:
             bias = None if self.bias is None else self.bias.to(torch.bfloat16)
-            self._packed = ((w._version, w.data_ptr()), packed, bias)
-        return self._packed
+            self._blocked = (made_from, BlockedWeight(w, bias, rows=1))
+        return self._blocked[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self._onednn()
-        if packed is not None:  # three operations: a decoding step runs 121 of these layers
-            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed[1], packed[2], "none", [], "").to(
-                x.dtype
-            )
+        blocked = self._onednn()
+        if blocked is not None:  # three operations: a decoding step runs 121 of these layers
+            return blocked(x.to(torch.bfloat16)).to(x.dtype)
         bias = None if self.bias is None else self.bias.to(torch.bfloat16)
         return nn.functional.linear(x.to(torch.bfloat16), self.weight, bias).to(x.dtype)
 

@@ -277,18 +277,10 @@ def quantize_llm(model: GPT, mode: str) -> GPT:
         raise NeuratlasError(f"quantization {mode!r} is not supported (bf16, int8, int4 are)")
     if next(model.parameters()).dtype != torch.float32:
         raise NeuratlasError("weight-only quantization starts from an fp32 model (its activations stay fp32)")
-    if mode == "bf16":
-        with torch.no_grad():
-            for block in model.transformer.blocks:
-                for parent, attr in ((block.attn, "qkv"), (block.attn, "proj"), (block.ffn, "fc1"), (block.ffn, "fc2")):
-                    setattr(parent, attr, BF16Linear.from_float(getattr(parent, attr)))
-            model.head = BF16Linear.from_float(model.head)
-        model.quantized = mode
-        return model
     from neuratlas.weights.gguf import GGUFModel
 
     source = str(getattr(model, "source", ""))
-    gf = GGUFModel(source) if source.endswith(".gguf") else None  # its Q4 blocks, used as they are
+    gf = GGUFModel(source) if mode == "int4" and source.endswith(".gguf") else None  # its Q4 blocks, used as they are
     parts = {
         "attn.qkv": ("attn_q", "attn_k", "attn_v"),
         "attn.proj": ("attn_output",),
@@ -310,6 +302,8 @@ def quantize_llm(model: GPT, mode: str) -> GPT:
                         w = (d[..., None] * g + m[..., None] if m is not None else d[..., None] * (g - 8)).flatten(1)
                         if torch.allclose(w, linear.weight.float(), rtol=0, atol=1e-6):  # not fine-tuned since
                             new = Int4Linear.from_q4(q, d, m, linear.bias)
+                if new is None and mode == "bf16":
+                    new = BF16Linear.from_float(linear)
                 if new is None:
                     new = (
                         Int4Linear.from_float(linear)
@@ -317,7 +311,7 @@ def quantize_llm(model: GPT, mode: str) -> GPT:
                         else Int8Linear.from_float(linear)
                     )
                 setattr(parent, attr, new)
-        model.head = Int8Linear.from_float(model.head)
+        model.head = (BF16Linear if mode == "bf16" else Int8Linear).from_float(model.head)
     model.quantized = mode
     return model
 
