@@ -77,6 +77,21 @@ def test_every_subcommand_prints_its_config_and_reads_it_back(name, digits_run, 
     assert json.loads(capsys.readouterr().out) == printed
 
 
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--timeout", "0"], "--timeout must be > 0"),
+        (["--cpus", "0"], "--cpus must be ≥ 1"),
+        (["--clients", "0"], "--clients must be ≥ 1"),
+        (["--min_clients", "0"], "--min_clients must be ≥ 1"),
+        (["--drop_at_round", "-1"], "--drop_at_round must be ≥ 0"),
+    ],
+)
+def test_federated_numbers_are_range_checked(flags, words, capsys):
+    assert main(["federated", "flower-sim", *flags]) == 2
+    assert words in _error_line(capsys)
+
+
 def test_generate_chat_data_export_options_are_typed(capsys):
     """The commands that had flags of their own read the same typed options (old hyphenated spellings are
     the same keys); choices are checked and listed."""

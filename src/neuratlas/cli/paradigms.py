@@ -58,6 +58,16 @@ class FederatedOptions:
     hang_at_round: int = 0  # client: stop answering from this round (for testing; 0: never)
     out: str = "runs/federated"  # folder for history.json and the accuracy plot
 
+    def __post_init__(self) -> None:
+        for name in ("min_clients", "cpus") + (("clients",) if self.clients is not None else ()):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("id", "drop_at_round", "hang_at_round"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be ≥ 0, got {getattr(self, name)}")
+        if not self.timeout > 0:
+            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout:g}")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from neuratlas.cli.core import _base_run, run_sections

@@ -8,6 +8,7 @@ the same GPU (``device``; each call waits for the GPU to finish).
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import statistics
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from neuratlas.export.parts import Inputs, Part
 
@@ -142,6 +144,17 @@ def check(
         ratio = t_eager / seconds_per_call(lambda: run(part.inputs), device=device)
     n = part.inputs[0].shape[next(iter(part.dynamic[0]), 0)] if part.inputs[0].ndim else 1
     return Check(part.name, file, diff, ratio, runtime, int(n), scaled, str(device or "cpu"))
+
+
+@contextlib.contextmanager
+def on_device(model: nn.Module, device: torch.device | None):
+    """``model`` on ``device`` for the length of the block (None: where it is), back where it was after:
+    the files are traced where the model lives, checks may run elsewhere."""
+    home = next(model.parameters(), torch.empty(0)).device
+    try:
+        yield model.to(device or home)
+    finally:
+        model.to(home)
 
 
 def device_name(device: torch.device | None = None) -> str:

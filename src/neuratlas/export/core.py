@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from neuratlas.errors import NeuratlasError
-from neuratlas.export.check import Check
+from neuratlas.export.check import Check, on_device
 from neuratlas.export.parts import Inputs, Part, parts
 
 FORMATS = ("onnx", "pt2", "hf")
@@ -128,12 +128,8 @@ def moved(model: nn.Module, part: Part, device: torch.device | None):
     if device is None:
         yield part
         return
-    home = next(model.parameters(), torch.empty(0)).device
-    try:
-        model.to(device)
+    with on_device(model, device):
         yield replace(part, inputs=tuple(t.to(device) for t in part.inputs))
-    finally:
-        model.to(home)
 
 
 def write_parts(

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from neuratlas.errors import NeuratlasError
-from neuratlas.export.check import Check, max_diff
+from neuratlas.export.check import Check, max_diff, on_device
 from neuratlas.text.tokenizers import bytes_to_unicode
 
 # transformers' BERT activation names for ours (the inverse of bert_config's)
@@ -237,12 +237,8 @@ def save(
 def check_transformers(model: nn.Module, folder: Path, auto: str, device: torch.device | None = None) -> Check:
     """Load ``folder`` with ``transformers.<auto>.from_pretrained`` and compare its logits with ours on a
     padded batch of random tokens, both on ``device`` (ours goes back where it was afterwards)."""
-    home = next(model.parameters()).device
-    device = device or home
-    try:
-        return _compare(model.to(device), folder, auto, device)
-    finally:
-        model.to(home)
+    with on_device(model, device) as there:
+        return _compare(there, folder, auto, next(there.parameters()).device)
 
 
 def _compare(model: nn.Module, folder: Path, auto: str, device: torch.device) -> Check:
