@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from neuratlas.bench import BENCHMARKS
+from neuratlas.layers.cpu_step import library
 
 MODEL = "smollm2-135m-instruct"
 PRECISIONS = ("fp32", "bf16", "int8", "int4")
@@ -296,10 +297,15 @@ def bench_llm(options: LLMBenchOptions) -> list[str]:
                 )
     bw = memory_bandwidth_gbs(threads)
     cpu = _cpu_name()
+    path_note = (
+        "Neuratlas decodes through its native step (one C call per token, compiled here)"
+        if library() is not None
+        else "Neuratlas decodes through PyTorch (no C compiler to build its native step)"
+    )
     lines = [
         f"SmolLM2-135M-Instruct ({path.name}); {cpu}; {threads} threads; prompt 128 tokens, {n_new} new tokens "
         f"(greedy); perplexity on {512 * n_ppl} held-out tokens (Shakespeare, last 10%); measured read bandwidth "
-        f"{bw:.1f} GB/s",
+        f"{bw:.1f} GB/s; {path_note}",
         f"  {'configuration':28s} {'load s':>7s} {'prefill t/s':>11s} {'TTFT s':>7s} {'decode t/s b1':>13s} "
         f"{'b8':>7s} {'peak RSS MB':>11s} {'ppl':>7s} {'MB/token':>8s} {'bound t/s':>9s}",
     ]

@@ -1,19 +1,21 @@
-"""Weight-only quantized linear layers for CPU inference: bf16, int8 per output channel, int4 in groups.
+"""Weight-only quantized linear layers for CPU inference: bf16, int8 per output channel, 4-bit in blocks.
 
 Decoding a token reads every weight once, so on a CPU its time is bounded by bytes of weights ÷ memory
-bandwidth; storing weights in 8 or 4 bits cuts those bytes 4× or 8× against fp32. The products run in
-PyTorch's own CPU kernels, which dequantize inside the matrix product (nothing is expanded to fp32 in
-memory): ``torch._weight_int8pack_mm`` (w = scale · q, q int8, one scale per output row) and
-``torch._weight_int4pack_mm_for_cpu`` (w = scale · (q − 8) + zero per group of ``group`` inputs, q in
-0..15). GGUF's Q4_0 (d · (q − 8)) and Q4_1 (d · q + m) blocks of 32 are this int4 form exactly
-(scale = d, zero = m + 8d), so :meth:`Int4Linear.from_q4` packs them as they are, without a round trip
-through fp32 and a second rounding of the integers (their scales are rounded to bf16, see below).
+bandwidth; storing weights in 8 or 5 bits cuts those bytes 4× or 6.4× against fp32. A Llama-family model's
+decoding steps read these layers' stored weights directly in the native step
+(:mod:`neuratlas.layers.cpu_step`, activations in fp32); through PyTorch (prompts, other models, no C
+compiler) the products run in PyTorch's own CPU kernels, which dequantize inside the matrix product:
+``torch._weight_int8pack_mm`` (w = scale · q, q int8, one scale per output row) and
+``torch._weight_int4pack_mm_for_cpu``. The 4-bit layer keeps GGUF's Q4_1 blocks of 32 (an fp16 scale d, an
+fp16 offset m, 16 bytes of nibbles: w = d · q + m); Q4_0 (d · (q − 8)) is that form with m = −8d, so
+:meth:`Int4Linear.from_q4` keeps a file's blocks as they are, without a round trip through fp32 and a second
+rounding of the integers.
 
-Both kernels run with bf16 activations and bf16 scales whatever the model's dtype: on a 2-core AMX Xeon
+PyTorch's kernels run with bf16 activations and bf16 scales whatever the model's dtype: on a 2-core AMX Xeon
 their fp32 paths were 6–15× slower than fp32 ``F.linear`` at one row (576 → 3072: 13 ms int8, 29 ms int4 vs
-1.9 ms), their bf16 paths 1.0–1.9× faster than it. The layer returns the input's dtype. For int8 at more
-than 16 rows (prompts, batches) the kernel loses to dequantizing the weight to bf16 and one matrix product
-(45 vs 21 ms for 128 rows at 576 → 3072), so it does that.
+1.9 ms), their bf16 paths 1.0–1.9× faster than it. The layer returns the input's dtype. At more than 16 rows
+(prompts, batches) the kernels lose to dequantizing the weight to bf16 and one matrix product (int8: 45 vs
+21 ms for 128 rows at 576 → 3072), so the layers do that.
 """
 
 from __future__ import annotations
@@ -105,44 +107,82 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    """y = x · Wᵀ + b with W[o, i] = scale[g, o] · (q[o, i] − 8) + zero[g, o], g = i // group, q in 0..15,
-    packed for ``torch._weight_int4pack_mm_for_cpu``."""
+    """y = x · Wᵀ + b with W stored in 4 bits, blocks of 32 inputs of a row as GGUF's Q4_1 lays them out:
+    an fp16 scale d, an fp16 offset m and 16 bytes of nibbles, W = d · q + m, q in 0..15 (5 bits a weight).
 
-    def __init__(
-        self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int, bias: torch.Tensor | None
-    ) -> None:
-        """q (out, in) integers 0..15; scale, zero (out, in // group)."""
+    The layout is the one the native decoding step (:mod:`neuratlas.layers.cpu_step`) reads. Through
+    PyTorch, a few rows (a decoding step without the native kernel) go to
+    ``torch._weight_int4pack_mm_for_cpu`` on a packed copy made on first use (not saved), and more rows (a
+    prompt) to one bf16 product with the weight dequantized for the call, as :class:`Int8Linear` does.
+    """
+
+    def __init__(self, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """q (out, in) integers 0..15; d, m (out, in // 32): W = d · q + m per block of 32."""
         super().__init__()
         self.out_features, self.in_features = q.shape
-        self.group = group
-        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1))
-        sz = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
-        self.register_buffer("scale_zero", sz)
+        self.group = 32
+        q = q.to(torch.uint8).view(self.out_features, -1, 2, 16)
+        nibbles = q[:, :, 0] | (q[:, :, 1] << 4)  # byte j: q[j] low, q[j + 16] high
+        scales = torch.stack([d, m], dim=-1).to(torch.float16).view(torch.uint8)  # (out, in/32, 4)
+        self.register_buffer("blocks", torch.cat([scales, nibbles], dim=-1).contiguous())  # (out, in/32, 20)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self._packed: tuple | None = None  # (blocks' version, int4pack weight, scales and zeros)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, group: int = 32) -> Int4Linear:
-        """Asymmetric min/max quantization of every group of ``group`` inputs of every row."""
+    def from_float(cls, linear: nn.Linear) -> Int4Linear:
+        """Asymmetric min/max quantization of every block of 32 inputs of every row."""
         w = linear.weight.detach().float()
         out_f, in_f = w.shape
-        g = w.view(out_f, in_f // group, group)
+        g = w.view(out_f, in_f // 32, 32)
         lo, hi = g.amin(-1), g.amax(-1)
-        scale = ((hi - lo) / 15).clamp(min=1e-12)
-        q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).view(out_f, in_f)
-        return cls(q, scale, lo + 8 * scale, group, linear.bias)
+        d = ((hi - lo) / 15).half().float()  # the stored (fp16) scale rounds the integers
+        q = torch.round((g - lo[..., None]) / d.clamp(min=1e-30)[..., None]).clamp(0, 15)  # a constant block: q = 0
+        q = torch.where(d[..., None] > 0, q, 0).view(out_f, in_f)
+        return cls(q, d, lo, linear.bias)
 
     @classmethod
     def from_q4(
-        cls, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, bias: torch.Tensor | None = None, group: int = 32
+        cls, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, bias: torch.Tensor | None = None
     ) -> Int4Linear:
         """GGUF Q4_1 (w = d·q + m) or Q4_0 (``m`` None: w = d·(q − 8)) blocks: q (out, in), d, m (out, in/32)."""
-        zero = torch.zeros_like(d) if m is None else m + 8 * d
-        return cls(q, d, zero, group, bias)
+        return cls(q, d, -8 * d if m is None else m, bias)
+
+    def __getstate__(self) -> dict:  # copies and pickles leave the packed copy behind
+        state = self.__dict__.copy()
+        state["_packed"] = None
+        return state
+
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (out, in) uint8 0..15 and d, m (out, in/32) fp32."""
+        b = self.blocks
+        scales = b[..., :4].contiguous().view(torch.float16).float()  # (out, in/32, 2)
+        nibbles = b[..., 4:]
+        q = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).view(self.out_features, self.in_features)
+        return q, scales[..., 0], scales[..., 1]
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        q, d, m = self.parts()
+        w = q.view(self.out_features, -1, 32).to(dtype) * d[..., None].to(dtype) + m[..., None].to(dtype)
+        return w.view(self.out_features, self.in_features)
+
+    def _int4pack(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._packed is None or self._packed[0] != self.blocks._version:
+            q, d, m = self.parts()
+            packed = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+            # the kernel's form: W = scale · (q − 8) + zero
+            sz = torch.stack([d.t(), (m + 8 * d).t()], dim=-1).to(torch.bfloat16).contiguous()
+            self._packed = (self.blocks._version, packed, sz)
+        return self._packed[1], self._packed[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = torch._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scale_zero).to(x.dtype)
+        if x2.shape[0] > 16:
+            y = nn.functional.linear(x2, self.dequantized(torch.bfloat16))
+        else:
+            packed, sz = self._int4pack()
+            y = torch._weight_int4pack_mm_for_cpu(x2, packed, self.group, sz)
+        y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.view(*shape, self.out_features)

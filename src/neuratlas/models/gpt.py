@@ -9,6 +9,7 @@ GPT-2 (Hugging Face) and nanoGPT checkpoints import with :mod:`neuratlas.weights
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from neuratlas.errors import NeuratlasError
 from neuratlas.layers.attention import KVCache
+from neuratlas.layers.cpu_step import CpuStep
 from neuratlas.layers.gemv import fast_decoding
 from neuratlas.layers.sampling import penalize_repetition, sample
 from neuratlas.models.registry import register_model
@@ -106,9 +108,11 @@ class GPT(nn.Module):
         ``temperature=0`` is greedy decoding. Sequences that produced a stop token keep yielding it; the
         stream ends when all have stopped or after ``max_new_tokens``. When the context fills up, the cache
         is rebuilt from the last half-context of tokens (with recomputation, nanoGPT crops every step).
-        ``fast_layout``: on CPU, run the linear layers as parallel matrix-vector products with each weight
-        in the layout its kernel reads fastest while streaming (:func:`~neuratlas.layers.gemv.fast_decoding`);
-        ``"auto"`` does so where it measures faster on this machine.
+        ``fast_layout``: on CPU, a model of the Llama family (pre-RMSNorm, SwiGLU, fp32 activations) decodes
+        each token in one native call (:class:`~neuratlas.layers.cpu_step.CpuStep`; the prompt still runs
+        here); other models run the linear layers as parallel matrix-vector products with each weight in the
+        layout its kernel reads fastest while streaming (:func:`~neuratlas.layers.gemv.fast_decoding`;
+        ``"auto"`` does so where it measures faster on this machine). False: every step through PyTorch.
         ``mask`` (B, T): True on the real tokens of left-padded prompts (see :meth:`forward`).
         ``repetition_penalty`` > 1 divides the positive logits (multiplies the negative ones) of every token
         already in the sequence (Keskar et al. 2019, as ``transformers`` applies it).
@@ -127,7 +131,9 @@ class GPT(nn.Module):
         seq = ids[:, -ctx:]
         real = (mask if mask is not None else torch.ones_like(ids, dtype=torch.bool)).to(torch.bool)[:, -ctx:]
         cache, pending = None, seq
-        with fast_decoding(self, fast_layout, batch=ids.shape[0]):
+        native = CpuStep.for_model(self) if use_cache and fast_layout is not False else None
+        first = None  # where each row's real tokens start in the cache, for the native step
+        with nullcontext() if native is not None else fast_decoding(self, fast_layout, batch=ids.shape[0]):
             try:
                 for step in range(max_new_tokens):
                     if use_cache:
@@ -139,7 +145,14 @@ class GPT(nn.Module):
                             cache = self.transformer.new_cache(seq.shape[0], size)
                             pending = keep
                         m = real[:, -(cache.length + pending.shape[1]) :] if mask is not None else None
-                        logits = self(pending, cache=cache, last_only=True, mask=m)[:, -1]
+                        if native is not None and pending.shape[1] == 1 and cache.length:
+                            logits = native(pending[:, 0], first, cache)
+                        else:
+                            logits = self(pending, cache=cache, last_only=True, mask=m)[:, -1]
+                            if native is not None and m is not None:
+                                first = (~m).sum(1)  # the native step takes left padding only
+                                if not bool((m == (torch.arange(m.shape[1]) >= first[:, None])).all()):
+                                    native = None
                     else:
                         m = real if mask is not None else None
                         logits = self(seq, last_only=True, mask=m)[:, -1]

@@ -1,0 +1,625 @@
+/* One decoding step of a Llama-family decoder on the CPU, in one call: every layer of every row of a batch.
+ *
+ * Why C: a decoding step of a small model is ~30 layers × ~20 tensor operations, and through PyTorch each
+ * of them costs a few microseconds of dispatch: 5.4 ms per token for SmolLM2-135M, as long as streaming
+ * its int8 weights from memory. Here the step is one parallel region: the matrix-vector products split
+ * their output rows over the threads (each thread streams a contiguous slab of the weight) and the small
+ * operations between them run on one thread. The weights are read where PyTorch holds them (no copy):
+ * fp32, bf16, int8 with one scale per output row, or 4-bit blocks of 32 (GGUF's Q4_1 layout: an fp16
+ * scale d, an fp16 offset m, 16 bytes of nibbles, w = d·q + m). Products accumulate in fp32.
+ *
+ * The model (see cpu_step.py, which builds the structures below from a Neuratlas GPT): pre-RMSNorm
+ * blocks, rotary positions from the model's own cos/sin tables, grouped-query attention against the
+ * model's KV cache (layer, batch, kv head, position, dim) in fp32, a SwiGLU feed-forward, a final RMSNorm
+ * and the output head. Rows of a left-padded batch start at first[b]: their keys before it are not
+ * attended to and their rotary position is pos − first[b].
+ *
+ * Built by cpu_step.py with the system's C compiler (-O3 -march=native -fopenmp). The OpenMP runtime is
+ * the one PyTorch already loaded (same soname), so the two share one pool of threads.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__) || defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2, W_Q4 = 3 };
+
+typedef struct {
+    int64_t kind, out, in;
+    const void *w;        /* F32 float[out][in], BF16 uint16[out][in], I8 int8[out][in], Q4 blocks[out][in/32] */
+    const float *scale;   /* I8: float[out] */
+    const float *bias;    /* float[out] or NULL */
+} Linear;
+
+typedef struct {
+    const float *norm1, *norm2; /* RMSNorm weights [dim] */
+    Linear qkv, proj, fc1, fc2; /* fc1: [gate; up], 2·ffn_dim rows */
+} Layer;
+
+typedef struct {
+    int64_t n_layer, dim, n_head, n_kv_head, head_dim, ffn_dim, vocab;
+    double eps;
+    const float *embed;              /* [≥ vocab][dim] */
+    const float *norm;               /* final RMSNorm [dim] */
+    const float *rope_cos, *rope_sin; /* [rope_len][head_dim], or NULL: no rotary positions */
+    int64_t rope_len;
+    Linear head;
+    const Layer *layers;
+} Model;
+
+typedef struct {
+    uint16_t d, m;   /* fp16 */
+    uint8_t qs[16];  /* byte j: q[j] (low nibble), q[j + 16] (high nibble) */
+} BlockQ4;
+
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int8_t i8x16 __attribute__((vector_size(16)));
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+
+static inline f32x16 load16(const float *p) {
+    f32x16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* The sum of a vector's 16 lanes as a tree: a loop of 16 dependent additions cost ~60 cycles a row, 2 ms of
+ * the ~200,000 rows of a SmolLM2-135M step. */
+static inline float hsum(f32x16 v) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps((__m512)v);
+#else
+    float s[16];
+    memcpy(s, &v, sizeof s);
+    for (int w = 8; w; w /= 2)
+        for (int i = 0; i < w; i++) s[i] += s[i + w];
+    return s[0];
+#endif
+}
+
+static inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man) { /* subnormal: normalise */
+        int e = -1;
+        do {
+            man <<= 1;
+            e++;
+        } while (!(man & 0x400));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
+    } else {
+        bits = sign;
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+/* Dot products of one weight row with one input row; n is a multiple of 16 (of 32 for Q4). Four accumulators
+ * keep the fused multiply-adds independent, so the loop runs at the speed of memory, not of their latency. */
+#define DOT_BODY(WIDEN)                                                                             \
+    f32x16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                                  \
+    int64_t k = 0;                                                                                  \
+    for (; k + 64 <= n; k += 64) {                                                                  \
+        a0 += WIDEN(w + k) * load16(x + k);                                                         \
+        a1 += WIDEN(w + k + 16) * load16(x + k + 16);                                               \
+        a2 += WIDEN(w + k + 32) * load16(x + k + 32);                                               \
+        a3 += WIDEN(w + k + 48) * load16(x + k + 48);                                               \
+    }                                                                                               \
+    for (; k < n; k += 16) a0 += WIDEN(w + k) * load16(x + k);                                      \
+    return hsum((a0 + a1) + (a2 + a3));
+
+static float dot_f32(const float *w, const float *x, int64_t n) { DOT_BODY(load16) }
+
+static float dotf(const float *a, const float *b, int64_t n) { /* any n */
+    const int64_t n16 = n & ~(int64_t)15;
+    float s = dot_f32(a, b, n16);
+    for (int64_t k = n16; k < n; k++) s += a[k] * b[k];
+    return s;
+}
+
+static inline f32x16 bf16x16(const uint16_t *p) {
+#if defined(__AVX512F__)
+    return (f32x16)_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+#endif
+    u16x16 h;
+    memcpy(&h, p, sizeof h);
+    u32x16 u = __builtin_convertvector(h, u32x16) << 16;
+    f32x16 f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static float dot_bf16(const uint16_t *w, const float *x, int64_t n) { DOT_BODY(bf16x16) }
+
+/* int8 and 4-bit rows widen their integers to fp32 in registers; compilers do not vectorize that widening
+ * from portable code (GCC 12 made it scalar: int8 decoding ran at a quarter of bf16's speed), so the x86
+ * vector extensions are written out, with the portable loop kept for other CPUs. */
+#if defined(__AVX512F__)
+static inline f32x16 i8x16f(const int8_t *p) {
+    return (f32x16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+/* Σ_k (d·q_k + m)·x_k over the blocks = Σ_blocks d·(q·x) + m·Σx; xsum holds Σx of each block of 32. */
+static float dot_q4(const BlockQ4 *w, const float *x, const float *xsum, int64_t n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const __m128i low = _mm_set1_epi8(15);
+    float offsets = 0.f;
+    for (int64_t g = 0; g < n / 32; g++) {
+        const __m128i qs = _mm_loadu_si128((const __m128i *)w[g].qs);
+        const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, low)));
+        const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(qs, 4), low)));
+        const __m512 t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 32 * g + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(x + 32 * g)));
+        if (g & 1)
+            a1 = _mm512_fmadd_ps(t, _mm512_set1_ps(half_to_float(w[g].d)), a1);
+        else
+            a0 = _mm512_fmadd_ps(t, _mm512_set1_ps(half_to_float(w[g].d)), a0);
+        offsets += half_to_float(w[g].m) * xsum[g];
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets;
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+static inline f32x16 i8x16f(const int8_t *p) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)p);
+    const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+    const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
+    f32x16 f;
+    memcpy(&f, &lo, 32);
+    memcpy((char *)&f + 32, &hi, 32);
+    return f;
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+static float dot_q4(const BlockQ4 *w, const float *x, const float *xsum, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m128i low = _mm_set1_epi8(15);
+    float offsets = 0.f;
+    for (int64_t g = 0; g < n / 32; g++) {
+        const __m128i qs = _mm_loadu_si128((const __m128i *)w[g].qs);
+        const __m128i lo = _mm_and_si128(qs, low), hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low);
+        const float *xg = x + 32 * g;
+#define U8F(v) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+        __m256 t = _mm256_mul_ps(U8F(lo), _mm256_loadu_ps(xg));
+        t = _mm256_fmadd_ps(U8F(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xg + 8), t);
+        t = _mm256_fmadd_ps(U8F(hi), _mm256_loadu_ps(xg + 16), t);
+        t = _mm256_fmadd_ps(U8F(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xg + 24), t);
+#undef U8F
+        acc = _mm256_fmadd_ps(t, _mm256_set1_ps(half_to_float(w[g].d)), acc);
+        offsets += half_to_float(w[g].m) * xsum[g];
+    }
+    return hsum8(acc) + offsets;
+}
+#else
+static inline f32x16 i8x16f(const int8_t *p) {
+    i8x16 q;
+    memcpy(&q, p, sizeof q);
+    return __builtin_convertvector(q, f32x16);
+}
+
+static float dot_q4(const BlockQ4 *w, const float *x, const float *xsum, int64_t n) {
+    f32x16 acc = {0};
+    float offsets = 0.f;
+    for (int64_t g = 0; g < n / 32; g++) {
+        u8x16 qs;
+        memcpy(&qs, w[g].qs, sizeof qs);
+        f32x16 lo = __builtin_convertvector(qs & 15, f32x16), hi = __builtin_convertvector(qs >> 4, f32x16);
+        acc += (lo * load16(x + 32 * g) + hi * load16(x + 32 * g + 16)) * half_to_float(w[g].d);
+        offsets += half_to_float(w[g].m) * xsum[g];
+    }
+    return hsum(acc) + offsets;
+}
+#endif
+
+static float dot_i8(const int8_t *w, const float *x, int64_t n) { DOT_BODY(i8x16f) }
+
+/* y[b][o] = W[o]·x[b] + bias[o] for o in [0, rows), b < batch: a worksharing loop over the output rows, to be
+ * called from inside the parallel region (each thread a contiguous slab of the weight). */
+static void linear1(const Linear *L, int64_t rows, int64_t batch, const float *x, int64_t ldx, const float *xsum,
+                    float *y, int64_t ldy);
+
+/* The 32 nibbles of a block as two vectors of fp32: q[0..15], q[16..31]. */
+static inline void q4x32f(const uint8_t *qs, f32x16 *lo, f32x16 *hi) {
+#if defined(__AVX512F__)
+    const __m128i q = _mm_loadu_si128((const __m128i *)qs), low = _mm_set1_epi8(15);
+    *lo = (f32x16)_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, low)));
+    *hi = (f32x16)_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), low)));
+#else
+    u8x16 q;
+    memcpy(&q, qs, sizeof q);
+    *lo = __builtin_convertvector(q & 15, f32x16);
+    *hi = __builtin_convertvector(q >> 4, f32x16);
+#endif
+}
+
+/* The lane sums of 16 vectors at once, out[i] = Σ v[i]: a transposing tree of 30 shuffles and 15 additions
+ * where 16 separate sums take ~130 operations (a tile's 16 sums were ~15% of its time). */
+static inline void hsum16(const f32x16 *v, float *out) {
+#if defined(__AVX512F__)
+    __m512 w[8], x[4], y[2];
+    for (int i = 0; i < 8; i++) {
+        const __m512 a = (__m512)v[2 * i], b = (__m512)v[2 * i + 1];
+        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+    for (int i = 0; i < 4; i++)
+        x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)
+        y[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
+    float lanes[16];
+    _mm512_storeu_ps(lanes, _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD)));
+    for (int i = 0; i < 16; i++) out[i] = lanes[4 * (i % 4) + i / 4]; /* lane 4·(i mod 4) + i/4 holds vector i */
+#else
+    for (int i = 0; i < 16; i++) out[i] = hsum(v[i]);
+#endif
+}
+
+/* A batch's step: tiles of 4 weight rows × 4 input rows. Each 16 weights are widened to fp32 once and used
+ * for four input rows, each 16 inputs loaded once for four weight rows: 16 multiply-adds per 8 loads, where
+ * one row at a time re-read and re-widened the weight row for every input row. */
+static inline float weight_at(int64_t kind, const void *w, int64_t k) {
+    if (kind == W_F32) return ((const float *)w)[k];
+    if (kind == W_I8) return (float)((const int8_t *)w)[k];
+    const uint32_t u = (uint32_t)((const uint16_t *)w)[k] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+#define TILE_LOOP(T, WIDEN)                                                                         \
+    {                                                                                               \
+        const T *r0 = (const T *)c[0], *r1 = (const T *)c[1], *r2 = (const T *)c[2], *r3 = (const T *)c[3]; \
+        for (int64_t k = 0; k < n16; k += 16) {                                                     \
+            const f32x16 v0 = load16(xs[0] + k), v1 = load16(xs[1] + k), v2 = load16(xs[2] + k),   \
+                         v3 = load16(xs[3] + k);                                                    \
+            __builtin_prefetch(r0 + k + 4 * n), __builtin_prefetch(r1 + k + 4 * n);              \
+            __builtin_prefetch(r2 + k + 4 * n), __builtin_prefetch(r3 + k + 4 * n);              \
+            f32x16 w = WIDEN(r0 + k);                                                               \
+            a00 += w * v0, a01 += w * v1, a02 += w * v2, a03 += w * v3;                             \
+            w = WIDEN(r1 + k);                                                                      \
+            a10 += w * v0, a11 += w * v1, a12 += w * v2, a13 += w * v3;                             \
+            w = WIDEN(r2 + k);                                                                      \
+            a20 += w * v0, a21 += w * v1, a22 += w * v2, a23 += w * v3;                             \
+            w = WIDEN(r3 + k);                                                                      \
+            a30 += w * v0, a31 += w * v1, a32 += w * v2, a33 += w * v3;                             \
+        }                                                                                           \
+    }
+
+static void linear_tiles(const Linear *L, int64_t rows, int64_t batch, const float *x, int64_t ldx, float *y,
+                         int64_t ldy) {
+    const int64_t n = L->in, n16 = n & ~(int64_t)15, size = L->kind == W_F32 ? 4 : L->kind == W_BF16 ? 2 : 1;
+#pragma omp for schedule(static)
+    for (int64_t quad = 0; quad < (rows + 3) / 4; quad++) {
+        int64_t os[4];
+        const char *c[4];
+        for (int i = 0; i < 4; i++) { /* a tile's missing rows repeat its last row (computed, not stored) */
+            os[i] = 4 * quad + i < rows ? 4 * quad + i : rows - 1;
+            c[i] = (const char *)L->w + os[i] * n * size;
+        }
+        /* every input row against these 4 weight rows while they sit in L1: the weight is streamed once */
+        for (int64_t b0 = 0; b0 < batch; b0 += 4) {
+        int64_t bs[4];
+        const float *xs[4];
+        for (int r = 0; r < 4; r++) {
+            bs[r] = b0 + r < batch ? b0 + r : batch - 1;
+            xs[r] = x + bs[r] * ldx;
+        }
+        f32x16 a00 = {0}, a01 = {0}, a02 = {0}, a03 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+        f32x16 a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0}, a30 = {0}, a31 = {0}, a32 = {0}, a33 = {0};
+        if (L->kind == W_F32)
+            TILE_LOOP(float, load16)
+        else if (L->kind == W_BF16)
+            TILE_LOOP(uint16_t, bf16x16)
+        else
+            TILE_LOOP(int8_t, i8x16f)
+        const f32x16 acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33};
+        float sums[16];
+        hsum16(acc, sums);
+        for (int i = 0; i < 4 && 4 * quad + i < rows; i++) {
+            const int64_t o = os[i];
+            for (int r = 0; r < 4 && b0 + r < batch; r++) {
+                float s = sums[4 * i + r];
+                for (int64_t k = n16; k < n; k++) s += weight_at(L->kind, c[i], k) * xs[r][k];
+                y[bs[r] * ldy + o] = s * (L->kind == W_I8 ? L->scale[o] : 1.f) + (L->bias ? L->bias[o] : 0.f);
+            }
+        }
+        }
+    }
+}
+#undef TILE_LOOP
+
+/* The same for 4-bit blocks: each block's nibbles widened once for four input rows. */
+static void linear_tiles_q4(const Linear *L, int64_t rows, int64_t batch, const float *x0, int64_t ldx,
+                            const float *xsum0, float *y0, int64_t ldy) {
+    const int64_t n = L->in, g = n / 32;
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < rows; o++) {
+        const BlockQ4 *w = (const BlockQ4 *)L->w + o * g;
+        for (int64_t b0 = 0; b0 < batch; b0 += 4) {
+        /* rows past the batch repeat its last row (computed, not stored) */
+        const int64_t last = batch - 1 - b0 < 3 ? batch - 1 - b0 : 3;
+        const float *x = x0 + b0 * ldx, *xsum = xsum0 + b0 * g;
+        float *y = y0 + b0 * ldy;
+        const int64_t r1 = 1 < last ? 1 : last, r2 = 2 < last ? 2 : last, r3 = last;
+        f32x16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        float off[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int64_t j = 0; j < g; j++) {
+            f32x16 lo, hi;
+            __builtin_prefetch(w + j + 2 * g); /* two rows ahead: their blocks arrive before they are read */
+            q4x32f(w[j].qs, &lo, &hi);
+            const f32x16 d = (f32x16){0} + half_to_float(w[j].d);
+            lo *= d, hi *= d; /* scaled once for the four rows */
+            const float *xj = x + 32 * j;
+            a0 += lo * load16(xj) + hi * load16(xj + 16);
+            a1 += lo * load16(xj + r1 * ldx) + hi * load16(xj + r1 * ldx + 16);
+            a2 += lo * load16(xj + r2 * ldx) + hi * load16(xj + r2 * ldx + 16);
+            a3 += lo * load16(xj + r3 * ldx) + hi * load16(xj + r3 * ldx + 16);
+            const float m = half_to_float(w[j].m);
+            off[0] += m * xsum[j], off[1] += m * xsum[r1 * g + j], off[2] += m * xsum[r2 * g + j];
+            off[3] += m * xsum[r3 * g + j];
+        }
+        const float sums[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+        for (int r = 0; r <= last; r++) y[r * ldy + o] = sums[r] + off[r] + (L->bias ? L->bias[o] : 0.f);
+        }
+    }
+}
+
+static void linear(const Linear *L, int64_t rows, int64_t batch, const float *x, int64_t ldx, const float *xsum,
+                   float *y, int64_t ldy) {
+    if (batch == 1)
+        linear1(L, rows, 1, x, ldx, xsum, y, ldy);
+    else if (L->kind == W_Q4)
+        linear_tiles_q4(L, rows, batch, x, ldx, xsum, y, ldy);
+    else
+        linear_tiles(L, rows, batch, x, ldx, y, ldy);
+}
+
+static void linear1(const Linear *L, int64_t rows, int64_t batch, const float *x, int64_t ldx, const float *xsum,
+                    float *y, int64_t ldy) {
+    const int64_t n = L->in, n16 = n & ~(int64_t)15; /* the vector loops take whole 16s, a scalar loop the rest */
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < rows; o++) {
+        for (int64_t b = 0; b < batch; b++) {
+            const float *xb = x + b * ldx;
+            float s = 0.f;
+            switch (L->kind) {
+            case W_F32: {
+                const float *w = (const float *)L->w + o * n;
+                s = dot_f32(w, xb, n16);
+                for (int64_t k = n16; k < n; k++) s += w[k] * xb[k];
+                break;
+            }
+            case W_BF16: {
+                const uint16_t *w = (const uint16_t *)L->w + o * n;
+                s = dot_bf16(w, xb, n16);
+                for (int64_t k = n16; k < n; k++) {
+                    const uint32_t u = (uint32_t)w[k] << 16;
+                    float f;
+                    memcpy(&f, &u, 4);
+                    s += f * xb[k];
+                }
+                break;
+            }
+            case W_I8: {
+                const int8_t *w = (const int8_t *)L->w + o * n;
+                s = dot_i8(w, xb, n16);
+                for (int64_t k = n16; k < n; k++) s += (float)w[k] * xb[k];
+                s *= L->scale[o];
+                break;
+            }
+            default: s = dot_q4((const BlockQ4 *)L->w + o * (n / 32), xb, xsum + b * (n / 32), n); break;
+            }
+            y[b * ldy + o] = s + (L->bias ? L->bias[o] : 0.f);
+        }
+    }
+}
+
+/* Σx of every block of 32 inputs of every row, for the Q4 products' offsets (one thread). */
+static void block_sums(const Linear *L, int64_t batch, const float *x, int64_t ldx, float *xsum) {
+    if (L->kind != W_Q4) return;
+    const int64_t g = L->in / 32;
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t i = 0; i < g; i++) {
+            float s = 0.f;
+            for (int j = 0; j < 32; j++) s += x[b * ldx + 32 * i + j];
+            xsum[b * g + i] = s;
+        }
+}
+
+static void rms_norm(const float *x, const float *w, float *y, int64_t n, float eps) {
+    float ss = 0.f;
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    const float r = 1.f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * r * w[i];
+}
+
+/* Rotate one head in place: (x_i, x_{i+D/2}) by the table's angle, as x·cos + rotate_half(x)·sin. */
+static void rotate(float *v, const float *cos, const float *sin, int64_t d) {
+    const int64_t h = d / 2;
+    for (int64_t i = 0; i < h; i++) {
+        const float a = v[i], b = v[i + h];
+        v[i] = a * cos[i] - b * sin[i];
+        v[i + h] = b * cos[i + h] + a * sin[i + h];
+    }
+}
+
+/* e^x for x ≤ 0 (scores less their maximum), as Cephes' expf: x = n·ln 2 + r, e^r by a degree-6 polynomial,
+ * 2^n from the exponent bits; below −87 it is e^−87 (~1e−38, a weight of zero to fp32 sums). No library call:
+ * loops over it vectorize, where scalar expf cost ~1 ms a token at batch 8. */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.f ? -87.f : x;
+    const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f; /* round to nearest: 1.5·2^23 */
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, 4);
+    return p * two_n;
+}
+
+/* Causal attention of G query heads (q: G·D, the heads that share one key/value head) against positions
+ * start..pos of that head's cache: each key and value is read once for the G heads. s: G·(pos+1) scratch. */
+static void attend(const float *q, const float *keys, const float *vals, int64_t start, int64_t pos, int64_t D,
+                   int64_t G, float scale, float *s, float *out) {
+    const int64_t T = pos + 1 - start;
+    keys += start * D, vals += start * D;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t g = 0; g < G; g++) s[g * T + t] = dotf(q + g * D, keys + t * D, D) * scale;
+    for (int64_t g = 0; g < G; g++) { /* softmax; the maxima and sums in 16 lanes, so that they vectorize */
+        float *sg = s + g * T, top[16], total[16];
+        for (int i = 0; i < 16; i++) top[i] = -INFINITY, total[i] = 0.f;
+        const int64_t T16 = T & ~(int64_t)15;
+        for (int64_t t = 0; t < T16; t += 16)
+            for (int i = 0; i < 16; i++) top[i] = sg[t + i] > top[i] ? sg[t + i] : top[i];
+        for (int64_t t = T16; t < T; t++) top[0] = sg[t] > top[0] ? sg[t] : top[0];
+        for (int i = 1; i < 16; i++) top[0] = top[i] > top[0] ? top[i] : top[0];
+        for (int64_t t = 0; t < T; t++) sg[t] = exp_nonpositive(sg[t] - top[0]);
+        for (int64_t t = 0; t < T16; t += 16)
+            for (int i = 0; i < 16; i++) total[i] += sg[t + i];
+        for (int64_t t = T16; t < T; t++) total[0] += sg[t];
+        for (int w = 8; w; w /= 2)
+            for (int i = 0; i < w; i++) total[i] += total[i + w];
+        const float inv = 1.f / total[0];
+        for (int64_t t = 0; t < T; t++) sg[t] *= inv;
+    }
+    const int64_t D16 = D & ~(int64_t)15;
+    for (int64_t g = 0; g < G; g++) { /* each 16 outputs summed in a register over the positions */
+        const float *sg = s + g * T;
+        for (int64_t i = 0; i < D16; i += 16) { /* four independent sums: one would wait on each add */
+            f32x16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            const float *v = vals + i;
+            int64_t t = 0;
+            for (; t + 4 <= T; t += 4) {
+                a0 += sg[t] * load16(v + t * D);
+                a1 += sg[t + 1] * load16(v + (t + 1) * D);
+                a2 += sg[t + 2] * load16(v + (t + 2) * D);
+                a3 += sg[t + 3] * load16(v + (t + 3) * D);
+            }
+            for (; t < T; t++) a0 += sg[t] * load16(v + t * D);
+            const f32x16 acc = (a0 + a1) + (a2 + a3);
+            memcpy(out + g * D + i, &acc, sizeof acc);
+        }
+        for (int64_t i = D16; i < D; i++) {
+            float acc = 0.f;
+            for (int64_t t = 0; t < T; t++) acc += sg[t] * vals[t * D + i];
+            out[g * D + i] = acc;
+        }
+    }
+}
+
+int neuratlas_llama_step(const Model *m, int64_t batch, const int64_t *tokens, const int64_t *first, int64_t pos,
+                         float *k_cache, float *v_cache, int64_t max_len, float *logits, int64_t n_threads) {
+    const int64_t C = m->dim, H = m->n_head, Hkv = m->n_kv_head, D = m->head_dim, F = m->ffn_dim;
+    const int64_t QKV = (H + 2 * Hkv) * D, G = H / Hkv;
+    int64_t widest = 2 * F > QKV ? 2 * F : QKV, inputs = H * D > F ? H * D : F; /* widest output, input */
+    widest = widest > C ? widest : C;
+    inputs = inputs > C ? inputs : C;
+    const float eps = (float)m->eps, scale = 1.f / sqrtf((float)D);
+    if (pos < 0 || pos >= max_len || (m->rope_cos && pos >= m->rope_len)) return -1;
+    if (n_threads < 1) n_threads = 1;
+    float *x = malloc(sizeof(float) * batch * C), *h = malloc(sizeof(float) * batch * inputs);
+    float *wide = malloc(sizeof(float) * batch * widest), *xsum = malloc(sizeof(float) * (batch * inputs / 32 + 1));
+    float *scores = malloc(sizeof(float) * n_threads * G * (pos + 1));
+    if (!x || !h || !wide || !xsum || !scores) {
+        free(x), free(h), free(wide), free(xsum), free(scores);
+        return -2;
+    }
+    for (int64_t b = 0; b < batch; b++) memcpy(x + b * C, m->embed + tokens[b] * C, sizeof(float) * C);
+    const int64_t layer_stride = batch * Hkv * max_len * D;
+
+#pragma omp parallel num_threads(n_threads)
+    {
+        for (int64_t l = 0; l < m->n_layer; l++) {
+            const Layer *L = m->layers + l;
+            float *kc = k_cache + l * layer_stride, *vc = v_cache + l * layer_stride;
+#pragma omp single
+            {
+                for (int64_t b = 0; b < batch; b++) rms_norm(x + b * C, L->norm1, h + b * C, C, eps);
+                block_sums(&L->qkv, batch, h, C, xsum);
+            }
+            linear(&L->qkv, QKV, batch, h, C, xsum, wide, QKV);
+#pragma omp single
+            for (int64_t b = 0; b < batch; b++) { /* rotate q and k, append k and v to the cache */
+                float *q = wide + b * QKV, *k = q + H * D, *v = k + Hkv * D;
+                if (m->rope_cos) {
+                    const int64_t p = pos - first[b];
+                    const float *cs = m->rope_cos + p * D, *sn = m->rope_sin + p * D;
+                    for (int64_t j = 0; j < H + Hkv; j++) rotate(q + j * D, cs, sn, D);
+                }
+                for (int64_t j = 0; j < Hkv; j++) {
+                    const int64_t at = ((b * Hkv + j) * max_len + pos) * D;
+                    memcpy(kc + at, k + j * D, sizeof(float) * D);
+                    memcpy(vc + at, v + j * D, sizeof(float) * D);
+                }
+            }
+#pragma omp for schedule(static)
+            for (int64_t bj = 0; bj < batch * Hkv; bj++) { /* the G query heads sharing a key/value head */
+                const int64_t b = bj / Hkv, j = bj % Hkv, at = (b * Hkv + j) * max_len * D;
+#ifdef _OPENMP
+                float *s = scores + (int64_t)omp_get_thread_num() * G * (pos + 1);
+#else
+                float *s = scores;
+#endif
+                attend(wide + b * QKV + j * G * D, kc + at, vc + at, first[b], pos, D, G, scale, s,
+                       h + b * H * D + j * G * D);
+            }
+#pragma omp single
+            block_sums(&L->proj, batch, h, H * D, xsum);
+            linear(&L->proj, C, batch, h, H * D, xsum, wide, C);
+#pragma omp single
+            {
+                for (int64_t b = 0; b < batch; b++) {
+                    for (int64_t i = 0; i < C; i++) x[b * C + i] += wide[b * C + i];
+                    rms_norm(x + b * C, L->norm2, h + b * C, C, eps);
+                }
+                block_sums(&L->fc1, batch, h, C, xsum);
+            }
+            linear(&L->fc1, 2 * F, batch, h, C, xsum, wide, 2 * F);
+#pragma omp for schedule(static)
+            for (int64_t bi = 0; bi < batch * F; bi++) { /* SwiGLU: silu(gate) · up */
+                const int64_t b = bi / F, i = bi % F;
+                const float a = wide[b * 2 * F + i];
+                h[bi] = a / (1.f + expf(-a)) * wide[b * 2 * F + F + i];
+            }
+#pragma omp single
+            block_sums(&L->fc2, batch, h, F, xsum);
+            linear(&L->fc2, C, batch, h, F, xsum, wide, C);
+#pragma omp single
+            for (int64_t b = 0; b < batch; b++)
+                for (int64_t i = 0; i < C; i++) x[b * C + i] += wide[b * C + i];
+        }
+#pragma omp single
+        {
+            for (int64_t b = 0; b < batch; b++) rms_norm(x + b * C, m->norm, h + b * C, C, eps);
+            block_sums(&m->head, batch, h, C, xsum);
+        }
+        linear(&m->head, m->vocab, batch, h, C, xsum, logits, m->vocab);
+    }
+    free(x), free(h), free(wide), free(xsum), free(scores);
+    return 0;
+}
