@@ -7,7 +7,8 @@ Every configuration runs in its own process (so peak resident memory is its own)
 prompt of 128 tokens of held-out text, then 128 greedy new tokens at batch 1 and at batch 8. Printed per
 configuration: load time, prefill tokens/s, time to first token, decode tokens/s at batch 1 and 8, peak RSS,
 the perplexity of the held-out text (Shakespeare's last 10%, never trained on here), and the memory-bandwidth
-bound of batch-1 decoding: the bytes of weights read per token ÷ the bandwidth measured in the same run.
+bound of batch-1 decoding: the bytes of weights read per token ÷ the read bandwidth measured in the same
+process right after (the llama.cpp rows: by the benchmark itself), since on a shared machine it moves.
 
 llama.cpp is built from ``llama-cpp-python``'s source distribution into the benchmark's own virtual
 environment (``$NEURATLAS_CACHE/bench/llama-cpp``, with the machine's cmake and compiler; ``--build-llama-cpp
@@ -151,6 +152,9 @@ def _worker(spec: dict) -> dict:
         "ppl": math.exp(sum(nll) / len(nll)),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "weight_bytes": wbytes,
+        # this process's own read bandwidth, measured after its decoding: on a shared machine it moved
+        # between configurations (26–49 GB/s in one run), and the bound of a row is that of its own minutes
+        "bandwidth_gbs": memory_bandwidth_gbs(spec["threads"]),
     }
 
 
@@ -318,7 +322,8 @@ def bench_llm(options: LLMBenchOptions) -> list[str]:
         mb = res["weight_bytes"] / 1e6
         lines.append(
             f"  {label:28s} {res['load_s']:7.2f} {res['prefill_tps']:11.1f} {res['ttft_s']:7.3f} "
-            f"{res['decode1_tps']:13.1f} {b8} {res['rss_mb']:11.0f} {res['ppl']:7.2f} {mb:8.1f} {bw * 1e3 / mb:9.0f}"
+            f"{res['decode1_tps']:13.1f} {b8} {res['rss_mb']:11.0f} {res['ppl']:7.2f} {mb:8.1f} "
+            f"{res.get('bandwidth_gbs', bw) * 1e3 / mb:9.0f}"
         )
     if py is None:
         lines.append(f"  {why}")
