@@ -107,6 +107,12 @@ def test_the_portable_build_computes_the_same(tmp_path, monkeypatch):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_a_cache_folder_that_cannot_be_written_means_no_kernel(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cpu_step.build(blocker / "native" / "cpu_step.so", []) is False
+
+
 def dequantized(layer: nn.Module) -> torch.Tensor:
     if isinstance(layer, BF16Linear):
         return layer.weight.float()

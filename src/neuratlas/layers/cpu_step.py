@@ -79,9 +79,12 @@ def build(target: Path, flags: list[str]) -> bool:
     cc = compiler()
     if cc is None:
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    try:  # a cache folder that cannot be written: no kernel, decoding through PyTorch
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError:
+        return False
     try:
         cmd = [cc, "-O3", "-shared", "-fPIC", *flags, str(SOURCE), "-o", tmp, "-lm"]
         if subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0:
