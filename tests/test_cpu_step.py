@@ -113,6 +113,21 @@ def test_a_cache_folder_that_cannot_be_written_means_no_kernel(tmp_path):
     assert cpu_step.build(blocker / "native" / "cpu_step.so", []) is False
 
 
+@needs_compiler
+def test_generation_past_the_context_rebuilds_the_cache_the_same_way(monkeypatch):
+    """Past max_seq_len the cache is rebuilt from the last half-context (a PyTorch prefill), and the native
+    steps continue it: the same greedy tokens as every step through PyTorch, left-padded rows included."""
+    model = llama(**{**ODD, "max_seq_len": 16})
+    ids = torch.randint(0, 77, (2, 6), generator=torch.Generator().manual_seed(3))
+    mask = torch.tensor([[True] * 6, [False, False, False] + [True] * 3])
+    plain = model.generate(ids, 30, temperature=0, mask=mask, fast_layout=False)
+    calls = []
+    step = CpuStep.__call__
+    monkeypatch.setattr(CpuStep, "__call__", lambda self, *a: calls.append(1) or step(self, *a))
+    assert model.generate(ids, 30, temperature=0, mask=mask).tolist() == plain.tolist()
+    assert len(calls) >= 25  # 29 steps after the prompt, less the prefills of the rebuilt caches
+
+
 def dequantized(layer: nn.Module) -> torch.Tensor:
     if isinstance(layer, BF16Linear):
         return layer.weight.float()
