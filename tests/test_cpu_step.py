@@ -188,3 +188,16 @@ def test_a_full_cache_is_refused_in_one_line():
             step(torch.tensor([3]), None, cache)
         with pytest.raises(Exception, match="token ids must be in"):
             step(torch.tensor([77]), None, model.transformer.new_cache(1, 4))
+        with pytest.raises(Exception, match="first real token"):
+            step(torch.tensor([3]), torch.tensor([5]), model.transformer.new_cache(1, 4))
+
+
+def test_padding_inside_a_row_decodes_through_pytorch(monkeypatch):
+    """The native step takes left padding only; a mask with a hole decodes every step through PyTorch."""
+    model = llama(**ODD)
+    calls = []
+    monkeypatch.setattr(CpuStep, "__call__", lambda self, *a: calls.append(1))
+    ids = torch.randint(0, 77, (1, 6), generator=torch.Generator().manual_seed(4))
+    mask = torch.tensor([[True, True, False, True, True, True]])
+    assert model.generate(ids, 5, temperature=0, mask=mask).shape == (1, 11)
+    assert calls == []

@@ -233,6 +233,11 @@ class RotaryEmbedding(nn.Module):
         self._build(max_seq_len)
         self._step: tuple | None = None  # (key, cos, sin') of the last decoding step (step_tables)
 
+    def cover(self, n: int) -> None:
+        """Grow the tables to at least ``n`` positions (at least doubling, so growth is rare)."""
+        if n > self.cos.shape[0]:
+            self._build(max(n, 2 * self.cos.shape[0]))
+
     def _build(self, n: int) -> None:
         freqs = torch.outer(torch.arange(n, dtype=torch.float32, device=self.inv_freq.device), self.inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)  # (n, D)
@@ -247,8 +252,7 @@ class RotaryEmbedding(nn.Module):
         is ``x·cos + roll(x, D/2)·sin'``. Made once per step and shared by every layer."""
         key = (pos, dtype, self.cos.device, n_head, n_kv_head, scale)
         if self._step is None or self._step[0] != key:
-            if pos >= self.cos.shape[0]:
-                self._build(max(pos + 1, 2 * self.cos.shape[0]))
+            self.cover(pos + 1)
             half = self.head_dim // 2
             cos, sin = self.cos[pos], self.sin[pos]
             signed = torch.cat((-sin[:half], sin[half:]))
@@ -264,8 +268,7 @@ class RotaryEmbedding(nn.Module):
         whose tokens sit at ``positions`` (B, T) when rows differ (a left-padded batch)."""
         t = q.shape[-2]
         end = start + t if positions is None else int(positions.max()) + 1
-        if end > self.cos.shape[0]:
-            self._build(max(end, 2 * self.cos.shape[0]))
+        self.cover(end)
         if positions is None:
             cos, sin = self.cos[start : start + t], self.sin[start : start + t]
         else:

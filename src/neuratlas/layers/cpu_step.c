@@ -218,8 +218,6 @@ static float dot_q4(const BlockQ4 *w, const float *x, int64_t n) {
 
 /* y[b][o] = W[o]·x[b] + bias[o] for o in [0, rows), b < batch: a worksharing loop over the output rows, to be
  * called from inside the parallel region (each thread a contiguous slab of the weight). */
-static void linear1(const Linear *L, int64_t rows, int64_t batch, const float *x, int64_t ldx, float *y,
-                    int64_t ldy);
 
 /* The lane sums of 16 vectors at once, out[i] = Σ v[i]: a transposing tree of 30 shuffles and 15 additions
  * where 16 separate sums take ~130 operations (a tile's 16 sums were ~15% of its time). */
@@ -244,9 +242,7 @@ static inline void hsum16(const f32x16 *v, float *out) {
 #endif
 }
 
-/* A batch's step: tiles of 4 weight rows × 4 input rows. Each 16 weights are widened to fp32 once and used
- * for four input rows, each 16 inputs loaded once for four weight rows: 16 multiply-adds per 8 loads, where
- * one row at a time re-read and re-widened the weight row for every input row. */
+/* One weight of a row as fp32, for the scalar tails past the last whole 16. */
 static inline float weight_at(int64_t kind, const void *w, int64_t k) {
     if (kind == W_F32) return ((const float *)w)[k];
     if (kind == W_I8) return (float)((const int8_t *)w)[k];
@@ -255,6 +251,33 @@ static inline float weight_at(int64_t kind, const void *w, int64_t k) {
     memcpy(&f, &u, 4);
     return f;
 }
+
+static inline int64_t element_size(int64_t kind) { return kind == W_F32 ? 4 : kind == W_BF16 ? 2 : 1; }
+
+/* y[o] = W[o]·x + bias[o] for one input row: each output a dot product (vector loops over whole 16s, a
+ * scalar loop the rest), the rows shared out over the threads in contiguous slabs. */
+static void linear1(const Linear *L, int64_t rows, const float *x, float *y) {
+    const int64_t n = L->in, n16 = n & ~(int64_t)15, size = element_size(L->kind);
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < rows; o++) {
+        float s;
+        if (L->kind == W_Q4) {
+            s = dot_q4((const BlockQ4 *)L->w + o * (n / 32), x, n);
+        } else {
+            const void *w = (const char *)L->w + o * n * size;
+            s = L->kind == W_F32    ? dot_f32(w, x, n16)
+                : L->kind == W_BF16 ? dot_bf16(w, x, n16)
+                                    : dot_i8(w, x, n16);
+            for (int64_t k = n16; k < n; k++) s += weight_at(L->kind, w, k) * x[k];
+            if (L->kind == W_I8) s *= L->scale[o];
+        }
+        y[o] = s + (L->bias ? L->bias[o] : 0.f);
+    }
+}
+
+/* A batch's step: tiles of 4 weight rows × 4 input rows. Each 16 weights are widened to fp32 once and used
+ * for four input rows, each 16 inputs loaded once for four weight rows: 16 multiply-adds per 8 loads, where
+ * one row at a time re-read and re-widened the weight row for every input row. */
 
 /* Keeps a tile's four input vectors in registers: GCC 12 otherwise folds their loads into each of the 16
  * multiply-adds (20 loads an iteration instead of 8). Pays where the weights are widened (bf16 and int8
@@ -288,7 +311,7 @@ static inline float weight_at(int64_t kind, const void *w, int64_t k) {
 
 static void linear_tiles(const Linear *L, int64_t rows, int64_t batch, const float *x, int64_t ldx, float *y,
                          int64_t ldy) {
-    const int64_t n = L->in, n16 = n & ~(int64_t)15, size = L->kind == W_F32 ? 4 : L->kind == W_BF16 ? 2 : 1;
+    const int64_t n = L->in, n16 = n & ~(int64_t)15, size = element_size(L->kind);
 #pragma omp for schedule(static)
     for (int64_t quad = 0; quad < (rows + 3) / 4; quad++) {
         int64_t os[4];
@@ -362,51 +385,11 @@ static void linear_tiles_q4(const Linear *L, int64_t rows, int64_t batch, const 
 static void linear(const Linear *L, int64_t rows, int64_t batch, const float *x, int64_t ldx, float *y,
                    int64_t ldy) {
     if (batch == 1)
-        linear1(L, rows, 1, x, ldx, y, ldy);
+        linear1(L, rows, x, y);
     else if (L->kind == W_Q4)
         linear_tiles_q4(L, rows, batch, x, ldx, y, ldy);
     else
         linear_tiles(L, rows, batch, x, ldx, y, ldy);
-}
-
-static void linear1(const Linear *L, int64_t rows, int64_t batch, const float *x, int64_t ldx, float *y,
-                    int64_t ldy) {
-    const int64_t n = L->in, n16 = n & ~(int64_t)15; /* the vector loops take whole 16s, a scalar loop the rest */
-#pragma omp for schedule(static)
-    for (int64_t o = 0; o < rows; o++) {
-        for (int64_t b = 0; b < batch; b++) {
-            const float *xb = x + b * ldx;
-            float s = 0.f;
-            switch (L->kind) {
-            case W_F32: {
-                const float *w = (const float *)L->w + o * n;
-                s = dot_f32(w, xb, n16);
-                for (int64_t k = n16; k < n; k++) s += w[k] * xb[k];
-                break;
-            }
-            case W_BF16: {
-                const uint16_t *w = (const uint16_t *)L->w + o * n;
-                s = dot_bf16(w, xb, n16);
-                for (int64_t k = n16; k < n; k++) {
-                    const uint32_t u = (uint32_t)w[k] << 16;
-                    float f;
-                    memcpy(&f, &u, 4);
-                    s += f * xb[k];
-                }
-                break;
-            }
-            case W_I8: {
-                const int8_t *w = (const int8_t *)L->w + o * n;
-                s = dot_i8(w, xb, n16);
-                for (int64_t k = n16; k < n; k++) s += (float)w[k] * xb[k];
-                s *= L->scale[o];
-                break;
-            }
-            default: s = dot_q4((const BlockQ4 *)L->w + o * (n / 32), xb, n); break;
-            }
-            y[b * ldy + o] = s + (L->bias ? L->bias[o] : 0.f);
-        }
-    }
 }
 
 static void rms_norm(const float *x, const float *w, float *y, int64_t n, float eps) {

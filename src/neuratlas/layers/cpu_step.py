@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from neuratlas.errors import NeuratlasError
+from neuratlas.layers.norms import RMSNorm
+from neuratlas.layers.quant import BF16Linear, Int4Linear, Int8Linear
 from neuratlas.sources import cache_dir
 
 SOURCE = Path(__file__).with_name("cpu_step.c")
@@ -127,14 +129,12 @@ def library() -> ctypes.CDLL | None:
 
 def _linear(m: nn.Module, keep: list) -> _Linear | None:
     """The kernel's view of one linear layer, or None for a layer type it does not read."""
-    from neuratlas.layers.quant import BF16Linear, Int4Linear, Int8Linear
-
     bias = getattr(m, "bias", None)
     if bias is not None:
         bias = bias.detach().float().contiguous()
         keep.append(bias)
     b = bias.data_ptr() if bias is not None else None
-    if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.is_contiguous():
+    if type(m) is nn.Linear and m.weight.dtype == torch.float32:
         kind, w, scale = F32, m.weight, None
     elif type(m) is BF16Linear:
         kind, w, scale = BF16, m.weight, None
@@ -185,8 +185,6 @@ class CpuStep:
     def for_model(cls, model: nn.Module) -> CpuStep | None:
         """The step for a Neuratlas GPT of the Llama family on the CPU in fp32 (weights fp32, bf16, int8 or
         int4), or None where the kernel cannot run it (then decode through PyTorch)."""
-        from neuratlas.layers.norms import RMSNorm
-
         cfg = getattr(model, "cfg", None)
         tf = getattr(model, "transformer", None)
         if cfg is None or tf is None or model.training:
@@ -223,7 +221,7 @@ class CpuStep:
         """Logits (B, vocab) of the next token after ``tokens`` (B,), appended to ``cache`` (advanced by one).
         ``first`` (B,): where each row's real tokens start in the cache (left padding), or None (all at 0)."""
         k, v = cache.k, cache.v
-        n_layer, batch, _, max_len, _ = k.shape
+        _, batch, _, max_len, _ = k.shape
         pos = cache.length
         if pos >= max_len:
             raise NeuratlasError(f"KV cache holds {max_len} tokens; cannot add one more")
@@ -234,9 +232,10 @@ class CpuStep:
         if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
             raise NeuratlasError(f"token ids must be in [0, {vocab})")
         first = torch.zeros(batch, dtype=torch.int64) if first is None else first.to(torch.int64).contiguous()
+        if first.shape != (batch,) or int(first.min()) < 0 or int(first.max()) > pos:
+            raise NeuratlasError(f"each row's first real token must be one of the cache's {pos + 1} positions")
         if self.rope is not None:
-            if pos >= self.rope.cos.shape[0]:
-                self.rope._build(max(pos + 1, 2 * self.rope.cos.shape[0]))
+            self.rope.cover(pos + 1)
             self.struct.rope_cos, self.struct.rope_sin = self.rope.cos.data_ptr(), self.rope.sin.data_ptr()
             self.struct.rope_len = self.rope.cos.shape[0]
         logits = torch.empty(batch, vocab)

@@ -73,7 +73,34 @@ class BF16Linear(nn.Module):
         return nn.functional.linear(x.to(torch.bfloat16), self.weight, bias).to(x.dtype)
 
 
-class Int8Linear(nn.Module):
+class _IntLinear(nn.Module):
+    """The forward shared by the integer layers: a few rows (a decoding step) through PyTorch's weight-only
+    kernel (:meth:`_few_rows`, bf16 activations), more rows (a prompt) through one bf16 product with the
+    weight dequantized for the call; the result in the input's dtype, the fp32 bias added after."""
+
+    in_features: int
+    out_features: int
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _few_rows(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if x2.shape[0] > 16:
+            y = nn.functional.linear(x2, self.dequantized(torch.bfloat16))
+        else:
+            y = self._few_rows(x2)
+        y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*shape, self.out_features)
+
+
+class Int8Linear(_IntLinear):
     """y = x · (scale ⊙ q)ᵀ + b with q int8 (out, in) and one fp scale per output row (symmetric)."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -90,23 +117,14 @@ class Int8Linear(nn.Module):
         q = torch.round(w / scale[:, None]).clamp(-127, 127)
         return cls(q, scale, linear.bias)
 
-    def dequantized(self) -> torch.Tensor:
-        return self.q.to(torch.bfloat16) * self.scale[:, None]
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.q.to(dtype) * self.scale[:, None].to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if x2.shape[0] > 16:
-            y = nn.functional.linear(x2, self.dequantized())
-        else:
-            y = torch._weight_int8pack_mm(x2, self.q, self.scale)
-        y = y.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.view(*shape, self.out_features)
+    def _few_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(x, self.q, self.scale)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_IntLinear):
     """y = x · Wᵀ + b with W stored in 4 bits, blocks of 32 inputs of a row as GGUF's Q4_1 lays them out:
     an fp16 scale d, an fp16 offset m and 16 bytes of nibbles, W = d · q + m, q in 0..15 (5 bits a weight).
 
@@ -165,27 +183,14 @@ class Int4Linear(nn.Module):
         w = q.view(self.out_features, -1, 32).to(dtype) * d[..., None].to(dtype) + m[..., None].to(dtype)
         return w.view(self.out_features, self.in_features)
 
-    def _int4pack(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._packed is None or self._packed[0] != self.blocks._version:
+    def _few_rows(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None or self._packed[0] != self.blocks._version:  # packed on first use
             q, d, m = self.parts()
             packed = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
             # the kernel's form: W = scale · (q − 8) + zero
             sz = torch.stack([d.t(), (m + 8 * d).t()], dim=-1).to(torch.bfloat16).contiguous()
             self._packed = (self.blocks._version, packed, sz)
-        return self._packed[1], self._packed[2]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if x2.shape[0] > 16:
-            y = nn.functional.linear(x2, self.dequantized(torch.bfloat16))
-        else:
-            packed, sz = self._int4pack()
-            y = torch._weight_int4pack_mm_for_cpu(x2, packed, self.group, sz)
-        y = y.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.view(*shape, self.out_features)
+        return torch._weight_int4pack_mm_for_cpu(x, self._packed[1], self.group, self._packed[2])
 
 
 def can_int4(linear: nn.Linear, group: int = 32) -> bool:

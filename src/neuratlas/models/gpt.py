@@ -131,7 +131,11 @@ class GPT(nn.Module):
         seq = ids[:, -ctx:]
         real = (mask if mask is not None else torch.ones_like(ids, dtype=torch.bool)).to(torch.bool)[:, -ctx:]
         cache, pending = None, seq
-        native = CpuStep.for_model(self) if use_cache and fast_layout is not False else None
+        # the native step takes left padding only (each row's real tokens one run up to the end); new tokens
+        # and the crops of a rebuilt cache keep that form
+        pads = (~real).sum(1, keepdim=True)
+        left_padded = bool((real == (torch.arange(real.shape[1], device=real.device) >= pads)).all())
+        native = CpuStep.for_model(self) if use_cache and fast_layout is not False and left_padded else None
         first = None  # where each row's real tokens start in the cache, for the native step
         with nullcontext() if native is not None else fast_decoding(self, fast_layout, batch=ids.shape[0]):
             try:
@@ -149,10 +153,7 @@ class GPT(nn.Module):
                             logits = native(pending[:, 0], first, cache)
                         else:
                             logits = self(pending, cache=cache, last_only=True, mask=m)[:, -1]
-                            if native is not None and m is not None:
-                                first = (~m).sum(1)  # the native step takes left padding only
-                                if not bool((m == (torch.arange(m.shape[1]) >= first[:, None])).all()):
-                                    native = None
+                            first = (~m).sum(1) if m is not None else None
                     else:
                         m = real if mask is not None else None
                         logits = self(seq, last_only=True, mask=m)[:, -1]
