@@ -37,20 +37,25 @@ ODD = dict(dim=60, n_head=6, n_kv_head=2, qkv_bias=True, ffn_dim=100)
 
 
 def steps(
-    model: GPT, step: CpuStep | None, n: int = 5, threads: int = 2, prompt_by: GPT | None = None
+    model: GPT,
+    step: CpuStep | None,
+    n: int = 5,
+    threads: int = 2,
+    prompt_by: GPT | None = None,
+    length: int = 9,
 ) -> list[torch.Tensor]:
-    """Logits of n greedy steps after a left-padded prompt of 5 rows (a tile of 4 rows and one more, with
-    0–5 padding tokens), through the native step when given, else through the model; the prompt through
-    ``prompt_by`` if given."""
-    ids = torch.randint(0, 77, (5, 9), generator=torch.Generator().manual_seed(1))
+    """Logits of n greedy steps after a left-padded prompt of 5 rows and ``length`` tokens (a tile of 4 rows
+    and one more, with 0–5 padding tokens), through the native step when given, else through the model; the
+    prompt through ``prompt_by`` if given."""
+    ids = torch.randint(0, 77, (5, length), generator=torch.Generator().manual_seed(1))
     first = torch.tensor([0, 3, 0, 1, 5])
-    mask = torch.arange(9)[None] >= first[:, None]
+    mask = torch.arange(length)[None] >= first[:, None]
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     out = []
     try:
         with torch.inference_mode():
-            cache = model.transformer.new_cache(5, 9 + n)
+            cache = model.transformer.new_cache(5, length + n)
             logits = (prompt_by or model)(ids, cache=cache, mask=mask)[:, -1]
             for i in range(n):
                 tok = logits.argmax(-1)
@@ -86,6 +91,22 @@ def test_native_step_equals_pytorch_in_fp32(threads):
     mask = torch.tensor([[True] * 6, [False, False] + [True] * 4])
     plain = model.generate(ids, 20, temperature=0, mask=mask, fast_layout=False)
     assert model.generate(ids, 20, temperature=0, mask=mask).tolist() == plain.tolist()
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    "shape",
+    [dict(n_head=6, n_kv_head=2, head_dim=16), dict(n_head=10, n_kv_head=2, head_dim=80)],
+    ids=["head16-gqa3", "head80-gqa5"],
+)
+def test_long_contexts_in_whole_vectors_equal_pytorch(shape):
+    """Heads of whole 16-wide vectors over 40–46 positions: scores in blocks of 16 keys and their tails, value
+    tiles of 4 heads × 64 outputs with a partial tile of heads (5 = 4 + 1) and of outputs (80 = 64 + 16)."""
+    model = llama(dim=64, ffn_dim=96, max_seq_len=64, **shape)
+    want = steps(model, None, n=6, length=40)
+    got = steps(model, CpuStep.for_model(model), n=6, length=40)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @needs_compiler
