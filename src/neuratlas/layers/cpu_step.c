@@ -292,7 +292,7 @@ static void linear1(const Linear *L, int64_t rows, const float *x, float *y) {
 #define IN_REGISTER(a) ((void)0)
 #endif
 
-/* Weights 16 rows ahead asked into L2 (prefetcht1/t2; AMD treats both alike), not L1: with prefetcht0 a
+/* Weights 16 rows ahead asked into L2 (prefetcht2, locality 1), not into L1: with prefetcht0 a
  * 4 × 4 tile waited on L1's few outstanding misses, 8-row fp32 products streamed at 17–18 GB/s where one row
  * streams at 27; into L2 they reach 25–27 GB/s (a step's products 30 → 20 ms; 8 to 32 rows ahead alike). */
 #define TO_L2(p) __builtin_prefetch((p), 0, 1)
