@@ -727,6 +727,24 @@ def test_chat_sft_task_trains_on_a_jsonl_file(tmp_path, monkeypatch):
     assert 0.0 <= after["exact_match"] <= 1.0
 
 
+def test_the_size_check_of_a_pretrained_llm_reads_no_weights(monkeypatch):
+    """The trainer's size check builds the model on the meta device: a pretrained name gives its architecture
+    there without reading its file (that read ~100 MB and warned once per tensor before a fine-tuning run),
+    and the check still counts its parameters."""
+    import warnings
+
+    from neuratlas.models.budget import check_model_fits
+    from neuratlas.weights import llama
+
+    monkeypatch.setattr(llama, "load_llm", lambda *a, **k: pytest.fail("the size check read the weights"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_model_fits("smollm2-135m-instruct", {})
+    assert not [w for w in caught if "meta" in str(w.message)]
+    with pytest.raises(NeuratlasError, match="too large"):
+        check_model_fits("smollm2-135m-instruct", {}, memory=100 << 20)  # 135 M parameters, not in 100 MiB
+
+
 def test_bench_counts_the_bytes_each_precision_reads(tmp_path):
     from neuratlas.bench.llm import llama_cpp_python, weight_bytes_per_token
     from neuratlas.weights import load_llm
