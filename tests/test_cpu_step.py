@@ -128,6 +128,24 @@ def test_the_portable_build_computes_the_same(tmp_path, monkeypatch):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_the_native_switch_takes_0_or_1_only(monkeypatch):
+    """NEURATLAS_NATIVE=0 decodes through PyTorch; a value like "off" is refused in one line instead of
+    leaving the kernel on."""
+    from neuratlas.errors import NeuratlasError
+
+    library.cache_clear()
+    try:
+        monkeypatch.setenv("NEURATLAS_NATIVE", "0")
+        assert library() is None
+        assert CpuStep.for_model(llama(**ODD)) is None
+        monkeypatch.setenv("NEURATLAS_NATIVE", "off")
+        library.cache_clear()
+        with pytest.raises(NeuratlasError, match="NEURATLAS_NATIVE must be 0"):
+            library()
+    finally:
+        library.cache_clear()
+
+
 def test_a_cache_folder_that_cannot_be_written_means_no_kernel(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

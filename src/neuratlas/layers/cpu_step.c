@@ -275,10 +275,6 @@ static void linear1(const Linear *L, int64_t rows, const float *x, float *y) {
     }
 }
 
-/* A batch's step: tiles of 4 weight rows × 4 input rows. Each 16 weights are widened to fp32 once and used
- * for four input rows, each 16 inputs loaded once for four weight rows: 16 multiply-adds per 8 loads, where
- * one row at a time re-read and re-widened the weight row for every input row. */
-
 /* Keeps a tile's four input vectors, and each weight vector once loaded or widened, in registers: GCC 12
  * otherwise folds the loads into the multiply-adds, each fp32 weight vector loaded four times and the inputs
  * reloaded (32 loads for 16 multiply-adds, where 8 suffice). Measured on 8-row fp32 products of SmolLM2-135M's
@@ -317,6 +313,9 @@ static void linear1(const Linear *L, int64_t rows, const float *x, float *y) {
         }                                                                                               \
     }
 
+/* A batch's step: tiles of 4 weight rows × 4 input rows. Each 16 weights are widened to fp32 once and used
+ * for four input rows, each 16 inputs loaded once for four weight rows: 16 multiply-adds per 8 loads, where
+ * one row at a time re-read and re-widened the weight row for every input row. */
 static void linear_tiles(const Linear *L, int64_t rows, int64_t batch, const float *x, int64_t ldx, float *y,
                          int64_t ldy) {
     const int64_t n = L->in, n16 = n & ~(int64_t)15, size = element_size(L->kind);

@@ -114,8 +114,11 @@ def load(path: Path) -> ctypes.CDLL | None:
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, built on first use and cached per source, compiler and CPU; None where it cannot
     be built here (no C compiler) or ``NEURATLAS_NATIVE=0``."""
+    switch = os.environ.get("NEURATLAS_NATIVE", "1")
+    if switch not in ("0", "1"):  # "off" or "false" would otherwise leave the kernel on without a word
+        raise NeuratlasError(f"NEURATLAS_NATIVE must be 0 (decode through PyTorch) or 1, not {switch!r}")
     cc = compiler()
-    if os.environ.get("NEURATLAS_NATIVE", "1") == "0" or cc is None:
+    if switch == "0" or cc is None:
         return None
     parts = [SOURCE.read_bytes(), cc.encode(), platform.machine().encode(), _cpu_flags().encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
